@@ -1,0 +1,62 @@
+"""Config loading: defaults, overrides, and one-line errors that name the key."""
+
+import pytest
+import yaml
+
+from thinkwheel.config import ConfigError, RunConfig, load_config, parse_config
+from thinkwheel.starter import starter_yaml
+
+
+def test_defaults_load_without_a_file():
+    cfg = load_config(None)
+    assert cfg == RunConfig()
+    assert cfg.sampling.grpo_pass_band == (0.2, 0.8)
+
+
+def test_yaml_overrides_and_cli_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("rounds: 3\nsampling:\n  n: 7\n")
+    cfg = load_config(p, rounds=5)
+    assert cfg.rounds == 5 and cfg.sampling.n == 7
+    assert load_config(p, rounds=None).rounds == 3
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("sampling:\n  nn: 3\n", "unknown config key 'sampling.nn'"),
+        ("bogus: 1\n", "unknown config key 'bogus'"),
+        ("rounds: 0\n", "'rounds'"),
+        ("engine:\n  kind: tpu\n", "'engine.kind'"),
+        ("filters:\n  dedup:\n    threshold: 2\n", "'filters.dedup.threshold'"),
+        ("rounds: [\n", "invalid YAML at line"),
+        ("- 1\n- 2\n", "mapping"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert needle in msg
+    assert "\n" not in msg
+    assert e.value.__cause__ is None  # no chained traceback
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_section_hash_changes_only_with_its_section():
+    a, b = RunConfig(), RunConfig()
+    b.sampling.n = 9
+    assert a.section_hash("verify") == b.section_hash("verify")
+    assert a.section_hash("sampling") != b.section_hash("sampling")
+
+
+def test_starter_yaml_round_trips_to_defaults():
+    text = starter_yaml()
+    assert text.count("\n# ") >= 5  # commented sections
+    assert parse_config(yaml.safe_load(text)) == RunConfig()

@@ -1,0 +1,86 @@
+"""Procedural generators: exact references, passing code references, determinism."""
+
+import subprocess
+import sys
+
+import pytest
+import sympy
+
+from thinkwheel.generators import procedural
+
+
+def test_at_least_four_math_and_three_code_families():
+    assert len(procedural.MATH) >= 4 and len(procedural.CODE) >= 3
+
+
+def test_same_seed_same_tasks_different_seed_different_tasks():
+    a = procedural.generate_tasks(per_family=5, seed=7)
+    b = procedural.generate_tasks(per_family=5, seed=7)
+    c = procedural.generate_tasks(per_family=5, seed=8)
+    assert a.equals(b)
+    assert set(a["prompt"]) != set(c["prompt"])
+    assert a["task_id"].n_unique() == a.height
+
+
+def test_family_selection_does_not_change_other_families():
+    full = procedural.generate_tasks(per_family=4, seed=3)
+    only = procedural.generate_tasks(["addition"], per_family=4, seed=3)
+    assert only["prompt"].to_list() == full.filter(full["family"] == "addition")["prompt"].to_list()
+
+
+def test_unknown_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown task family 'algebra'"):
+        procedural.generate_tasks(["algebra"])
+
+
+def test_exclude_prompts_never_returned():
+    first = procedural.generate_tasks(["linear_function"], per_family=10, seed=1)
+    again = procedural.generate_tasks(
+        ["linear_function"], per_family=10, seed=1, exclude_prompts=first["prompt"][:5]
+    )
+    assert not set(first["prompt"][:5]) & set(again["prompt"])
+    assert again.height == 10
+
+
+@pytest.mark.parametrize("difficulty", [1, 3])
+def test_math_references_are_exact(difficulty):
+    tasks = procedural.generate_tasks("math", per_family=15, difficulty=difficulty, seed=5)
+    for row in tasks.iter_rows(named=True):
+        p = row["prompt"]
+        ref = sympy.Rational(row["reference"])
+        if row["family"] == "linear_equation":
+            lhs, rhs = p.split(": ", 1)[1].split(" = ")
+            x = sympy.Symbol("x")
+            expr = sympy.sympify(lhs.replace("x", "*x"))
+            assert expr.subs(x, ref) == sympy.Integer(rhs)
+        else:
+            expr = p.removeprefix("What is ").removesuffix("?")
+            assert sympy.sympify(expr, rational=True) == ref, p
+
+
+def test_difficulty_makes_numbers_bigger():
+    easy = procedural.generate_tasks(["addition"], per_family=20, difficulty=1, seed=2)
+    hard = procedural.generate_tasks(["addition"], per_family=20, difficulty=3, seed=2)
+    mean = lambda df: sum(len(r) for r in df["reference"]) / df.height  # noqa: E731
+    assert mean(hard) > mean(easy) + 1
+
+
+def test_code_references_pass_their_own_tests_in_a_fresh_interpreter():
+    tasks = procedural.generate_tasks("code", per_family=6, difficulty=2, seed=11)
+    for row in tasks.iter_rows(named=True):
+        assert len(row["tests"]) >= 4
+        src = row["reference"] + "\n" + "\n".join(row["tests"]) + "\nprint('ALL-OK')\n"
+        out = subprocess.run([sys.executable, "-I", "-c", src], capture_output=True, text=True)
+        assert out.stdout.strip() == "ALL-OK", (row["prompt"], out.stderr)
+        # and a wrong solution fails at least one test
+        wrong = row["reference"].replace("return ", "return None and ")
+        src = wrong + "\n" + "\n".join(row["tests"])
+        bad = subprocess.run([sys.executable, "-I", "-c", src], capture_output=True, text=True)
+        assert bad.returncode != 0, row["prompt"]
+
+
+def test_traces_end_in_the_reference():
+    for fam in procedural.MATH:
+        p = procedural.make_problem(fam, 2, 0, 0)
+        assert p.answer == p.reference
+        assert p.trace.endswith(f"{p.reference}.")

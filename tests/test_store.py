@@ -1,0 +1,105 @@
+"""Run directory: atomic writes, manifest semantics, shard resume."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import polars as pl
+import pytest
+
+from thinkwheel.config import RunConfig
+from thinkwheel.store import RunStore, atomic_write_parquet, ids_hash
+
+
+def test_create_writes_config_and_manifest(tmp_path):
+    store = RunStore.create(tmp_path / "run", RunConfig(name="x"))
+    assert (store.root / "config.yaml").exists()
+    assert store.config().name == "x"
+    assert store.manifest()["rounds"] == {}
+
+
+def test_stage_done_needs_same_hashes_and_outputs(tmp_path):
+    store = RunStore.create(tmp_path / "run", RunConfig())
+    p = store.write_table(0, "tasks", pl.DataFrame({"a": [1]}))
+    store.mark_stage(0, "tasks", input_hash="i", config_hash="c", count=1, outputs=[p])
+    assert store.stage_done(0, "tasks", "i", "c")
+    assert not store.stage_done(0, "tasks", "i", "other-config")
+    assert not store.stage_done(0, "tasks", "other-input", "c")
+    p.unlink()
+    assert not store.stage_done(0, "tasks", "i", "c")  # outputs must exist too
+
+
+def test_manifest_paths_are_relative(tmp_path):
+    store = RunStore.create(tmp_path / "run", RunConfig())
+    p = store.write_table(1, "verdicts", pl.DataFrame({"a": [1]}))
+    store.mark_stage(1, "verify", outputs=[p])
+    assert store.stage_entry(1, "verify")["outputs"] == ["round-1/verdicts.parquet"]
+
+
+def test_shards_resume_by_key(tmp_path):
+    store = RunStore(tmp_path / "run")
+    for i in (0, 2):
+        store.write_shard(0, "sample", "k1", i, pl.DataFrame({"i": [i]}))
+    assert store.done_shards(0, "sample", "k1") == {0, 2}
+    assert store.done_shards(0, "sample", "k2") == set()  # another config never reuses them
+    assert sorted(store.read_shards(0, "sample", "k1")["i"]) == [0, 2]
+
+
+def test_ids_hash_is_order_free():
+    assert ids_hash(["a", "b"]) == ids_hash(["b", "a"]) != ids_hash(["a", "c"])
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path):
+    p = tmp_path / "t.parquet"
+    atomic_write_parquet(p, pl.DataFrame({"a": [1, 2]}))
+
+    class Boom(pl.DataFrame):
+        def write_parquet(self, *a, **k):
+            with open(a[0], "wb") as f:
+                f.write(b"half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write_parquet(p, Boom({"a": [3]}))
+    assert pl.read_parquet(p)["a"].to_list() == [1, 2]
+    assert [f.name for f in tmp_path.iterdir()] == ["t.parquet"]  # no temp left behind
+
+
+def test_sigkill_mid_write_never_leaves_a_torn_file(tmp_path):
+    """A child writes big frames in a loop and is SIGKILLed; the file is always readable."""
+    target = tmp_path / "big.parquet"
+    script = textwrap.dedent(
+        f"""
+        import polars as pl, sys
+        from thinkwheel.store import atomic_write_parquet
+        df = pl.DataFrame({{"x": list(range(300_000)), "s": ["y" * 20] * 300_000}})
+        atomic_write_parquet(__import__("pathlib").Path({str(target)!r}), df)
+        print("first", flush=True)
+        i = 0
+        while True:
+            i += 1
+            atomic_write_parquet(__import__("pathlib").Path({str(target)!r}), df.with_columns(pl.lit(i).alias("i")))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "first"
+    import time
+
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    df = pl.read_parquet(target)
+    assert df.height == 300_000
+    leftovers = [f for f in os.listdir(tmp_path) if f != "big.parquet"]
+    # a killed writer may leave its own temp file, never a torn target
+    assert all(f.endswith(".tmp") for f in leftovers)
+
+
+def test_manifest_is_valid_json_after_many_updates(tmp_path):
+    store = RunStore.create(tmp_path / "run", RunConfig())
+    for i in range(20):
+        store.mark_stage(0, f"s{i}", count=i)
+    m = json.loads(store.manifest_path.read_text())
+    assert len(m["rounds"]["0"]["stages"]) == 20

@@ -1,0 +1,3 @@
+"""thinkwheel: a synthetic-data flywheel for LLM post-training."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,289 @@
+"""The run configuration: pydantic models loaded from YAML. Every default lives here.
+
+Unknown keys are errors (a typo must never silently fall back to a default), and every
+load error is a one-line `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line that names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(_Section):
+    kind: Literal["hf", "vllm", "openai"] = "hf"
+    model: str = "bundled"  # "bundled" = thinkwheel/assets/model; else a local path or model id
+    # hf
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+    dtype: str = "auto"
+    # vllm
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = None
+    lora_path: str | None = None
+    # openai
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var, never from the file
+    concurrency: int = Field(16, ge=1)
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    server_supports_n: bool = True
+
+
+class ProceduralConfig(_Section):
+    families: list[str] = Field(default_factory=lambda: ["all"])
+    per_family: int = Field(12, ge=0)
+    difficulty: int = Field(1, ge=1, le=5)
+    seed: int = 1234
+
+
+class SelfInstructConfig(_Section):
+    enabled: bool = False
+    num_tasks: int = Field(16, ge=0)
+    seed_in_context: int = 6
+    generated_in_context: int = 2
+    min_words: int = 3
+    max_words: int = 150
+    rouge_threshold: float = 0.7
+    template: str | None = None  # path to a user prompt template file
+    attempts_per_task: int = Field(4, ge=1)  # generation budget = num_tasks * this
+    banned_words: list[str] = Field(  # Self-Instruct's list: things a text model cannot do
+        default_factory=lambda: [
+            "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+            "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart",
+            "diagram",
+        ]
+    )
+
+
+class EvolInstructConfig(_Section):
+    enabled: bool = False
+    num_tasks: int = Field(16, ge=0)
+    operators: list[str] = Field(
+        default_factory=lambda: [
+            "add_constraints",
+            "deepen",
+            "concretize",
+            "increase_reasoning",
+            "complicate_input",
+            "breadth",
+        ]
+    )
+    max_depth: int = 2
+    template_dir: str | None = None
+    attempts_per_task: int = Field(4, ge=1)  # generation budget = num_tasks * this
+    min_words: int = 3
+    max_words: int = 150
+
+
+class ConsensusConfig(_Section):
+    samples: int = 8
+    min_agreement: float = Field(0.5, ge=0, le=1)
+
+
+class GenerateConfig(_Section):
+    procedural: ProceduralConfig = Field(default_factory=ProceduralConfig)
+    self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
+    evol_instruct: EvolInstructConfig = Field(default_factory=EvolInstructConfig)
+    consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
+    temperature: float = 1.0
+    max_tokens: int = 96
+
+
+class SamplingConfig(_Section):
+    n: int = Field(4, ge=1)  # candidates per task
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(160, ge=1)
+    seed: int = 0
+    shard_size: int = Field(32, ge=1)  # tasks per resumable shard
+    keep_per_task: int = Field(4, ge=1)  # at most K verified candidates per task (ReST-EM)
+    grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
+
+
+class VerifyConfig(_Section):
+    math_timeout_s: float = Field(5.0, gt=0)
+    code_timeout_s: float = Field(10.0, gt=0)
+    workers: int = Field(2, ge=1)
+    percent_policy: Literal["fraction", "number", "either"] = "fraction"
+    plugins: list[str] = Field(default_factory=list)  # "module:callable"
+    format_weight: float = 0.0  # >0 also requires the <think> format to count as passed
+
+
+class DedupConfig(_Section):
+    enabled: bool = True
+    field: Literal["prompt", "reasoning", "both"] = "reasoning"
+    threshold: float = Field(0.7, gt=0, le=1)
+    num_perm: int = 128
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = 5
+    mask_numbers: bool = False
+    mask_names: bool = False  # procedural data: same template with new names must collide
+    bands: int | None = None  # LSH bands; None = chosen for >= 0.99 recall at the threshold
+    confirm: Literal["exact", "estimate"] = "exact"  # exact shingle Jaccard decides the pair
+
+
+class BenchmarkSource(_Section):
+    name: str
+    path: str  # JSONL, parquet or a `datasets` folder; "builtin:humaneval" for the bundled one
+    field: str = "prompt"
+
+
+class DecontamConfig(_Section):
+    enabled: bool = True
+    benchmarks: list[BenchmarkSource] = Field(
+        default_factory=lambda: [BenchmarkSource(name="humaneval", path="builtin:humaneval")]
+    )
+    ngram: int = 13
+    min_overlap: float = Field(0.5, gt=0, le=1)
+    fuzzy_threshold: float | None = Field(0.6, gt=0, le=1)  # MinHash pass; None = off
+    fuzzy_ngram: int = 3
+    min_item_words: int = 5
+
+
+class QualityConfig(_Section):
+    enabled: bool = True
+    min_answer_chars: int = 1
+    max_completion_chars: int = 8000
+    max_repeat_ngram_ratio: float = 0.5
+    require_think: bool = True
+    min_reasoning_chars: int = 0
+    repeat_ngram: int = 3
+    max_garbage_ratio: float = Field(0.2, ge=0, le=1)
+    answer_leak_min_chars: int = 3
+
+
+class FilterConfig(_Section):
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
+class ExportConfig(_Section):
+    system_prompt: str = "You are a careful assistant. Think inside <think></think>, then answer."
+    formats: list[Literal["parquet", "hf", "jsonl"]] = Field(default_factory=lambda: ["parquet", "hf"])
+    verified_only: bool = True
+
+
+class SFTConfig(_Section):
+    enabled: bool = True
+    trainer: Literal["auto", "trl", "unsloth"] = "auto"
+    max_steps: int = Field(120, ge=1)
+    epochs: float = 1.0
+    learning_rate: float = 1e-3
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = 384
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    assistant_only_loss: bool = True
+    seed: int = 0
+    load_in_4bit: bool = True  # unsloth + lora only: QLoRA-style 4-bit base weights
+
+
+class GRPOTrainConfig(_Section):
+    enabled: bool = False
+    max_steps: int = Field(20, ge=1)
+    learning_rate: float = 1e-5
+    num_generations: int = Field(8, ge=2)
+    max_completion_length: int = 160
+    loss_type: str = "dapo"
+    beta: float = 0.0
+    batch_size: int = 8
+    temperature: float = 1.0
+    format_weight: float = 0.2
+    use_vllm: bool = False
+    seed: int = 0
+
+
+class TrainConfig(_Section):
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    grpo: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig)
+    strategy: Literal["continue", "from_base"] = "continue"
+
+
+class EvalConfig(_Section):
+    families: list[str] = Field(default_factory=lambda: ["all"])
+    per_family: int = Field(10, ge=1)
+    difficulty: int = 1
+    seed: int = 999_999  # the held-out split's seed; training seeds never use it
+    k: int = Field(1, ge=1)
+    max_tokens: int = 160
+    temperature: float = Field(0.8, ge=0)  # sampling for pass@k / maj@k when k > 1
+
+
+class RunConfig(_Section):
+    name: str = "default"
+    rounds: int = Field(2, ge=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections: a stage re-runs only when its own config changed."""
+        data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = _where(first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    return f"bad value for '{where}': {first['msg']} (got {first.get('input')!r})"
+
+
+def parse_config(data: dict[str, Any] | None) -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """Load YAML (or the defaults when path is None) and apply top-level overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: invalid YAML{at}: {getattr(err, 'problem', err)}") from None
+    data = dict(data) if isinstance(data, dict) else data
+    if isinstance(data, dict):
+        data.update({k: v for k, v in overrides.items() if v is not None})
+    return parse_config(data)

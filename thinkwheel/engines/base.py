@@ -1,0 +1,50 @@
+"""The one interface every LLM backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = Mapping[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+Request = Sequence[Message] | str  # chat messages, or a bare user prompt
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length"
+    n_tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """`generate` returns, for each request, `params.n` completions in sample order."""
+
+    model_name: str
+
+    def generate(
+        self, requests: Sequence[Request], params: SamplingParams
+    ) -> list[list[Completion]]: ...
+
+
+def as_messages(request: Request) -> list[dict[str, str]]:
+    if isinstance(request, str):
+        return [{"role": "user", "content": request}]
+    return [dict(m) for m in request]

@@ -1,0 +1,296 @@
+"""Procedural task families whose answers are computed exactly.
+
+Every family is a function `(rng, difficulty) -> Problem`: a prompt, an exact reference
+(sympy for math, a reference solution that passes its tests for code) and a worked
+`<think>` trace. The trace is what the bundled model is pre-trained on; the flywheel itself
+only uses prompt/reference/tests. Generation is seeded per (seed, family, difficulty, index),
+so a task set is identical across processes and independent of which families are asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import polars as pl
+import sympy
+
+from thinkwheel import records
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    reference: str
+    trace: str  # the worked reasoning that goes inside <think>...</think>
+    answer: str  # the text after </think> in a perfect completion
+    tests: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+
+
+Family = Callable[[random.Random, int], Problem]
+MATH: dict[str, Family] = {}
+CODE: dict[str, Family] = {}
+
+
+def _family(registry: dict[str, Family]) -> Callable[[Family], Family]:
+    def deco(fn: Family) -> Family:
+        registry[fn.__name__] = fn
+        return fn
+
+    return deco
+
+
+def _num(rng: random.Random, digits: int) -> int:
+    return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+
+def _column_add(a: int, b: int) -> str:
+    """Digit-by-digit addition, least significant digit first (how the model computes)."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    carry, steps = 0, []
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={s}" if carry else f"{x}+{y}={s}")
+        carry = s // 10
+    return ", ".join(steps)
+
+
+def _column_sub(a: int, b: int) -> str:
+    """Digit-by-digit a - b for a >= b >= 0, with borrows."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    borrow, steps = 0, []
+    for i in range(len(da)):
+        x = int(da[i]) - borrow
+        y = int(db[i]) if i < len(db) else 0
+        borrow = 1 if x < y else 0
+        steps.append(f"{x + 10 * borrow}-{y}={x + 10 * borrow - y}")
+    return ", ".join(steps)
+
+
+@_family(MATH)
+def addition(rng: random.Random, difficulty: int) -> Problem:
+    a, b = _num(rng, difficulty + 1), _num(rng, rng.randint(1, difficulty + 1))
+    ref = str(sympy.Integer(a) + sympy.Integer(b))
+    return Problem(f"What is {a} + {b}?", ref, f"{_column_add(a, b)}. So {a} + {b} = {ref}.", ref)
+
+
+@_family(MATH)
+def subtraction(rng: random.Random, difficulty: int) -> Problem:
+    a, b = _num(rng, difficulty + 1), _num(rng, rng.randint(1, difficulty + 1))
+    ref = str(sympy.Integer(a) - sympy.Integer(b))
+    hi, lo = max(a, b), min(a, b)
+    trace = _column_sub(hi, lo)
+    if a < b:
+        trace = f"{a} < {b}, so compute {b} - {a} and negate. {trace}"
+    return Problem(f"What is {a} - {b}?", ref, f"{trace}. So {a} - {b} = {ref}.", ref)
+
+
+@_family(MATH)
+def multiplication(rng: random.Random, difficulty: int) -> Problem:
+    a, b = _num(rng, difficulty + 1), rng.randint(2, 9 if difficulty < 3 else 99)
+    ref = str(sympy.Integer(a) * sympy.Integer(b))
+    parts, carry = [], 0
+    if b < 10:
+        for d in str(a)[::-1]:
+            s = int(d) * b + carry
+            parts.append(f"{d}*{b}+{carry}={s}" if carry else f"{d}*{b}={s}")
+            carry = s // 10
+        trace = ", ".join(parts)
+    else:
+        t, u = divmod(b, 10)
+        trace = f"{a}*{u}={a * u}, {a}*{t}0={a * t * 10}, {a * u}+{a * t * 10}={ref}"
+    return Problem(f"What is {a} * {b}?", ref, f"{trace}. So {a} * {b} = {ref}.", ref)
+
+
+@_family(MATH)
+def fraction_addition(rng: random.Random, difficulty: int) -> Problem:
+    top = 4 + 3 * difficulty
+    a, c = rng.randint(1, top), rng.randint(1, top)
+    b, d = rng.randint(2, top), rng.randint(2, top)
+    x, y = sympy.Rational(a, b), sympy.Rational(c, d)
+    s = x + y
+    lcm = sympy.ilcm(b, d)
+    na, nc = a * (lcm // b), c * (lcm // d)
+    trace = f"common denominator {lcm}: {na}/{lcm} + {nc}/{lcm} = {na + nc}/{lcm}"
+    if sympy.Rational(na + nc, lcm).q != lcm:
+        trace += f", simplify by {sympy.igcd(na + nc, lcm)} to {s}"
+    ref = str(s)
+    return Problem(f"What is {a}/{b} + {c}/{d}?", ref, f"{trace}. So the sum is {ref}.", ref)
+
+
+@_family(MATH)
+def linear_equation(rng: random.Random, difficulty: int) -> Problem:
+    x0 = rng.randint(-9 * difficulty, 9 * difficulty)
+    a = rng.choice([k for k in range(-3 - 2 * difficulty, 4 + 2 * difficulty) if k not in (0, 1)])
+    b = rng.randint(-20 * difficulty, 20 * difficulty)
+    c = a * x0 + b
+    sol = sympy.Rational(c - b, a)  # exact: the unique root of a*x + b = c
+    lhs = f"{a}x + {b}" if b >= 0 else f"{a}x - {-b}"
+    rhs_step = f"{c} - {b}" if b >= 0 else f"{c} + {-b}"
+    trace = f"{a}x = {rhs_step} = {c - b}, x = {c - b}/{a} = {sol}"
+    ref = str(sol)
+    return Problem(f"Solve for x: {lhs} = {c}", ref, f"{trace}. So x = {ref}.", ref)
+
+
+def _code_answer(src: str) -> str:
+    return f"```python\n{src}\n```"
+
+
+def _code(prompt: str, src: str, trace: str, fn_name: str, cases: Iterable[tuple]) -> Problem:
+    ns: dict = {}
+    exec(src, ns)  # our own reference source, never model output
+    tests = []
+    for args in cases:
+        got = ns[fn_name](*args)
+        tests.append(f"assert {fn_name}({', '.join(repr(a) for a in args)}) == {got!r}")
+    return Problem(prompt, src, trace, _code_answer(src), tuple(tests))
+
+
+@_family(CODE)
+def linear_function(rng: random.Random, difficulty: int) -> Problem:
+    a, b = rng.randint(2, 3 + 3 * difficulty), rng.randint(1, 5 + 5 * difficulty)
+    op = rng.choice(["+", "-"])
+    name = rng.choice(_NAMES)
+    src = f"def {name}(x):\n    return {a} * x {op} {b}"
+    prompt = f"Write a Python function `{name}(x)` that returns {a}*x {op} {b}."
+    trace = f"multiply x by {a}, then {'add' if op == '+' else 'subtract'} {b}"
+    return _code(prompt, src, trace, name, [(v,) for v in (0, 1, 3, -2, 10)])
+
+
+_NAMES = ["f", "g", "h", "solve", "compute", "calc", "transform", "result"]
+_WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "rocket", "garden"]
+
+
+@_family(CODE)
+def string_transform(rng: random.Random, difficulty: int) -> Problem:
+    k = rng.randint(2, 2 + difficulty)
+    kinds = {
+        "reversed": ("s[::-1]", "slice with step -1"),
+        "in upper case": ("s.upper()", "use str.upper"),
+        f"repeated {k} times": (f"s * {k}", f"multiply the string by {k}"),
+        f"without its first {k} characters": (f"s[{k}:]", f"slice from index {k}"),
+        f"with only its first {k} characters": (f"s[:{k}]", f"slice up to index {k}"),
+        "with its characters sorted": ("''.join(sorted(s))", "sort the characters, join them"),
+        "followed by its reverse": ("s + s[::-1]", "concatenate s and s[::-1]"),
+        "with the first letter in upper case": ("s.capitalize()", "use str.capitalize"),
+        f"with its last {k} characters removed": (f"s[:-{k}]", f"slice up to index -{k}"),
+    }
+    what = rng.choice(sorted(kinds))
+    expr, trace = kinds[what]
+    name = rng.choice(_NAMES)
+    src = f"def {name}(s):\n    return {expr}"
+    prompt = f"Write a Python function `{name}(s)` that returns the string s {what}."
+    words = rng.sample(_WORDS, 3)
+    return _code(prompt, src, trace, name, [(w,) for w in words] + [("",)])
+
+
+@_family(CODE)
+def list_filter_sum(rng: random.Random, difficulty: int) -> Problem:
+    k = rng.randint(0, 3 + 3 * difficulty)
+    word = rng.choice(["greater than", "less than", "even and greater than"])
+    cond = {
+        "greater than": f"x > {k}",
+        "less than": f"x < {k}",
+        "even and greater than": f"x % 2 == 0 and x > {k}",
+    }[word]
+    name = rng.choice(_NAMES)
+    src = f"def {name}(xs):\n    return sum(x for x in xs if {cond})"
+    prompt = (
+        f"Write a Python function `{name}(xs)` that returns the sum of the numbers in xs"
+        f" that are {word} {k}."
+    )
+    trace = f"keep x when {cond}, then sum"
+    cases = [([rng.randint(-5, 15) for _ in range(rng.randint(3, 6))],) for _ in range(4)] + [([],)]
+    return _code(prompt, src, trace, name, cases)
+
+
+@_family(CODE)
+def count_char(rng: random.Random, difficulty: int) -> Problem:
+    ch, name = rng.choice("abcdefghiklmnoprstuw"), rng.choice(_NAMES)
+    src = f"def {name}(s):\n    return s.count({ch!r})"
+    prompt = (
+        f"Write a Python function `{name}(s)` that returns how many times the letter {ch!r}"
+        " appears in s."
+    )
+    trace = f"count {ch!r} with str.count"
+    words = rng.sample(_WORDS, 3)
+    cases = [(w,) for w in words] + [(ch + words[0] + ch,), (words[0] + words[1],)]
+    return _code(prompt, src, trace, name, cases)
+
+
+FAMILIES: dict[str, Family] = {**MATH, **CODE}
+
+
+def domain_of(family: str) -> str:
+    return "math" if family in MATH else "code"
+
+
+def resolve_families(families: Iterable[str] | str) -> list[str]:
+    """Expand "all" / "math" / "code" and reject unknown names with a clear message."""
+    if isinstance(families, str):
+        families = [families]
+    out: list[str] = []
+    for f in families:
+        names = {"all": list(FAMILIES), "math": list(MATH), "code": list(CODE)}.get(f, [f])
+        for n in names:
+            if n not in FAMILIES:
+                raise ValueError(f"unknown task family {n!r}; known: {', '.join(FAMILIES)}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def make_problem(family: str, difficulty: int, seed: int, index: int) -> Problem:
+    rng = random.Random(f"{seed}:{family}:{difficulty}:{index}")
+    return FAMILIES[family](rng, difficulty)
+
+
+def problem_row(problem: Problem, family: str, difficulty: int, round: int, seed: int) -> dict:
+    domain = domain_of(family)
+    return {
+        "task_id": records.task_id(domain, problem.prompt, problem.reference),
+        "round": round,
+        "domain": domain,
+        "family": family,
+        "difficulty": difficulty,
+        "source": f"procedural:{family}",
+        "parent_id": None,
+        "prompt": problem.prompt,
+        "reference": problem.reference,
+        "tests": list(problem.tests) if domain == "code" else None,
+        "verifier": "math" if domain == "math" else "code",
+        "meta": json.dumps({"seed": seed, **problem.meta}, sort_keys=True),
+    }
+
+
+def generate_tasks(
+    families: Iterable[str] | str = ("all",),
+    per_family: int = 12,
+    difficulty: int = 1,
+    seed: int = 1234,
+    round: int = 0,
+    exclude_prompts: Iterable[str] = (),
+) -> pl.DataFrame:
+    """`per_family` distinct tasks of each family, deterministic in `seed`.
+
+    Prompts in `exclude_prompts` (e.g. the held-out eval split) are skipped, and duplicates
+    within the set are re-drawn, so the result never leaks the eval set.
+    """
+    excluded = set(exclude_prompts)
+    rows = []
+    for family in resolve_families(families):
+        seen: set[str] = set()
+        index = 0
+        while len(seen) < per_family and index < per_family * 50:
+            p = make_problem(family, difficulty, seed, index)
+            index += 1
+            if p.prompt in seen or p.prompt in excluded:
+                continue
+            seen.add(p.prompt)
+            rows.append(problem_row(p, family, difficulty, round, seed))
+    return records.frame(rows, records.TASKS)

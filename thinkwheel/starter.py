@@ -1,0 +1,45 @@
+"""The commented starter config `thinkwheel init` writes: every default, spelled out."""
+
+from __future__ import annotations
+
+import yaml
+
+from thinkwheel.config import RunConfig
+
+SECTION_NOTES = {
+    "name": "Run name: the run directory is runs/<name> unless --out is given.",
+    "rounds": "Flywheel rounds: round k+1 samples from round k's model.",
+    "engine": (
+        "LLM backend. kind: hf (transformers, CPU ok) | vllm (GPU, `pip install thinkwheel[gpu]`)"
+        " | openai (any OpenAI-compatible server; the key comes from the env var api_key_env)."
+        " model: 'bundled' = the small model shipped in the package, or a local path / model id."
+    ),
+    "generate": (
+        "Task generation: procedural families (exact references), plus Self-Instruct and"
+        " Evol-Instruct through the engine when enabled."
+    ),
+    "sampling": (
+        "Rejection sampling: n candidates per task, keep at most keep_per_task verified ones;"
+        " GRPO prompts are tasks whose pass rate lies in grpo_pass_band."
+    ),
+    "verify": (
+        "Verifiers run in killable worker processes. percent_policy: fraction (50% == 0.5),"
+        " number (50% == 50) or either. plugins: 'module:callable' strings."
+    ),
+    "filters": "Near-dup removal (MinHash), benchmark decontamination, quality rules.",
+    "export": "Curated <think> chat SFT set and GRPO prompt set: parquet, hf (datasets), jsonl.",
+    "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then GRPO when enabled.",
+    "eval": "The held-out procedural split (its seed is never used for training data).",
+}
+
+
+def starter_yaml() -> str:
+    data = RunConfig().model_dump(mode="json")
+    lines = ["# thinkwheel run config. Every key is optional; unknown keys are errors.", ""]
+    for key, value in data.items():
+        note = SECTION_NOTES.get(key)
+        if note:
+            lines.append(f"# {note}")
+        lines.append(yaml.safe_dump({key: value}, sort_keys=False).rstrip())
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""The run directory: atomic parquet writes, the manifest, and resume.
+
+Layout (DESIGN.md): runs/<name>/{config.yaml, manifest.json, report.html,
+round-<k>/{tasks,candidates,verdicts,filtered}.parquet, curated/, model/, eval.json}.
+
+Every write goes to a temp file in the same directory and is renamed into place, and the
+manifest records a stage only after its data is on disk, so a SIGKILL at any instant leaves
+either the old state or the new one. A stage is "done" when the manifest says so *with the
+same input and config hashes* and its outputs exist; anything else re-runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from thinkwheel import records
+from thinkwheel.config import RunConfig
+
+TABLES = ("tasks", "candidates", "verdicts", "filtered")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.write_parquet(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a temp directory beside `path`; on success it replaces `path` whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ids_hash(values: Iterable[Any]) -> str:
+    """Order-free hash of a set of ids: the identity of a stage's input."""
+    h = hashlib.sha256()
+    for v in sorted(str(x) for x in values):
+        h.update(v.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_hash(model_dir: str | Path) -> str:
+    """Identity of a model folder: its weights and config (not its path)."""
+    d = Path(model_dir)
+    parts = [file_hash(p) for p in sorted(d.glob("*.safetensors")) + [d / "config.json"] if p.is_file()]
+    return records.content_id("model", parts) if parts else records.content_id("model", str(d))
+
+
+class RunStore:
+    """One run directory. Thread-safe manifest updates; all writes atomic."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ set-up
+    @classmethod
+    def create(cls, root: str | Path, cfg: RunConfig) -> RunStore:
+        store = cls(root)
+        store.root.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        cfg_path = store.root / "config.yaml"
+        if not cfg_path.exists() or cfg_path.read_text() != text:
+            atomic_write_text(cfg_path, text)
+        if not store.manifest_path.exists():
+            store._write_manifest({"name": cfg.name, "created": time.time(), "rounds": {}})
+        return store
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def round_dir(self, k: int) -> Path:
+        return self.root / f"round-{k}"
+
+    def config(self) -> RunConfig:
+        from thinkwheel.config import load_config
+
+        return load_config(self.root / "config.yaml")
+
+    # ------------------------------------------------------------ manifest
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"rounds": {}}
+        return json.loads(self.manifest_path.read_text())
+
+    def _write_manifest(self, m: dict[str, Any]) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True))
+
+    def _update(self, fn) -> None:
+        with self._lock:
+            m = self.manifest()
+            fn(m)
+            self._write_manifest(m)
+
+    def stage_entry(self, k: int, stage: str) -> dict[str, Any] | None:
+        return self.manifest()["rounds"].get(str(k), {}).get("stages", {}).get(stage)
+
+    def stage_done(self, k: int, stage: str, input_hash: str, config_hash: str) -> bool:
+        e = self.stage_entry(k, stage)
+        return bool(
+            e
+            and e.get("status") == "done"
+            and e.get("input_hash") == input_hash
+            and e.get("config_hash") == config_hash
+            and all((self.root / p).exists() for p in e.get("outputs", []))
+        )
+
+    def mark_stage(
+        self,
+        k: int,
+        stage: str,
+        *,
+        status: str = "done",
+        input_hash: str = "",
+        config_hash: str = "",
+        count: int | None = None,
+        seconds: float | None = None,
+        outputs: Iterable[str | Path] = (),
+        **extra: Any,
+    ) -> None:
+        """Record a stage; call only after its outputs are on disk."""
+        outs = [str(Path(p).relative_to(self.root)) if Path(p).is_absolute() else str(p) for p in outputs]
+
+        def fn(m: dict[str, Any]) -> None:
+            r = m["rounds"].setdefault(str(k), {"stages": {}})
+            r["stages"][stage] = {
+                "status": status,
+                "input_hash": input_hash,
+                "config_hash": config_hash,
+                "count": count,
+                "seconds": None if seconds is None else round(seconds, 3),
+                "outputs": outs,
+                "finished_at": time.time(),
+                **extra,
+            }
+
+        self._update(fn)
+
+    def set_run_info(self, **info: Any) -> None:
+        self._update(lambda m: m.update(info))
+
+    # ------------------------------------------------------------ tables
+    def table_path(self, k: int, name: str) -> Path:
+        return self.round_dir(k) / f"{name}.parquet"
+
+    def write_table(self, k: int, name: str, df: pl.DataFrame) -> Path:
+        p = self.table_path(k, name)
+        atomic_write_parquet(p, df)
+        return p
+
+    def read_table(self, k: int, name: str) -> pl.DataFrame | None:
+        p = self.table_path(k, name)
+        return pl.read_parquet(p) if p.exists() else None
+
+    def rounds(self) -> list[int]:
+        ks = [int(p.name.split("-", 1)[1]) for p in self.root.glob("round-*") if p.is_dir()]
+        return sorted(ks)
+
+    def load_round(self, k: int) -> dict[str, pl.DataFrame]:
+        out = {}
+        for name in TABLES:
+            df = self.read_table(k, name)
+            if df is not None:
+                out[name] = df
+        return out
+
+    def write_json(self, rel: str | Path, obj: Any) -> Path:
+        p = self.root / rel
+        atomic_write_text(p, json.dumps(obj, indent=2, sort_keys=True))
+        return p
+
+    def read_json(self, rel: str | Path) -> Any | None:
+        p = self.root / rel
+        return json.loads(p.read_text()) if p.exists() else None
+
+    # ------------------------------------------------------------ shards
+    def shard_dir(self, k: int, stage: str, key: str) -> Path:
+        """Shards live under a key (input + config hash): a changed config never reuses them."""
+        return self.round_dir(k) / "shards" / stage / key
+
+    def write_shard(self, k: int, stage: str, key: str, index: int, df: pl.DataFrame) -> Path:
+        p = self.shard_dir(k, stage, key) / f"shard-{index:05d}.parquet"
+        atomic_write_parquet(p, df)
+        return p
+
+    def done_shards(self, k: int, stage: str, key: str) -> set[int]:
+        d = self.shard_dir(k, stage, key)
+        return {int(p.stem.split("-")[1]) for p in d.glob("shard-*.parquet")}
+
+    def read_shards(self, k: int, stage: str, key: str) -> pl.DataFrame:
+        files = sorted(self.shard_dir(k, stage, key).glob("shard-*.parquet"))
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
