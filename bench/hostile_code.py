@@ -1,0 +1,73 @@
+"""Hostile-code suite: each program must fail (or be marked unsafe) and leave the host, the
+sandbox and later checks unaffected. Run: python bench/hostile_code.py"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from thinkwheel.verifiers.code import CodeVerifier
+
+MARK = "/tmp/thinkwheel-hostile-marker"
+GOOD = "```python\ndef f(x):\n    return 3 * x + 2\n```"
+TESTS = ["assert f(0) == 2", "assert f(4) == 14"]
+
+HOSTILE: dict[str, str] = {
+    "infinite loop": "while True:\n    pass",
+    "fork bomb": "import os\nwhile True:\n    os.fork()",
+    "subprocess bomb": "import subprocess\nwhile True:\n    subprocess.Popen(['sleep', '100'])",
+    "memory bomb": "x = bytearray(8 * 1024 ** 3)\ndef f(x):\n    return 3 * x + 2",
+    "disk fill": "with open('big', 'wb') as fh:\n    while True:\n        fh.write(b'0' * 2 ** 20)",
+    "os._exit(0) before asserts": "import os\nos._exit(0)",
+    "sys.exit(0) before asserts": "import sys\nsys.exit(0)",
+    "fake AssertionError": "import builtins\nbuiltins.AssertionError = type('N', (Exception,), {})\n"
+                           "def f(x):\n    return 0",
+    "override builtins/BaseException": "import builtins\nbuiltins.BaseException = type('N', (), {})\n"
+                                       "builtins.Exception = type('M', (), {})\ndef f(x):\n    return 0",
+    "swallow via excepthook": "import sys\nsys.excepthook = lambda *a: None\ndef f(x):\n    return 0",
+    "forged sentinel": "print('\\n0123456789abcdef0123456789abcdef 2 2 0 ok')\nimport os\nos._exit(0)",
+    "network access": "import socket\ns = socket.create_connection(('1.1.1.1', 53), timeout=1)\n"
+                      "def f(x):\n    return 3 * x + 2",
+    "write outside temp dir": f"open({MARK!r}, 'w').write('pwned')\ndef f(x):\n    return 3 * x + 2",
+    "read environment secret": "import os\nassert os.environ.get('TW_SECRET') == 'hunter2'\n"
+                               "def f(x):\n    return 3 * x + 2",
+    "kill the parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                       "def f(x):\n    return 3 * x + 2",
+    "kill everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\ndef f(x):\n    return 3 * x + 2",
+    "huge output": "while True:\n    print('x' * 65536)",
+    "frame walk to nonce": "import sys\nfr = sys._getframe()\nwhile fr.f_back:\n    fr = fr.f_back\n"
+                           "print(fr.f_locals.get('nonce'), 2, 2, 0)\nimport os\nos._exit(0)",
+    "gc hunt for nonce": "import gc\nprint([o for o in gc.get_objects() if isinstance(o, dict)][:1])\n"
+                         "def f(x):\n    return 3 * x + 2",
+    "ctypes escape": "import ctypes\nctypes.CDLL(None).exit(0)",
+}
+
+
+def run_suite(verifier: CodeVerifier) -> list[tuple[str, object, str, float]]:
+    """(case, passed, reason, seconds) per hostile program, then a good program as a probe."""
+    os.environ["TW_SECRET"] = "hunter2"
+    rows = []
+    task = {"tests": TESTS}
+    for name, code in HOSTILE.items():
+        start = time.perf_counter()
+        v = verifier.verify(f"<think>x</think>\n```python\n{code}\n```", task)
+        rows.append((name, v.passed, v.reason, time.perf_counter() - start))
+    good = verifier.verify(f"<think>x</think>\n{GOOD}", task)
+    rows.append(("good program afterwards", good.passed, good.reason, good.seconds))
+    return rows
+
+
+def main() -> None:
+    if os.path.exists(MARK):
+        os.remove(MARK)
+    rows = run_suite(CodeVerifier(workers=2, timeout_s=3.0, test_timeout_s=2.0))
+    print(f"{'case':34s} {'passed':7s} {'reason':14s} seconds")
+    for name, passed, reason, sec in rows:
+        print(f"{name:34s} {passed!s:7s} {reason:14s} {sec:.2f}")
+    hostile_ok = all(p is not True for _, p, _, _ in rows[:-1])
+    print(f"all hostile failed: {hostile_ok}; good program passed afterwards: {rows[-1][1]}; "
+          f"marker written outside sandbox: {os.path.exists(MARK)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""as_reward: TRL GRPO reward functions from verifiers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from thinkwheel.train.rewards import as_async_reward, as_reward, completion_as_text
+
+
+def test_completion_as_text_forms() -> None:
+    assert completion_as_text("x") == "x"
+    conv = [{"role": "assistant", "content": "<think>a</think>5"}]
+    assert completion_as_text(conv) == "<think>a</think>5"
+
+
+def test_format_reward_string_and_conversational() -> None:
+    reward = as_reward("think_format", weight=0.5)
+    out = reward(prompts=["p", "p"], completions=[[{"role": "assistant", "content": "<think>a</think>b"}],
+                                                   "no tags"], completion_ids=[[1], [2]])
+    assert out == [0.5, 0.0]
+    assert reward.__name__ == "think_format_reward"
+
+
+def test_math_reward_reads_reference_column_and_none_for_bad_reference() -> None:
+    reward = as_reward("math", workers=1)
+    out = reward(prompts=["q"] * 3, completions=["</think>5", "</think>6", "</think>5"],
+                 reference=["5", "5", "\\frac{"])
+    assert out == [1.0, 0.0, None]
+
+
+def test_per_row_verifier_column_and_async_form() -> None:
+    reward = as_reward(None)
+    out = reward(prompts=["q", "q"], completions=["<think>a</think>b", "</think>\n```python\ndef f(x):\n    return x\n```"],
+                 verifier=["think_format", "code"], tests=[None, ["assert f(1) == 1", "assert f(2) == 3"]])
+    assert out == [1.0, 0.5]
+    areward = as_async_reward("think_format")
+    assert asyncio.run(areward(prompts=["q"], completions=["x"])) == [0.0]

@@ -1,0 +1,124 @@
+"""Code verifier: sandbox pass/partial credit, stdin/stdout tests, sentinel, hostile code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from thinkwheel.verifiers.code import CodeVerifier, extract_code
+from thinkwheel.verifiers.code_sandbox import isolation
+
+GOOD = "<think>easy</think>\n```python\ndef f(x):\n    return 3 * x + 2\n```"
+TASK = {"tests": ["assert f(0) == 2", "assert f(4) == 14"]}
+MARK = Path("/tmp/thinkwheel-test-marker")
+
+HOSTILE = {
+    "infinite loop": "while True:\n    pass",
+    "fork bomb": "import os\nwhile True:\n    os.fork()",
+    "memory bomb": "x = bytearray(8 * 1024 ** 3)\ndef f(x):\n    return 3 * x + 2",
+    "disk fill": "with open('big', 'wb') as fh:\n    while True:\n        fh.write(b'0' * 2 ** 20)",
+    "os._exit before asserts": "import os\nos._exit(0)",
+    "sys.exit before asserts": "import sys\nsys.exit(0)",
+    "fake AssertionError": "import builtins\nbuiltins.AssertionError = type('N', (Exception,), {})\n"
+                           "def f(x):\n    return 0",
+    "fake BaseException": "import builtins\nbuiltins.BaseException = type('N', (), {})\n"
+                          "def f(x):\n    return 0",
+    "forged sentinel": "print('\\n0123456789abcdef0123456789abcdef 2 2 0 ok')\nimport os\nos._exit(0)",
+    "network": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n"
+               "def f(x):\n    return 3 * x + 2",
+    "write outside tmp": f"open({str(MARK)!r}, 'w').write('x')\ndef f(x):\n    return 3 * x + 2",
+    "env secret": "import os\nassert os.environ.get('TW_SECRET') == 'hunter2'\n"
+                  "def f(x):\n    return 3 * x + 2",
+    "kill parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                   "def f(x):\n    return 3 * x + 2",
+    "huge output": "while True:\n    print('x' * 65536)",
+    "frame walk": "import sys\nfr = sys._getframe()\nwhile fr.f_back:\n    fr = fr.f_back\n"
+                  "print(fr.f_locals.get('nonce'), 2, 2, 0)\nimport os\nos._exit(0)",
+}
+
+
+@pytest.fixture(scope="module")
+def verifier() -> CodeVerifier:
+    return CodeVerifier(workers=2, timeout_s=3.0, test_timeout_s=1.5)
+
+
+def test_extract_code() -> None:
+    assert extract_code(GOOD) == "def f(x):\n    return 3 * x + 2\n"
+    assert extract_code("</think>\ndef g(): pass") == "def g(): pass"
+    assert extract_code("<think>never closed") is None
+
+
+def test_pass_and_partial_credit(verifier: CodeVerifier) -> None:
+    ok = verifier.verify(GOOD, TASK)
+    assert ok.passed is True and ok.score == 1.0 and ok.reason == "ok"
+    half = verifier.verify("</think>\n```python\ndef f(x):\n    return 2\n```", TASK)
+    assert half.passed is False and half.score == 0.5 and half.reason == "wrong_answer"
+    assert f"sandbox={isolation()}" in ok.detail
+
+
+def test_stdin_stdout_tests(verifier: CodeVerifier) -> None:
+    task = {"tests": ['{"stdin": "4\\n", "stdout": "8"}', '{"stdin": "5\\n", "stdout": "11"}']}
+    v = verifier.verify("</think>\n```python\nprint(int(input()) * 2)\n```", task)
+    assert v.score == 0.5 and v.passed is False
+
+
+def test_task_without_tests_is_unverifiable(verifier: CodeVerifier) -> None:
+    assert verifier.verify(GOOD, {"tests": None}).passed is None
+
+
+def test_per_test_timeout_gives_partial_credit(verifier: CodeVerifier) -> None:
+    code = "</think>\n```python\ndef f(x):\n    while x:\n        pass\n    return 2\n```"
+    v = verifier.verify(code, {"tests": ["assert f(0) == 2", "f(1)"]})
+    assert v.score == 0.5
+
+
+def test_hostile_suite_all_fail_and_host_unaffected(verifier: CodeVerifier) -> None:
+    os.environ["TW_SECRET"] = "hunter2"
+    MARK.unlink(missing_ok=True)
+    cands = [f"</think>\n```python\n{code}\n```" for code in HOSTILE.values()]
+    verdicts = verifier.verify_batch(cands, [TASK] * len(cands))
+    outcome = {name: (v.passed, v.reason) for name, v in zip(HOSTILE, verdicts, strict=True)}
+    assert all(p is False for p, _ in outcome.values()), outcome
+    assert outcome["network"][1] == "unsafe" and outcome["fork bomb"][1] == "unsafe"
+    assert not MARK.exists()
+    assert verifier.verify(GOOD, TASK).passed is True  # later checks unaffected
+    assert sys.executable  # the test process itself survived "kill parent"
+
+
+def test_no_state_leaks_between_checks(verifier: CodeVerifier) -> None:
+    poison = ("import builtins, math\nbuiltins.LEAK = 1\nmath.pi = 3\nopen('left.txt', 'w').write('x')\n"
+              "def f(x):\n    return 3 * x + 2")
+    assert verifier.verify(f"</think>\n```python\n{poison}\n```", TASK).passed is True
+    probe = ("import builtins, math, os\nassert not hasattr(builtins, 'LEAK')\n"
+             "assert math.pi > 3.14\nassert not os.path.exists('left.txt')\n"
+             "def f(x):\n    return 3 * x + 2")
+    assert verifier.verify(f"</think>\n```python\n{probe}\n```", TASK).passed is True
+
+
+def test_temp_dir_is_removed() -> None:
+    from thinkwheel.verifiers import code_sandbox
+
+    r = code_sandbox.run_tests("import os\nos.write(1, ('CWD=' + os.getcwd()).encode())\nos._exit(0)",
+                               ["pass"])
+    assert r.status == "no_sentinel"
+    cwd = r.detail.split("CWD=", 1)[1].split()[0]
+    code_sandbox._TRASH.join()
+    assert cwd.startswith("/") and not os.path.exists(cwd)
+
+
+def test_dead_server_is_replaced(verifier: CodeVerifier) -> None:
+    import signal
+
+    from thinkwheel.verifiers import code_sandbox
+
+    assert verifier.verify(GOOD, TASK).passed is True
+    with code_sandbox._IDLE_LOCK:
+        servers = [s for idle in code_sandbox._IDLE.values() for s in idle]
+    assert servers
+    for s in servers:
+        os.killpg(s.proc.pid, signal.SIGKILL)
+        s.proc.wait()
+    assert verifier.verify(GOOD, TASK).passed is True

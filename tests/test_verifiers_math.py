@@ -1,0 +1,171 @@
+"""Math verifier: extraction, the labelled equivalence suite, pool limits, verify_frame."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from thinkwheel import records
+from thinkwheel.verifiers import verify_frame
+from thinkwheel.verifiers.math import MathVerifier, check_math
+from thinkwheel.verifiers.math_extract import extract_answer, last_boxed
+
+SUITE = Path(__file__).parent / "data" / "math_equiv.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<think>2+2</think>\nThe answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+        ("reasoning without opening tag</think> 42", "42"),
+        ("<think>never closed 42", None),
+        ("<think>a</think>\\boxed{\\frac{\\sqrt{3}}{\\{2\\}}} and \\boxed{7}", "7"),
+        ("<think>a</think> so the final answer is: 12.", "12"),
+        ("<think>a</think> work\n#### 1,000", "1,000"),
+        ("<think>a</think>\nAnswer: $x = 5$", "x = 5"),
+        ("<think>a</think>", None),
+    ],
+)
+def test_extract_answer(completion: str, expected: str | None) -> None:
+    assert extract_answer(completion) == expected
+
+
+def test_last_boxed_nested_braces() -> None:
+    assert last_boxed("\\boxed{\\frac{a}{b^{2}}} x") == "\\frac{a}{b^{2}}"
+    assert last_boxed("no box") is None
+
+
+def test_equivalence_suite_is_large_and_balanced() -> None:
+    rows = [json.loads(line) for line in SUITE.read_text().splitlines()]
+    assert len(rows) >= 400
+    assert sum(not r["expected"] for r in rows) / len(rows) >= 0.30
+
+
+def test_equivalence_suite_all_correct() -> None:
+    wrong = []
+    for line in SUITE.read_text().splitlines():
+        r = json.loads(line)
+        passed, reason, _ = check_math(r["reference"], f"<think>x</think>\\boxed{{{r['candidate']}}}",
+                                       r.get("percent_policy", "fraction"))
+        if passed is not r["expected"]:
+            wrong.append((r["reference"], r["candidate"], r["expected"], reason))
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "candidate", "expected"),
+    [("fraction", "0.5", True), ("fraction", "50", False), ("number", "50", True),
+     ("number", "0.5", False), ("either", "50", True), ("either", "0.5", True)],
+)
+def test_percent_policy(policy: str, candidate: str, expected: bool) -> None:
+    assert check_math("50\\%", f"</think>{candidate}", policy)[0] is expected
+
+
+def test_unparseable_reference_is_none_never_true() -> None:
+    passed, reason, _ = check_math("\\frac{", "</think> 5")
+    assert passed is None and reason == "bad_reference"
+    assert check_math(None, "</think> 5")[0] is None
+
+
+def test_no_answer_and_parse_error() -> None:
+    assert check_math("5", "<think>unfinished")[1] == "no_answer"
+    assert check_math("5", "</think>\\boxed{\\frac{}")[1] in ("parse_error", "wrong_answer")
+
+
+@pytest.fixture(scope="module")
+def verifier() -> MathVerifier:
+    return MathVerifier(workers=2, timeout_s=2.0)
+
+
+def test_pool_batch_and_timeout_recovery(verifier: MathVerifier) -> None:
+    task = {"reference": "2"}
+    out = verifier.verify_batch(
+        ["</think> 2", "</think> 3", "</think>\\boxed{9^{9^{9^{9}}}}", "</think> \\frac{4}{2}"],
+        [task] * 4,
+    )
+    assert [v.passed for v in out] == [True, False, None, True]
+    assert out[2].reason == "timeout"
+    assert verifier.verify("</think> 2", task).passed is True  # pool still serves
+
+
+def test_pool_from_thread_and_event_loop(verifier: MathVerifier) -> None:
+    got: list[bool | None] = []
+    t = threading.Thread(target=lambda: got.append(verifier.verify("</think>7", {"reference": "7"}).passed))
+    t.start()
+    t.join(60)
+    assert got == [True]
+    out = asyncio.run(verifier.averify_batch(["</think>7", "</think>8"], [{"reference": "7"}] * 2))
+    assert [v.passed for v in out] == [True, False]
+
+
+def test_verify_frame_mixed_verifiers() -> None:
+    tasks = records.frame([
+        {"task_id": "m", "domain": "math", "prompt": "1+1", "reference": "2", "verifier": "math"},
+        {"task_id": "c", "domain": "code", "prompt": "f", "tests": ["assert f(1) == 2"],
+         "verifier": "code"},
+        {"task_id": "n", "domain": "math", "prompt": "?", "reference": "1", "verifier": "nope"},
+    ], records.TASKS)
+    cands = records.frame([
+        {"candidate_id": "1", "task_id": "m", "completion": "<think>a</think> 2"},
+        {"candidate_id": "2", "task_id": "m", "completion": "<think>a</think> 3"},
+        {"candidate_id": "3", "task_id": "c", "completion": "</think>\n```python\ndef f(x):\n    return 2*x\n```"},
+        {"candidate_id": "4", "task_id": "n", "completion": "</think> 1"},
+        {"candidate_id": "5", "task_id": "missing", "completion": "</think> 1"},
+    ], records.CANDIDATES)
+    out = verify_frame(tasks, cands, workers=2, math_timeout_s=5, code_timeout_s=10,
+                       percent_policy="fraction", plugins=[])
+    assert list(out.columns[: len(records.VERDICTS)]) == list(records.VERDICTS)
+    assert out["candidate_id"].to_list() == ["1", "2", "3", "4", "5"]
+    assert out["passed"].to_list() == [True, False, True, None, None]
+    assert out["reason"].to_list()[3:] == ["verifier_error", "bad_reference"]
+
+
+PLAIN_FORMS = ["2x+1", "x^2+5x+4", "(x+1)(x+4)", "\\frac{\\sqrt{3}}{2}", "\\sqrt[3]{8}", "2\\pi",
+               "\\frac12", "0.5x-1.25", "-2^2", "x/2/3", "e^{2}", "y = 6x + 16", "x \\ge 3",
+               "3<x", "(1,2]", "(3,1)", "[2,2]", "(1,2,3)", "\\{3,1,2\\}", "1, 2",
+               "(-\\infty,3)\\cup(4,\\infty)", "\\frac{1}{2004!}", "2^{10}", "i"]
+
+
+@pytest.mark.parametrize("text", PLAIN_FORMS)
+def test_plain_parser_agrees_with_latex2sympy(text: str) -> None:
+    import sympy
+
+    from thinkwheel.verifiers.math_parse import _exact, latex_to_sympy
+    from thinkwheel.verifiers.math_plain import parse_plain
+
+    fast = parse_plain(text)
+    assert fast is not None, text
+    value, inexact = fast
+    slow, slow_inexact = _exact(latex_to_sympy(text))
+    assert inexact == slow_inexact
+    if isinstance(slow, sympy.Expr):
+        assert isinstance(value, sympy.Expr) and (value == slow or sympy.simplify(value - slow) == 0)
+    elif isinstance(slow, sympy.core.relational.Relational):
+        assert type(value) is type(slow)
+        assert sympy.simplify(value.lhs - slow.lhs) == 0 and sympy.simplify(value.rhs - slow.rhs) == 0
+    else:
+        assert type(value) is type(slow) and value == slow
+
+
+@pytest.mark.parametrize("text", ["f(x)", "x^23", "3 4", "E", "2e5", "x_1", "\\sin x", "1<x<3",
+                                  "x \\ne 3", "2^3^2", "0.1234567890123456", "10^{100000}",
+                                  "\\frac{1}{0}", "(x, y)", "\\begin{pmatrix}1\\end{pmatrix}"])
+def test_plain_parser_declines_ambiguous_or_costly_forms(text: str) -> None:
+    from thinkwheel.verifiers.math_plain import parse_plain
+
+    assert parse_plain(text) is None
+
+
+def test_parse_results_are_cached_including_errors() -> None:
+    from thinkwheel.verifiers.math_parse import ParseError, _parse_cached, parse_answer
+
+    first = parse_answer("\\frac{3}{4}x + 1")
+    assert parse_answer("\\frac{3}{4}x + 1") is first
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            parse_answer("\\frac{")
+    assert _parse_cached.cache_info().hits >= 2

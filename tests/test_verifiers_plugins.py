@@ -1,0 +1,104 @@
+"""Registry and plugins: decorator, module:callable, entry points, crash containment."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from thinkwheel import records
+from thinkwheel.verifiers import get_verifier, list_verifiers, register, verify_frame
+from thinkwheel.verifiers import registry as reg
+from thinkwheel.verifiers.base import Verdict
+from thinkwheel.verifiers.think_format import check_format
+
+
+@pytest.fixture()
+def plugin_module() -> types.ModuleType:
+    mod = types.ModuleType("tw_test_plugins")
+    mod.exact = lambda completion, task: completion.strip() == task.get("reference")
+    mod.half = lambda completion, task: 0.5
+    mod.verdict = lambda completion, task: Verdict(True, 1.0, "ok", "custom")
+
+    def boom(completion: str, task: dict) -> bool:
+        raise RuntimeError("plugin exploded")
+
+    mod.boom = boom
+    sys.modules[mod.__name__] = mod
+    yield mod
+    del sys.modules[mod.__name__]
+
+
+def test_builtins_listed_with_origin() -> None:
+    rows = dict(list_verifiers())
+    assert rows["math"] == rows["code"] == rows["think_format"] == "builtin"
+
+
+def test_decorator_registration() -> None:
+    @register("tw_len3", origin="test")
+    class Len3:
+        name = "tw_len3"
+
+        def verify(self, candidate, task):  # noqa: ANN001, ANN201
+            return Verdict(len(candidate) == 3)
+
+        def verify_batch(self, cands, tasks):  # noqa: ANN001, ANN201
+            return [self.verify(c, t) for c, t in zip(cands, tasks, strict=True)]
+
+    assert ("tw_len3", "test") in list_verifiers()
+    assert get_verifier("tw_len3").verify("abc", {}).passed is True
+
+
+def test_plain_functions_wrapped(plugin_module: types.ModuleType) -> None:
+    v = get_verifier("tw_test_plugins:exact")
+    assert v.verify("5", {"reference": "5"}).passed is True
+    assert v.verify("6", {"reference": "5"}).passed is False
+    half = get_verifier("tw_test_plugins:half").verify("x", {})
+    assert half.passed is False and half.score == 0.5
+    assert get_verifier("tw_test_plugins:verdict").verify("x", {}).detail == "custom"
+    assert ("tw_test_plugins:exact", "module:callable") in list_verifiers()
+
+
+def test_raising_plugin_gives_none_not_crash(plugin_module: types.ModuleType) -> None:
+    v = get_verifier("tw_test_plugins:boom")
+    verdict = v.verify("x", {})
+    assert verdict.passed is None and "plugin exploded" in verdict.detail
+    assert [x.passed for x in v.verify_batch(["a", "b"], [{}, {}])] == [None, None]
+
+
+def test_verify_frame_with_plugin(plugin_module: types.ModuleType) -> None:
+    tasks = records.frame([{"task_id": "t", "reference": "5", "verifier": "tw_test_plugins:exact"},
+                           {"task_id": "b", "reference": "5", "verifier": "tw_test_plugins:boom"}],
+                          records.TASKS)
+    cands = records.frame([{"candidate_id": "a", "task_id": "t", "completion": "5"},
+                           {"candidate_id": "b", "task_id": "b", "completion": "5"}],
+                          records.CANDIDATES)
+    out = verify_frame(tasks, cands, workers=1, math_timeout_s=1, code_timeout_s=1,
+                       percent_policy="fraction", plugins=["tw_test_plugins:exact"])
+    assert out["passed"].to_list() == [True, None]
+
+
+def test_entry_point_plugin(plugin_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = EntryPoint(name="tw_ep_exact", value="tw_test_plugins:exact", group=reg.GROUP)
+    monkeypatch.setattr(reg, "_entry_points", lambda: {"tw_ep_exact": ep})
+    assert ("tw_ep_exact", "entry-point:tw_test_plugins:exact") in list_verifiers()
+    assert get_verifier("tw_ep_exact").verify("5", {"reference": "5"}).passed is True
+
+
+def test_unknown_verifier_raises_keyerror() -> None:
+    with pytest.raises(KeyError):
+        get_verifier("no_such_verifier")
+
+
+@pytest.mark.parametrize(
+    ("text", "tolerant", "ok"),
+    [("<think>a</think>b", True, True), ("a</think>b", True, True), ("a</think>b", False, False),
+     ("<think>a</think>", True, False), ("<think>a</think>b</think>c", True, False),
+     ("<think><think>a</think>b", True, False), ("x<think>a</think>b", True, False),
+     ("<think> </think>b", True, False), ("no tags", True, False)],
+)
+def test_think_format(text: str, tolerant: bool, ok: bool) -> None:
+    assert check_format(text, tolerant)[0] is ok
+    assert get_verifier("think_format", tolerant=tolerant).verify(text, {}).passed is ok

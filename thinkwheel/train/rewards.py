@@ -1,0 +1,107 @@
+"""Turn any verifier into a TRL GRPO reward function.
+
+TRL calls `reward(prompts=, completions=, completion_ids=, **columns)` where the dataset's
+other columns (`reference`, `tests`, `verifier`, ...) arrive as lists, one item per
+completion. A verdict with `passed=None` (could not verify) becomes a None reward, which
+TRL skips for that sample instead of counting it as 0 or 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from thinkwheel.verifiers.base import Verdict, Verifier
+from thinkwheel.verifiers.registry import get_verifier
+
+_TASK_COLUMNS = ("reference", "tests", "verifier", "domain", "meta", "task_id", "prompt")
+
+
+def completion_as_text(completion: Any) -> str:
+    """A string completion as is; a conversational one as its last assistant message."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content") or "")
+    if isinstance(completion, Sequence):
+        msgs = [m for m in completion if isinstance(m, dict)]
+        assistant = [m for m in msgs if m.get("role", "assistant") == "assistant"]
+        picked = assistant or msgs
+        return str(picked[-1].get("content") or "") if picked else ""
+    return str(completion)
+
+
+def _tasks(n: int, prompts: Sequence[Any] | None, columns: dict[str, Any]) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key in _TASK_COLUMNS:
+        values = columns.get(key)
+        if values is None and key == "prompt":
+            values = prompts
+        if values is None or isinstance(values, (str, bytes)):
+            continue
+        values = list(values)
+        if len(values) != n:
+            continue
+        for task, value in zip(tasks, values, strict=True):
+            task[key] = value
+    return tasks
+
+
+def _score(v: Verdict, weight: float) -> float | None:
+    return None if v.passed is None else float(v.score) * weight
+
+
+class _Reward:
+    def __init__(self, verifier: Verifier | str | None, weight: float, opts: dict[str, Any]) -> None:
+        self.fixed = get_verifier(verifier, **opts) if isinstance(verifier, str) else verifier
+        self.weight, self.opts = weight, opts
+        self.cache: dict[str, Verifier] = {}
+        label = verifier if isinstance(verifier, str) else getattr(verifier, "name", "task")
+        self.__name__ = f"{str(label).replace(':', '_').replace('.', '_')}_reward"
+
+    def _verifier(self, name: str) -> Verifier:
+        if name not in self.cache:
+            self.cache[name] = get_verifier(name, **self.opts)
+        return self.cache[name]
+
+    def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
+                 **columns: Any) -> list[float | None]:
+        texts = [completion_as_text(c) for c in completions]
+        tasks = _tasks(len(texts), prompts, columns)
+        if self.fixed is not None:
+            verdicts = self.fixed.verify_batch(texts, tasks)
+            return [_score(v, self.weight) for v in verdicts]
+        out: list[float | None] = [None] * len(texts)
+        by_name: dict[str, list[int]] = {}
+        for i, t in enumerate(tasks):
+            if t.get("verifier"):
+                by_name.setdefault(str(t["verifier"]), []).append(i)
+        for name, idxs in by_name.items():
+            verdicts = self._verifier(name).verify_batch([texts[i] for i in idxs],
+                                                         [tasks[i] for i in idxs])
+            for i, v in zip(idxs, verdicts, strict=True):
+                out[i] = _score(v, self.weight)
+        return out
+
+
+def as_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
+              **opts: Any) -> Callable[..., list[float | None]]:
+    """A TRL reward function from a verifier (instance, registry name or "module:callable").
+
+    `verifier=None` uses each row's `verifier` column. The reward is `score * weight`.
+    """
+    return _Reward(verifier, weight, opts)
+
+
+def as_async_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
+                    **opts: Any) -> Callable[..., Any]:
+    """The `async def` form (TRL runs async rewards concurrently with the others)."""
+    sync = _Reward(verifier, weight, opts)
+
+    async def reward(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
+                     **columns: Any) -> list[float | None]:
+        return await asyncio.to_thread(sync, prompts, completions, **columns)
+
+    reward.__name__ = sync.__name__
+    return reward

@@ -1,0 +1,21 @@
+"""Verifiers: sympy math, sandboxed code, <think> format, and plugins.
+
+Importing this package is cheap; sympy and the sandbox load when a verifier is built.
+"""
+
+from thinkwheel.verifiers.base import Candidate, Task, Verdict, Verifier, completion_text, register
+from thinkwheel.verifiers.batch import verify_frame
+from thinkwheel.verifiers.registry import get_verifier, list_verifiers, load_plugins
+
+__all__ = [
+    "Candidate",
+    "Task",
+    "Verdict",
+    "Verifier",
+    "completion_text",
+    "get_verifier",
+    "list_verifiers",
+    "load_plugins",
+    "register",
+    "verify_frame",
+]

@@ -1,0 +1,78 @@
+"""The verify stage: one verdict per candidate, using each task's `verifier` column."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from thinkwheel import records
+from thinkwheel.verifiers.base import Verdict, error_verdict
+from thinkwheel.verifiers.registry import get_verifier, load_plugins
+
+_DEFAULT_BY_DOMAIN = {"math": "math", "code": "code"}
+
+
+def _options(name: str, workers: int, math_timeout_s: float, code_timeout_s: float,
+             percent_policy: str) -> dict[str, Any]:
+    if name == "math":
+        return {"workers": workers, "timeout_s": math_timeout_s, "percent_policy": percent_policy}
+    if name == "code":
+        return {"workers": workers, "timeout_s": code_timeout_s}
+    return {"workers": workers, "percent_policy": percent_policy}
+
+
+def verify_frame(
+    tasks: pl.DataFrame,
+    candidates: pl.DataFrame,
+    *,
+    workers: int = 2,
+    math_timeout_s: float = 5.0,
+    code_timeout_s: float = 10.0,
+    percent_policy: str = "fraction",
+    plugins: Sequence[str] = (),
+) -> pl.DataFrame:
+    """records.VERDICTS rows, one per candidate (in candidate order).
+
+    Candidates are grouped by their task's verifier and each group is checked in one batch
+    call (the math pool and the code sandboxes run `workers` checks at a time). A task
+    without a verifier falls back to its domain's; a missing task or unknown verifier gives
+    passed=None rather than an exception.
+    """
+    load_plugins(list(plugins))
+    task_cols = [c for c in ("task_id", "domain", "prompt", "reference", "tests", "verifier", "meta")
+                 if c in tasks.columns]
+    task_rows = {r["task_id"]: r for r in tasks.select(task_cols).to_dicts()}
+    cand_rows = candidates.to_dicts()
+    verdicts: list[Verdict | None] = [None] * len(cand_rows)
+    names: list[str] = [""] * len(cand_rows)
+    groups: dict[str, list[int]] = {}
+    for i, cand in enumerate(cand_rows):
+        task = task_rows.get(cand.get("task_id"))
+        if task is None:
+            verdicts[i] = Verdict(None, 0.0, "bad_reference", "task not found")
+            continue
+        name = task.get("verifier") or _DEFAULT_BY_DOMAIN.get(task.get("domain") or "", "")
+        names[i] = name
+        groups.setdefault(name, []).append(i)
+    for name, idxs in groups.items():
+        start = time.perf_counter()
+        try:
+            verifier = get_verifier(name, **_options(name, workers, math_timeout_s,
+                                                     code_timeout_s, percent_policy))
+            out = verifier.verify_batch([cand_rows[i] for i in idxs],
+                                        [task_rows[cand_rows[i]["task_id"]] for i in idxs])
+        except Exception as err:  # unknown verifier, broken plugin: never crash the stage
+            out = [error_verdict(err, time.perf_counter() - start)] * len(idxs)
+        for i, v in zip(idxs, out, strict=True):
+            verdicts[i] = v
+    rows = [
+        {"candidate_id": c.get("candidate_id"), "task_id": c.get("task_id"), "verifier": n,
+         "passed": v.passed, "score": float(v.score), "reason": v.reason, "detail": v.detail,
+         "seconds": float(v.seconds)}
+        for c, n, v in zip(cand_rows, names, verdicts, strict=True)
+        if v is not None
+    ]
+    return records.frame(rows, records.VERDICTS)

@@ -1,0 +1,316 @@
+"""Sandbox fork server: runs candidate programs and their tests, one forked child per check.
+
+Started once per sandbox worker by `code_sandbox` as `python -I [-S] code_harness.py` (inside
+`unshare --user --map-root-user --net --pid --fork` when allowed) with a scrubbed environment.
+It is stdlib-only, never imports thinkwheel and never runs candidate code itself: per request
+(a length-prefixed JSON frame on stdin) it forks a child, which closes the request pipes,
+redirects stdout/stderr to `<dir>/out`, chdirs to `<dir>/work`, sets rlimits, installs the
+audit hook and runs the program and tests; the server waits with a wall-clock deadline,
+kills the child's process group on overrun, and answers with a JSON frame on stdout. Each
+check is a fresh fork of the same clean server, so nothing a candidate does survives it.
+
+Trust model: the pass line `<nonce> <passed> <total> <violations>` is written only after
+every test ran, with references captured in `run_check()`'s locals before any candidate code
+runs, so `sys.exit`/`os._exit`, a replaced `print`/`AssertionError`/`BaseException`, or a
+patched `json` cannot forge it. An audit hook (irremovable once added) refuses process
+creation, signals to other processes, sockets, ctypes, frame/gc introspection and writes
+outside the temp dir; any refusal is recorded and makes the verdict "unsafe".
+"""
+
+import io
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import time
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_DENY_PREFIXES = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn",
+                  "os.fork", "os.kill", "os.killpg", "signal.pthread_kill", "pty.", "mmap.")
+_DENY = {"os.system", "os.forkpty", "os.startfile", "sys._current_frames",
+         "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
+         "sys.setprofile", "sys._getframemodulename", "resource.setrlimit",
+         "resource.prlimit", "os.setuid", "os.setgid", "os.chroot", "socket.__new__"}
+_PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
+                "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree",
+                "shutil.copyfile", "shutil.move", "os.chdir", "os.replace"}
+_FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"}
+
+
+class SandboxViolation(PermissionError):
+    pass
+
+
+def _make_guard(root, read_ok, violations, real_abspath, starts, own_files):
+    def inside(path, allowed):
+        try:
+            p = real_abspath(path if not isinstance(path, bytes) else path.decode())
+        except Exception:
+            return False
+        return any(starts(p, a) for a in allowed)
+
+    def hook(event, args):
+        bad = event in _DENY or event.startswith(_DENY_PREFIXES)
+        if event == "open" and args and not isinstance(args[0], int):
+            mode, flags = args[1], args[2] if len(args) > 2 else 0
+            writing = (mode and any(c in mode for c in "wax+")) or (flags or 0) & _WRITE_FLAGS
+            bad = not inside(args[0], (root,) if writing else read_ok)
+        elif event in _PATH_EVENTS and args:
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes))]
+            bad = not all(inside(p, (root,)) for p in paths)
+        elif event == "object.__getattr__" and len(args) > 1 and args[1] in _FRAME_ATTRS:
+            bad = True
+        elif event == "sys._getframe" and args:
+            # A frame of candidate, test or harness code leads (via the unaudited f_back) to
+            # the nonce. Refuse with the ValueError stdlib callers (namedtuple, enum, typing)
+            # already handle, and without marking the candidate unsafe.
+            if getattr(getattr(args[0], "f_code", None), "co_filename", "") in own_files:
+                raise ValueError("call stack is not deep enough")
+        if bad:
+            violations.append(event)
+            raise SandboxViolation(f"sandbox: {event} is not allowed")
+
+    return hook
+
+
+def _limits(payload):
+    mem = int(payload.get("memory_mb", 1024)) * 1024 * 1024
+    cpu = int(payload.get("cpu_s", 10)) + 1
+    for res, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
+                     (resource.RLIMIT_FSIZE, int(payload.get("fsize_mb", 16)) * 1024 * 1024),
+                     (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)):
+        try:
+            resource.setrlimit(res, (val, val))
+        except (ValueError, OSError):
+            pass
+
+
+def _same_output(got, want):
+    norm = lambda s: "\n".join(line.rstrip() for line in s.strip().splitlines())  # noqa: E731
+    return norm(got) == norm(want)
+
+
+def run_check(payload):
+    """Child side: run one candidate and its tests in this process, then `os._exit`."""
+    nonce = payload["nonce"]
+    code, tests = payload["code"], payload["tests"]
+    per_test = float(payload.get("test_timeout_s", 5.0))
+    write, fmt_int, str_join = os.write, int.__format__, str.join
+    base_exc, sys_exit_exc, timeout_exc = BaseException, SystemExit, TimeoutError
+    run, comp, string_io = exec, compile, io.StringIO
+    out_fd = 1
+    _limits(payload)
+
+    def on_alarm(signum, frame):
+        raise timeout_exc("test timed out")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    arm = signal.setitimer
+    root = os.path.realpath(os.getcwd())
+    read_ok = tuple({root, sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr/lib",
+                     "/usr/share", "/dev/null", "/dev/urandom", "/etc/localtime"})
+    violations = []
+    starts = lambda p, a: p == a or p.startswith(a.rstrip("/") + "/")  # noqa: E731
+    own = frozenset({"<candidate>", "<test>", __file__, run_check.__code__.co_filename})
+    sys.addaudithook(_make_guard(root, read_ok, violations, os.path.realpath, starts, own))
+
+    results = []
+    ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
+    kinds = []
+    for t in tests:
+        spec = None
+        if t.lstrip().startswith("{"):
+            try:
+                spec = json.loads(t)
+            except ValueError:
+                spec = None
+        kinds.append(spec if isinstance(spec, dict) and "stdout" in spec else None)
+
+    try:
+        program = comp(code, "<candidate>", "exec")
+    except base_exc as err:
+        program, results = None, ["syntax: " + type(err).__name__] * len(tests)
+
+    if program is not None and any(k is None for k in kinds):
+        try:
+            arm(signal.ITIMER_REAL, per_test)
+            run(program, ns)
+            arm(signal.ITIMER_REAL, 0)
+        except base_exc as err:
+            arm(signal.ITIMER_REAL, 0)
+            program = None
+            results = ["load: " + type(err).__name__] * len(tests)
+
+    if program is not None:
+        for t, spec in zip(tests, kinds, strict=True):
+            saved = sys.stdin, sys.stdout
+            try:
+                if spec is None:
+                    test_code = comp(t, "<test>", "exec")
+                    arm(signal.ITIMER_REAL, per_test)
+                    run(test_code, ns)
+                    arm(signal.ITIMER_REAL, 0)
+                    results.append("ok")
+                else:
+                    sys.stdin, sys.stdout = string_io(spec.get("stdin", "")), string_io()
+                    captured = sys.stdout
+                    arm(signal.ITIMER_REAL, per_test)
+                    try:
+                        run(program, {"__name__": "__main__", "__builtins__": __builtins__})
+                    except sys_exit_exc:
+                        pass
+                    arm(signal.ITIMER_REAL, 0)
+                    ok = _same_output(captured.getvalue(), str(spec["stdout"]))
+                    results.append("ok" if ok else "wrong output")
+            except base_exc as err:
+                arm(signal.ITIMER_REAL, 0)
+                results.append(type(err).__name__)
+            finally:
+                sys.stdin, sys.stdout = saved
+
+    passed = 0
+    for r in results:
+        if r == "ok":
+            passed += 1
+    line = str_join(" ", [nonce, fmt_int(passed, "d"), fmt_int(len(tests), "d"),
+                          fmt_int(len(violations), "d")])
+    detail = str_join("|", [str(r)[:40] for r in results])[:2000]
+    if violations:
+        detail = "unsafe: " + str_join(",", sorted(set(violations)))[:300] + " | " + detail
+    try:
+        write(out_fd, ("\n" + line + " " + detail + "\n").encode())
+    finally:
+        os._exit(0)
+
+
+# Stdlib modules candidates commonly import, loaded once in the server so a check does not
+# pay for them (each check still gets its own copy-on-write image of them).
+_PRELOAD = ("typing", "math", "collections", "itertools", "functools", "re", "string")
+
+
+def _read_exact(fd, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _recv(fd):
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    body = _read_exact(fd, struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body)
+
+
+def _send(fd, obj):
+    data = json.dumps(obj).encode()
+    os.write(fd, struct.pack(">I", len(data)) + data)
+
+
+def _child(request, proto_fds):
+    """In the forked child: cut the server's pipes, redirect output, enter the temp dir."""
+    try:
+        for fd in proto_fds:
+            os.close(fd)
+        os.setsid()  # own process group: the server kills the whole group on overrun
+        root = request["dir"]
+        out = os.open(os.path.join(root, "out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.chdir(os.path.join(root, "work"))
+        run_check(request["payload"])
+    finally:
+        os._exit(70)
+
+
+def _kill_group(pid):
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait(pid, timeout_s):
+    """("ok", exit code) or ("timeout", None). The group is killed before the child is
+    reaped: while it is a zombie its pid (= its group id) cannot be reused by anyone else."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    status = "timeout"
+    try:
+        while True:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                status = "ok"
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(min(left, 0.002))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    _kill_group(pid)
+    _, raw = os.waitpid(pid, 0)
+    return status, os.waitstatus_to_exitcode(raw) if status == "ok" else None
+
+
+def _reap_strays():
+    """As pid 1 of our own namespace, kill and reap anything a check left behind."""
+    if os.getpid() == 1:  # never outside a pid namespace: kill(-1) would hit the host user
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve():
+    """Server loop: one request frame in, one forked check, one response frame out."""
+    rfd, wfd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    os.close(null)
+    for name in _PRELOAD:
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    _send(wfd, {"ready": True})
+    while True:
+        request = _recv(rfd)
+        if request is None:
+            return
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request, (rfd, wfd))
+        timeout_s = float(request.get("timeout_s", 10.0))
+        del request  # the next check's fork should not carry this one's code and tests
+        status, code = _wait(pid, timeout_s)
+        _reap_strays()
+        _send(wfd, {"status": status, "exit": code})
+
+
+if __name__ == "__main__":
+    serve()

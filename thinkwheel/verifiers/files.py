@@ -1,0 +1,81 @@
+"""`thinkwheel verify`: verify a JSONL/parquet file of (completion, reference[, tests]) rows.
+
+This is the I/O edge around `verify_frame`: it reads the file, builds task and candidate
+frames, writes the verdicts (parquet or JSONL, by `out`'s suffix) and a summary JSON next
+to them, and returns the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkwheel import records
+from thinkwheel.verifiers.batch import verify_frame
+
+
+def _read(path: Path) -> pl.DataFrame:
+    if path.suffix in (".parquet", ".pq"):
+        return pl.read_parquet(path)
+    if path.suffix in (".jsonl", ".ndjson", ".json"):
+        return pl.read_ndjson(path, infer_schema_length=None)
+    raise ValueError(f"{path}: expected .jsonl or .parquet")
+
+
+def _write_atomic(df: pl.DataFrame, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix in (".parquet", ".pq"):
+        df.write_parquet(tmp)
+    else:
+        df.write_ndjson(tmp)
+    os.replace(tmp, out)
+
+
+def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: int = 2,
+                math_timeout_s: float = 5.0, code_timeout_s: float = 10.0,
+                percent_policy: str = "fraction", plugins: list[str] | None = None) -> dict[str, Any]:
+    """Verify every row of `path` with `verifier` (a row's own `verifier` column wins)."""
+    path, out = Path(path), Path(out)
+    df = _read(path)
+    if "completion" not in df.columns:
+        raise ValueError(f"{path}: needs a 'completion' column (has {df.columns})")
+    n = df.height
+    ids = [str(i) for i in range(n)]
+    cols = df.to_dict(as_series=False)
+    tests = cols.get("tests", [None] * n)
+    tests = [[t] if isinstance(t, str) else t for t in tests]
+    tasks = records.frame(
+        [{"task_id": ids[i], "domain": (cols.get("domain") or [None] * n)[i],
+          "prompt": (cols.get("prompt") or [""] * n)[i],
+          "reference": None if (cols.get("reference") or [None] * n)[i] is None
+          else str(cols["reference"][i]),
+          "tests": tests[i], "verifier": (cols.get("verifier") or [None] * n)[i] or verifier}
+         for i in range(n)], records.TASKS)
+    cands = records.frame(
+        [{"candidate_id": (cols.get("candidate_id") or ids)[i], "task_id": ids[i],
+          "completion": cols["completion"][i]} for i in range(n)], records.CANDIDATES)
+    verdicts = verify_frame(tasks, cands, workers=workers, math_timeout_s=math_timeout_s,
+                            code_timeout_s=code_timeout_s, percent_policy=percent_policy,
+                            plugins=plugins or [])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(verdicts.drop("task_id").with_columns(pl.Series("row", range(n))), out)
+    passed = verdicts["passed"].to_list()
+    summary = {
+        "file": str(path), "out": str(out), "verifier": verifier, "rows": n,
+        "passed": sum(p is True for p in passed), "failed": sum(p is False for p in passed),
+        "unverified": sum(p is None for p in passed),
+        "pass_rate": (sum(p is True for p in passed) / n) if n else 0.0,
+        "mean_score": float(verdicts["score"].mean() or 0.0) if n else 0.0,
+        "reasons": dict(Counter(verdicts["reason"].to_list())),
+        "seconds": float(verdicts["seconds"].sum()) if n else 0.0,
+    }
+    summary_path = out.with_name(out.stem + ".summary.json")
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    os.replace(tmp, summary_path)
+    return summary

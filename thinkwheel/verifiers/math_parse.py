@@ -1,0 +1,256 @@
+"""Turn an answer string (LaTeX or plain text) into a comparable sympy value.
+
+Plain numbers, fractions and scientific notation take a regex fast path; other plain forms
+(simple expressions, `\\frac`, `\\sqrt`, relations, tuples, intervals, sets) go through the
+small exact parser in `math_plain`; only what that declines reaches latex2sympy2_extended
+(the parser Math-Verify also uses, ~100x slower). Results are cached by (text, hint). Every
+decimal literal becomes an exact Rational and the answer is flagged `inexact`, so equality
+is exact by default and tolerance is applied only where the text was inexact.
+
+Ambiguous notation is read in the light of the reference (`hint`): `(1,2)` is an open
+interval when the reference is an interval and a pair otherwise; `3,5` is 3.5 (decimal
+comma) only when the reference is a single number; `1,000` is always one thousand.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sympy
+
+from thinkwheel.verifiers.math_plain import parse_plain
+
+_NUM = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+_FRAC = re.compile(r"^([-+]?)\s*\\frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}$")
+_SLASH = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
+_SCI = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([-+]?\d+)\s*\}?$")
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_DEC_COMMA = re.compile(r"^[-+]?\d+,\d+$")
+_PERCENT = re.compile(r"(?:\\%|%|\s*\\text\{\s*percent\s*\}|\s+percent)\s*$", re.I)
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|textrm|operatorname)\s*\{([^{}]*)\}")
+_TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|textrm|mathrm)\s*\{\s*([^{}]*?)\s*\}\s*(\^\s*\{?\d\}?)?$")
+_TRAILING_WORD = re.compile(r"^([-+]?[\d.,]*\d)\s+([a-zA-Z]{2,}(?:\s[a-zA-Z]+)?)\s*(\^\s*\{?\d\}?)?$")
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
+_CURRENCY = re.compile(r"^(?:\\\$|\$|USD|€|£|\\euro)\s*|\s*(?:\\\$|dollars?|USD|euros?)$", re.I)
+_SPACING = re.compile(r"\\[,;:! ]|\\q?quad|~|\\displaystyle|\\left|\\right|\\big|\\Big")
+_PLAIN_FUNCS = re.compile(r"\b(sqrt|sin|cos|tan|log|ln|exp)\b")
+_WORDY = re.compile(r"^[A-Za-z][A-Za-z .'-]*$")
+
+# Numbers that say "approximately" in their text are still compared by value.
+_LATEX_TIMES = {"\\times": "*", "\\cdot": "*"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed answer. `decimal` is set when the whole answer was one decimal literal."""
+
+    value: Any
+    kind: str  # number | expr | set | tuple | interval | relation | matrix | text
+    inexact: bool = False
+    decimal: Decimal | None = None
+    percent: bool = False
+    unit: str | None = None
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _unit_name(raw: str, power: str | None) -> str:
+    u = raw.strip().lower().rstrip(".")
+    if len(u) > 3 and u.endswith("s"):
+        u = u[:-1]
+    if power:
+        u += "^" + re.sub(r"\D", "", power)
+    return u
+
+
+def _strip_units(s: str) -> tuple[str, str | None]:
+    if _DEGREE.search(s):
+        return _DEGREE.sub("", s).strip(), "degree"
+    cur = _CURRENCY.sub("", s)
+    if cur != s:
+        return cur.strip(), "$"
+    m = _TRAILING_TEXT.match(s)
+    if m and re.search(r"[A-Za-z]", m.group(2)):
+        return m.group(1).strip(), _unit_name(m.group(2), m.group(3))
+    m = _TRAILING_WORD.match(s)
+    if m:
+        return m.group(1), _unit_name(m.group(2), m.group(3))
+    return s, None
+
+
+def _plain_to_latex(s: str) -> str:
+    """Plain-text math (`sqrt(2)/2`, `x**2`, `pi`) into the LaTeX the parser reads."""
+    s = s.replace("**", "^")
+    s = _PLAIN_FUNCS.sub(lambda m: "\\" + m.group(1), s)
+    s = re.sub(r"\\sqrt\s*\(([^()]*)\)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\bpi\b", r"\\pi", s)
+    s = re.sub(r"\b(?:oo|infinity|inf)\b", r"\\infty", s)
+    return s
+
+
+def normalize(text: str) -> str:
+    s = text.strip()
+    s = _SPACING.sub(" ", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    s = re.sub(r"\\(?:mathrm|operatorname|text)\{e\}", "e", s)
+    s = s.replace("\\infty", " \\infty ").replace("−", "-").replace("\u2009", " ")
+    s = re.sub(r"(?<=\d) (?=\d{3}\b)", "", s)  # 1 000 000
+    return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+
+
+def _decimal(s: str) -> Decimal | None:
+    try:
+        return Decimal(s)
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _fast_number(s: str, hint: str | None) -> Answer | None:
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    elif hint == "number" and _DEC_COMMA.match(s):
+        s = s.replace(",", ".")
+    if _NUM.match(s):
+        d = _decimal(s)
+        if d is None:
+            return None
+        inexact = "." in s or "e" in s.lower()
+        return Answer(sympy.Rational(str(d)) if inexact else sympy.Integer(int(d)), "number",
+                      inexact, d if inexact else None)
+    m = _SCI.match(s)
+    if m:
+        d = _decimal(f"{m.group(1)}e{m.group(2)}")
+        if d is not None:
+            return Answer(sympy.Rational(str(d)), "number", True, d)
+    m = _FRAC.match(s) or _SLASH.match(s)
+    if m:
+        groups = m.groups()
+        if len(groups) == 3:
+            num, den = int(groups[1]), int(groups[2])
+            num = -num if groups[0] == "-" else num
+        else:
+            num, den = int(groups[0]), int(groups[1])
+        if den == 0:
+            raise ParseError("division by zero")
+        return Answer(sympy.Rational(num, den), "number")
+    return None
+
+
+def kind_of(value: Any) -> str:
+    if isinstance(value, sympy.MatrixBase):
+        return "matrix"
+    if isinstance(value, sympy.FiniteSet):
+        return "set"
+    if isinstance(value, sympy.Set):
+        return "interval"
+    if isinstance(value, (sympy.Tuple, tuple, list)):
+        return "tuple"
+    if isinstance(value, sympy.core.relational.Relational):
+        return "relation"
+    if isinstance(value, sympy.Basic) and not value.free_symbols:
+        return "number"
+    return "expr"
+
+
+def _exact(value: Any) -> tuple[Any, bool]:
+    """Replace Floats by the exact Rationals they were written as."""
+    if isinstance(value, sympy.MatrixBase):
+        floats = set().union(*(e.atoms(sympy.Float) for e in value))
+    elif isinstance(value, sympy.Basic):
+        floats = value.atoms(sympy.Float)
+    else:
+        return value, False
+    if not floats:
+        return value, False
+    return value.xreplace({f: sympy.Rational(str(f)) for f in floats}), True
+
+
+def _unwrap_assignment(value: Any) -> Any:
+    """`x = 5` -> 5, `x \\in (1,2)` -> (1,2), `x=2 or x=3` -> {2, 3}; true equations stay."""
+    if isinstance(value, sympy.Eq) and isinstance(value.lhs, sympy.Symbol):
+        rhs = value.rhs
+        if isinstance(rhs, sympy.Set) or value.lhs not in getattr(rhs, "free_symbols", ()):
+            if isinstance(rhs, sympy.Set) or not rhs.free_symbols:
+                return rhs
+    if isinstance(value, sympy.FiniteSet) and value.args and all(
+        isinstance(a, sympy.Eq) and isinstance(a.lhs, sympy.Symbol) for a in value.args
+    ):
+        syms = {a.lhs for a in value.args}
+        if len(syms) == 1:
+            return sympy.FiniteSet(*(_unwrap_assignment(a) for a in value.args))
+    return value
+
+
+def latex_to_sympy(s: str) -> Any:
+    """latex2sympy2_extended with our normalisation settings (the slow, general path)."""
+    from latex2sympy2_extended import latex2sympy
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+    cfg = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True,
+                              nits=False, boxed="none")
+    return latex2sympy(s, normalization_config=cfg)
+
+
+def parse_answer(text: str, hint: str | None = None) -> Answer:
+    """Parse one answer. Raises ParseError when nothing sensible comes out."""
+    result = _parse_cached(text, hint)
+    if isinstance(result, str):
+        raise ParseError(result)
+    return result
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_cached(text: str, hint: str | None) -> Answer | str:
+    """Answers repeat across samples of one task; Answer is immutable, so cache it (or the
+    error message: a cached exception would grow its traceback on every re-raise)."""
+    try:
+        return _parse(text, hint)
+    except ParseError as err:
+        return str(err)
+
+
+def _parse(text: str, hint: str | None) -> Answer:
+    s = normalize(text)
+    if not s:
+        raise ParseError("empty answer")
+    percent = bool(_PERCENT.search(s))
+    if percent:
+        s = _PERCENT.sub("", s).strip()
+    s, unit = _strip_units(s)
+    fast = _fast_number(s, hint)
+    if fast is not None:
+        return Answer(fast.value, "number", fast.inexact, fast.decimal, percent, unit)
+    inner = _TEXT_CMD.sub(lambda m: m.group(1), s).strip()
+    if _WORDY.match(inner) and (len(inner.replace(" ", "")) > 1 or "\\text" in s):
+        word = re.sub(r"[^a-z0-9]", "", inner.lower())
+        return Answer(word, "text", unit=unit)
+    if "\\" not in s:
+        s = _plain_to_latex(s)
+    plain = parse_plain(s)
+    if plain is not None:
+        value, literal_inexact = plain
+    else:
+        literal_inexact = False
+        try:
+            value = latex_to_sympy(s)
+        except Exception as err:  # the parser raises bare Exception on bad input
+            raise ParseError(f"{type(err).__name__}: {str(err)[:120]}") from None
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        raise ParseError("parser returned nothing")
+    if isinstance(value, list):
+        value = sympy.Tuple(*value)
+    value = _unwrap_assignment(value)
+    value, inexact = _exact(value)
+    inexact = inexact or literal_inexact
+    kind = kind_of(value)
+    if hint == "tuple" and isinstance(value, sympy.Interval) and value.left_open and value.right_open:
+        value, kind = sympy.Tuple(value.start, value.end), "tuple"
+    elif hint == "interval" and isinstance(value, sympy.Tuple) and len(value) == 2:
+        value, kind = sympy.Interval.open(value[0], value[1]), "interval"
+    return Answer(value, kind, inexact, None, percent, unit)

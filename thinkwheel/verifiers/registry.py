@@ -1,0 +1,171 @@
+"""Find verifiers by name: built-ins, the `thinkwheel.verifiers` entry-point group, and
+`"module:callable"` strings. Plugins are wrapped so that one that raises gives a
+`passed=None, reason="verifier_error"` verdict instead of crashing the run.
+
+A plugin may be a Verifier class/factory, a Verifier instance, or a plain function
+`(completion: str, task: dict) -> bool | float | Verdict | None`; a float is a score in
+[0, 1] and counts as passed only at 1.0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from thinkwheel.verifiers.base import (
+    _REGISTRY,
+    Candidate,
+    Task,
+    Verdict,
+    Verifier,
+    completion_text,
+    error_verdict,
+)
+
+GROUP = "thinkwheel.verifiers"
+_BUILTINS = ("thinkwheel.verifiers.math", "thinkwheel.verifiers.code",
+             "thinkwheel.verifiers.think_format")
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTINS:
+        importlib.import_module(mod)
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def as_verdict(value: Any) -> Verdict:
+    """Coerce a plugin's return value into a Verdict."""
+    if isinstance(value, Verdict):
+        return value
+    if value is None:
+        return Verdict(None, 0.0, "verifier_error", "plugin returned None")
+    if isinstance(value, bool):
+        return Verdict(value, float(value), "ok" if value else "wrong_answer")
+    if isinstance(value, (int, float)):
+        score = float(value)
+        return Verdict(score >= 1.0, score, "ok" if score >= 1.0 else "wrong_answer")
+    raise TypeError(f"a verifier returned {type(value).__name__}, not bool/float/Verdict")
+
+
+class FunctionVerifier:
+    """Wraps a plain `(completion, task) -> bool | float | Verdict` function."""
+
+    def __init__(self, fn: Callable[[str, Task], Any], name: str) -> None:
+        self.fn, self.name = fn, name
+
+    def verify(self, candidate: Candidate, task: Task) -> Verdict:
+        return as_verdict(self.fn(completion_text(candidate), task))
+
+    def verify_batch(self, candidates: Sequence[Candidate], tasks: Sequence[Task]) -> list[Verdict]:
+        return [self.verify(c, t) for c, t in zip(candidates, tasks, strict=True)]
+
+
+class SafeVerifier:
+    """Never raises: an exception becomes a None verdict carrying the error."""
+
+    def __init__(self, inner: Verifier) -> None:
+        self.inner, self.name = inner, getattr(inner, "name", type(inner).__name__)
+
+    def verify(self, candidate: Candidate, task: Task) -> Verdict:
+        start = time.perf_counter()
+        try:
+            return as_verdict(self.inner.verify(candidate, task))
+        except Exception as err:
+            return error_verdict(err, time.perf_counter() - start)
+
+    def verify_batch(self, candidates: Sequence[Candidate], tasks: Sequence[Task]) -> list[Verdict]:
+        try:
+            batch = getattr(self.inner, "verify_batch", None)
+            if batch is not None:
+                out = [as_verdict(v) for v in batch(candidates, tasks)]
+                if len(out) == len(candidates):
+                    return out
+        except Exception:
+            pass  # retry one by one so one bad item does not sink its neighbours
+        return [self.verify(c, t) for c, t in zip(candidates, tasks, strict=True)]
+
+
+def _is_plain_function(obj: Any) -> bool:
+    if inspect.isclass(obj) or not callable(obj):
+        return False
+    try:
+        params = [p for p in inspect.signature(obj).parameters.values()
+                  if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 2
+
+
+def _build(obj: Any, name: str, opts: dict[str, Any]) -> Verifier:
+    if hasattr(obj, "verify") and not inspect.isclass(obj):
+        return obj  # already an instance
+    if _is_plain_function(obj):
+        return FunctionVerifier(obj, name)
+    try:
+        sig = inspect.signature(obj)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            opts = {k: v for k, v in opts.items() if k in sig.parameters}
+    except (TypeError, ValueError):
+        pass
+    made = obj(**opts)
+    if not hasattr(made, "verify"):
+        if callable(made):
+            return FunctionVerifier(made, name)
+        raise TypeError(f"{name}: factory returned {type(made).__name__}, which has no verify()")
+    return made
+
+
+def _resolve_spec(spec: str) -> Any:
+    mod, _, attr = spec.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_plugins(specs: Sequence[str]) -> list[str]:
+    """Register each "module:callable" spec under its spec string; returns the names."""
+    names = []
+    for spec in specs:
+        if spec not in _REGISTRY:
+            _REGISTRY[spec] = (_resolve_spec(spec), "module:callable")
+        names.append(spec)
+    return names
+
+
+def get_verifier(name_or_spec: str, **opts: Any) -> Verifier:
+    """A verifier by registry name, entry-point name or "module:callable" string.
+
+    `opts` go to the factory (unknown keys are dropped for factories that do not take them).
+    Anything not built in is wrapped in SafeVerifier.
+    """
+    _load_builtins()
+    if name_or_spec not in _REGISTRY:
+        eps = _entry_points()
+        if name_or_spec in eps:
+            _REGISTRY[name_or_spec] = (eps[name_or_spec].load(), f"entry-point:{eps[name_or_spec].value}")
+        elif ":" in name_or_spec:
+            load_plugins([name_or_spec])
+        else:
+            known = ", ".join(n for n, _ in list_verifiers())
+            raise KeyError(f"unknown verifier {name_or_spec!r}; known: {known}")
+    factory, origin = _REGISTRY[name_or_spec]
+    verifier = _build(factory, name_or_spec, dict(opts))
+    return verifier if origin == "builtin" else SafeVerifier(verifier)
+
+
+def list_verifiers() -> list[tuple[str, str]]:
+    """(name, origin) of every verifier: builtin, entry-point:<target>, module:callable, or a
+    custom origin given to `register`."""
+    _load_builtins()
+    rows = {name: origin for name, (_, origin) in _REGISTRY.items()}
+    for name, ep in _entry_points().items():
+        rows.setdefault(name, f"entry-point:{ep.value}")
+    return sorted(rows.items())
