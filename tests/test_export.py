@@ -1,0 +1,314 @@
+"""Export: the assistant turn is exactly <think>…</think>\\n answer; sets round-trip to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import polars as pl
+import pytest
+
+from thinkwheel import records
+from thinkwheel.curated import export
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+SYSTEM = "You are careful. Think inside <think></think>, then answer."
+
+
+def _tasks() -> pl.DataFrame:
+    rows = [
+        {
+            "domain": "math",
+            "family": "addition",
+            "difficulty": 1,
+            "source": "procedural:addition",
+            "prompt": "What is 345 + 78?",
+            "reference": "423",
+            "tests": None,
+            "verifier": "math",
+        },
+        {
+            "domain": "math",
+            "family": "linear_equation",
+            "difficulty": 2,
+            "source": "evol:deepen",
+            "prompt": "Solve for x: 3x + 2 = 17",
+            "reference": "5",
+            "tests": None,
+            "verifier": "math",
+        },
+        {
+            "domain": "code",
+            "family": "linear_function",
+            "difficulty": 1,
+            "source": "procedural:linear_function",
+            "prompt": "Write a Python function `f(x)` that returns 3*x + 2.",
+            "reference": "def f(x):\n    return 3 * x + 2",
+            "tests": ["assert f(0) == 2", "assert f(4) == 14"],
+            "verifier": "code",
+        },
+    ]
+    for r in rows:
+        r["task_id"] = records.task_id(r["domain"], r["prompt"], r["reference"])
+        r.update(round=0, parent_id=None, meta="{}")
+    return records.frame(rows, records.TASKS)
+
+
+COMPLETIONS = [
+    # (task index, completion): odd spacing on purpose; the export must normalise it.
+    (0, "<think>\n5+8=13, carry 1 ... 345 + 78 = 423.\n</think>\n\n423\n"),
+    (0, "<think>345+78 is 423</think>\\boxed{423}"),
+    (1, "3x = 15 so x = 5</think>\nx = 5"),  # template pre-filled <think>
+    (2, "<think>multiply then add</think>\n```python\ndef f(x):\n    return 3 * x + 2\n```"),
+    (2, "def f(x): return 3*x+2"),  # no think block at all
+]
+
+
+def _candidates(tasks: pl.DataFrame) -> pl.DataFrame:
+    rows = []
+    for i, (ti, text) in enumerate(COMPLETIONS):
+        tid = tasks["task_id"][ti]
+        reasoning, answer = records.split_think(text)
+        params = {"temperature": 0.8}
+        rows.append(
+            {
+                "candidate_id": records.candidate_id(tid, "tiny", i, params),
+                "task_id": tid,
+                "round": 1,
+                "sample_idx": i,
+                "model": "tiny",
+                "completion": text,
+                "reasoning": reasoning,
+                "answer": answer,
+                "finish_reason": "stop",
+                "n_tokens": len(text.split()),
+                "gen_params": records.dumps(params),
+            }
+        )
+    # Shuffle input order: output order must not depend on it.
+    return records.frame(rows[::-1], records.CANDIDATES)
+
+
+@pytest.fixture()
+def frames() -> tuple[pl.DataFrame, pl.DataFrame]:
+    t = _tasks()
+    return t, _candidates(t)
+
+
+def test_assistant_turn_is_exact(frames):
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    assert sft.height == len(COMPLETIONS)
+    by_id = {r["candidate_id"]: r for r in sft.iter_rows(named=True)}
+    for c in cands.iter_rows(named=True):
+        msgs = by_id[c["candidate_id"]]["messages"]
+        assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+        assert msgs[0]["content"] == SYSTEM
+        content = msgs[2]["content"]
+        reasoning, answer = records.split_think(c["completion"])
+        want = "<think>" + (reasoning or "") + "</think>" + "\n" + answer
+        assert content == want == export.assistant_content(reasoning, answer)
+        # The format is a fixed point of split_think: a model trained on it round-trips.
+        assert records.split_think(content) == ((reasoning or ""), answer)
+        assert content.startswith("<think>") and "\n</think>" not in content
+        assert not content.endswith("\n") and content.count("</think>\n") == 1
+    first = by_id[cands.filter(pl.col("sample_idx") == 0)["candidate_id"][0]]["messages"][2]
+    assert first["content"] == "<think>5+8=13, carry 1 ... 345 + 78 = 423.</think>\n423"
+    bare = by_id[cands.filter(pl.col("sample_idx") == 4)["candidate_id"][0]]["messages"][2]
+    assert bare["content"] == "<think></think>\ndef f(x): return 3*x+2"
+
+
+def test_sft_lineage_order_and_selection(frames):
+    tasks, cands = frames
+    chosen = cands.filter(pl.col("sample_idx").is_in([0, 3]))["candidate_id"]
+    sft = export.sft_frame(tasks, cands, list(chosen) + [chosen[0]], SYSTEM)  # dup id ignored
+    assert sft.columns == ["messages", *export.SFT_LINEAGE]
+    assert sorted(sft["candidate_id"].to_list()) == sorted(chosen.to_list())
+    assert sft["task_id"].to_list() == sorted(sft["task_id"].to_list())
+    code = sft.filter(pl.col("domain") == "code").row(0, named=True)
+    assert code["family"] == "linear_function" and code["verifier"] == "code"
+    assert code["source"] == "procedural:linear_function" and code["round"] == 1
+    assert code["model"] == "tiny"
+    assert code["messages"][1]["content"].startswith("Write a Python function")
+    reshuffled = export.sft_frame(tasks, cands.reverse(), chosen, SYSTEM)
+    assert reshuffled.equals(sft)
+
+
+def test_sft_refuses_unknown_ids_and_orphans(frames):
+    tasks, cands = frames
+    with pytest.raises(ValueError, match="not in candidates"):
+        export.sft_frame(tasks, cands, ["nope"], SYSTEM)
+    with pytest.raises(ValueError, match="task is missing"):
+        export.sft_frame(tasks.head(1), cands, cands["candidate_id"], SYSTEM)
+    empty = export.sft_frame(tasks, cands, [], SYSTEM)
+    assert empty.height == 0 and "messages" in empty.columns
+
+
+def test_sft_rows_are_conversational_for_trl(frames):
+    from trl.data_utils import is_conversational
+
+    tasks, cands = frames
+    row = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM).row(0, named=True)
+    assert is_conversational({"messages": row["messages"]})
+
+
+def _verdicts(cands: pl.DataFrame, passed: dict[int, list[bool | None]]) -> pl.DataFrame:
+    rows = []
+    for c in cands.iter_rows(named=True):
+        for j, p in enumerate(passed[c["sample_idx"]]):
+            rows.append(
+                {
+                    "candidate_id": c["candidate_id"],
+                    "task_id": c["task_id"],
+                    "verifier": ["math", "think_format"][j],
+                    "passed": p,
+                    "score": float(bool(p)),
+                    "reason": "ok" if p else f"r{j}:{p}",
+                }
+            )
+    return records.frame(rows, records.VERDICTS)
+
+
+def test_pass_rates_count_unverified_as_wrong(frames):
+    tasks, cands = frames
+    v = _verdicts(cands, {0: [True, True], 1: [True, False], 2: [None], 3: [True], 4: [False]})
+    out = export.candidate_outcomes(v)
+    got = dict(zip(out["candidate_id"].to_list(), out["passed"].to_list(), strict=True))
+    by_idx = dict(zip(cands["sample_idx"].to_list(), cands["candidate_id"].to_list(), strict=True))
+    assert [got[by_idx[i]] for i in range(5)] == [True, False, None, True, False]
+    assert out.filter(pl.col("candidate_id") == by_idx[1])["reason"][0] == "r1:False"
+    rates = export.task_pass_rates(v)
+    r = {row["task_id"]: row for row in rates.iter_rows(named=True)}
+    t0, t1, t2 = tasks["task_id"].to_list()
+    assert (r[t0]["n"], r[t0]["n_passed"], r[t0]["pass_rate"]) == (2, 1, 0.5)
+    assert (r[t1]["n_unverified"], r[t1]["pass_rate"]) == (1, 0.0)
+    assert r[t2]["pass_rate"] == 0.5
+
+
+def test_grpo_frame_prompt_band_and_rates(frames):
+    tasks, cands = frames
+    t0, t1, t2 = tasks["task_id"].to_list()
+    g = export.grpo_frame(tasks, {t0: 1.0, t1: 0.25}, system_prompt=SYSTEM)
+    assert g.columns == export.GRPO_COLUMNS and g.height == 3
+    row = {r["task_id"]: r for r in g.iter_rows(named=True)}
+    assert row[t1]["prompt"] == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Solve for x: 3x + 2 = 17"},
+    ]
+    assert row[t2]["pass_rate"] is None and row[t2]["tests"] == [
+        "assert f(0) == 2",
+        "assert f(4) == 14",
+    ]
+    assert row[t1]["reference"] == "5" and row[t1]["verifier"] == "math"
+    banded = export.grpo_frame(tasks, {t0: 1.0, t1: 0.25, t2: 0.8}, band=(0.2, 0.8))
+    assert sorted(banded["task_id"].to_list()) == sorted([t1, t2])
+    v = _verdicts(cands, {0: [True], 1: [False], 2: [True], 3: [False], 4: [False]})
+    from_frame = export.grpo_frame(tasks, export.task_pass_rates(v))
+    assert dict(zip(from_frame["task_id"], from_frame["pass_rate"], strict=True)) == {
+        t0: 0.5,
+        t1: 1.0,
+        t2: 0.0,
+    }
+    assert from_frame["prompt"][0][0]["content"]  # default system prompt from config
+
+
+def test_write_dataset_all_formats_round_trip(frames, tmp_path):
+    import datasets
+
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
+    out = tmp_path / "curated"
+    info = export.write_dataset(sft, grpo, out, card="---\nlicense: apache-2.0\n---\n# card\n")
+    assert info["counts"] == {"sft": 5, "grpo": 3}
+    assert {
+        "sft.parquet",
+        "grpo.parquet",
+        "sft.jsonl",
+        "grpo.jsonl",
+        "README.md",
+        "hf/dataset_dict.json",
+    } <= set(info["files"])
+    assert pl.read_parquet(out / "sft.parquet").equals(sft)
+    first = json.loads((out / "sft.jsonl").read_text().splitlines()[0])
+    assert first["messages"][2]["content"] == sft["messages"][0][2]["content"]
+    dd = datasets.load_from_disk(str(out / "hf"))
+    assert set(dd) == {"sft", "grpo"} and dd["sft"].num_rows == 5
+    assert dd["sft"][0]["messages"] == sft["messages"][0].to_list()
+    assert dd["grpo"][0]["prompt"][1]["role"] == "user"
+    for path in (out, out / "hf", out / "sft.parquet"):
+        loaded = export.read_dataset(path)
+        assert loaded[next(iter(loaded))].height in (5, 3)
+    assert (
+        export.read_dataset(out / "hf")["sft"]["candidate_id"].to_list()
+        == sft["candidate_id"].to_list()
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["curated"]  # no temp dirs left behind
+
+
+def test_write_dataset_is_atomic(frames, tmp_path, monkeypatch):
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
+    out = tmp_path / "curated"
+    export.write_dataset(sft.head(2), grpo, out, formats=("parquet",))
+    assert not (out / "sft.jsonl").exists()
+
+    def boom(*_a, **_k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "_save_hf", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.write_dataset(sft, grpo, out, formats=("parquet", "hf"))
+    # The old export is intact and complete; the half-written one left nothing behind.
+    assert pl.read_parquet(out / "sft.parquet").height == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["curated"]
+    export.write_dataset(sft, grpo, out, formats=("parquet", "jsonl"))
+    assert pl.read_parquet(out / "sft.parquet").height == 5 and (out / "sft.jsonl").exists()
+    with pytest.raises(ValueError, match="unknown export format"):
+        export.write_dataset(sft, grpo, out, formats=("csv",))
+
+
+def test_dataset_card_front_matter_is_hub_format(frames, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from thinkwheel.config import RunConfig
+    from thinkwheel.curated import card
+
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
+    filtered = records.frame(
+        [
+            {"candidate_id": "a", "task_id": "t", "drop_reason": "decontam:humaneval",
+             "drop_ref": "HumanEval/3"},
+            {"candidate_id": "b", "task_id": "t", "drop_reason": "dedup:minhash"},
+            {"candidate_id": "c", "task_id": "t", "drop_reason": None},
+        ],
+        records.FILTERED,
+    )  # fmt: skip
+    cfg = RunConfig.model_validate({"filters": {"dedup": {"threshold": 0.55}}})
+    text = card.dataset_card(
+        sft, grpo, name="demo", config=cfg, config_hash="abc123", round=2, filtered=filtered
+    )
+    parsed = DatasetCard(text)
+    data = parsed.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["size_categories"] == ["n<1K"]
+    assert [c["config_name"] for c in data["configs"]] == ["sft", "grpo"]
+    assert data["configs"][0]["data_files"][0]["path"] == "sft.parquet"
+    tw = data["thinkwheel"]
+    assert tw["counts"] == {"sft": 5, "grpo": 3} and tw["config_hash"] == "abc123"
+    assert tw["generator_model"] == "tiny" and tw["verifiers"] == ["code", "math"]
+    assert tw["sources"]["procedural:addition"] == 2 and tw["round"] == 2
+    assert tw["filters"]["dedup"]["threshold"] == 0.55
+    assert tw["decontamination"] == {
+        "checked": 3, "dropped": 1,
+        "by_reason": {"decontam:humaneval": {"count": 1, "examples": ["HumanEval/3"]}},
+    }  # fmt: skip
+    assert "threshold 0.55" in parsed.text and "1 of 3 candidates" in parsed.text
+    assert card.size_category(999) == "n<1K" and card.size_category(12_000) == "10K<n<100K"
+    other = card.dataset_card(sft, grpo, data_format="jsonl")
+    assert DatasetCard(other).data.to_dict()["configs"][1]["data_files"][0]["path"] == "grpo.jsonl"
+    assert "thinkwheel" in DatasetCard(other).data.to_dict()  # default config hash filled in

@@ -1,0 +1,190 @@
+"""The dataset card (README.md with Hugging Face YAML front matter) of an exported round.
+
+The front matter uses the Hub's own keys (license, size_categories, task_categories, tags,
+and `configs` so `load_dataset(folder, "sft")` finds the files) plus a `thinkwheel` block
+holding the provenance a reader needs to trust or reproduce the data: generator model,
+sources, verifiers, filters with their thresholds, counts, decontamination hits and the
+config hash. Pure: returns the text; `export.write_dataset(..., card=...)` writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+import yaml
+
+from thinkwheel.config import RunConfig
+from thinkwheel.curated import inspect as ins
+from thinkwheel.records import FILTERED, conform
+
+_SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+          (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]  # fmt: skip
+
+
+def size_category(n: int) -> str:
+    """The Hub's size bucket for n rows."""
+    return next((label for limit, label in _SIZES if n < limit), "n>10M")
+
+
+def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
+    if col not in df.columns or not df.height:
+        return {}
+    vc = df.group_by(col).len().sort(["len", col], descending=[True, False])
+    return {str(k): int(v) for k, v in vc.iter_rows()}
+
+
+def filter_settings(config: RunConfig) -> dict[str, Any]:
+    """The filters and thresholds that decided what was kept, from the run config."""
+    f, s = config.filters, config.sampling
+    return {
+        "verified_only": config.export.verified_only,
+        "keep_per_task": s.keep_per_task,
+        "grpo_pass_band": list(s.grpo_pass_band),
+        "dedup": f.dedup.model_dump(mode="json"),
+        "decontam": {
+            "enabled": f.decontam.enabled, "ngram": f.decontam.ngram,
+            "min_overlap": f.decontam.min_overlap,
+            "benchmarks": [b.name for b in f.decontam.benchmarks],
+        },
+        "quality": f.quality.model_dump(mode="json"),
+    }  # fmt: skip
+
+
+def decontam_results(filtered: pl.DataFrame | None) -> dict[str, Any]:
+    """Decontamination drops by reason, with a few of the benchmark items they collided with."""
+    if filtered is None or not filtered.height:
+        return {"checked": 0, "dropped": 0, "by_reason": {}}
+    f = conform(filtered, FILTERED).with_columns(ins.drop_stage().alias("stage"))
+    hits = f.filter(pl.col("stage") == "decontam")
+    by_reason = {
+        r: {"count": n, "examples": sorted({x for x in refs if x})[:5]}
+        for r, n, refs in hits.group_by("drop_reason")
+        .agg(pl.len(), pl.col("drop_ref"))
+        .sort("drop_reason")
+        .iter_rows()
+    }
+    return {"checked": f.height, "dropped": hits.height, "by_reason": by_reason}
+
+
+def dataset_card(
+    sft: pl.DataFrame,
+    grpo: pl.DataFrame,
+    *,
+    name: str = "thinkwheel dataset",
+    config: RunConfig | None = None,
+    config_hash: str | None = None,
+    generator_model: str | None = None,
+    round: int | None = None,  # noqa: A002 (it is the round's number)
+    funnel: pl.DataFrame | None = None,
+    filtered: pl.DataFrame | None = None,
+    data_format: str = "parquet",
+    license: str = "apache-2.0",  # noqa: A002 (the Hub's key name)
+) -> str:
+    """README.md text for an export: HF front matter + a human-readable description."""
+    config = config or RunConfig()
+    if config_hash is None:
+        dump = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+        config_hash = hashlib.sha256(dump).hexdigest()[:16]
+    if generator_model is None and "model" in sft.columns and sft.height:
+        generator_model = ", ".join(sorted(set(sft["model"].drop_nulls().to_list())))
+    verifiers = sorted(set(_counts(sft, "verifier")) | set(_counts(grpo, "verifier")))
+    decontam = decontam_results(filtered)
+    meta = {
+        "round": round,
+        "generator_model": generator_model,
+        "config_hash": config_hash,
+        "counts": {"sft": sft.height, "grpo": grpo.height},
+        "sources": _counts(sft, "source"),
+        "domains": _counts(sft, "domain") or _counts(grpo, "domain"),
+        "families": _counts(sft, "family") or _counts(grpo, "family"),
+        "verifiers": verifiers,
+        "filters": filter_settings(config),
+        "decontamination": decontam,
+        "funnel": funnel.to_dicts() if funnel is not None else None,
+    }
+    front = {
+        "license": license,
+        "language": ["en"],
+        "pretty_name": name,
+        "size_categories": [size_category(max(sft.height, grpo.height))],
+        "task_categories": ["text-generation"],
+        "tags": ["synthetic", "reasoning", "think", "rejection-sampling", "thinkwheel"],
+        "configs": [
+            {"config_name": split, "data_files": [{"split": "train", "path": f"{split}.{ext}"}]}
+            for split, ext in (("sft", _ext(data_format)), ("grpo", _ext(data_format)))
+        ],
+        "thinkwheel": meta,
+    }
+    head = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=100)
+    return f"---\n{head}---\n\n{_body(name, meta, data_format)}"
+
+
+def _ext(fmt: str) -> str:
+    return {"parquet": "parquet", "jsonl": "jsonl"}.get(fmt, "parquet")
+
+
+def _md_table(rows: Mapping[str, Any], key: str, value: str) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = [f"| {key} | {value} |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _body(name: str, m: Mapping[str, Any], data_format: str) -> str:
+    f = m["filters"]
+    dec = m["decontamination"]
+    funnel = ""
+    if m["funnel"]:
+        funnel = "\n## Funnel\n\n" + _md_table(
+            {r["stage"]: f"{r['count']}" + (f" ({r['pct']}%)" if r["pct"] is not None else "")
+             for r in m["funnel"]}, "stage", "count",
+        )  # fmt: skip
+    return f"""# {name}
+
+Synthetic reasoning data made by thinkwheel, round {m["round"]}:
+tasks were sampled from `{m["generator_model"]}`, each candidate was checked by a verifier,
+and the survivors of near-dedup, decontamination and quality filters were kept.
+
+- **sft** ({m["counts"]["sft"]} rows): `messages` = [system, user, assistant]; the assistant
+  turn is exactly `<think>` + reasoning + `</think>` + newline + answer. Lineage columns:
+  task_id, candidate_id, round, domain, family, source, verifier, model.
+- **grpo** ({m["counts"]["grpo"]} rows): conversational `prompt` = [system, user], plus
+  `reference`, `tests` and `verifier` for the reward, and the task's `pass_rate`.
+
+```python
+from datasets import load_dataset
+sft = load_dataset("{data_format}", data_files="sft.{_ext(data_format)}", split="train")
+# or, from the saved folder: datasets.load_from_disk("hf")["sft"]
+```
+
+## Provenance
+
+- generator model: `{m["generator_model"]}`
+- verifiers: {", ".join(f"`{v}`" for v in m["verifiers"]) or "none"}
+- config hash: `{m["config_hash"]}`
+
+### Sources
+
+{_md_table(m["sources"], "source", "sft rows")}
+### Filters and thresholds
+
+- verified only: {f["verified_only"]}; at most {f["keep_per_task"]} kept per task
+- near-dedup: MinHash on {f["dedup"]["field"]}, threshold {f["dedup"]["threshold"]},
+  {f["dedup"]["num_perm"]} permutations, {f["dedup"]["ngram"]}-gram {f["dedup"]["shingle"]}s
+  (enabled: {f["dedup"]["enabled"]})
+- decontamination: {f["decontam"]["ngram"]}-grams, flagged at ≥ {f["decontam"]["min_overlap"]}
+  coverage of a benchmark item, against {", ".join(f["decontam"]["benchmarks"]) or "nothing"}
+  (enabled: {f["decontam"]["enabled"]})
+- quality: {", ".join(f"{k}={v}" for k, v in f["quality"].items())}
+- GRPO prompts: pass-rate band {f["grpo_pass_band"]}
+
+### Decontamination results
+
+{dec["dropped"]} of {dec["checked"]} candidates dropped as contaminated.
+
+{_md_table({r: v["count"] for r, v in dec["by_reason"].items()}, "reason", "dropped")}{funnel}"""

@@ -1,0 +1,280 @@
+"""Turn a round's kept candidates into a `<think>` chat SFT set and a GRPO prompt set.
+
+The assistant turn of every SFT row is exactly
+
+    "<think>" + reasoning.strip() + "</think>" + "\n" + answer.strip()
+
+i.e. no whitespace inside the tags, one newline between `</think>` and the answer, and no
+trailing newline. That is the shape the bundled model's chat template renders and the shape
+`records.split_think` parses back, so a model trained on it emits completions the verifiers
+and the next round's sampler read unchanged. A candidate without reasoning (no `</think>`)
+gets an empty think block rather than being dropped here: dropping is the filters' job,
+and they record a `drop_reason`.
+
+`sft_frame`, `grpo_frame` and `task_pass_rates` are pure; `write_dataset` and `read_dataset`
+are the I/O edge (parquet, JSONL and a `datasets` `save_to_disk` folder).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkwheel.config import ExportConfig
+from thinkwheel.records import CANDIDATES, TASKS, VERDICTS, conform
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+SFT_LINEAGE = [
+    "task_id",
+    "candidate_id",
+    "round",
+    "domain",
+    "family",
+    "source",
+    "verifier",
+    "model",
+]
+GRPO_COLUMNS = [
+    "prompt",
+    "reference",
+    "tests",
+    "verifier",
+    "task_id",
+    "domain",
+    "family",
+    "pass_rate",
+]
+FORMATS = ("parquet", "hf", "jsonl")
+
+
+def assistant_content(reasoning: str | None, answer: str | None) -> str:
+    """The assistant turn for one candidate (the format documented at the top of this module)."""
+    return f"{THINK_OPEN}{(reasoning or '').strip()}{THINK_CLOSE}\n{(answer or '').strip()}"
+
+
+def _assistant_expr() -> pl.Expr:
+    # Vectorised twin of `assistant_content`; a test pins the two to the same output.
+    return pl.concat_str(
+        [
+            pl.lit(THINK_OPEN),
+            pl.col("reasoning").str.strip_chars().fill_null(""),
+            pl.lit(THINK_CLOSE + "\n"),
+            pl.col("answer").str.strip_chars().fill_null(""),
+        ]
+    )
+
+
+def _message(role: str, content: pl.Expr) -> pl.Expr:
+    return pl.struct(pl.lit(role).alias("role"), content.alias("content"))
+
+
+def sft_frame(
+    tasks: pl.DataFrame,
+    candidates: pl.DataFrame,
+    selected_ids: Iterable[str] | pl.Series,
+    system_prompt: str,
+) -> pl.DataFrame:
+    """One TRL-ready row per selected candidate: `messages` [system, user, assistant] + lineage.
+
+    Rows are sorted by (task_id, sample_idx) so the output does not depend on input order.
+    Raises ValueError when a selected id has no candidate or its task is missing: an export
+    that silently loses rows would make the funnel lie.
+    """
+    ids = pl.Series("candidate_id", list(selected_ids), dtype=pl.Utf8).unique()
+    cands = conform(candidates, CANDIDATES).filter(pl.col("candidate_id").is_in(ids.implode()))
+    if cands.height != ids.len():
+        missing = ids.filter(~ids.is_in(cands["candidate_id"].implode())).head(3).to_list()
+        raise ValueError(f"selected candidate ids not in candidates: {missing}")
+    cands = cands.unique("candidate_id", keep="first")
+    task_cols = ["task_id", "round", "domain", "family", "source", "prompt", "verifier"]
+    t = conform(tasks, TASKS).select(task_cols).unique("task_id", keep="first")
+    joined = cands.join(t, on="task_id", how="left", suffix="_task")
+    orphans = joined.filter(pl.col("prompt").is_null())
+    if orphans.height:
+        raise ValueError(
+            f"candidates whose task is missing: {orphans['task_id'].head(3).to_list()}"
+        )
+    messages = pl.concat_list(
+        _message("system", pl.lit(system_prompt)),
+        _message("user", pl.col("prompt")),
+        _message("assistant", _assistant_expr()),
+    ).alias("messages")
+    return joined.sort("task_id", "sample_idx").select(
+        messages,
+        "task_id",
+        "candidate_id",
+        pl.coalesce("round", "round_task").cast(pl.Int32).alias("round"),
+        "domain",
+        "family",
+        "source",
+        "verifier",
+        "model",
+    )
+
+
+def candidate_outcomes(verdicts: pl.DataFrame) -> pl.DataFrame:
+    """Reduce verdict rows to one outcome per candidate.
+
+    A candidate with several verdicts (e.g. math + think_format) passed only if every verdict
+    passed; any False makes it False; otherwise any null makes it null ("could not verify").
+    `reason` is the first reason of a verdict that did not pass, else the first reason.
+    """
+    v = conform(verdicts, VERDICTS)
+    not_pass_reason = pl.col("reason").filter(pl.col("passed").not_().fill_null(True)).first()
+    return v.group_by("candidate_id", maintain_order=True).agg(
+        pl.col("task_id").first(),
+        pl.when(pl.col("passed").not_().any())
+        .then(False)
+        .when(pl.col("passed").is_null().any())
+        .then(None)
+        .otherwise(True)
+        .alias("passed"),
+        pl.coalesce(not_pass_reason, pl.col("reason").first()).alias("reason"),
+        pl.col("verifier").unique(maintain_order=True).str.join(",").alias("verifiers"),
+    )
+
+
+def task_pass_rates(verdicts: pl.DataFrame) -> pl.DataFrame:
+    """Per task: n candidates, n passed, n unverified and pass_rate = passed / n.
+
+    "Could not verify" counts as not correct, so it lowers the pass rate.
+    """
+    out = candidate_outcomes(verdicts)
+    return (
+        out.group_by("task_id", maintain_order=True)
+        .agg(
+            pl.len().alias("n"),
+            (pl.col("passed") == True).sum().alias("n_passed"),  # noqa: E712 (null stays null)
+            pl.col("passed").is_null().sum().alias("n_unverified"),
+        )
+        .with_columns((pl.col("n_passed") / pl.col("n")).alias("pass_rate"))
+    )
+
+
+def _pass_rate_frame(pass_rates: pl.DataFrame | Mapping[str, float]) -> pl.DataFrame:
+    if isinstance(pass_rates, pl.DataFrame):
+        return pass_rates.select(
+            pl.col("task_id").cast(pl.Utf8), pl.col("pass_rate").cast(pl.Float64)
+        )
+    return pl.DataFrame(
+        {"task_id": list(pass_rates), "pass_rate": [float(v) for v in pass_rates.values()]},
+        schema={"task_id": pl.Utf8, "pass_rate": pl.Float64},
+    )
+
+
+def grpo_frame(
+    tasks: pl.DataFrame,
+    pass_rates: pl.DataFrame | Mapping[str, float],
+    system_prompt: str | None = None,
+    band: tuple[float, float] | None = None,
+) -> pl.DataFrame:
+    """GRPO prompt set: conversational `prompt` [system, user] + what the reward needs.
+
+    `pass_rates` is `task_pass_rates(...)` output or a {task_id: rate} mapping; tasks without
+    a rate get null. With `band=(lo, hi)` only tasks with lo <= pass_rate <= hi are kept
+    (open-r1's [0.2, 0.8]: always-solved and never-solved prompts give GRPO no signal).
+    """
+    if system_prompt is None:
+        system_prompt = ExportConfig().system_prompt
+    t = conform(tasks, TASKS).unique("task_id", keep="first")
+    df = t.join(_pass_rate_frame(pass_rates), on="task_id", how="left")
+    if band is not None:
+        lo, hi = band
+        df = df.filter(pl.col("pass_rate").is_between(lo, hi))
+    prompt = pl.concat_list(
+        _message("system", pl.lit(system_prompt)), _message("user", pl.col("prompt"))
+    ).alias("prompt")
+    return df.sort("task_id").select(prompt, *GRPO_COLUMNS[1:])
+
+
+def write_dataset(
+    sft: pl.DataFrame,
+    grpo: pl.DataFrame,
+    out_dir: str | Path,
+    formats: Sequence[str] = FORMATS,
+    card: str | None = None,
+) -> dict[str, Any]:
+    """Write sft/grpo as parquet, JSONL and/or a `datasets` folder, plus README.md (the card).
+
+    Everything is written into a temporary sibling directory that is renamed onto `out_dir`
+    only when complete, so a reader sees the old export or the new one, never half of one.
+    Returns {"path", "files" (relative paths), "counts", "formats"}.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown export format(s) {bad}; choose from {list(FORMATS)}")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        frames = {"sft": sft, "grpo": grpo}
+        for name, df in frames.items():
+            if "parquet" in formats:
+                df.write_parquet(tmp / f"{name}.parquet")
+            if "jsonl" in formats:
+                df.write_ndjson(tmp / f"{name}.jsonl")
+        if "hf" in formats:
+            _save_hf(frames, tmp / "hf")
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return {
+        "path": str(out),
+        "files": files,
+        "counts": {"sft": sft.height, "grpo": grpo.height},
+        "formats": [f for f in FORMATS if f in formats],
+    }
+
+
+def _save_hf(frames: Mapping[str, pl.DataFrame], path: Path) -> None:
+    import datasets  # heavy import: only when the hf format is asked for
+
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_polars(v) for k, v in frames.items()})
+    dd.save_to_disk(str(path))
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    # Two renames: the old export moves aside, the new one moves in, then the old is deleted.
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
+    """Load an exported dataset (folder, `datasets` folder, parquet or JSONL file) by split name."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix == ".parquet":
+            return {p.stem: pl.read_parquet(p)}
+        if p.suffix in (".jsonl", ".ndjson"):
+            return {p.stem: pl.read_ndjson(p)}
+        raise ValueError(f"not a dataset file (want .parquet or .jsonl): {p}")
+    if not p.is_dir():
+        raise FileNotFoundError(f"no dataset at {p}")
+    for ext, reader in ((".parquet", pl.read_parquet), (".jsonl", pl.read_ndjson)):
+        found = {n: p / f"{n}{ext}" for n in ("sft", "grpo") if (p / f"{n}{ext}").is_file()}
+        if found:
+            return {n: reader(f) for n, f in found.items()}
+    hf = p / "hf" if (p / "hf").is_dir() else p
+    if (hf / "dataset_dict.json").is_file() or (hf / "dataset_info.json").is_file():
+        import datasets
+
+        ds = datasets.load_from_disk(str(hf))
+        if isinstance(ds, datasets.DatasetDict):
+            return {k: v.to_polars() for k, v in ds.items()}
+        return {hf.name: ds.to_polars()}
+    raise ValueError(f"no sft/grpo parquet, jsonl or datasets folder in {p}")

@@ -1,0 +1,447 @@
+"""What survived a round, what was dropped and why, and whether the model got better.
+
+Pure functions over a round's frames (`{"tasks", "candidates", "verdicts", "filtered"}`) or
+over all rounds (`{round: frames}`), plus rich renderables for the CLI and a JSON form.
+The funnel is computed from `verdicts.passed` and `filtered.drop_reason` only, so it can
+never disagree with the data on disk.
+
+Drop reasons are grouped into funnel stages by prefix (`DROP_STAGES`): e.g. `dedup:minhash`
+is a dedup drop, `decontam:humaneval` a decontamination drop. Unknown prefixes count as
+"other"; they still show up, ranked, in the drop-reason table.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from thinkwheel.curated.export import candidate_outcomes
+from thinkwheel.filters.quality import QUALITY_REASONS
+from thinkwheel.filters.stage import CONTAMINATED, NEAR_DUPLICATE, NOT_VERIFIED, UNVERIFIABLE
+from thinkwheel.generators.selection import FAILED, NO_VERDICT, OVER_K, UNVERIFIED
+from thinkwheel.records import SCHEMAS, conform
+
+Frames = Mapping[str, pl.DataFrame]
+Rounds = Mapping[int, Frames]
+
+# The filters' and the selection's own vocabulary first (exact names), then prefixes for
+# reasons written by plugins or older runs.
+DROP_STAGES: dict[str, tuple[str, ...]] = {
+    "verify": (NOT_VERIFIED, UNVERIFIABLE, FAILED, UNVERIFIED, NO_VERDICT, "not_passed", "wrong"),
+    "dedup": (NEAR_DUPLICATE, "dedup", "duplicate", "minhash"),
+    "decontam": (CONTAMINATED, "decontam"),
+    "quality": (*QUALITY_REASONS, "quality"),
+    "cap": (OVER_K, "cap", "keep_per_task", "max_per_task"),
+}
+FUNNEL = ["tasks", "candidates", "verified", "deduped", "decontaminated", "kept"]
+SLICES = {
+    "domain": "domain",
+    "family": "family",
+    "source": "source_kind",
+    "difficulty": "difficulty",
+}
+
+
+def drop_stage(col: str = "drop_reason") -> pl.Expr:
+    """Funnel stage of a drop reason: kept, verify, dedup, decontam, quality, cap or other."""
+    reason = pl.col(col).str.to_lowercase()
+    expr = pl.when(pl.col(col).is_null()).then(pl.lit("kept"))
+    for stage, prefixes in DROP_STAGES.items():
+        hit = pl.any_horizontal([reason.str.starts_with(p) for p in prefixes])
+        expr = expr.when(hit).then(pl.lit(stage))
+    return expr.otherwise(pl.lit("other"))
+
+
+def _get(frames: Frames, name: str) -> pl.DataFrame:
+    df = frames.get(name)
+    return conform(df if df is not None else pl.DataFrame(), SCHEMAS[name])
+
+
+def record_table(frames: Frames) -> pl.DataFrame:
+    """One row per candidate with its task, verdict outcome and filter decision."""
+    tasks = _get(frames, "tasks").select(
+        "task_id", "domain", "family", "source", "difficulty", "prompt", "reference",
+        pl.col("round").alias("task_round"),
+    ).unique("task_id", keep="first")  # fmt: skip
+    cands = _get(frames, "candidates")
+    outcomes = candidate_outcomes(_get(frames, "verdicts")).select(
+        "candidate_id", "passed", pl.col("reason").alias("verdict_reason"), "verifiers",
+        pl.lit(True).alias("has_verdict"),
+    )  # fmt: skip
+    filt = _get(frames, "filtered").select(
+        "candidate_id", "drop_reason", "drop_ref", pl.lit(True).alias("has_filter")
+    )
+    df = (
+        cands.join(tasks, on="task_id", how="left")
+        .join(outcomes, on="candidate_id", how="left")
+        .join(filt.unique("candidate_id", keep="first"), on="candidate_id", how="left")
+    )
+    status = (
+        pl.when(pl.col("has_filter").is_null())
+        .then(pl.lit("pending"))
+        .when(pl.col("drop_reason").is_null())
+        .then(pl.lit("kept"))
+        .otherwise(pl.lit("dropped"))
+    )
+    source_kind = (
+        pl.when(pl.col("source").str.starts_with("procedural"))
+        .then(pl.lit("procedural"))
+        .otherwise(pl.col("source"))
+    )
+    return df.with_columns(
+        pl.coalesce("round", "task_round").alias("round"),
+        source_kind.alias("source_kind"),
+        pl.when(pl.col("has_filter")).then(drop_stage()).alias("drop_stage"),
+        status.alias("status"),
+        pl.col("has_verdict").fill_null(False),
+        pl.col("has_filter").fill_null(False),
+    ).drop("task_round")
+
+
+def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
+    """tasks → candidates → verified → deduped → decontaminated → kept, with percentages.
+
+    Percentages are of candidates (and of the previous stage). Stages not run yet are null.
+    "verified" counts candidates whose verdict passed; dedup and decontamination drops are
+    counted among those, so the gap decontaminated → kept is quality, caps and the rest.
+    """
+    t = table if table is not None else record_table(frames)
+    n_tasks = _get(frames, "tasks").height
+    has_v = bool(t["has_verdict"].any()) if t.height else _get(frames, "verdicts").height > 0
+    has_f = bool(t["has_filter"].any()) if t.height else _get(frames, "filtered").height > 0
+    ok = t.filter(pl.col("passed") == True)  # noqa: E712
+    verified = ok.height if has_v else None
+    deduped = decontaminated = kept = None
+    if has_f:
+        kept = t.filter(pl.col("status") == "kept").height
+        if verified is not None:
+            deduped = verified - ok.filter(pl.col("drop_stage") == "dedup").height
+            decontaminated = deduped - ok.filter(pl.col("drop_stage") == "decontam").height
+    counts = [n_tasks, t.height, verified, deduped, decontaminated, kept]
+    rows, prev = [], None
+    for i, (stage, c) in enumerate(zip(FUNNEL, counts, strict=True)):
+        pct = None if i == 0 or c is None or not t.height else round(100 * c / t.height, 1)
+        step = None if i < 2 or c is None or not prev else round(100 * c / prev, 1)
+        rows.append({"stage": stage, "count": c, "pct": pct, "pct_of_previous": step})
+        prev = c if i >= 1 else None
+    schema = {"stage": pl.Utf8, "count": pl.Int64, "pct": pl.Float64, "pct_of_previous": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def drop_reasons(table: pl.DataFrame) -> pl.DataFrame:
+    """Drop reasons ranked by count, with their funnel stage and share of all candidates."""
+    n = max(table.height, 1)
+    return (
+        table.filter(pl.col("status") == "dropped")
+        .group_by("drop_reason", "drop_stage")
+        .agg(pl.len().alias("count"))
+        .with_columns((100 * pl.col("count") / n).round(1).alias("pct"))
+        .sort(["count", "drop_reason"], descending=[True, False])
+        .rename({"drop_reason": "reason", "drop_stage": "stage"})
+    )
+
+
+def pass_rates(table: pl.DataFrame, by: str) -> pl.DataFrame:
+    """Pass rate (passed / candidates; unverified counts as not passed) per slice value."""
+    col = SLICES.get(by, by)
+    return (
+        table.group_by(col)
+        .agg(
+            pl.col("task_id").n_unique().alias("tasks"),
+            pl.len().alias("candidates"),
+            (pl.col("passed") == True).sum().alias("passed"),  # noqa: E712
+            (pl.col("has_verdict") & pl.col("passed").is_null()).sum().alias("unverified"),
+            (pl.col("status") == "kept").sum().alias("kept"),
+        )
+        .with_columns((pl.col("passed") / pl.col("candidates")).round(4).alias("pass_rate"))
+        .rename({col: by})
+        .sort(by, nulls_last=True)
+    )
+
+
+def length_stats(table: pl.DataFrame) -> pl.DataFrame:
+    """Characters of reasoning and answer (and tokens), for all candidates and the kept ones."""
+    measures = {
+        "reasoning_chars": pl.col("reasoning").str.len_chars(),
+        "answer_chars": pl.col("answer").str.len_chars(),
+        "tokens": pl.col("n_tokens"),
+    }
+    rows = []
+    for subset, df in (("all", table), ("kept", table.filter(pl.col("status") == "kept"))):
+        for name, expr in measures.items():
+            s = df.select(expr.alias("x"))["x"]
+            rows.append(
+                {
+                    "field": name, "subset": subset, "n": s.len() - s.null_count(),
+                    "mean": s.mean(), "p50": s.median(), "p90": s.quantile(0.9),
+                    "max": s.max(), "empty": int((s.fill_null(0) == 0).sum()),
+                }
+            )  # fmt: skip
+    schema = {"field": pl.Utf8, "subset": pl.Utf8, "n": pl.Int64, "mean": pl.Float64,
+              "p50": pl.Float64, "p90": pl.Float64, "max": pl.Float64, "empty": pl.Int64}  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).with_columns(pl.col("mean").round(1))
+
+
+def eval_table(evals: Mapping[int, Mapping[str, Any]]) -> pl.DataFrame:
+    """Accuracy per round (plus pass@k / maj@k when present), one row per round."""
+    rows = []
+    for k in sorted(evals):
+        e = evals[k] or {}
+        rows.append(
+            {"round": int(k), "accuracy": e.get("accuracy"), "n": e.get("n"),
+             "pass_at_k": _scalar(e.get("pass_at_k")), "maj_at_k": _scalar(e.get("maj_at_k"))}
+        )  # fmt: skip
+    schema = {"round": pl.Int64, "accuracy": pl.Float64, "n": pl.Int64,
+              "pass_at_k": pl.Float64, "maj_at_k": pl.Float64}  # fmt: skip
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _scalar(v: Any) -> float | None:
+    # pass_at_k may be a number or {"k": .., "value": ..}; keep the number.
+    if isinstance(v, Mapping):
+        v = v.get("value", next((x for x in v.values() if isinstance(x, (int, float))), None))
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def round_summary(frames: Frames, stages: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything `thinkwheel inspect` shows for one round, as JSON-ready lists of rows."""
+    t = record_table(frames)
+    out = {
+        "funnel": funnel(frames, t).to_dicts(),
+        "drop_reasons": drop_reasons(t).to_dicts(),
+        "pass_rate": {by: pass_rates(t, by).to_dicts() for by in SLICES},
+        "lengths": length_stats(t).to_dicts(),
+    }
+    if stages:
+        out["stages"] = {
+            name: {k: s.get(k) for k in ("status", "count", "seconds")}
+            for name, s in stages.items()
+        }
+    return out
+
+
+def summarize(
+    rounds: Rounds,
+    manifest: Mapping[str, Any] | None = None,
+    evals: Mapping[int, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The whole run: {"rounds": {"0": round_summary, ...}, "eval": [...]} (JSON-ready)."""
+    stages = (manifest or {}).get("rounds", {})
+    return {
+        "rounds": {
+            str(k): round_summary(rounds[k], stages.get(str(k), {}).get("stages"))
+            for k in sorted(rounds)
+        },
+        "eval": eval_table(evals or {}).to_dicts(),
+        "eval_detail": {str(k): dict(v) for k, v in sorted((evals or {}).items())},
+    }
+
+
+# ---- samples -------------------------------------------------------------------------
+
+_PL_NAMES = {
+    "col", "lit", "when", "len", "coalesce", "concat_str", "all_horizontal", "any_horizontal",
+    "max_horizontal", "min_horizontal", "Utf8", "String", "Int32", "Int64", "Float64", "Boolean",
+}  # fmt: skip
+_DENY = re.compile(r"^_|^(map|pipe|write|sink|read|scan|to_|from_|register|apply)")
+_NODES = (
+    ast.Expression, ast.Call, ast.Attribute, ast.Name, ast.Constant, ast.Compare, ast.BoolOp,
+    ast.BinOp, ast.UnaryOp, ast.List, ast.Tuple, ast.keyword, ast.Load, ast.operator,
+    ast.boolop, ast.cmpop, ast.unaryop,
+)  # fmt: skip
+
+
+def where_expr(text: str) -> pl.Expr:
+    """Parse a filter: a polars expression (`pl.col("family") == "addition"`) or SQL.
+
+    Polars syntax is checked against a small whitelist of AST nodes and names (only `pl`,
+    no dunders, no map/pipe/write/read methods) before eval without builtins, so a typo'd
+    or hostile `--where` cannot run arbitrary code. Anything without `pl.` goes to
+    `pl.sql_expr` (e.g. `family = 'addition' AND passed`).
+    """
+    if not re.search(r"\bpl\s*\.", text):
+        try:
+            return pl.sql_expr(text)
+        except Exception as err:  # polars raises several types for bad SQL
+            raise ValueError(f"bad --where SQL expression {text!r}: {err}") from None
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"bad --where expression {text!r}: {err.msg}") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _NODES):
+            raise ValueError(f"--where may not use {type(node).__name__} syntax")
+        if isinstance(node, ast.Name) and node.id != "pl":
+            raise ValueError(f"--where may only use the name `pl`, not {node.id!r}")
+        if isinstance(node, ast.Attribute):
+            on_pl = isinstance(node.value, ast.Name) and node.value.id == "pl"
+            if (on_pl and node.attr not in _PL_NAMES) or _DENY.search(node.attr):
+                raise ValueError(f"--where may not use .{node.attr}")
+    try:
+        expr = eval(compile(tree, "<where>", "eval"), {"__builtins__": {}}, {"pl": pl})  # noqa: S307
+    except Exception as err:
+        raise ValueError(f"bad --where expression {text!r}: {err}") from None
+    if not isinstance(expr, pl.Expr):
+        raise ValueError(f"--where must be a polars expression, got {type(expr).__name__}")
+    return expr
+
+
+SAMPLE_COLUMNS = [
+    "round", "task_id", "candidate_id", "domain", "family", "source", "difficulty", "prompt",
+    "reference", "reasoning", "answer", "passed", "verdict_reason", "status", "drop_reason",
+    "drop_ref", "drop_stage", "model", "sample_idx",
+]  # fmt: skip
+
+
+def all_records(rounds: Rounds) -> pl.DataFrame:
+    """record_table of every round, stacked."""
+    tables = [record_table(rounds[k]) for k in sorted(rounds)]
+    return pl.concat(tables, how="diagonal_relaxed") if tables else record_table({})
+
+
+def sample_records(
+    rounds: Rounds,
+    n: int = 5,
+    where: str | None = None,
+    reason: str | None = None,
+    round: int | None = None,  # noqa: A002 (the CLI flag is --round)
+    seed: int = 0,
+) -> pl.DataFrame:
+    """Up to n records (task, reasoning, answer, verdict, drop) matching the filters.
+
+    `reason` matches a drop reason exactly or by prefix (`dedup` matches `dedup:minhash`) or
+    stage; "kept" and "dropped" select by status. Sampling is seeded, then ordered by id.
+    """
+    pick = {k: v for k, v in rounds.items() if round is None or int(k) == int(round)}
+    df = all_records(pick)
+    if reason in ("kept", "dropped", "pending"):
+        df = df.filter(pl.col("status") == reason)
+    elif reason:
+        r = pl.col("drop_reason")
+        df = df.filter(
+            (r == reason) | r.str.starts_with(reason + ":") | (pl.col("drop_stage") == reason)
+        )
+    if where:
+        try:
+            df = df.filter(where_expr(where))
+        except pl.exceptions.PolarsError as err:
+            raise ValueError(f"--where failed on the records: {err}") from None
+    if df.height > n:
+        df = df.sample(n, seed=seed)
+    return df.sort("round", "task_id", "sample_idx").select(SAMPLE_COLUMNS)
+
+
+# ---- rendering ----------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    columns = columns or (list(rows[0]) if rows else [])
+    tab = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for c in columns:
+        tab.add_column(c, justify="left" if c == columns[0] or c == "stage" else "right")
+    for r in rows:
+        tab.add_row(*[Text(_fmt(r.get(c))) for c in columns])
+    return tab
+
+
+def render_summary(summary: Mapping[str, Any]) -> RenderableType:
+    """rich renderable of `summarize(...)`: per round funnel, drops, slices, lengths; evals."""
+    parts: list[RenderableType] = []
+    for k, r in summary["rounds"].items():
+        funnel_tab = Table(title="funnel", title_justify="left", show_edge=False)
+        for c in ("stage", "count", "pct", "of prev", ""):
+            funnel_tab.add_column(c, justify="left" if c in ("stage", "") else "right")
+        for row in r["funnel"]:
+            bar = "█" * round((row["pct"] or 0) / 5) if row["stage"] != "tasks" else ""
+            pct = None if row["pct"] is None else f"{row['pct']:.1f}%"
+            prev = None if row["pct_of_previous"] is None else f"{row['pct_of_previous']:.1f}%"
+            funnel_tab.add_row(row["stage"], _fmt(row["count"]), _fmt(pct), _fmt(prev), bar)
+        body: list[RenderableType] = [funnel_tab]
+        if r["drop_reasons"]:
+            body.append(_table("drop reasons", r["drop_reasons"]))
+        for by, rows in r["pass_rate"].items():
+            body.append(_table(f"pass rate by {by}", rows))
+        body.append(_table("lengths", r["lengths"]))
+        parts.append(Panel(Group(*body), title=f"round {k}", title_align="left"))
+    if summary.get("eval"):
+        parts.append(_table("eval accuracy per round", summary["eval"]))
+    return Group(*parts)
+
+
+def render_samples(samples: pl.DataFrame, width: int = 2000) -> RenderableType:
+    """One panel per record: the task, the <think> reasoning, the answer, verdict and drop."""
+    panels = []
+    for r in samples.iter_rows(named=True):
+        verdict = {True: "[green]passed[/]", False: "[red]failed[/]"}.get(
+            r["passed"], "[yellow]unverified[/]"
+        )
+        status = {"kept": "[green]kept[/]", "pending": "[yellow]not filtered yet[/]"}.get(
+            r["status"], f"[red]dropped: {escape(str(r['drop_reason']))}[/]"
+        )
+        body = Group(
+            Text("task", style="bold"), Text(r["prompt"] or "")[:width],
+            Text("<think>", style="bold dim"), Text(r["reasoning"] or "")[:width],
+            Text("answer", style="bold"), Text(r["answer"] or "")[:width],
+            Text.from_markup(f"{verdict} ({escape(r['verdict_reason'] or '–')}) · {status}"),
+        )  # fmt: skip
+        title = f"round {r['round']} · {r['family']} · {r['source']} · {r['candidate_id']}"
+        panels.append(Panel(body, title=Text(title), title_align="left"))
+    return Group(*panels) if panels else Text("no records match")
+
+
+def dataset_summary(frames: Mapping[str, pl.DataFrame]) -> dict[str, Any]:
+    """Summary of an exported dataset: rows, columns, counts per slice, turn lengths."""
+    out: dict[str, Any] = {}
+    for name, df in frames.items():
+        info: dict[str, Any] = {"rows": df.height, "columns": df.columns}
+        for col in ("round", "domain", "family", "source", "verifier", "model"):
+            if col in df.columns:
+                vc = df.group_by(col).len().sort(["len", col], descending=[True, False])
+                info[f"by_{col}"] = {str(a): b for a, b in vc.iter_rows()}
+        if "messages" in df.columns and df.height:
+            last = df.select(pl.col("messages").list.last().struct.field("content").alias("c"))
+            s = last["c"].str.len_chars()
+            info["assistant_chars"] = {"mean": s.mean(), "p50": s.median(), "max": s.max()}
+            info["think_format_ok"] = int(
+                last["c"].str.contains(r"^<think>[\s\S]*</think>\n").sum()
+            )
+        if "pass_rate" in df.columns and df.height:
+            s = df["pass_rate"]
+            info["pass_rate"] = {"mean": s.mean(), "min": s.min(), "max": s.max(),
+                                 "missing": s.null_count()}  # fmt: skip
+        out[name] = info
+    return out
+
+
+def render_dataset_summary(summary: Mapping[str, Any]) -> RenderableType:
+    parts: list[RenderableType] = []
+    for name, info in summary.items():
+        rows = [{"field": k, "value": v if not isinstance(v, list) else ", ".join(v)}
+                for k, v in info.items()]  # fmt: skip
+        parts.append(_table(name, rows, ["field", "value"]))
+    return Group(*parts)
+
+
+__all__ = [
+    "all_records", "dataset_summary",
+    "drop_reasons", "drop_stage", "eval_table", "funnel", "length_stats", "pass_rates",
+    "record_table", "render_dataset_summary", "render_samples", "render_summary",
+    "round_summary", "sample_records", "summarize", "where_expr",
+]  # fmt: skip
