@@ -1,0 +1,258 @@
+"""Evaluation metrics: greedy accuracy, unbiased pass@k, maj@k grouping, held-out split."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import polars as pl
+import pytest
+import sympy
+
+from thinkwheel import records
+from thinkwheel.config import EvalConfig
+from thinkwheel.engines.base import Completion, SamplingParams, as_messages
+from thinkwheel.train import evaluate as ev
+
+
+class ScriptedEngine:
+    """Engine protocol stand-in: per prompt, a greedy text and a list of sampled texts."""
+
+    model_name = "scripted"
+
+    def __init__(self, script: dict[str, tuple[str, list[str]]]):
+        self.script = script
+        self.calls: list[SamplingParams] = []
+
+    def generate(self, requests, params):
+        self.calls.append(params)
+        out = []
+        for req in requests:
+            greedy, samples = self.script[as_messages(req)[-1]["content"]]
+            texts = [greedy] * params.n if params.temperature == 0 else samples[: params.n]
+            out.append([Completion(text=t, n_tokens=len(t.split())) for t in texts])
+        return out
+
+
+def fake_verify(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
+    """Math by sympy equality (None when unparseable), code by running its asserts."""
+    by_id = {t["task_id"]: t for t in tasks.to_dicts()}
+    rows = []
+    for c in cands.to_dicts():
+        t = by_id[c["task_id"]]
+        ans = c["answer"]
+        if t["domain"] == "math":
+            try:
+                ok = sympy.simplify(sympy.sympify(ans) - sympy.sympify(t["reference"])) == 0
+            except (sympy.SympifyError, SyntaxError, TypeError):
+                ok = None
+        else:
+            code = ev.FENCE.findall(ans)[-1] if ev.FENCE.findall(ans) else ans
+            try:
+                exec(code + "\n" + "\n".join(t["tests"]), {})
+                ok = True
+            except Exception:
+                ok = False
+        rows.append(
+            {
+                "candidate_id": c["candidate_id"],
+                "task_id": c["task_id"],
+                "verifier": t["verifier"],
+                "passed": ok,
+            }
+        )
+        rows.append(  # an extra format verdict must not override the task's own verifier
+            {
+                "candidate_id": c["candidate_id"],
+                "task_id": c["task_id"],
+                "verifier": "think_format",
+                "passed": False,
+            }
+        )
+    return records.frame(rows, records.VERDICTS)
+
+
+def task(domain, family, prompt, reference, tests=None):
+    return {
+        "task_id": records.task_id(domain, prompt, reference),
+        "round": 0,
+        "domain": domain,
+        "family": family,
+        "prompt": prompt,
+        "reference": reference,
+        "tests": tests,
+        "verifier": domain,
+    }
+
+
+def think(answer: str) -> str:
+    return f"<think>work</think>\n{answer}"
+
+
+CODE_OK = "```python\ndef f(x):\n    return x + 1\n```"
+CODE_BAD = "```python\ndef f(x): return x+2\n```"
+CODE_BAD_REFORMATTED = (
+    "```python\ndef f(x):\n    # same program, other layout\n    return x + 2\n```"
+)
+
+TASKS = records.frame(
+    [
+        task("math", "addition", "What is 5 + 7?", "12"),
+        task("math", "fraction_addition", "What is 1/4 + 1/4?", "1/2"),
+        task(
+            "code",
+            "linear_function",
+            "Write f(x) = x + 1.",
+            "def f(x): return x + 1",
+            ["assert f(1) == 2"],
+        ),
+        task("math", "addition", "What is 1 + 1?", "2"),
+    ],
+    records.TASKS,
+)
+SCRIPT = {
+    # greedy right; samples: one right, three equal wrong ones -> pass@4 = 1, maj@4 = 0
+    "What is 5 + 7?": (think("12"), [think("13"), think("12"), think("13"), think("13")]),
+    # greedy wrong; "2/6" and "1/3" are one answer for the verifier -> that group outvotes "1/2"
+    "What is 1/4 + 1/4?": (think("1/3"), [think("1/2"), think("2/6"), think("1/3"), think("")]),
+    # two correct vs two wrong that differ only in layout: tie, the first sample (wrong) wins
+    "Write f(x) = x + 1.": (
+        think(CODE_OK),
+        [think(CODE_BAD), think(CODE_OK), think(CODE_BAD_REFORMATTED), think(CODE_OK)],
+    ),
+    # greedy unverifiable (None); samples mostly right -> maj 1
+    "What is 1 + 1?": (think("@@"), [think("2"), think("2"), think("3"), think("@@")]),
+}
+
+
+def test_metrics_per_task_and_summary():
+    engine = ScriptedEngine(SCRIPT)
+    per_task = ev.score_tasks(engine, TASKS, fake_verify, k=4, max_tokens=32, seed=3)
+    got = {r["task_id"]: r for r in per_task.to_dicts()}
+    t = TASKS["task_id"].to_list()
+    assert [got[i]["greedy_passed"] for i in t] == [True, False, True, False]
+    assert [got[i]["n_correct"] for i in t] == [1, 1, 2, 2]
+    assert [got[i]["maj_at_k"] for i in t] == [False, False, False, True]
+    assert all(got[i]["pass_at_k"] == 1.0 for i in t)
+    assert [p.temperature for p in engine.calls] == [0.0, 0.8]
+    assert engine.calls[1].n == 4 and engine.calls[1].seed == 3
+
+    res = ev.summarize(per_task, k=4)
+    assert res["n"] == 4 and res["k"] == 4
+    assert res["accuracy"] == 0.5 and res["pass_at_k"] == 1.0 and res["maj_at_k"] == 0.25
+    assert res["per_domain"]["math"] == {
+        "n": 3,
+        "accuracy": 1 / 3,
+        "pass_at_k": 1.0,
+        "maj_at_k": 1 / 3,
+    }
+    assert res["per_family"]["linear_function"]["accuracy"] == 1.0
+    assert res["per_family"]["addition"]["n"] == 2
+    assert res["unverified"] == 1
+
+
+def test_maj_merges_wrong_math_answers_through_the_verifier():
+    """Without the verifier merging 2/6 with 1/3, the tie would go to the correct first sample."""
+    calls = []
+
+    def counting_verify(tasks, cands):
+        calls.append(cands.height)
+        return fake_verify(tasks, cands)
+
+    fraction = TASKS.filter(pl.col("family") == "fraction_addition")
+    res = ev.evaluate(ScriptedEngine(SCRIPT), fraction, counting_verify, k=4, max_tokens=8, seed=0)
+    assert res["maj_at_k"] == 0.0
+    assert len(calls) == 2 and calls[1] == 1  # one pair of distinct wrong answers checked
+
+    one_wrong = {
+        "What is 1/4 + 1/4?": (think("1/2"), [think("1/2"), think("2/6"), think("5/7"), think("")])
+    }
+    res = ev.evaluate(ScriptedEngine(one_wrong), fraction, fake_verify, k=4, max_tokens=8, seed=0)
+    assert res["maj_at_k"] == 1.0  # three singleton groups: the earliest (correct) wins
+
+
+def test_k1_is_greedy_only():
+    engine = ScriptedEngine(SCRIPT)
+    res = ev.evaluate(
+        engine, TASKS, fake_verify, k=1, max_tokens=16, seed=0, system_prompt="Be brief."
+    )
+    assert len(engine.calls) == 1 and engine.calls[0].temperature == 0.0
+    assert res["accuracy"] == res["pass_at_k"] == res["maj_at_k"] == 0.5
+
+
+def test_pass_at_k_matches_brute_force():
+    for n, c, k in [(4, 1, 2), (5, 2, 3), (10, 3, 1), (6, 0, 2), (6, 6, 4), (8, 5, 4)]:
+        subsets = list(itertools.combinations([True] * c + [False] * (n - c), k))
+        expected = sum(any(s) for s in subsets) / len(subsets)
+        assert math.isclose(ev.pass_at_k(n, c, k), expected)
+    with pytest.raises(ValueError):
+        ev.pass_at_k(2, 1, 3)
+
+
+def test_n_more_than_k_samples_feed_pass_at_k():
+    engine = ScriptedEngine(SCRIPT)
+    first = TASKS.head(1)  # samples: 13, 12, 13, 13 -> c=1 of n=4
+    res = ev.evaluate(engine, first, fake_verify, k=2, n=4, max_tokens=8, seed=0)
+    assert math.isclose(res["pass_at_k"], 0.5)
+    assert res["maj_at_k"] == 0.0  # first two samples: 13 vs 12 tie, 13 came first
+
+
+def test_candidates_follow_the_schema():
+    seen = []
+
+    def capture(tasks, cands):
+        seen.append(cands)
+        return fake_verify(tasks, cands)
+
+    ev.evaluate(ScriptedEngine(SCRIPT), TASKS.head(2), capture, k=2, max_tokens=8, seed=0)
+    cands = seen[0]
+    assert cands.columns[: len(records.CANDIDATES)] == list(records.CANDIDATES)
+    assert cands["candidate_id"].n_unique() == cands.height == 2 * (1 + 2)
+    row = cands.row(0, named=True)
+    assert row["reasoning"] == "work" and row["answer"] == "12" and row["model"] == "scripted"
+
+
+def test_heldout_split_is_fixed_by_its_seed():
+    cfg = EvalConfig(per_family=3)
+    a, b = ev.heldout_tasks(cfg), ev.heldout_tasks(cfg)
+    assert a.equals(b) and a.height == 3 * a["family"].n_unique() and a["family"].n_unique() >= 7
+    other = ev.heldout_tasks(EvalConfig(per_family=3, seed=1234))
+    assert set(a["prompt"]) != set(other["prompt"])
+    assert set(a["domain"]) == {"math", "code"}
+
+
+def test_real_verifiers_when_present():
+    verifiers = pytest.importorskip("thinkwheel.verifiers")
+    verify_frame = getattr(verifiers, "verify_frame", None)
+    if verify_frame is None:
+        pytest.skip("thinkwheel.verifiers.verify_frame not written yet")
+    math_only = TASKS.filter(pl.col("domain") == "math")
+    res = ev.evaluate(
+        ScriptedEngine(SCRIPT),
+        math_only,
+        lambda t, c: verify_frame(t, c),
+        k=4,
+        max_tokens=8,
+        seed=0,
+    )
+    assert math.isclose(res["accuracy"], 1 / 3) and res["pass_at_k"] == 1.0
+
+
+def test_with_the_hf_engine_on_a_tiny_model(tmp_path):
+    """The real engine path: greedy + sampled generation from a tiny random Llama."""
+    pytest.importorskip("thinkwheel.engines.hf")
+    from thinkwheel.engines.hf import HFEngine
+
+    try:
+        from test_train_sft import TEMPLATE_MARKED, build_tiny_model
+    except ImportError:
+        from tests.test_train_sft import TEMPLATE_MARKED, build_tiny_model
+
+    engine = HFEngine(build_tiny_model(tmp_path, TEMPLATE_MARKED), batch_size=8)
+    tasks = TASKS.head(2)
+    per_task = ev.score_tasks(engine, tasks, fake_verify, k=2, max_tokens=6, seed=0)
+    assert per_task["n_samples"].to_list() == [2, 2]
+    assert per_task["greedy_completion"].str.len_chars().min() > 0
+    res = ev.summarize(per_task, k=2)
+    assert set(res) >= {"accuracy", "per_family", "per_domain", "n", "pass_at_k", "maj_at_k", "k"}
+    assert res["n"] == 2 and res["k"] == 2 and set(res["per_domain"]) == {"math"}

@@ -1,0 +1,202 @@
+"""GRPO: short real runs on a tiny Llama, with and without a template that pre-fills <think>."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import polars as pl
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from thinkwheel.config import GRPOTrainConfig  # noqa: E402
+from thinkwheel.train import grpo as grpo_mod  # noqa: E402
+
+try:  # the tiny-model builder lives with the SFT tests
+    from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+except ImportError:  # tests/ imported as a package
+    from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+
+TEMPLATE_PREFILL = TEMPLATE_PLAIN.replace(
+    "{{ '<|assistant|>\\n' }}{% endif %}", "{{ '<|assistant|>\\n<think>' }}{% endif %}"
+)
+assert TEMPLATE_PREFILL != TEMPLATE_PLAIN
+
+
+def grpo_frame() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "prompt": [
+                [
+                    {"role": "system", "content": "Think first."},
+                    {"role": "user", "content": "What is 3 + 4?"},
+                ],
+                [{"role": "user", "content": "Write f(x) = x + 1."}],
+            ],
+            "reference": ["7", "def f(x): return x + 1"],
+            "tests": [None, ["assert f(1) == 2"]],
+            "verifier": ["math", "code"],
+            "task_id": ["a", "b"],
+        }
+    )
+
+
+class Recorder:
+    """Two reward functions that record what TRL hands them."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def think_format(self, prompts, completions, completion_ids, **kw):
+        self.seen.append({"completions": completions, "ids": completion_ids, **kw})
+        return [1.0 if c[0]["content"].startswith("<think>") else 0.0 for c in completions]
+
+    def math_only(self, prompts, completions, reference, verifier, **kw):
+        # unverifiable (code here) -> None: TRL must skip it, not count it as 0
+        return [
+            None if v == "code" else float(ref in c[0]["content"])
+            for c, ref, v in zip(completions, reference, verifier, strict=True)
+        ]
+
+
+def run(
+    model_path: str, out: str, beta: float = 0.0, loss_type: str = "dapo"
+) -> tuple[dict, Recorder, list[dict]]:
+    rec = Recorder()
+    fmt, task = rec.think_format, rec.math_only
+    cfg = GRPOTrainConfig(
+        max_steps=2,
+        num_generations=4,
+        max_completion_length=12,
+        batch_size=4,
+        learning_rate=1e-3,
+        beta=beta,
+        loss_type=loss_type,
+    )
+    res = grpo_mod.train_grpo(model_path, grpo_frame(), out, cfg, [fmt, task], [0.2, 1.0])
+    log = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
+    return res, rec, log
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("grpo_plain"), TEMPLATE_PLAIN)
+
+
+@pytest.fixture(scope="module")
+def prefill_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("grpo_prefill"), TEMPLATE_PREFILL)
+
+
+def test_prefill_template_still_earns_format_reward(prefill_model, tmp_path):
+    res, rec, log = run(prefill_model, str(tmp_path / "m"))
+    assert res["prefill"] == "<think>" and res["global_step"] == 2
+    texts = [c[0]["content"] for call in rec.seen for c in call["completions"]]
+    assert len(texts) == 2 * 4 and all(t.startswith("<think>") for t in texts)
+    means = [row["rewards/think_format/mean"] for row in log if "rewards/think_format/mean" in row]
+    assert means and all(m == 1.0 for m in means)  # a naive reward would see no <think>: 0.0
+    assert (tmp_path / "m" / "config.json").exists()
+
+
+def test_plain_template_passes_completions_through(plain_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    res, rec, log = run(plain_model, str(tmp_path / "m"), beta=0.04, loss_type="grpo")
+    assert res["prefill"] == ""
+    tok = AutoTokenizer.from_pretrained(plain_model)
+    for call in rec.seen:
+        decoded = tok.batch_decode(call["ids"], skip_special_tokens=True)
+        assert [c[0]["content"] for c in call["completions"]] == decoded
+        # dataset columns reach the reward functions, one value per generation
+        pairs = set(zip(call["reference"], call["verifier"], call["task_id"], strict=True))
+        assert len(call["reference"]) == 4 and len(pairs) == 1
+        assert pairs <= {("7", "math", "a"), ("def f(x): return x + 1", "code", "b")}
+        assert call["tests"][0] in (None, ["assert f(1) == 2"])
+    keys = set().union(*log)
+    expected = {
+        "reward",
+        "reward_std",
+        "kl",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "clip_ratio/region_mean",
+        "loss",
+        "learning_rate",
+    }
+    assert expected <= keys
+    assert not any(
+        row.get("reward") != row.get("reward") for row in log if "reward" in row
+    )  # no NaN
+
+
+def test_generation_prefill_detection(plain_model, prefill_model):
+    from transformers import AutoTokenizer
+
+    assert grpo_mod.generation_prefill(AutoTokenizer.from_pretrained(prefill_model)) == "<think>"
+    assert grpo_mod.generation_prefill(AutoTokenizer.from_pretrained(plain_model)) == ""
+
+
+def test_prefill_wrapper_text_chat_and_async():
+    def fmt(prompts, completions, **kw):
+        return [
+            float(str(c if isinstance(c, str) else c[0]["content"]).startswith("<think>"))
+            for c in completions
+        ]
+
+    wrapped = grpo_mod.with_prefill(fmt, "<think>\n")
+    assert wrapped.__name__ == "fmt"  # TRL logs rewards under the function's name
+    chat = [
+        [{"role": "assistant", "content": "a</think>\n1"}],
+        [{"role": "assistant", "content": "<think>b</think>2"}],
+    ]
+    assert wrapped(prompts=[None, None], completions=chat) == [1.0, 1.0]
+    assert chat[0][0]["content"] == "a</think>\n1"  # the caller's completions are not mutated
+    assert wrapped(prompts=[None], completions=["x</think>1"]) == [1.0]
+    assert grpo_mod.with_prefill(fmt, "") is fmt
+
+    class Scorer:  # a callable object, as a reward factory may return
+        def __call__(self, prompts, completions, **kw):
+            return fmt(prompts, completions)
+
+    wrapped_obj = grpo_mod.with_prefill(Scorer(), "<think>")
+    assert wrapped_obj.__name__ == "Scorer" and wrapped_obj(prompts=[None], completions=["x"]) == [
+        1.0
+    ]
+
+    async def afmt(prompts, completions, **kw):
+        return fmt(prompts, completions)
+
+    awrapped = grpo_mod.with_prefill(afmt, "<think>")
+    assert asyncio.iscoroutinefunction(awrapped)
+    assert asyncio.run(awrapped(prompts=[None], completions=["x"])) == [1.0]
+
+
+def test_group_batch_size_and_validation(plain_model, tmp_path):
+    assert grpo_mod.group_batch_size(8, 8) == 8
+    assert grpo_mod.group_batch_size(6, 4) == 8
+    assert grpo_mod.group_batch_size(1, 4) == 4
+    with pytest.raises(ValueError, match="weights"):
+        grpo_mod.train_grpo(
+            plain_model, grpo_frame(), str(tmp_path / "x"), GRPOTrainConfig(), [len], []
+        )
+    with pytest.raises(ValueError, match="empty"):
+        grpo_mod.train_grpo(
+            plain_model, grpo_frame().head(0), str(tmp_path / "x"), GRPOTrainConfig(), [len], [1.0]
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_real_verifier_rewards(prefill_model, tmp_path):
+    """Our verifiers through `as_reward` (callable objects, per-row verifier) in a real step."""
+    rewards = pytest.importorskip("thinkwheel.train.rewards")
+    funcs = [rewards.as_reward("think_format", tolerant=False), rewards.as_reward(None)]
+    cfg = GRPOTrainConfig(max_steps=1, num_generations=2, max_completion_length=8, batch_size=4)
+    out = tmp_path / "m"
+    res = grpo_mod.train_grpo(prefill_model, grpo_frame(), str(out), cfg, funcs, [0.2, 1.0])
+    assert res["global_step"] == 1 and res["prefill"] == "<think>"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    names = {k.split("/")[1] for row in log for k in row if k.startswith("rewards/")}
+    assert names == {"think_format_reward", "task_reward"}

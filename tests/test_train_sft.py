@@ -1,0 +1,272 @@
+"""SFT: real short training runs on a tiny local Llama, plus the assistant-only label mask."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from thinkwheel.config import SFTConfig  # noqa: E402
+from thinkwheel.train import sft as sft_mod  # noqa: E402
+
+# Assistant turns are wrapped in {% generation %} so TRL can mask everything else.
+TEMPLATE_MARKED = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\\n' }}{% generation %}{{ m['content'] + '<|end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{% else %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+TEMPLATE_PLAIN = TEMPLATE_MARKED.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+SPECIAL = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def build_tiny_model(path: Path, chat_template: str) -> str:
+    """A ~100k-parameter random Llama and a BPE tokenizer trained on a few strings."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        f"What is {a} + {b}? <think>{a} plus {b}</think> {a + b}"
+        for a in range(30)
+        for b in (7, 13)
+    ]
+    corpus += ["def f(x):\n    return 3 * x + 2", "Solve for x: 3x + 2 = 17"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens(["<think>", "</think>"])  # plain added tokens: decoding must keep them
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>"
+    )
+    fast.chat_template = chat_template
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
+
+
+def sft_frame(n: int = 24) -> pl.DataFrame:
+    rows = []
+    for i in range(n):
+        a, b = i, 7 + i % 3
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "Think first."},
+                    {"role": "user", "content": f"What is {a} + {b}?"},
+                    {"role": "assistant", "content": f"<think>{a} plus {b}</think>\n{a + b}"},
+                ],
+                "task_id": f"t{i}",
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def marked_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("marked"), TEMPLATE_MARKED)
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("plain"), TEMPLATE_PLAIN)
+
+
+def labelled_tokens(model_path: str, cfg: SFTConfig, tmp_path: Path) -> tuple[str, str]:
+    """Decode (trained tokens, masked tokens) of the first collated training example."""
+    model, tok = sft_mod.load_hf(model_path)
+    ds = sft_mod.as_dataset(sft_frame(4))
+    trainer = sft_mod.build_sft_trainer(model, tok, ds, cfg, str(tmp_path / "run"))
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    trained = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
+    masked = [t for t, lab in zip(ids, labels, strict=True) if lab == -100]
+    assert all(lab in (-100, t) for t, lab in zip(ids, labels, strict=True))
+    return tok.decode(trained), tok.decode(masked)
+
+
+@pytest.mark.parametrize("which", ["marked", "plain"])
+def test_label_mask_covers_assistant_tokens_only(which, marked_model, plain_model, tmp_path):
+    path = marked_model if which == "marked" else plain_model
+    cfg = SFTConfig(max_steps=1, batch_size=2)
+    mode = sft_mod.loss_mode(sft_mod.load_hf(path)[1], cfg)
+    assert mode == ("assistant_only" if which == "marked" else "completion_only")
+    trained, masked = labelled_tokens(path, cfg, tmp_path)
+    assert trained.strip() == "<think>0 plus 7</think>\n7<|end|>"
+    assert "What is 0 + 7?" in masked and "Think first." in masked and "<|assistant|>" in masked
+    assert "plus" not in masked
+
+
+def test_full_loss_when_assistant_only_disabled(marked_model, tmp_path):
+    trained, _ = labelled_tokens(
+        marked_model, SFTConfig(max_steps=1, batch_size=2, assistant_only_loss=False), tmp_path
+    )
+    assert "What is 0 + 7?" in trained and "plus" in trained
+
+
+def test_train_sft_writes_model_and_curves(marked_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "stale.txt").write_text("old model")  # the previous model is replaced whole
+    cfg = SFTConfig(trainer="trl", max_steps=10, epochs=100, batch_size=4, learning_rate=3e-3)
+    res = sft_mod.train_sft(marked_model, sft_frame(), str(out), cfg)
+
+    assert res["global_step"] == 10 and res["loss_mode"] == "assistant_only"
+    assert res["trainer"] == "trl" and res["n_examples"] == 24
+    assert not (out / "stale.txt").exists() and not Path(str(out) + ".tmp").exists()
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 10 and {"learning_rate", "grad_norm"} <= rows[0].keys()
+    assert losses[-1] < losses[0]  # 10 steps at lr 3e-3 on 24 near-identical rows must learn
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert "generation" in tok.chat_template  # the chat template travels with the model
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(marked_model)
+    assert any(
+        not (p.detach() == q.detach()).all()
+        for p, q in zip(model.parameters(), base.parameters(), strict=True)
+    )
+
+
+def test_train_sft_lora_merges_into_plain_model(plain_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    cfg = SFTConfig(
+        trainer="trl", max_steps=3, batch_size=4, lora=True, lora_r=4, learning_rate=1e-2
+    )
+    res = sft_mod.train_sft(plain_model, sft_frame(8), str(out), cfg)
+    assert res["lora"] and res["loss_mode"] == "completion_only"
+    assert not (out / "adapter_config.json").exists()  # merged: the engine loads it as-is
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_steps_follow_epochs_capped_by_max_steps():
+    assert sft_mod.train_steps(100, SFTConfig(max_steps=500, epochs=1.0, batch_size=16)) == 7
+    assert sft_mod.train_steps(100, SFTConfig(max_steps=3, epochs=1.0, batch_size=16)) == 3
+    assert sft_mod.train_steps(1, SFTConfig(max_steps=50, epochs=0.01, batch_size=16)) == 1
+
+
+def test_bad_input_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="messages"):
+        sft_mod.as_dataset(pl.DataFrame({"text": ["x"]}))
+    with pytest.raises(ValueError, match="empty"):
+        sft_mod.train_sft("unused", sft_frame(2).head(0), str(tmp_path / "m"), SFTConfig())
+    assert not (tmp_path / "m").exists()
+
+
+class FakeFastLanguageModel:
+    """Stands in for unsloth.FastLanguageModel at the library boundary; records its calls."""
+
+    calls: list[tuple[str, dict]] = []
+
+    @classmethod
+    def from_pretrained(cls, **kw):
+        cls.calls.append(("from_pretrained", kw))
+        return sft_mod.load_hf(kw["model_name"])
+
+    @classmethod
+    def get_peft_model(cls, model, **kw):
+        from peft import LoraConfig, get_peft_model
+
+        cls.calls.append(("get_peft_model", kw))
+        conf = LoraConfig(
+            r=kw["r"], lora_alpha=kw["lora_alpha"], target_modules=kw["target_modules"]
+        )
+        return get_peft_model(model, conf)
+
+
+@pytest.fixture
+def fake_unsloth(monkeypatch):
+    FakeFastLanguageModel.calls = []
+    mod = types.ModuleType("unsloth")
+    mod.FastLanguageModel = FakeFastLanguageModel
+    monkeypatch.setitem(sys.modules, "unsloth", mod)
+    return FakeFastLanguageModel
+
+
+def test_trainer_choice(fake_unsloth, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sft_mod.pick_trainer("auto") == "trl"  # unsloth importable but no GPU
+    assert sft_mod.pick_trainer("unsloth") == "unsloth"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert sft_mod.pick_trainer("auto") == "unsloth"
+    assert sft_mod.pick_trainer("trl") == "trl"
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # import now fails
+    assert sft_mod.pick_trainer("auto") == "trl"
+    with pytest.raises(RuntimeError, match="unsloth"):
+        sft_mod.pick_trainer("unsloth")
+
+
+def test_unsloth_path_loads_through_fast_language_model(fake_unsloth, plain_model, tmp_path):
+    out = tmp_path / "unsloth"
+    cfg = SFTConfig(trainer="unsloth", max_steps=2, batch_size=4, lora=True, lora_r=4, seed=7)
+    res = sft_mod.train_sft(plain_model, sft_frame(8), str(out), cfg)
+    assert res["trainer"] == "unsloth" and res["global_step"] == 2
+    (name1, load), (name2, peft) = fake_unsloth.calls
+    assert name1 == "from_pretrained" and name2 == "get_peft_model"
+    assert load["model_name"] == plain_model and load["load_in_4bit"] is True
+    assert load["full_finetuning"] is False and load["max_seq_length"] == cfg.max_length
+    assert peft["r"] == 4 and peft["random_state"] == 7 and "q_proj" in peft["target_modules"]
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+
+
+def bundled_model() -> str | None:
+    try:
+        from thinkwheel.assets import model_path
+    except Exception:  # the bundled model is not in place yet
+        return None
+    path = Path(model_path())
+    return str(path) if (path / "config.json").exists() else None
+
+
+@pytest.mark.skipif(bundled_model() is None, reason="bundled model not built yet")
+def test_short_sft_on_the_bundled_model(tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "bundled"
+    cfg = SFTConfig(trainer="trl", max_steps=4, epochs=10, batch_size=4, max_length=128)
+    res = sft_mod.train_sft(bundled_model(), sft_frame(8), str(out), cfg)
+    assert res["global_step"] == 4 and res["loss_mode"] in ("assistant_only", "completion_only")
+    rows = (out / "train_log.jsonl").read_text().splitlines()
+    assert sum("loss" in json.loads(r) for r in rows) == 4
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == AutoTokenizer.from_pretrained(bundled_model()).chat_template

@@ -1,0 +1,188 @@
+"""GRPO with verifier rewards: TRL's GRPOTrainer over the exported GRPO prompt set.
+
+Every dataset column besides `prompt` (reference, tests, verifier, ...) reaches the reward
+functions as a keyword argument. A chat template that ends its generation prompt with
+`<think>` makes the model's completion start inside the think block, so a naive format
+reward never sees the opening tag and scores 0 forever (TRL #6966, open-r1 #560): we detect
+that pre-fill from the template and put it back in front of each completion before scoring.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkwheel.config import GRPOTrainConfig
+from thinkwheel.train.sft import (
+    device_is_gpu,
+    jsonl_log_callback,
+    load_hf,
+    on_gpu_bf16,
+    publish_dir,
+    quiet,
+    save_model,
+)
+
+THINK_OPEN = "<think>"
+RewardFn = Callable[..., list[float | None]]
+
+
+def train_grpo(
+    model_path: str,
+    grpo: pl.DataFrame,
+    out_dir: str,
+    cfg: GRPOTrainConfig,
+    reward_funcs: Sequence[RewardFn],
+    reward_weights: Sequence[float],
+    *,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Run GRPO from `model_path`; write the model atomically to `out_dir` with its curves.
+
+    `train_log.jsonl` in `out_dir` holds every log row: reward mean/std (overall and per
+    reward function), kl (when beta > 0), completion lengths, clip ratios, loss, lr.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from trl import GRPOConfig, GRPOTrainer
+
+    if len(reward_funcs) != len(reward_weights):
+        raise ValueError(f"{len(reward_funcs)} reward functions but {len(reward_weights)} weights")
+    dataset = grpo_dataset(grpo)
+    if len(dataset) == 0:
+        raise ValueError("the GRPO set is empty: no prompts to train on")
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    Path(tmp).mkdir(parents=True)
+
+    model, tokenizer = load_hf(model_path)
+    prefill = generation_prefill(tokenizer)
+    funcs = [with_prefill(f, prefill) for f in reward_funcs]
+    gpu = device_is_gpu()
+    args = GRPOConfig(
+        output_dir=tmp,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=group_batch_size(cfg.batch_size, cfg.num_generations),
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        loss_type=cfg.loss_type,
+        beta=cfg.beta,
+        reward_weights=list(reward_weights),
+        use_vllm=cfg.use_vllm,
+        vllm_mode="colocate",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not gpu,
+        bf16=on_gpu_bf16(),
+        fp16=False,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        seed=cfg.seed,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
+    )
+    quiet(trainer)
+    result = trainer.train()
+    save_model(trainer.model, tokenizer, tmp)
+    metrics = {
+        **result.metrics,
+        "global_step": trainer.state.global_step,
+        "n_prompts": len(dataset),
+        "prefill": prefill,
+    }
+    Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    publish_dir(tmp, out_dir)
+    return {**metrics, "log_history": trainer.state.log_history}
+
+
+def group_batch_size(batch_size: int, num_generations: int) -> int:
+    """TRL needs whole groups per batch: round the batch up to a multiple of the group size."""
+    return num_generations * max(1, math.ceil(batch_size / num_generations))
+
+
+def grpo_dataset(grpo: pl.DataFrame) -> Any:
+    """A `datasets.Dataset` with a conversational `prompt`; a bare string becomes a user turn."""
+    import datasets
+
+    if "prompt" not in grpo.columns:
+        raise ValueError("the GRPO set needs a `prompt` column")
+    rows = grpo.to_dicts()
+    for row in rows:
+        p = row["prompt"]
+        if isinstance(p, str):
+            row["prompt"] = [{"role": "user", "content": p}]
+        else:
+            row["prompt"] = [{"role": m["role"], "content": m["content"]} for m in p]
+    return datasets.Dataset.from_list(rows)
+
+
+def generation_prefill(tokenizer: Any) -> str:
+    """What the chat template writes after the assistant header, when that opens `<think>`.
+
+    Returns e.g. "<think>\\n" for a template that pre-fills the think block, else "".
+    """
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
+        )
+    except Exception:  # a template that can't render a bare user turn has no pre-fill we can see
+        return ""
+    at = text.rfind(THINK_OPEN)
+    if at == -1 or text[at + len(THINK_OPEN) :].strip():
+        return ""
+    return text[at:]
+
+
+def with_prefill(fn: RewardFn, prefill: str) -> RewardFn:
+    """Wrap a TRL reward function so it scores `prefill + completion` (sync or async)."""
+    if not prefill:
+        return fn
+    name = getattr(fn, "__name__", type(fn).__name__)  # TRL keys its reward metrics by name
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+
+        @functools.wraps(fn)
+        async def async_reward(*, completions: list, **kw: Any) -> list[float | None]:
+            return await fn(completions=prefilled(completions, prefill), **kw)
+
+        async_reward.__name__ = name
+        return async_reward
+
+    @functools.wraps(fn)
+    def reward(*, completions: list, **kw: Any) -> list[float | None]:
+        return fn(completions=prefilled(completions, prefill), **kw)
+
+    reward.__name__ = name
+    return reward
+
+
+def prefilled(completions: list, prefill: str) -> list:
+    """Prepend the pre-fill to each completion (text, or conversational assistant turn)."""
+    out = []
+    for c in completions:
+        if isinstance(c, str):
+            out.append(c if c.lstrip().startswith(THINK_OPEN) else prefill + c)
+            continue
+        turns = [dict(m) for m in c]
+        if turns and not str(turns[0].get("content") or "").lstrip().startswith(THINK_OPEN):
+            turns[0]["content"] = prefill + str(turns[0].get("content") or "")
+        out.append(turns)
+    return out

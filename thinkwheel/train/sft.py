@@ -1,0 +1,306 @@
+"""Cold-start SFT on the curated `<think>` chat set: TRL's SFTTrainer, or Unsloth on a GPU.
+
+Loss falls on assistant tokens only. With a chat template that marks the assistant turn with
+`{% generation %}` TRL masks it directly (`assistant_only_loss`); without the markers the
+conversations become prompt/completion pairs and TRL's completion-only loss gives the same
+mask. The result is a plain `save_pretrained` folder (LoRA merged in) with the tokenizer and
+its chat template, so the next round's engine loads it like the base model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from thinkwheel.config import SFTConfig
+
+if TYPE_CHECKING:
+    import datasets
+
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def train_sft(
+    model_path: str,
+    sft: pl.DataFrame | datasets.Dataset,
+    out_dir: str,
+    cfg: SFTConfig,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Fine-tune `model_path` on the `messages` column; write the model to `out_dir` atomically.
+
+    Trains into `out_dir + ".tmp"` and renames it only when the model, tokenizer and
+    `train_log.jsonl` are on disk, so a crash never leaves a half-written model behind.
+    `callbacks` are extra transformers TrainerCallbacks (e.g. a progress bar for the CLI).
+    Returns the final metrics plus the full log history.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    dataset = as_dataset(sft)
+    if len(dataset) == 0:
+        raise ValueError("the SFT set is empty: nothing to train on")
+    kind = pick_trainer(cfg.trainer)
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    Path(tmp).mkdir(parents=True)
+
+    if kind == "unsloth":
+        model, tokenizer = load_unsloth(model_path, cfg)
+        peft_config = None  # get_peft_model already wrapped the model
+    else:
+        model, tokenizer = load_hf(model_path)
+        peft_config = lora_config(cfg) if cfg.lora else None
+
+    trainer = build_sft_trainer(
+        model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
+    )
+    result = trainer.train()
+    save_model(trainer.model, tokenizer, tmp)
+    metrics = {
+        **result.metrics,
+        "global_step": trainer.state.global_step,
+        "n_examples": len(dataset),
+        "loss_mode": loss_mode(tokenizer, cfg),
+        "trainer": kind,
+        "lora": cfg.lora,
+    }
+    Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    publish_dir(tmp, out_dir)
+    return {**metrics, "log_history": trainer.state.log_history}
+
+
+def pick_trainer(choice: str) -> str:
+    """`auto` takes Unsloth only with a GPU and an importable `unsloth`, else TRL."""
+    if choice == "trl":
+        return "trl"
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    ok = unsloth_available() if (has_gpu or choice == "unsloth") else False
+    if choice == "unsloth":
+        if not ok:
+            raise RuntimeError("train.sft.trainer is 'unsloth' but `import unsloth` failed")
+        return "unsloth"
+    return "unsloth" if has_gpu and ok else "trl"
+
+
+def unsloth_available() -> bool:
+    try:
+        import unsloth  # noqa: F401
+    except Exception:  # without a GPU it raises NotImplementedError, not only ImportError
+        return False
+    return True
+
+
+def load_hf(model_path: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dtype = torch.bfloat16 if on_gpu_bf16() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_unsloth(model_path: str, cfg: SFTConfig) -> tuple[Any, Any]:
+    """Unsloth's current API: `from_pretrained` (4-bit optional) then `get_peft_model` for LoRA."""
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_path,
+        max_seq_length=cfg.max_length,
+        dtype=None,  # Unsloth picks bf16/fp16 for the GPU
+        load_in_4bit=cfg.lora and cfg.load_in_4bit,  # 4-bit weights only make sense under LoRA
+        full_finetuning=not cfg.lora,
+    )
+    if cfg.lora:
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,  # Unsloth's fast path
+            bias="none",
+            target_modules=LORA_TARGETS,
+            use_gradient_checkpointing="unsloth",
+            random_state=cfg.seed,
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def lora_config(cfg: SFTConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def on_gpu_bf16() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def as_dataset(sft: pl.DataFrame | datasets.Dataset) -> datasets.Dataset:
+    """Only the `messages` column goes to the trainer; lineage columns stay behind."""
+    import datasets
+
+    if isinstance(sft, pl.DataFrame):
+        if "messages" not in sft.columns:
+            raise ValueError("the SFT set needs a `messages` column")
+        return datasets.Dataset.from_list(sft.select("messages").to_dicts())
+    if "messages" not in sft.column_names:
+        raise ValueError("the SFT set needs a `messages` column")
+    return sft.select_columns(["messages"])
+
+
+def has_generation_markers(tokenizer: Any) -> bool:
+    template = tokenizer.chat_template or ""
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    return GENERATION_TAG.search(template) is not None
+
+
+def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Split each conversation before its last assistant turn: the completion is that turn."""
+
+    def split(row: dict[str, Any]) -> dict[str, Any]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return {"prompt": msgs[:last], "completion": msgs[last : last + 1]}
+
+    return dataset.map(split, remove_columns=dataset.column_names)
+
+
+def train_steps(n_examples: int, cfg: SFTConfig) -> int:
+    """`epochs` sets the target, `max_steps` caps it (TRL would let max_steps override epochs)."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    return max(1, min(cfg.max_steps, math.ceil(n_examples * cfg.epochs / per_step)))
+
+
+def build_sft_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: datasets.Dataset,
+    cfg: SFTConfig,
+    output_dir: str,
+    *,
+    peft_config: Any = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """The configured SFTTrainer (not yet trained); tests inspect its label mask."""
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    mode = loss_mode(tokenizer, cfg)
+    if mode == "completion_only":
+        dataset = to_prompt_completion(dataset)
+
+    gpu = device_is_gpu()
+    args = TrlSFTConfig(
+        output_dir=output_dir,
+        max_steps=train_steps(len(dataset), cfg),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        max_length=cfg.max_length,
+        assistant_only_loss=mode == "assistant_only",
+        completion_only_loss=mode == "completion_only",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not gpu,
+        bf16=on_gpu_bf16(),
+        fp16=False,
+        gradient_checkpointing=gpu,  # a win for big models on a GPU, pure cost for small ones on CPU
+        dataloader_num_workers=0,
+        seed=cfg.seed,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[jsonl_log_callback(Path(output_dir, "train_log.jsonl")), *callbacks],
+    )
+    quiet(trainer)
+    return trainer
+
+
+def quiet(trainer: Any) -> None:
+    """Drop the stdout log printer: curves go to train_log.jsonl, progress to our callbacks."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def loss_mode(tokenizer: Any, cfg: SFTConfig) -> str:
+    """assistant_only (template has generation markers), completion_only (fallback) or full."""
+    if not cfg.assistant_only_loss:
+        return "full"
+    return "assistant_only" if has_generation_markers(tokenizer) else "completion_only"
+
+
+def device_is_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def save_model(model: Any, tokenizer: Any, out: str) -> None:
+    """Save full weights (LoRA merged) plus the tokenizer, whose chat template travels with it."""
+    merged_saver = getattr(model, "save_pretrained_merged", None)  # Unsloth dequantises 4-bit
+    if callable(merged_saver):
+        merged_saver(out, tokenizer, save_method="merged_16bit")
+    else:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def publish_dir(tmp: str, out_dir: str) -> None:
+    """Swap `tmp` into place: rename is atomic; the old model is removed only after it moved."""
+    old = out_dir.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def jsonl_log_callback(path: Path) -> Any:
+    """A TrainerCallback appending every log dict (loss, lr, grad_norm, rewards, kl...) as JSON."""
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            if not logs or not state.is_world_process_zero:
+                return
+            row = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with Path(path).open("a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
+
+    return JsonlLog()
