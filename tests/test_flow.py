@@ -1,0 +1,166 @@
+"""End to end: the Prefect flow on the bundled model, and SIGKILL-then-resume via the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from thinkwheel.config import parse_config
+from thinkwheel.store import RunStore, model_hash
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "name": "e2e",
+    "rounds": 2,
+    "generate": {"procedural": {"per_family": 2}},
+    "sampling": {"n": 3, "shard_size": 4, "max_tokens": 120},
+    "train": {"sft": {"max_steps": 3, "batch_size": 8}},
+    "eval": {"per_family": 1, "max_tokens": 120},
+}
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from thinkwheel.flows.flywheel import run
+
+    out = tmp_path_factory.mktemp("runs") / "e2e"
+    with prefect_test_harness(server_startup_timeout=180):
+        summary = run(parse_config(SMALL), out)
+    return out, summary
+
+
+def test_flow_runs_every_stage_of_both_rounds(flow_run):
+    out, summary = flow_run
+    store = RunStore(out)
+    m = store.manifest()
+    for k in ("0", "1"):
+        stages = m["rounds"][k]["stages"]
+        assert {"tasks", "sample", "verify", "filter", "export", "eval"} <= set(stages)
+        assert all(s["status"] == "done" for s in stages.values())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["base"]["n"] == 9  # one held-out task per family
+    for k in (0, 1):
+        ev = json.loads((out / f"round-{k}" / "eval.json").read_text())
+        assert 0.0 <= ev["accuracy"] <= 1.0 and set(ev["per_family"]) >= {"addition", "count_char"}
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_round_tables_are_consistent(flow_run):
+    out, _ = flow_run
+    store = RunStore(out)
+    for k in (0, 1):
+        tasks = store.read_table(k, "tasks").filter(pl.col("drop_reason").is_null())
+        cands = store.read_table(k, "candidates")
+        verdicts = store.read_table(k, "verdicts")
+        filtered = store.read_table(k, "filtered")
+        assert cands.height == tasks.height * SMALL["sampling"]["n"]
+        assert cands["candidate_id"].n_unique() == cands.height
+        assert set(verdicts["candidate_id"]) == set(cands["candidate_id"])
+        assert set(filtered["candidate_id"]) == set(cands["candidate_id"])
+        # a kept candidate passed verification; nothing is dropped without a reason
+        kept = filtered.filter(pl.col("drop_reason").is_null())["candidate_id"]
+        passed = verdicts.filter(pl.col("passed"))["candidate_id"]
+        assert set(kept) <= set(passed)
+
+
+def test_next_round_samples_from_the_previous_rounds_model(flow_run):
+    out, _ = flow_run
+    store = RunStore(out)
+    trained = out / "round-0" / "model"
+    if store.stage_entry(0, "train") is None:
+        pytest.skip("round 0 kept no sample, so no model was trained")
+    models = set(store.read_table(1, "candidates")["model"])
+    assert models == {f"model@{model_hash(trained)}"}
+    assert set(store.read_table(0, "candidates")["model"]) != models
+
+
+def test_exported_sft_set_is_think_formatted_chat(flow_run):
+    out, _ = flow_run
+    sft = pl.read_parquet(out / "round-0" / "curated" / "sft.parquet")
+    cands = RunStore(out).read_table(0, "candidates")
+    by_id = {r["candidate_id"]: r for r in cands.iter_rows(named=True)}
+    for row in sft.iter_rows(named=True):
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        c = by_id[row["candidate_id"]]
+        assert row["messages"][2]["content"] == f"<think>{c['reasoning']}</think>\n{c['answer']}"
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(out / "round-0" / "curated" / "hf"))
+    assert ds["sft"].num_rows == sft.height
+
+
+def test_rerun_skips_finished_stages(flow_run):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from thinkwheel.flows.flywheel import run
+
+    out, _ = flow_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    with prefect_test_harness(server_startup_timeout=180):
+        run(parse_config(SMALL), out)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    assert before == after  # nothing was rewritten
+
+
+def _cli(cfg_path: Path, out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "thinkwheel", "run", "-c", str(cfg_path), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,  # its own process group: SIGKILL takes Prefect's server too
+    )
+
+
+def test_sigkill_during_sampling_then_resume(tmp_path):
+    cfg = {
+        **SMALL,
+        "name": "kill",
+        "rounds": 1,
+        "sampling": {"n": 2, "shard_size": 1, "max_tokens": 160},
+        "train": {"sft": {"enabled": False}},
+    }
+    cfg_path = tmp_path / "kill.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    proc = _cli(cfg_path, out)
+    shards = out / "round-0" / "shards" / "sample"
+    deadline = time.time() + 400
+    seen: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        seen = sorted(shards.glob("*/shard-*.parquet"))
+        if len(seen) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = RunStore(out)
+    assert store.stage_entry(0, "sample") is None  # killed mid-stage
+    survivors = {p: p.stat().st_mtime_ns for p in sorted(shards.glob("*/shard-*.parquet"))}
+    total = store.read_table(0, "tasks").filter(pl.col("drop_reason").is_null()).height
+    assert 3 <= len(survivors) < total
+
+    proc = _cli(cfg_path, out)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    for p, mtime in survivors.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p.name} was regenerated"
+    entry = store.stage_entry(0, "sample")
+    assert entry["shards_reused"] == len(survivors) and entry["shards"] == total
+    cands = store.read_table(0, "candidates")
+    assert cands.height == total * 2
+    assert cands["candidate_id"].n_unique() == cands.height
+    assert cands.group_by("task_id").len()["len"].to_list() == [2] * total
+    verdicts = store.read_table(0, "verdicts")
+    assert sorted(verdicts["candidate_id"]) == sorted(cands["candidate_id"])

@@ -1,0 +1,3 @@
+from thinkwheel.cli import main
+
+main()

@@ -1,0 +1,324 @@
+"""`thinkwheel` console script: run, inspect, report, verify, export, train, verifiers, init,
+pretrain. Errors a user can fix are one line on stderr with exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from thinkwheel.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="A synthetic-data flywheel for LLM post-training.",
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(no_args_is_help=True, help="Train on a curated dataset (SFT or GRPO).")
+app.add_typer(train_app, name="train")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _config(path: Path | None, **overrides) -> RunConfig:
+    try:
+        return load_config(path, **overrides)
+    except ConfigError as e:
+        fail(str(e))
+
+
+# ------------------------------------------------------------------ run
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of flywheel rounds")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>)")] = None,
+) -> None:
+    """Run the flywheel; re-running the same command resumes where it stopped."""
+    cfg = _config(config, rounds=rounds)
+    out = out or Path("runs") / cfg.name
+    t0 = time.time()
+    console.print(
+        f"[bold]thinkwheel run[/] {cfg.name}: {cfg.rounds} round(s), engine {cfg.engine.kind} "
+        f"({cfg.engine.model}) -> {out}"
+    )
+    console.print("starting Prefect (a temporary local server on first use) ...")
+    from thinkwheel.flows.flywheel import run as run_flow
+    from thinkwheel.flows.progress import RichReporter, use_reporter
+
+    try:
+        with RichReporter() as rep, use_reporter(rep):
+            summary = run_flow(cfg, out)
+    except (FileNotFoundError, ConfigError, ValueError) as e:
+        fail(str(e))
+    print_summary(summary)
+    console.print(
+        f"done in {time.time() - t0:.0f}s. Inspect: [bold]thinkwheel inspect {out}[/]; "
+        f"report: {out / 'report.html'}"
+    )
+
+
+def print_summary(summary: dict) -> None:
+    t = Table(title="flywheel funnel and held-out accuracy per round")
+    for col in ("round", "tasks", "candidates", "passed", "kept", "SFT", "GRPO", "accuracy"):
+        t.add_column(col, justify="right")
+    base = summary.get("base")
+    if base:
+        t.add_row("base", "", "", "", "", "", "", f"{base['accuracy']:.1%}")
+    for r in summary["rounds"]:
+        acc = "" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        vals = [r[c] for c in ("tasks", "candidates", "passed", "kept", "sft", "grpo")]
+        t.add_row(str(r["round"]), *["" if v is None else str(v) for v in vals], acc)
+    console.print(t)
+
+
+# ------------------------------------------------------------------ inspect / report
+def _load_run(path: Path):
+    from thinkwheel.store import RunStore
+
+    store = RunStore(path)
+    rounds = {k: store.load_round(k) for k in store.rounds()}
+    evals = {k: store.read_json(f"round-{k}/eval.json") for k in rounds}
+    return store, rounds, {k: v for k, v in evals.items() if v}
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A run directory, an export folder or a parquet file")],
+    samples: Annotated[int, typer.Option(help="Show this many sample records")] = 0,
+    where: Annotated[str | None, typer.Option(help="Filter: SQL (family = 'addition') or polars")] = None,
+    reason: Annotated[str | None, typer.Option(help="Drop reason, stage, 'kept' or 'dropped'")] = None,
+    round: Annotated[int | None, typer.Option("--round", help="Only this round")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Funnel, drop reasons, pass rates, lengths and accuracy per round; or sample records."""
+    from thinkwheel.curated import inspect as ins
+
+    if not path.exists():
+        fail(f"no such run or dataset: {path}")
+    if not (path / "manifest.json").exists():  # an exported dataset
+        from thinkwheel.curated.export import read_dataset
+
+        try:
+            summary = ins.dataset_summary(read_dataset(path))
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        console.print_json(json.dumps(summary, default=str)) if as_json else console.print(
+            ins.render_dataset_summary(summary)
+        )
+        return
+    store, rounds, evals = _load_run(path)
+    if not rounds:
+        fail(f"{path} holds no finished round yet")
+    if samples or where or reason:
+        try:
+            df = ins.sample_records(rounds, samples or 5, where=where, reason=reason, round=round)
+        except ValueError as e:
+            fail(str(e))
+        if as_json:
+            print(json.dumps(df.to_dicts(), default=str, indent=1))
+        else:
+            console.print(ins.render_samples(df))
+        return
+    if round is not None:
+        rounds = {k: v for k, v in rounds.items() if k == round}
+    summary = ins.summarize(rounds, store.manifest(), evals)
+    base = store.read_json("eval-base.json")
+    if base:
+        summary["base_accuracy"] = base.get("accuracy")
+    if as_json:
+        print(json.dumps(summary, default=str, indent=1))
+    else:
+        if base:
+            console.print(f"base model held-out accuracy: {base['accuracy']:.1%}")
+        console.print(ins.render_summary(summary))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory")]) -> None:
+    """(Re)write RUN/report.html: one self-contained file with charts and a sample browser."""
+    from thinkwheel.flows.flywheel import _write_report
+    from thinkwheel.store import RunStore
+
+    if not (run_dir / "manifest.json").exists():
+        fail(f"{run_dir} is not a run directory (no manifest.json)")
+    _write_report(RunStore(run_dir))
+    console.print(f"wrote {run_dir / 'report.html'}")
+
+
+# ------------------------------------------------------------------ export
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    format: Annotated[str, typer.Option(help="parquet | jsonl | hf")] = "parquet",
+    round: Annotated[int | None, typer.Option("--round", help="Round (default: last)")] = None,
+    all_rounds: Annotated[bool, typer.Option("--all-rounds", help="Concatenate every round")] = False,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also push to this Hub repo")] = None,
+) -> None:
+    """Copy a round's curated SFT + GRPO sets (with the dataset card) to another format."""
+    import polars as pl
+
+    from thinkwheel.curated.export import read_dataset, write_dataset
+
+    if format not in ("parquet", "jsonl", "hf"):
+        fail(f"unknown format {format!r}: choose parquet, jsonl or hf")
+    store, rounds, _ = _load_run(run_dir)
+    ks = [k for k in rounds if (store.round_dir(k) / "curated").exists()]
+    if not ks:
+        fail(f"{run_dir} has no curated round yet")
+    if all_rounds:
+        pick = ks
+    else:
+        pick = [round if round is not None else ks[-1]]
+    missing = [k for k in pick if k not in ks]
+    if missing:
+        fail(f"round {missing[0]} has no curated data (have: {ks})")
+    parts = [read_dataset(store.round_dir(k) / "curated") for k in pick]
+    sft = pl.concat([p["sft"] for p in parts], how="diagonal_relaxed")
+    grpo = pl.concat([p["grpo"] for p in parts], how="diagonal_relaxed")
+    card_path = store.round_dir(pick[-1]) / "curated" / "README.md"
+    card = card_path.read_text() if card_path.exists() else None
+    info = write_dataset(sft, grpo, out, formats=(format,), card=card)
+    console.print(f"wrote {info['counts']} to {out}")
+    if push_to_hub:
+        from datasets import load_from_disk
+
+        if format != "hf":
+            write_dataset(sft, grpo, out, formats=(format, "hf"), card=card)
+        load_from_disk(str(out / "hf")).push_to_hub(push_to_hub)
+        console.print(f"pushed to {push_to_hub}")
+
+
+# ------------------------------------------------------------------ verify / verifiers
+@app.command()
+def verify(
+    file: Annotated[Path, typer.Argument(help="JSONL or parquet of completion, reference[, tests]")],
+    verifier: Annotated[str, typer.Option(help="Verifier name or module:callable")] = "math",
+    out: Annotated[Path | None, typer.Option(help="Verdicts file (default FILE.verdicts.parquet)")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
+) -> None:
+    """Verify a file of completions and write verdicts plus a summary."""
+    from thinkwheel.verifiers.files import verify_file
+
+    if not file.exists():
+        fail(f"no such file: {file}")
+    out = out or file.with_suffix(".verdicts.parquet")
+    try:
+        summary = verify_file(file, verifier, out, workers=workers)
+    except (ValueError, KeyError, ImportError) as e:
+        fail(str(e))
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def verifiers() -> None:
+    """List every registered verifier and where it comes from."""
+    from thinkwheel.verifiers import list_verifiers
+
+    t = Table("name", "origin")
+    for name, origin in list_verifiers():
+        t.add_row(name, origin)
+    console.print(t)
+
+
+# ------------------------------------------------------------------ train
+@train_app.command("sft")
+def train_sft_cmd(
+    data: Annotated[Path, typer.Argument(help="Curated folder or sft.parquet")],
+    model: Annotated[str, typer.Option(help="Model path ('bundled' for the shipped model)")] = "bundled",
+    out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-sft"),
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+) -> None:
+    """Cold-start SFT on a curated <think> set (TRL on CPU, Unsloth on a GPU when installed)."""
+    from thinkwheel.curated.export import read_dataset
+    from thinkwheel.engines.factory import resolve_model
+    from thinkwheel.train.sft import train_sft
+
+    cfg = _config(config)
+    frames = read_dataset(data)
+    if "sft" not in frames:
+        fail(f"{data} holds no SFT set")
+    path = resolve_model(cfg.engine.model_copy(update={"model": model}))
+    metrics = train_sft(path, frames["sft"], str(out), cfg.train.sft)
+    console.print({k: v for k, v in metrics.items() if k != "log_history"})
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(
+    data: Annotated[Path, typer.Argument(help="Curated folder or grpo.parquet")],
+    model: Annotated[str, typer.Option(help="Model path ('bundled' for the shipped model)")] = "bundled",
+    out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-grpo"),
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+) -> None:
+    """GRPO with the verifiers as rewards (plus the format reward)."""
+    from thinkwheel.curated.export import read_dataset
+    from thinkwheel.engines.factory import resolve_model
+    from thinkwheel.train.grpo import train_grpo
+    from thinkwheel.train.rewards import as_reward
+
+    cfg = _config(config)
+    frames = read_dataset(data)
+    if "grpo" not in frames:
+        fail(f"{data} holds no GRPO set")
+    g = cfg.train.grpo
+    path = resolve_model(cfg.engine.model_copy(update={"model": model}))
+    metrics = train_grpo(
+        path, frames["grpo"], str(out), g, [as_reward(None), as_reward("think_format")],
+        [1.0, g.format_weight],
+    )
+    console.print({k: v for k, v in metrics.items() if k != "log_history"})
+
+
+# ------------------------------------------------------------------ init / pretrain
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the starter config")] = Path(
+        "thinkwheel.yaml"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+) -> None:
+    """Write a commented starter config with every default spelled out."""
+    from thinkwheel.starter import starter_yaml
+
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to overwrite")
+    path.write_text(starter_yaml())
+    console.print(f"wrote {path}; run it with: thinkwheel run --config {path}")
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path | None, typer.Option(help="Model folder (default: the bundled asset)")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Regenerate the bundled model from scratch on CPU (the recipe in thinkwheel/pretrain.py)."""
+    from thinkwheel import pretrain as pt
+
+    kw = {"seed": seed}
+    if out is not None:
+        kw["out"] = out
+    if steps is not None:
+        kw["steps"] = steps
+    console.print(pt.train(**kw))
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m thinkwheel`
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted; re-run the same command to resume")
+        sys.exit(130)

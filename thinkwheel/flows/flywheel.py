@@ -1,0 +1,137 @@
+"""The flywheel as a Prefect flow: one task per stage, `rounds` rounds, round k+1 generating with
+round k's model. The only module that imports prefect; it launches and wires, the stages do
+the work (flows/steps.py wraps the pure stage functions with store I/O).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def configure_environment() -> None:
+    """Settings a fresh machine needs before prefect/transformers are imported.
+
+    Prefect's first flow starts a temporary server (~20 s cold) and its default start-up
+    timeout is 20 s; no hub is reachable here.
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DISABLE_TQDM", "1")
+
+
+configure_environment()
+
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from thinkwheel.config import RunConfig, parse_config  # noqa: E402
+from thinkwheel.flows import steps  # noqa: E402
+from thinkwheel.store import RunStore  # noqa: E402
+
+# Inputs are a store and a config, outputs live on disk: Prefect's own caching and result
+# persistence would only duplicate the store's resume logic.
+_task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+class _Engines:
+    """Loads each model once per flow run (sampling, tasks and eval share it)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, model_dir: str):
+        from thinkwheel.engines.factory import make_engine
+
+        if model_dir not in self._cache:
+            self._cache.clear()  # one model resident at a time
+            self._cache[model_dir] = make_engine(self.cfg.engine, model_dir)
+        return self._cache[model_dir]
+
+
+tasks_task = _task(steps.make_tasks, name="generate-tasks")
+sample_task = _task(steps.sample, name="sample")
+verify_task = _task(steps.verify, name="verify")
+filter_task = _task(steps.filter_and_select, name="filter")
+export_task = _task(steps.export, name="export")
+train_task = _task(steps.train, name="train")
+eval_task = _task(steps.evaluate, name="evaluate")
+
+
+def _funnel_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> str:
+    head = "| round | tasks | candidates | passed | kept | SFT | GRPO | held-out acc |\n"
+    head += "|---|---|---|---|---|---|---|---|\n"
+    if base:
+        head += f"| base | | | | | | | {base.get('accuracy', 0):.3f} |\n"
+    for r in rows:
+        acc = r["accuracy"]
+        head += (
+            f"| {r['round']} | {r['tasks']} | {r['candidates']} | {r['passed']} | {r['kept']} "
+            f"| {r['sft']} | {r['grpo']} | {'' if acc is None else f'{acc:.3f}'} |\n"
+        )
+    return head
+
+
+@flow(name="thinkwheel-flywheel", validate_parameters=False, log_prints=False)
+def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
+    """generate -> sample -> verify -> filter -> export -> train -> eval, `rounds` times."""
+    cfg = parse_config(config)
+    store = RunStore.create(out, cfg)
+    engines = _Engines(cfg)
+    from thinkwheel.engines.factory import resolve_model
+
+    model = resolve_model(cfg.engine)
+    base_model = model
+    base = None
+    if cfg.engine.kind == "hf":  # a served model's base accuracy is the server's business
+        base = eval_task(store, cfg, "base", model, engines)
+    rows = []
+    for k in range(cfg.rounds):
+        tasks_task(store, cfg, k, model, engines)
+        sample_task(store, cfg, k, model, engines)
+        verify_task(store, cfg, k)
+        filter_task(store, cfg, k)
+        export_task(store, cfg, k, model)
+        start = base_model if cfg.train.strategy == "from_base" else model
+        if cfg.train.sft.enabled:
+            model = train_task(store, cfg, k, start)
+        eval_task(store, cfg, k, model, engines)
+        rows.append(steps.funnel_row(store, k))
+    summary = {"out": str(Path(out).resolve()), "base": base, "rounds": rows}
+    store.set_run_info(summary={"base_accuracy": (base or {}).get("accuracy"), "rounds": rows})
+    _write_report(store)
+    try:
+        create_markdown_artifact(
+            key="thinkwheel-funnel", markdown=_funnel_markdown(rows, base),
+            description=f"thinkwheel run {cfg.name}: funnel and held-out accuracy per round",
+        )
+    except Exception:  # artifacts are a convenience for Prefect UI users, never fatal
+        pass
+    return summary
+
+
+def _write_report(store: RunStore) -> None:
+    from thinkwheel.curated.report import read_train_log, render_report, write_report
+
+    rounds = {k: store.load_round(k) for k in store.rounds()}
+    evals = {k: store.read_json(f"round-{k}/eval.json") for k in rounds}
+    evals = {k: v for k, v in evals.items() if v}
+    logs = {
+        k: read_train_log(store.round_dir(k) / "model" / "train_log.jsonl")
+        for k in rounds
+        if (store.round_dir(k) / "model" / "train_log.jsonl").exists()
+    }
+    html = render_report(rounds, store.manifest(), evals, logs, title=f"thinkwheel: {store.root.name}")
+    write_report(html, store.root / "report.html")
+
+
+def run(cfg: RunConfig, out: str | Path) -> dict[str, Any]:
+    return flywheel(cfg.model_dump(mode="json"), str(out))

@@ -1,0 +1,413 @@
+"""One function per stage of a round: load inputs from the store, call the pure stage, write
+outputs atomically, record the stage in the manifest. Each is skipped when the manifest holds
+the same input and config hashes. Prefect wraps these as tasks in `flywheel.py`; they do not
+import Prefect themselves, so they run and test without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkwheel import records
+from thinkwheel.config import RunConfig
+from thinkwheel.engines.base import Engine, SamplingParams
+from thinkwheel.flows.progress import reporter
+from thinkwheel.store import RunStore, ids_hash, model_hash
+
+EngineFactory = Callable[[str], Engine]  # model dir -> engine
+
+
+def _hash(*parts: Any) -> str:
+    return records.content_id(*parts)
+
+
+def _kept(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("drop_reason").is_null()) if "drop_reason" in df.columns else df
+
+
+def heldout(cfg: RunConfig) -> pl.DataFrame:
+    from thinkwheel.train.evaluate import heldout_tasks
+
+    return heldout_tasks(cfg.eval)
+
+
+# ------------------------------------------------------------------ tasks
+def make_tasks(
+    store: RunStore, cfg: RunConfig, k: int, model_dir: str, engines: EngineFactory
+) -> pl.DataFrame:
+    """Procedural tasks (+ Self-Instruct / Evol-Instruct when enabled), deduped, decontaminated,
+    never overlapping the held-out eval split."""
+    from thinkwheel.filters.decontam import load_benchmarks
+    from thinkwheel.filters.stage import decontaminate_tasks, dedup_tasks
+    from thinkwheel.generators import procedural
+
+    g = cfg.generate
+    llm = g.self_instruct.enabled or g.evol_instruct.enabled
+    held = heldout(cfg)
+    in_hash = _hash(k, ids_hash(held["prompt"]), model_hash(model_dir) if llm else "")
+    cfg_hash = cfg.section_hash("generate", "filters")
+    if store.stage_done(k, "tasks", in_hash, cfg_hash):
+        return store.read_table(k, "tasks")
+    t0 = time.time()
+    p = g.procedural
+    tasks = procedural.generate_tasks(
+        p.families,
+        p.per_family,
+        p.difficulty,
+        seed=p.seed + 7919 * k,  # a fresh draw each round
+        round=k,
+        exclude_prompts=held["prompt"].to_list(),
+    )
+    if llm:
+        tasks = pl.concat([tasks, *_llm_tasks(engines(model_dir), tasks, cfg, k)], how="diagonal_relaxed")
+        tasks = tasks.filter(~pl.col("prompt").is_in(held["prompt"].to_list()))
+        tasks = tasks.unique("task_id", keep="first", maintain_order=True)
+    pre_dropped = tasks.filter(pl.col("drop_reason").is_not_null()) if llm else None
+    tasks = tasks.filter(pl.col("drop_reason").is_null()).drop("drop_reason") if llm else tasks
+    tasks = dedup_tasks(tasks, cfg.filters.dedup)
+    bench = load_benchmarks(cfg.filters.decontam.benchmarks) if cfg.filters.decontam.enabled else {}
+    decon = decontaminate_tasks(tasks.drop("drop_reason", "drop_ref"), bench, cfg.filters.decontam)
+    tasks = tasks.with_columns(
+        pl.coalesce("drop_reason", decon["drop_reason"]).alias("drop_reason"),
+        pl.coalesce("drop_ref", decon["drop_ref"]).alias("drop_ref"),
+    )
+    if pre_dropped is not None and pre_dropped.height:
+        tasks = pl.concat([tasks, pre_dropped], how="diagonal_relaxed")
+    path = store.write_table(k, "tasks", tasks)
+    store.mark_stage(
+        k, "tasks", input_hash=in_hash, config_hash=cfg_hash, count=_kept(tasks).height,
+        seconds=time.time() - t0, outputs=[path], generated=tasks.height,
+    )
+    return tasks
+
+
+def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> list[pl.DataFrame]:
+    """Self-Instruct / Evol-Instruct tasks through the engine; references by consensus.
+
+    Every generated row is kept in the table: the ones that failed a rule carry drop_reason."""
+    from thinkwheel.generators.consensus import consensus_references
+    from thinkwheel.generators.evol_instruct import evol_instruct
+    from thinkwheel.generators.self_instruct import self_instruct
+
+    g, seed = cfg.generate, cfg.generate.procedural.seed + k
+    made, dropped = [], []
+    if g.self_instruct.enabled:
+        kept, drop = self_instruct(engine, seeds, g.self_instruct, round=k, seed=seed)
+        made.append(kept)
+        dropped.append(drop)
+    if g.evol_instruct.enabled:
+        kept, drop = evol_instruct(engine, seeds, g.evol_instruct, round=k, seed=seed)
+        made.append(kept)
+        dropped.append(drop)
+    made = [m for m in made if m.height]
+    if made:
+        kept, drop = consensus_references(
+            engine, pl.concat(made, how="diagonal_relaxed"), g.consensus,
+            system_prompt=cfg.export.system_prompt,
+        )
+        made = [kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))]
+        dropped.append(drop)
+    out = [records.conform(m, records.TASKS) for m in made]
+    out += [records.conform(d, {**records.TASKS, "drop_reason": pl.Utf8}) for d in dropped if d.height]
+    return out
+
+
+# ------------------------------------------------------------------ sample
+def request_for(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "user", "content": prompt}]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + msgs
+
+
+def candidate_rows(
+    tasks: pl.DataFrame, outs: list, model: str, params: SamplingParams, k: int
+) -> list[dict[str, Any]]:
+    gen = params.as_dict()
+    rows = []
+    for task, completions in zip(tasks.iter_rows(named=True), outs, strict=True):
+        for i, c in enumerate(completions):
+            reasoning, answer = records.split_think(c.text)
+            rows.append(
+                {
+                    "candidate_id": records.candidate_id(task["task_id"], model, i, gen),
+                    "task_id": task["task_id"],
+                    "round": k,
+                    "sample_idx": i,
+                    "model": model,
+                    "completion": c.text,
+                    "reasoning": reasoning,
+                    "answer": answer,
+                    "finish_reason": c.finish_reason,
+                    "n_tokens": c.n_tokens,
+                    "gen_params": records.dumps(gen),
+                }
+            )
+    return rows
+
+
+def sample(
+    store: RunStore, cfg: RunConfig, k: int, model_dir: str, engines: EngineFactory
+) -> pl.DataFrame:
+    """Rejection sampling, sharded: each finished shard is on disk before the next starts, so a
+    crash loses at most the shard in flight and a re-run regenerates only missing shards."""
+    tasks = _kept(store.read_table(k, "tasks"))
+    s = cfg.sampling
+    params = SamplingParams(
+        n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed + k
+    )
+    model = model_hash(model_dir)
+    in_hash = _hash(ids_hash(tasks["task_id"]), model)
+    cfg_hash = cfg.section_hash("sampling", "engine", "export")
+    if store.stage_done(k, "sample", in_hash, cfg_hash):
+        return store.read_table(k, "candidates")
+    t0 = time.time()
+    key = _hash(in_hash, cfg_hash)
+    n_shards = (tasks.height + s.shard_size - 1) // s.shard_size
+    done = store.done_shards(k, "sample", key)
+    todo = [i for i in range(n_shards) if i not in done]
+    rep = reporter()
+    rep.start(f"round {k}: sampling {s.n}x{tasks.height}", tasks.height * s.n)
+    rep.advance(min(len(done) * s.shard_size, tasks.height) * s.n)
+    engine = engines(model_dir) if todo else None
+    model_name = f"{Path(model_dir).name}@{model}"
+    for i in todo:
+        shard = tasks.slice(i * s.shard_size, s.shard_size)
+        reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
+        outs = engine.generate(reqs, params)
+        rows = candidate_rows(shard, outs, model_name, params, k)
+        store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
+        rep.advance(shard.height * s.n)
+    rep.finish()
+    cands = records.conform(store.read_shards(k, "sample", key), records.CANDIDATES)
+    cands = cands.unique("candidate_id", keep="first", maintain_order=True)
+    path = store.write_table(k, "candidates", cands)
+    store.mark_stage(
+        k, "sample", input_hash=in_hash, config_hash=cfg_hash, count=cands.height,
+        seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
+    )
+    return cands
+
+
+# ------------------------------------------------------------------ verify
+def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
+    from thinkwheel.verifiers import verify_frame
+
+    tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
+    in_hash = _hash(ids_hash(cands["candidate_id"]))
+    cfg_hash = cfg.section_hash("verify")
+    if store.stage_done(k, "verify", in_hash, cfg_hash):
+        return store.read_table(k, "verdicts")
+    t0 = time.time()
+    rep = reporter()
+    rep.start(f"round {k}: verifying", cands.height)
+    v = cfg.verify
+    verdicts = verify_frame(
+        tasks, cands, workers=v.workers, math_timeout_s=v.math_timeout_s,
+        code_timeout_s=v.code_timeout_s, percent_policy=v.percent_policy, plugins=v.plugins,
+    )
+    rep.finish()
+    path = store.write_table(k, "verdicts", verdicts)
+    passed = int(verdicts["passed"].fill_null(False).sum())
+    store.mark_stage(
+        k, "verify", input_hash=in_hash, config_hash=cfg_hash, count=passed,
+        seconds=time.time() - t0, outputs=[path],
+    )
+    return verdicts
+
+
+# ------------------------------------------------------------------ filter + select
+def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
+    """Filters (quality, decontamination, reasoning-path dedup), then the ReST-EM cap of K kept
+    candidates per task; every dropped row carries its reason in `filtered.parquet`."""
+    from thinkwheel.filters.decontam import load_benchmarks
+    from thinkwheel.filters.stage import filter_candidates
+    from thinkwheel.generators.selection import OVER_K, sft_decisions
+
+    tasks = store.read_table(k, "tasks")
+    cands, verdicts = store.read_table(k, "candidates"), store.read_table(k, "verdicts")
+    in_hash = _hash(ids_hash(cands["candidate_id"]), ids_hash(verdicts["candidate_id"]))
+    cfg_hash = cfg.section_hash("filters", "sampling")
+    if store.stage_done(k, "filter", in_hash, cfg_hash):
+        return store.read_table(k, "filtered")
+    t0 = time.time()
+    bench = load_benchmarks(cfg.filters.decontam.benchmarks) if cfg.filters.decontam.enabled else {}
+    filtered = filter_candidates(tasks, cands, verdicts, cfg.filters, bench)
+    decisions = sft_decisions(cands, verdicts, filtered, cfg.sampling.keep_per_task)
+    capped = decisions.filter(pl.col("drop_reason") == OVER_K)["candidate_id"]
+    filtered = filtered.with_columns(
+        pl.when(pl.col("candidate_id").is_in(capped.to_list()) & pl.col("drop_reason").is_null())
+        .then(pl.lit(OVER_K))
+        .otherwise(pl.col("drop_reason"))
+        .alias("drop_reason")
+    )
+    path = store.write_table(k, "filtered", filtered)
+    kept = int(filtered["drop_reason"].is_null().sum())
+    store.mark_stage(
+        k, "filter", input_hash=in_hash, config_hash=cfg_hash, count=kept,
+        seconds=time.time() - t0, outputs=[path],
+    )
+    return filtered
+
+
+# ------------------------------------------------------------------ export
+def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dict[str, Any]:
+    from thinkwheel.curated.card import dataset_card
+    from thinkwheel.curated.export import grpo_frame, sft_frame, task_pass_rates, write_dataset
+    from thinkwheel.curated.inspect import funnel as funnel_table
+    from thinkwheel.filters.stage import funnel
+
+    tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
+    verdicts, filtered = store.read_table(k, "verdicts"), store.read_table(k, "filtered")
+    in_hash = _hash(ids_hash(filtered.filter(pl.col("drop_reason").is_null())["candidate_id"]))
+    cfg_hash = cfg.section_hash("export", "sampling")
+    out_dir = store.round_dir(k) / "curated"
+    if store.stage_done(k, "export", in_hash, cfg_hash):
+        return store.stage_entry(k, "export")
+    t0 = time.time()
+    kept_ids = filtered.filter(pl.col("drop_reason").is_null())["candidate_id"].to_list()
+    sft = sft_frame(tasks, cands, kept_ids, cfg.export.system_prompt)
+    grpo = grpo_frame(
+        tasks, task_pass_rates(verdicts), cfg.export.system_prompt, band=cfg.sampling.grpo_pass_band
+    )
+    fun = funnel(filtered)
+    card = dataset_card(
+        sft, grpo, name=f"{cfg.name}-round-{k}", config=cfg, config_hash=cfg.section_hash(
+            "generate", "sampling", "verify", "filters", "export"
+        ), generator_model=generator_model, round=k, filtered=filtered,
+        funnel=funnel_table(
+            {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
+        ),
+    )
+    write_dataset(sft, grpo, out_dir, formats=tuple(cfg.export.formats), card=card)
+    store.mark_stage(
+        k, "export", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
+        seconds=time.time() - t0, outputs=[out_dir], sft=sft.height, grpo=grpo.height,
+        funnel=fun,
+    )
+    return store.stage_entry(k, "export")
+
+
+# ------------------------------------------------------------------ train
+def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
+    """Cold-start SFT on this round's curated set (then GRPO when enabled); returns the model dir.
+
+    "continue" fine-tunes the previous round's model; "from_base" retrains the base model on
+    every round's curated data so far (STaR / ReST-EM)."""
+    from thinkwheel.train.sft import train_sft
+
+    model_dir = store.round_dir(k) / "model"
+    rounds = range(k + 1) if cfg.train.strategy == "from_base" else [k]
+    parts = [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet") for r in rounds]
+    sft = pl.concat(parts, how="diagonal_relaxed")
+    in_hash = _hash(ids_hash(sft["candidate_id"]), model_hash(start_model))
+    cfg_hash = cfg.section_hash("train")
+    if store.stage_done(k, "train", in_hash, cfg_hash):
+        return str(model_dir)
+    t0 = time.time()
+    if sft.height == 0:  # nothing verified: carry the model forward unchanged, say so
+        reporter().message(f"round {k}: no curated samples; the model is carried forward")
+        return start_model
+    rep = reporter()
+    rep.start(f"round {k}: SFT on {sft.height} samples", None)
+    metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=_callbacks())
+    rep.finish()
+    if cfg.train.grpo.enabled:
+        metrics["grpo"] = _grpo(store, cfg, k, str(model_dir))
+    store.mark_stage(
+        k, "train", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
+        seconds=time.time() - t0, outputs=[model_dir],
+        loss=metrics.get("train_loss"), steps=metrics.get("global_step"),
+    )
+    return str(model_dir)
+
+
+def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
+    from thinkwheel.train.grpo import train_grpo
+    from thinkwheel.train.rewards import as_reward
+
+    grpo = pl.read_parquet(store.round_dir(k) / "curated" / "grpo.parquet")
+    if grpo.height == 0:
+        return {"skipped": "no prompts in the pass-rate band"}
+    g = cfg.train.grpo
+    rewards = [as_reward(None), as_reward("think_format")]
+    rep = reporter()
+    rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
+    out = train_grpo(
+        model_dir, grpo, model_dir, g, rewards, [1.0, g.format_weight], callbacks=_callbacks()
+    )
+    rep.finish()
+    return {key: v for key, v in out.items() if key != "log_history"}
+
+
+def _callbacks() -> list:
+    from transformers import TrainerCallback
+
+    class Advance(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            reporter().advance(1)
+
+    return [Advance()]
+
+
+# ------------------------------------------------------------------ eval
+def evaluate(
+    store: RunStore, cfg: RunConfig, key: int | str, model_dir: str, engines: EngineFactory
+) -> dict[str, Any]:
+    """Held-out accuracy of `model_dir`; `key` is the round (or "base" for the starting model)."""
+    from thinkwheel.train.evaluate import evaluate as run_eval
+    from thinkwheel.verifiers import verify_frame
+
+    held = heldout(cfg)
+    rel = f"round-{key}/eval.json" if key != "base" else "eval-base.json"
+    in_hash = _hash(model_hash(model_dir), ids_hash(held["task_id"]))
+    cfg_hash = cfg.section_hash("eval", "verify")
+    if store.stage_done(key, "eval", in_hash, cfg_hash):
+        return store.read_json(rel)
+    t0 = time.time()
+    rep = reporter()
+    rep.start(f"{'round ' + str(key) if key != 'base' else 'base model'}: held-out eval", None)
+    v, e = cfg.verify, cfg.eval
+
+    def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
+        return verify_frame(
+            tasks, cands, workers=v.workers, math_timeout_s=v.math_timeout_s,
+            code_timeout_s=v.code_timeout_s, percent_policy=v.percent_policy,
+        )
+
+    result = run_eval(
+        engines(model_dir), held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,
+        temperature=e.temperature, system_prompt=cfg.export.system_prompt,
+    )
+    result["model"] = model_dir
+    rep.finish()
+    path = store.write_json(rel, result)
+    store.mark_stage(
+        key, "eval", input_hash=in_hash, config_hash=cfg_hash, count=result.get("n"),
+        seconds=time.time() - t0, outputs=[path], accuracy=result.get("accuracy"),
+    )
+    return result
+
+
+def funnel_row(store: RunStore, k: int) -> dict[str, Any]:
+    """The printed funnel: tasks, candidates, passed, kept (+ the filter funnel)."""
+    m = store.manifest()["rounds"].get(str(k), {}).get("stages", {})
+    exp = m.get("export", {})
+    return {
+        "round": k,
+        "tasks": m.get("tasks", {}).get("count"),
+        "candidates": m.get("sample", {}).get("count"),
+        "passed": m.get("verify", {}).get("count"),
+        "kept": m.get("filter", {}).get("count"),
+        "sft": exp.get("sft"),
+        "grpo": exp.get("grpo"),
+        "accuracy": m.get("eval", {}).get("accuracy"),
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
