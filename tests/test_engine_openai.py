@@ -1,0 +1,212 @@
+"""The openai engine against a real HTTP server on 127.0.0.1 backed by a tiny random Llama.
+
+Every injected fault (429, 500, slow responses past the client timeout, malformed JSON,
+dropped connections, ignored `n`) must leave the results exactly as a clean run's: nothing
+lost, nothing duplicated, same order. A crashed run (a child process killed mid-flight)
+resumes from the on-disk cache and re-sends only the unfinished requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from thinkwheel.config import EngineConfig  # noqa: E402
+from thinkwheel.engines.base import Completion, SamplingParams  # noqa: E402
+from thinkwheel.engines.cache import RequestCache, request_key  # noqa: E402
+from thinkwheel.engines.local_server import FaultPlan, LocalServer  # noqa: E402
+from thinkwheel.engines.openai import EngineError, OpenAIEngine  # noqa: E402
+
+REQUESTS = [f"What is {i} + {3 * i + 1}?" for i in range(12)]
+PARAMS = SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=5)
+
+
+def _load_tiny_builder():
+    spec = importlib.util.spec_from_file_location(
+        "_tiny_model", Path(__file__).with_name("test_engine_hf.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tmp_path_factory: pytest.TempPathFactory):
+    from thinkwheel.engines.hf import HFEngine
+
+    path = _load_tiny_builder()(tmp_path_factory.mktemp("tiny") / "model")
+    return HFEngine(path, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def clean(hf_engine) -> list[list[Completion]]:
+    """What the model itself says: the reference every HTTP run must reproduce."""
+    return hf_engine.generate(REQUESTS, PARAMS)
+
+
+def texts(out: list[list[Completion]]) -> list[list[tuple[str, str]]]:
+    return [[(c.text, c.finish_reason) for c in row] for row in out]
+
+
+def test_clean_run_matches_the_model(hf_engine, clean) -> None:
+    with LocalServer(hf_engine) as srv:
+        eng = OpenAIEngine(srv.base_url, "tiny", concurrency=8)
+        out = eng.generate(REQUESTS + REQUESTS[:2], PARAMS)  # the repeats are sent once
+        assert srv.stats.requests == len(REQUESTS)
+        assert srv.batches < srv.stats.requests  # concurrent requests were batched
+    assert texts(out[: len(REQUESTS)]) == texts(clean)
+    assert texts(out[len(REQUESTS) :]) == texts(clean[:2])
+    # the API reports only a total per response; it is split over the choices, sum preserved
+    tokens = [sum(c.n_tokens for c in row) for row in out]
+    assert tokens == [sum(c.n_tokens for c in row) for row in clean + clean[:2]]
+
+
+def test_every_fault_loses_and_duplicates_nothing(hf_engine, clean) -> None:
+    script = ("429", "ok", "500", "ok", "malformed", "ok", "drop", "ok", "slow", "ok", "ok")
+    with LocalServer(hf_engine, faults=FaultPlan(script, slow_s=1.2)) as srv:
+        eng = OpenAIEngine(
+            srv.base_url, "tiny", concurrency=6, timeout_s=0.5, backoff_s=0.01, max_retries=10
+        )
+        out = eng.generate(REQUESTS, PARAMS)
+        faults = dict(srv.stats.faults)
+    assert texts(out) == texts(clean)
+    assert all(faults.get(f, 0) > 0 for f in ("429", "500", "malformed", "drop", "slow"))
+    retries = {k: v for k, v in eng.stats.items() if k.startswith("retry:")}
+    assert {"retry:429", "retry:500", "retry:malformed", "retry:timeout"} <= retries.keys()
+    assert any(k.startswith("retry:transport") for k in retries)
+    assert eng.stats["fetched_samples"] == len(REQUESTS) * PARAMS.n  # none twice
+
+
+def test_server_ignoring_n_and_fan_out(hf_engine) -> None:
+    with LocalServer(hf_engine, supports_n=False) as srv:
+        looped = OpenAIEngine(srv.base_url, "tiny").generate(REQUESTS[:4], PARAMS)
+        assert srv.stats.requests == 4 * PARAMS.n  # asked for n, got 1, asked for the rest
+    with LocalServer(hf_engine) as srv:
+        fanned = OpenAIEngine(srv.base_url, "tiny", server_supports_n=False)
+        out = fanned.generate(REQUESTS[:4], PARAMS)
+        assert srv.stats.requests == 4 * PARAMS.n  # one single-sample call per sample
+    for rows in (looped, out):
+        assert all(len(row) == PARAMS.n and len({c.text for c in row}) == PARAMS.n for row in rows)
+    assert texts(looped) == texts(out)  # same per-sample seeds either way
+
+
+def test_short_responses_are_completed(hf_engine) -> None:
+    with LocalServer(hf_engine, faults=FaultPlan(("short",))) as srv:
+        eng = OpenAIEngine(srv.base_url, "tiny")
+        out = eng.generate(REQUESTS[:3], PARAMS)
+        assert srv.stats.requests == 3 * PARAMS.n
+    assert eng.stats["short_responses"] == 3 * (PARAMS.n - 1)
+    assert all(len({c.text for c in row}) == PARAMS.n for row in out)
+
+
+CHILD = """
+import os, sys
+from thinkwheel.engines.base import SamplingParams
+from thinkwheel.engines.openai import OpenAIEngine
+url, cache, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+seen = [0]
+def crash_after(k):
+    seen[0] += k
+    if seen[0] >= limit:
+        os._exit(17)  # a hard crash: no cleanup, requests still in flight
+reqs = [f"What is {i} + {3 * i + 1}?" for i in range(12)]
+OpenAIEngine(url, "tiny", concurrency=4, cache_dir=cache).generate(
+    reqs, SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=5), progress=crash_after)
+"""
+
+
+def test_crash_then_resume_sends_only_unfinished(hf_engine, clean, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    with LocalServer(hf_engine) as srv:
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, srv.base_url, str(cache_dir), "16"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert child.returncode == 17, child.stderr
+        first_run = srv.stats.requests
+    with RequestCache(cache_dir) as cache:
+        have = {r: len(cache.get(request_key("tiny", [_user(r)], PARAMS))) for r in REQUESTS}
+    done = [r for r, k in have.items() if k == PARAMS.n]
+    assert 16 <= sum(have.values()) < len(REQUESTS) * PARAMS.n and done
+    with LocalServer(hf_engine) as srv:
+        eng = OpenAIEngine(srv.base_url, "tiny", concurrency=4, cache_dir=cache_dir)
+        out = eng.generate(REQUESTS, PARAMS)
+        resent = set(srv.stats.by_prompt)
+        assert srv.stats.requests == len(REQUESTS) - len(done)
+    assert resent == set(REQUESTS) - set(done)
+    assert first_run >= len(done)
+    assert eng.stats["cached_samples"] == sum(have.values())
+    assert [row[0].text for row in out] == [row[0].text for row in clean]  # sample 0 is seed 5
+    assert all(len({c.text for c in row}) == PARAMS.n for row in out)
+    with LocalServer(hf_engine) as srv:  # a third run is free
+        again = OpenAIEngine(srv.base_url, "tiny", cache_dir=cache_dir).generate(REQUESTS, PARAMS)
+        assert srv.stats.requests == 0
+    assert again == out
+
+
+def test_api_key_comes_from_the_environment(hf_engine, monkeypatch) -> None:
+    from thinkwheel.engines.factory import make_engine
+
+    cfg = EngineConfig(kind="openai", model="tiny", api_key_env="TW_TEST_KEY", max_retries=0)
+    with LocalServer(hf_engine, api_key="s3cret") as srv:
+        cfg.base_url = srv.base_url
+        monkeypatch.delenv("TW_TEST_KEY", raising=False)
+        with pytest.raises(EngineError, match="401"):
+            make_engine(cfg).generate(REQUESTS[:1], PARAMS)
+        monkeypatch.setenv("TW_TEST_KEY", "s3cret")
+        out = make_engine(cfg).generate(REQUESTS[:1], PARAMS)
+    assert len(out[0]) == PARAMS.n
+
+
+def test_sync_generate_inside_a_running_loop(hf_engine, clean) -> None:
+    async def caller() -> list[list[Completion]]:
+        with LocalServer(hf_engine) as srv:
+            return OpenAIEngine(srv.base_url, "tiny").generate(REQUESTS[:2], PARAMS)
+
+    assert texts(asyncio.run(caller())) == texts(clean[:2])
+
+
+def test_gives_up_with_a_clear_error_and_keeps_the_rest(hf_engine, tmp_path: Path) -> None:
+    with LocalServer(hf_engine, faults=FaultPlan(("ok", "500", "500", "500"))) as srv:
+        eng = OpenAIEngine(
+            srv.base_url, "tiny", concurrency=1, max_retries=1, backoff_s=0.0, cache_dir=tmp_path
+        )
+        with pytest.raises(EngineError, match="gave up after 2 attempts"):
+            eng.generate(REQUESTS[:3], PARAMS)
+    eng.close()
+    assert 0 < len(RequestCache(tmp_path)) < 3 * PARAMS.n
+
+
+def test_cache_survives_a_torn_line(tmp_path: Path) -> None:
+    key = request_key("m", [_user("q")], PARAMS)
+    assert key == request_key(
+        "m", [_user("q")], SamplingParams(**{**PARAMS.as_dict(), "n": 9, "stop": ()})
+    )
+    assert key != request_key("m", [_user("q")], SamplingParams(seed=6))
+    with RequestCache(tmp_path) as cache:
+        cache.put(key, 0, Completion("a", "stop", 3))
+    path = tmp_path / "completions.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"key": "' + key.encode() + b'", "idx": 1, "compl')
+    with RequestCache(tmp_path) as cache:
+        assert cache.torn_lines == 1 and cache.get(key) == {0: Completion("a", "stop", 3)}
+        cache.put(key, 1, Completion("b", "length", 8))
+    with RequestCache(tmp_path) as cache:
+        assert cache.torn_lines == 1 and set(cache.get(key)) == {0, 1}
+        cache.compact()
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["idx"] for x in lines] == [0, 1]
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}

@@ -1,0 +1,178 @@
+"""Our side of the vLLM engine, with vLLM replaced at its boundary.
+
+vLLM cannot run on this CPU-only machine, so these tests install a fake `vllm` package (on
+sys.path and PYTHONPATH, so spawned data-parallel replicas see it too) that provides only
+what the engine touches: `vllm.LLM` (constructor + `chat`), `vllm.SamplingParams` and
+`vllm.lora.request.LoRARequest`. Everything else (argument mapping, per-request seeds,
+ordering, greedy handling, stop truncation, LoRA, data-parallel replicas, the factory) is
+the real code. What is NOT tested here: that real vLLM accepts these arguments on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from thinkwheel.config import EngineConfig
+from thinkwheel.engines.base import SamplingParams
+
+FAKE_VLLM = """
+import json, os
+LOG = os.environ["FAKE_VLLM_LOG"]
+
+def _log(kind, **data):
+    with open(LOG, "a") as fh:
+        fh.write(json.dumps({"kind": kind, "pid": os.getpid(), **data}) + "\\n")
+
+class SamplingParams:
+    def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop=None):
+        self.n, self.temperature, self.top_p = n, temperature, top_p
+        self.max_tokens, self.seed, self.stop = max_tokens, seed, stop
+
+class _Sample:
+    def __init__(self, index, text, token_ids, finish_reason):
+        self.index, self.text, self.token_ids = index, text, token_ids
+        self.finish_reason = finish_reason
+
+class _Output:
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+class LLM:
+    def __init__(self, model, **kwargs):
+        if os.environ.get("FAKE_VLLM_FAIL"):
+            raise RuntimeError("no CUDA GPUs are available")
+        _log("init", model=model, kwargs=kwargs, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+    def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None,
+             add_generation_prompt=True, **kw):
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
+        _log("chat", n_requests=len(messages), lora=getattr(lora_request, "lora_path", None),
+             add_generation_prompt=add_generation_prompt)
+        outs = []
+        for conv, sp in zip(messages, sampling_params):
+            q = conv[-1]["content"]
+            samples = []
+            for k in reversed(range(sp.n)):  # out of order on purpose: the engine sorts by index
+                text = f"{q}|seed={sp.seed}|k={k}|t={sp.temperature}|STOP|tail"
+                ids = list(range(min(sp.max_tokens, 7)))
+                reason = "length" if sp.max_tokens <= 7 else "stop"
+                samples.append(_Sample(k, text, ids, reason))
+            outs.append(_Output(samples))
+        return outs
+"""
+LORA = """
+class LoRARequest:
+    def __init__(self, lora_name, lora_int_id, lora_path=""):
+        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
+"""
+REQUESTS = ["What is 1 + 1?", "What is 2 + 2?", [{"role": "user", "content": "What is 3 + 3?"}]]
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Install the fake package; returns the log file of its constructor and chat calls."""
+    root = tmp_path / "fakesite"
+    (root / "vllm" / "lora").mkdir(parents=True)
+    (root / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    (root / "vllm" / "lora" / "__init__.py").write_text("")
+    (root / "vllm" / "lora" / "request.py").write_text(LORA)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", str(root) + ":" + ":".join(sys.path))
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    return log
+
+
+def calls(log: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_config_maps_to_llm_arguments(fake_vllm: Path, tmp_path: Path) -> None:
+    from thinkwheel.engines.factory import make_engine
+
+    cfg = EngineConfig(kind="vllm", model="org/Base-7B", tensor_parallel_size=2, max_model_len=4096)
+    engine = make_engine(cfg)
+    (init,) = calls(fake_vllm, "init")
+    assert init["model"] == "org/Base-7B"
+    assert init["kwargs"] == {
+        "tensor_parallel_size": 2,
+        "enable_prefix_caching": True,
+        "gpu_memory_utilization": 0.85,
+        "dtype": "auto",
+        "max_model_len": 4096,
+    }
+    assert engine.model_name == "Base-7B"
+
+    adapter = tmp_path / "round-1-adapter"  # a round's model that is a LoRA adapter
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    lora_engine = make_engine(cfg, model_path=adapter)
+    init = calls(fake_vllm, "init")[-1]
+    assert init["model"] == "org/Base-7B" and init["kwargs"]["enable_lora"] is True
+    lora_engine.generate(REQUESTS[:1], SamplingParams(max_tokens=4))
+    assert calls(fake_vllm, "chat")[-1]["lora"] == str(adapter)
+
+
+def test_generate_orders_seeds_and_truncates(fake_vllm: Path) -> None:
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine("m")
+    params = SamplingParams(n=3, temperature=0.8, max_tokens=5, seed=11, stop=("|STOP",))
+    out = engine.generate(REQUESTS, params)
+    assert [len(row) for row in out] == [3, 3, 3]
+    for q, row in zip(["1 + 1", "2 + 2", "3 + 3"], out, strict=True):
+        assert [c.text.split("|k=")[1].split("|")[0] for c in row] == ["0", "1", "2"]
+        assert all(q in c.text and "STOP" not in c.text for c in row)
+        assert all(c.finish_reason == "stop" and c.n_tokens == 5 for c in row)  # stop string hit
+    seeds = {c.text.split("seed=")[1].split("|")[0] for row in out for c in row}
+    assert len(seeds) == 3  # one seed per request
+    alone = engine.generate(REQUESTS[1:2], params)  # same request, other batch: same seed
+    assert alone[0] == out[1]
+    no_stop = engine.generate(REQUESTS[:1], SamplingParams(n=1, max_tokens=5, seed=11))
+    assert no_stop[0][0].finish_reason == "length" and no_stop[0][0].text.endswith("|tail")
+
+
+def test_greedy_decodes_once(fake_vllm: Path) -> None:
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    out = VLLMEngine("m").generate(REQUESTS, SamplingParams(n=4, temperature=0.0, max_tokens=9))
+    assert all(len(row) == 4 and all(c == row[0] for c in row) for row in out)
+    assert all(row[0].text.split("|")[2] == "k=0" for row in out)
+    assert calls(fake_vllm, "chat")[-1]["add_generation_prompt"] is True
+
+
+def test_data_parallel_replicas_split_and_reassemble(fake_vllm: Path, monkeypatch) -> None:
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    requests = [f"What is {i} + {i}?" for i in range(7)]
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=3)
+    single = VLLMEngine("m").generate(requests, params)
+    dp = VLLMEngine("m", data_parallel_size=2, tensor_parallel_size=2)
+    try:
+        out = dp.generate(requests, params)
+    finally:
+        dp.close()
+    assert out == single  # per-request seeds: the split does not change any sample
+    inits = calls(fake_vllm, "init")
+    assert sorted(i["gpus"] for i in inits[1:]) == ["0,1", "2,3"]
+    chats = calls(fake_vllm, "chat")
+    assert sorted(c["n_requests"] for c in chats[1:]) == [3, 4]
+    assert len({c["pid"] for c in chats[1:]}) == 2
+
+
+def test_a_broken_vllm_install_is_a_clear_error(fake_vllm: Path, monkeypatch) -> None:
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    monkeypatch.setenv("FAKE_VLLM_FAIL", "1")
+    with pytest.raises(RuntimeError, match="no CUDA GPUs"):
+        VLLMEngine("m")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # an import that fails outright
+    with pytest.raises(RuntimeError, match="needs a working vLLM install"):
+        VLLMEngine("m")

@@ -1,0 +1,75 @@
+"""Pick and build the engine named in the config (`engine.kind`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from thinkwheel.config import EngineConfig
+from thinkwheel.engines.base import Engine
+
+
+def resolve_model(cfg: EngineConfig, model_path: str | os.PathLike[str] | None = None) -> str:
+    """The model to load: an explicit path (a round's trained model) wins over the config;
+    "bundled" means the small model shipped in thinkwheel/assets."""
+    if model_path is not None:
+        return str(model_path)
+    if cfg.model != "bundled":
+        return cfg.model
+    try:
+        from thinkwheel.assets import model_path as bundled_model_path
+    except Exception as err:  # the assets package may not be built yet in a dev checkout
+        raise FileNotFoundError(f"engine.model is 'bundled' but it is unavailable: {err}") from err
+    return str(bundled_model_path())
+
+
+def make_engine(
+    cfg: EngineConfig,
+    model_path: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Engine:
+    """Build the configured engine. `cache_dir` is the openai engine's request cache (None = off).
+
+    For vllm, `model_path` may be a LoRA adapter folder (it has adapter_config.json): then the
+    base model comes from the config and the adapter is applied per request.
+    """
+    if cfg.kind == "hf":
+        from thinkwheel.engines.hf import HFEngine
+
+        return HFEngine(
+            resolve_model(cfg, model_path),
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            dtype=cfg.dtype,
+        )
+    if cfg.kind == "vllm":
+        from thinkwheel.engines.vllm import VLLMEngine
+
+        lora_path = cfg.lora_path
+        if model_path is not None and (Path(model_path) / "adapter_config.json").is_file():
+            lora_path, model_path = str(model_path), None
+        return VLLMEngine(
+            resolve_model(cfg, model_path),
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            data_parallel_size=cfg.data_parallel_size,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+            lora_path=lora_path,
+            dtype=cfg.dtype,
+        )
+    if cfg.kind == "openai":
+        from thinkwheel.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(
+            base_url=cfg.base_url,
+            model=str(model_path) if model_path is not None else cfg.model,
+            api_key=os.environ.get(cfg.api_key_env),
+            concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries,
+            timeout_s=cfg.timeout_s,
+            server_supports_n=cfg.server_supports_n,
+            cache_dir=cache_dir,
+        )
+    raise ValueError(f"unknown engine.kind {cfg.kind!r}")

@@ -1,0 +1,214 @@
+"""The transformers engine: batched `model.generate` on CPU (or any torch device).
+
+Sampling is reproducible per sequence: each (seed, request content, sample index) gets its own
+random stream, drawn with a counter-based hash of the decode step, so a completion does not
+depend on batch size, request order or what else is in the call. This is what lets a crashed
+shard be re-run and produce the same candidates. (Floating-point differences between padded
+batch shapes can in rare near-tie cases still flip a token; that is the only caveat.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
+
+_M32 = 0xFFFFFFFF
+Progress = Callable[[int], None]  # called with the number of sequences just finished
+
+
+def sequence_seed(seed: int, messages: Sequence[dict[str, str]], sample_idx: int) -> int:
+    """A 32-bit seed for one sequence, from the run seed, the request content and the sample."""
+    blob = json.dumps([seed, list(messages), sample_idx], sort_keys=True).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "little")
+
+
+def _mix32(x: Any) -> Any:
+    """Murmur-style 32-bit finaliser on an int64 tensor (values stay below 2**63)."""
+    x = x & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return ((x >> 16) ^ x) & _M32
+
+
+class _SeededSampler:
+    """Logits processor that samples each row from its own stream and returns a one-hot mask.
+
+    Generation runs in greedy mode, so the argmax of the returned scores is the sampled token.
+    Why not `do_sample=True`: that draws every row from torch's global RNG, which ties a row's
+    output to the batch it happened to land in.
+    """
+
+    def __init__(self, row_seeds: Any, prompt_len: int, temperature: float, top_p: float):
+        self.row_seeds = row_seeds
+        self.prompt_len = prompt_len
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        step = input_ids.shape[1] - self.prompt_len
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p  # keeps at least the top token
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        cdf = probs.cumsum(-1)
+        counter = _mix32(torch.full_like(self.row_seeds, step) * 0x9E3779B + 0x7F4A7C15)
+        draws = _mix32(self.row_seeds ^ counter).double().add_(0.5).div_(2.0**32)
+        target = (draws.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        token = torch.searchsorted(cdf, target).clamp_(max=scores.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, token, 0.0)
+
+
+class HFEngine:
+    """A local transformers model behind the `Engine` interface; load once, generate many times."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        dtype: str = "auto",
+        model_name: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model_path = str(model_path)
+        self.model_name = model_name or Path(self.model_path).name
+        self.batch_size = batch_size
+        self.device = device
+        if dtype == "auto":
+            torch_dtype = torch.float32 if device == "cpu" else "auto"
+        else:
+            torch_dtype = getattr(torch, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype)
+        self.model.to(device).eval()
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id: int = self.tokenizer.pad_token_id
+        self._stop_criteria: dict[tuple[str, ...], Any] = {}
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike[str], **kwargs: Any) -> HFEngine:
+        return cls(model_path, **kwargs)
+
+    def render(self, request: Request) -> str:
+        """The prompt text a request turns into (chat template with the generation prompt)."""
+        messages = as_messages(request)
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        return "\n".join(m["content"] for m in messages) + "\n"
+
+    def generate(
+        self,
+        requests: Sequence[Request],
+        params: SamplingParams,
+        progress: Progress | None = None,
+    ) -> list[list[Completion]]:
+        """n completions per request, in order; batches of `batch_size` sequences."""
+        import torch
+
+        if not requests:
+            return []
+        greedy = params.temperature <= 0
+        draws = 1 if greedy else params.n  # greedy samples are identical: decode once, copy
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+        texts = [self.render(r) for r in requests]
+        seqs: list[tuple[int, int, int]] = []  # (request index, sample index, sequence seed)
+        for i, req in enumerate(requests):
+            msgs = as_messages(req)
+            seqs += [(i, j, sequence_seed(seed, msgs, j)) for j in range(draws)]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        seqs.sort(key=lambda s: lengths[s[0]])  # similar lengths together: less padding
+        results: dict[tuple[int, int], Completion] = {}
+        with torch.inference_mode():
+            for start in range(0, len(seqs), self.batch_size):
+                batch = seqs[start : start + self.batch_size]
+                outs = self._generate_batch([texts[i] for i, _, _ in batch], batch, params, greedy)
+                results.update({(i, j): c for (i, j, _), c in zip(batch, outs, strict=True)})
+                if progress is not None:
+                    progress(len(batch) * (params.n if greedy else 1))
+        return [
+            [results[(i, 0 if greedy else j)] for j in range(params.n)]
+            for i in range(len(requests))
+        ]
+
+    def _generate_batch(
+        self,
+        prompts: list[str],
+        batch: list[tuple[int, int, int]],
+        params: SamplingParams,
+        greedy: bool,
+    ) -> list[Completion]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        enc = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        processors = LogitsProcessorList()
+        if not greedy:
+            row_seeds = torch.tensor(
+                [s for _, _, s in batch], dtype=torch.int64, device=self.device
+            )
+            processors.append(
+                _SeededSampler(row_seeds, prompt_len, params.temperature, params.top_p)
+            )
+        out = self.model.generate(
+            **enc,
+            do_sample=False,
+            num_beams=1,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            max_new_tokens=params.max_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+            logits_processor=processors,
+            stopping_criteria=self._stop_criterion(params.stop),
+        )
+        return [self._completion(row[prompt_len:].tolist(), params) for row in out]
+
+    def _stop_criterion(self, stop: tuple[str, ...]) -> Any:
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        if not stop:
+            return None
+        if stop not in self._stop_criteria:  # building it scans the vocabulary: do it once
+            self._stop_criteria[stop] = StopStringCriteria(self.tokenizer, list(stop))
+        return StoppingCriteriaList([self._stop_criteria[stop]])
+
+    def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
+        end = next((k + 1 for k, t in enumerate(ids) if t in self.eos_ids), None)
+        hit_eos = end is not None
+        ids = ids[:end] if hit_eos else ids
+        if not hit_eos and self.pad_id not in self.eos_ids:
+            while ids and ids[-1] == self.pad_id:  # padding after a stop-string halt
+                ids = ids[:-1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((p for p in (text.find(s) for s in params.stop) if p >= 0), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        reason = "stop" if hit_eos or cut >= 0 or len(ids) < params.max_tokens else "length"
+        return Completion(text=text, finish_reason=reason, n_tokens=len(ids))

@@ -1,0 +1,293 @@
+"""Any OpenAI-compatible chat-completions server (`vllm serve`, SGLang, llama.cpp, hosted APIs).
+
+Async with a concurrency limit; retries with exponential backoff and jitter on 429, 5xx,
+timeouts, dropped connections and malformed bodies; `n` samples per request, fanned out as
+single-sample calls when the server does not honour `n` (or returns fewer choices); every
+finished sample goes to the on-disk cache first, so a re-run after a crash sends only what
+had not come back. The API key comes from the environment, never from the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.cache import RequestCache, request_key
+
+Progress = Callable[[int], None]  # called with the number of samples just finished
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class EngineError(RuntimeError):
+    """A request failed for good (a non-retryable status, or retries exhausted)."""
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def sample_seed(seed: int | None, idx: int) -> int | None:
+    """Seed for the call that starts at sample `idx`; idx 0 keeps the user's seed unchanged."""
+    if seed is None or idx == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{idx}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+class OpenAIEngine:
+    """Chat completions over HTTP; `generate` is sync, `agenerate` is the async core."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 16,
+        max_retries: int = 6,
+        timeout_s: float = 120.0,
+        server_supports_n: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.server_supports_n = server_supports_n
+        self.cache_dir = cache_dir
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.extra_body = dict(extra_body or {})
+        self.stats: Counter[str] = Counter()  # calls, retries by reason, cached/fetched samples
+        self._cache: RequestCache | None = None
+
+    @property
+    def cache(self) -> RequestCache | None:
+        """Opened on first use and kept open: loading it is O(file) and shards call often."""
+        if self._cache is None and self.cache_dir is not None:
+            self._cache = RequestCache(self.cache_dir)
+        return self._cache
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def generate(
+        self, requests: Sequence[Request], params: SamplingParams, progress: Progress | None = None
+    ) -> list[list[Completion]]:
+        """Sync entry point; runs in a worker thread when an event loop is already running."""
+        coro = self.agenerate(requests, params, progress)
+        if not _loop_running():
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    async def agenerate(
+        self, requests: Sequence[Request], params: SamplingParams, progress: Progress | None = None
+    ) -> list[list[Completion]]:
+        messages = [as_messages(r) for r in requests]
+        keys = [request_key(self.model_name, m, params) for m in messages]
+        unique = dict(zip(keys, messages, strict=True))  # identical requests are sent once
+        cache = self.cache
+        done: dict[str, dict[int, Completion]] = {}
+        for key in unique:
+            done[key] = cache.get(key) if cache else {}
+            hits = sum(1 for j in done[key] if j < params.n)
+            self.stats["cached_samples"] += hits
+            if progress is not None and hits:
+                progress(hits)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        sem = asyncio.Semaphore(self.concurrency)
+        try:
+            async with httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits
+            ) as client:
+
+                def record(key: str, idx: int, comp: Completion) -> None:
+                    done[key][idx] = comp
+                    if cache is not None:
+                        cache.put(key, idx, comp)
+                    self.stats["fetched_samples"] += 1
+                    if progress is not None:
+                        progress(1)
+
+                jobs = [
+                    self._fill(client, sem, key, msgs, params, done[key], record)
+                    for key, msgs in unique.items()
+                ]
+                outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            if cache is not None:
+                cache.sync()
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:  # everything else is finished and cached; a re-run only redoes these
+            raise EngineError(f"{len(errors)} of {len(unique)} requests failed: {errors[0]}")
+        return [[done[k][j] for j in range(params.n)] for k in keys]
+
+    async def _fill(
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        key: str,
+        messages: list[dict[str, str]],
+        params: SamplingParams,
+        have: dict[int, Completion],
+        record: Callable[[str, int, Completion], None],
+    ) -> None:
+        """Fetch the samples of one request that are not cached yet."""
+        if not self.server_supports_n:
+            missing = [j for j in range(params.n) if j not in have]
+            outcomes = await asyncio.gather(
+                *(self._fetch_one(client, sem, key, messages, params, j, record) for j in missing),
+                return_exceptions=True,  # let the other samples finish (and be cached) first
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return
+        while missing := [j for j in range(params.n) if j not in have]:
+            payload = self._payload(
+                messages, params, len(missing), sample_seed(params.seed, missing[0])
+            )
+            choices = await self._call(client, sem, payload)
+            if len(choices) < len(missing):
+                self.stats["short_responses"] += 1  # the server ignored n: ask again for the rest
+            for j, comp in zip(missing, choices, strict=False):
+                record(key, j, comp)
+
+    async def _fetch_one(
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        key: str,
+        messages: list[dict[str, str]],
+        params: SamplingParams,
+        idx: int,
+        record: Callable[[str, int, Completion], None],
+    ) -> None:
+        payload = self._payload(messages, params, 1, sample_seed(params.seed, idx))
+        record(key, idx, (await self._call(client, sem, payload))[0])
+
+    def _payload(
+        self, messages: list[dict[str, str]], params: SamplingParams, n: int, seed: int | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "messages": messages,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            **self.extra_body,
+        }
+        if n != 1:
+            body["n"] = n
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if seed is not None:
+            body["seed"] = seed
+        return body
+
+    async def _call(
+        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, payload: dict[str, Any]
+    ) -> list[Completion]:
+        """POST with retries; returns at least one parsed choice or raises EngineError."""
+        stop = tuple(payload.get("stop", ()))
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with sem:
+                    self.stats["calls"] += 1
+                    resp = await client.post("/chat/completions", json=payload)
+                return _parse(resp, stop)
+            except _Retryable as err:
+                reason, retry_after = err.reason, err.retry_after
+            except httpx.TimeoutException:
+                reason, retry_after = "timeout", None
+            except httpx.TransportError as err:  # refused, reset, dropped mid-response
+                reason, retry_after = f"transport:{type(err).__name__}", None
+            self.stats[f"retry:{reason}"] += 1
+            if attempt == self.max_retries:
+                raise EngineError(f"gave up after {attempt + 1} attempts (last: {reason})")
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: retries don't stampede
+            await asyncio.sleep(max(delay, min(retry_after or 0.0, self.max_backoff_s)))
+        raise AssertionError("unreachable")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
+    if resp.status_code in RETRY_STATUS:
+        after = resp.headers.get("retry-after")
+        raise _Retryable(str(resp.status_code), float(after) if _is_number(after) else None)
+    if resp.status_code >= 400:
+        raise EngineError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+    try:
+        body = resp.json()
+        choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+        texts = [c["message"]["content"] or "" for c in choices]
+        reasons = [c.get("finish_reason") for c in choices]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise _Retryable("malformed") from err
+    if not texts:
+        raise _Retryable("no_choices")
+    tokens = _split_tokens((body.get("usage") or {}).get("completion_tokens"), texts)
+    out = []
+    for text, reason, n_tok in zip(texts, reasons, tokens, strict=True):
+        cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+        if cut >= 0:  # some servers return the text past a stop string
+            text, reason = text[:cut], "stop"
+        out.append(Completion(text=text, finish_reason=_finish(reason), n_tokens=n_tok))
+    return out
+
+
+def _finish(reason: Any) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _split_tokens(total: Any, texts: list[str]) -> list[int]:
+    """Per-choice token counts: exact for one choice; with several, the usage total is split
+    in proportion to text length (the API reports only the sum)."""
+    if not isinstance(total, int) or total < 0:
+        return [0] * len(texts)
+    if len(texts) == 1:
+        return [total]
+    chars = [len(t) for t in texts]
+    whole = sum(chars) or len(texts)
+    parts = [total * (c or (0 if sum(chars) else 1)) // whole for c in chars]
+    parts[-1] += total - sum(parts)
+    return parts
+
+
+def _is_number(value: str | None) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True

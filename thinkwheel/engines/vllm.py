@@ -1,0 +1,216 @@
+"""The vLLM offline engine (GPU): `vllm.LLM.chat` with per-request seeded `SamplingParams`.
+
+vLLM is imported lazily, inside the engine, and its import errors are caught as `Exception`
+(on a CPU machine it fails with RuntimeError/NotImplementedError, not only ImportError).
+
+Each request gets its own seed derived from (seed, request content), the same rule as the hf
+engine, so a request's samples don't depend on what else is in the batch or on how requests
+are split across data-parallel replicas.
+
+Data parallelism: `LLM(data_parallel_size>1)` is refused by current vLLM in a single process,
+so `data_parallel_size > 1` starts that many persistent replica processes (spawned), each
+pinned to its own `tensor_parallel_size` GPUs via CUDA_VISIBLE_DEVICES, and splits the
+requests between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.hf import sequence_seed
+
+Progress = Callable[[int], None]
+
+
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except Exception as err:  # not only ImportError: CPU-only installs raise at import
+        raise RuntimeError(
+            f"engine.kind 'vllm' needs a working vLLM install (pip install 'thinkwheel[gpu]' on a "
+            f"CUDA machine): {type(err).__name__}: {err}"
+        ) from err
+    return vllm
+
+
+class _Replica:
+    """One `vllm.LLM` and the code that turns our requests into its calls and back."""
+
+    def __init__(self, model: str, llm_kwargs: dict[str, Any], lora_path: str | None) -> None:
+        self.vllm = import_vllm()
+        self.llm = self.vllm.LLM(model=model, **llm_kwargs)
+        self.lora = None
+        if lora_path:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest(Path(lora_path).name or "adapter", 1, lora_path)
+
+    def generate(
+        self, messages: list[list[dict[str, str]]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+        greedy = params.temperature <= 0
+        draws = 1 if greedy else params.n  # greedy samples are identical: decode once, copy
+        per_request = [
+            self.vllm.SamplingParams(
+                n=draws,
+                temperature=params.temperature,
+                top_p=params.top_p if not greedy else 1.0,
+                max_tokens=params.max_tokens,
+                seed=sequence_seed(seed, msgs, 0),
+                stop=list(params.stop) or None,
+            )
+            for msgs in messages
+        ]
+        outputs = self.llm.chat(
+            messages,
+            sampling_params=per_request,
+            use_tqdm=False,
+            lora_request=self.lora,
+            add_generation_prompt=True,
+        )
+        if len(outputs) != len(messages):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
+        rows = [_completions(out, params, draws) for out in outputs]
+        return [row * params.n for row in rows] if greedy else rows
+
+
+def _completions(request_output: Any, params: SamplingParams, draws: int) -> list[Completion]:
+    samples = sorted(request_output.outputs, key=lambda o: o.index)
+    if len(samples) != draws:
+        raise RuntimeError(f"vLLM returned {len(samples)} samples, expected {draws}")
+    out = []
+    for s in samples:
+        text = s.text
+        cut = min((p for p in (text.find(x) for x in params.stop) if p >= 0), default=-1)
+        reason = "length" if s.finish_reason == "length" else "stop"
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+        out.append(Completion(text=text, finish_reason=reason, n_tokens=len(s.token_ids)))
+    return out
+
+
+def _replica_main(conn: Any, gpus: str, model: str, kwargs: dict, lora: str | None) -> None:
+    """Body of a data-parallel replica process: serve generate calls until told to stop."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    try:
+        replica = _Replica(model, kwargs, lora)
+        conn.send(("ready", None))
+    except Exception as err:
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    while (job := conn.recv()) is not None:
+        try:
+            conn.send(("ok", replica.generate(*job)))
+        except Exception as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class VLLMEngine:
+    """`vllm.LLM` behind the `Engine` interface; replicas are processes when data_parallel > 1."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        lora_path: str | None = None,
+        dtype: str = "auto",
+        max_lora_rank: int = 64,
+        model_name: str | None = None,
+    ) -> None:
+        self.model_path = str(model_path)
+        self.model_name = model_name or Path(self.model_path).name
+        if lora_path:
+            self.model_name += f"+{Path(lora_path).name}"
+        self.lora_path = lora_path
+        self.llm_kwargs: dict[str, Any] = {
+            "tensor_parallel_size": tensor_parallel_size,
+            "enable_prefix_caching": enable_prefix_caching,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "dtype": dtype,
+        }
+        if max_model_len is not None:
+            self.llm_kwargs["max_model_len"] = max_model_len
+        if lora_path:
+            self.llm_kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+        self.data_parallel_size = data_parallel_size
+        self._local: _Replica | None = None
+        self._workers: list[tuple[Any, Any]] = []  # (process, connection)
+        if data_parallel_size == 1:
+            self._local = _Replica(self.model_path, self.llm_kwargs, lora_path)
+        else:
+            self._start_replicas(tensor_parallel_size)
+
+    def _start_replicas(self, tp: int) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that holds CUDA/torch state
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = (
+            visible.split(",") if visible else [str(i) for i in range(tp * self.data_parallel_size)]
+        )
+        for rank in range(self.data_parallel_size):
+            mine = ",".join(gpus[rank * tp : (rank + 1) * tp])
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_replica_main,
+                args=(child, mine, self.model_path, self.llm_kwargs, self.lora_path),
+                daemon=True,
+            )
+            proc.start()
+            self._workers.append((proc, parent))
+        for _, conn in self._workers:
+            status, detail = conn.recv()
+            if status != "ready":
+                self.close()
+                raise RuntimeError(f"a vLLM replica failed to start: {detail}")
+
+    def generate(
+        self, requests: Sequence[Request], params: SamplingParams, progress: Progress | None = None
+    ) -> list[list[Completion]]:
+        messages = [as_messages(r) for r in requests]
+        if not messages:
+            return []
+        if self._local is not None:
+            out = self._local.generate(messages, params)
+        else:
+            shards = [messages[r :: len(self._workers)] for r in range(len(self._workers))]
+            for (_, conn), shard in zip(self._workers, shards, strict=True):
+                conn.send((shard, params))
+            parts = []
+            for _, conn in self._workers:
+                status, payload = conn.recv()
+                if status != "ok":
+                    raise RuntimeError(f"a vLLM replica failed: {payload}")
+                parts.append(payload)
+            out = [None] * len(messages)
+            for r, part in enumerate(parts):
+                out[r :: len(self._workers)] = part
+        if progress is not None:
+            progress(len(messages) * params.n)
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for proc, conn in self._workers:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+        self._workers = []
+
+    def __del__(self) -> None:
+        if self._workers:
+            with contextlib.suppress(Exception):  # may run during interpreter shutdown
+                self.close()
