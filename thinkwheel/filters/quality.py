@@ -1,0 +1,121 @@
+"""Quality filters for candidates: one drop reason per row from a small fixed vocabulary.
+
+Checks are column expressions or vectorised n-gram counts over the whole batch; only the
+per-task answer-leak check loops (once per task, not per candidate).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import polars as pl
+
+from thinkwheel.filters.shingles import ngram_hashes, normalise, token_hashes
+
+MISSING_THINK = "missing_think"
+UNCLOSED_THINK = "unclosed_think"
+EMPTY_ANSWER = "empty_answer"
+TOO_LONG = "too_long"
+TOO_SHORT = "too_short"
+REPETITIVE = "repetitive"
+GARBAGE = "garbage"
+ANSWER_LEAK = "answer_leak"
+QUALITY_REASONS = (
+    MISSING_THINK,
+    UNCLOSED_THINK,
+    EMPTY_ANSWER,
+    TOO_LONG,
+    TOO_SHORT,
+    REPETITIVE,
+    GARBAGE,
+    ANSWER_LEAK,
+)
+
+# Characters that are neither text, punctuation, math/currency symbols nor printable ASCII:
+# control bytes, U+FFFD, private-use, emoji and other pictographs.
+_GARBAGE = r"[^\p{L}\p{M}\p{N}\p{P}\p{Sm}\p{Sc}\s\x20-\x7E]"
+
+
+def repeated_ngram_ratio(texts: pl.Series, n: int = 3) -> np.ndarray:
+    """1 - distinct/total word n-grams per text: 0 for varied text, near 1 for loops."""
+    tokens, lengths = token_hashes(normalise(texts))
+    h, d = ngram_hashes(tokens, lengths, n)
+    out = np.zeros(len(texts))
+    if h.size:
+        stats = (
+            pl.DataFrame({"doc": d, "hash": h})
+            .group_by("doc")
+            .agg(pl.len().alias("total"), pl.col("hash").n_unique().alias("distinct"))
+        )
+        docs = stats["doc"].to_numpy()
+        out[docs] = 1 - stats["distinct"].to_numpy() / stats["total"].to_numpy()
+    return out
+
+
+def garbage_ratio(texts: pl.Series) -> np.ndarray:
+    """Share of characters that are not text (control codes, U+FFFD, pictographs)."""
+    s = texts.cast(pl.Utf8).fill_null("")
+    bad = s.str.count_matches(_GARBAGE).cast(pl.Float64)
+    return (bad / s.str.len_chars().cast(pl.Float64).clip(1)).to_numpy()
+
+
+def answer_leaks(prompt: str | None, reference: str | None, min_chars: int = 3) -> bool:
+    """True when the gold answer appears verbatim in the prompt as a standalone span.
+
+    References shorter than `min_chars` non-space characters are ignored: "5" occurs in many
+    honest prompts. Whitespace is collapsed so a reformatted reference solution still counts.
+    """
+    if not prompt or not reference:
+        return False
+    ref = " ".join(reference.split())
+    if len(ref.replace(" ", "")) < min_chars:
+        return False
+    text = " ".join(prompt.split())
+    pattern = r"(?<![\w.])" + re.escape(ref) + r"(?![\w])"
+    return re.search(pattern, text) is not None
+
+
+def quality_reasons(
+    candidates: pl.DataFrame,
+    *,
+    require_think: bool = True,
+    min_answer_chars: int = 1,
+    max_completion_chars: int = 8000,
+    min_reasoning_chars: int = 0,
+    max_repeat_ngram_ratio: float = 0.5,
+    repeat_ngram: int = 3,
+    max_garbage_ratio: float = 0.2,
+) -> pl.Series:
+    """Drop reason per candidate (null = passes), first failing check wins.
+
+    Needs `completion`; uses `reasoning`/`answer` when present (records.split_think output).
+    """
+    comp = candidates["completion"].cast(pl.Utf8).fill_null("")
+    has_open = comp.str.contains("<think>", literal=True).to_numpy()
+    has_close = comp.str.contains("</think>", literal=True).to_numpy()
+    if "answer" in candidates.columns:
+        answer = candidates["answer"].cast(pl.Utf8).fill_null("")
+    else:
+        tail = comp.str.split("</think>").list.last()
+        answer = tail.fill_null("")
+    if "reasoning" in candidates.columns:
+        reasoning = candidates["reasoning"].cast(pl.Utf8).fill_null("")
+    else:
+        reasoning = pl.Series([""] * len(comp))
+    answer_len = answer.str.strip_chars().str.len_chars().to_numpy()
+    reasoning_len = reasoning.str.strip_chars().str.len_chars().to_numpy()
+    comp_len = comp.str.len_chars().to_numpy()
+    checks = [
+        (require_think & has_open & ~has_close, UNCLOSED_THINK),
+        (require_think & ~has_close, MISSING_THINK),
+        (answer_len < min_answer_chars, EMPTY_ANSWER),
+        (comp_len > max_completion_chars, TOO_LONG),
+        (has_close & (reasoning_len < min_reasoning_chars), TOO_SHORT),
+        (repeated_ngram_ratio(comp, repeat_ngram) > max_repeat_ngram_ratio, REPETITIVE),
+        (garbage_ratio(comp) > max_garbage_ratio, GARBAGE),
+    ]
+    reason = np.full(len(comp), None, dtype=object)
+    for mask, name in reversed(checks):  # earlier checks overwrite later ones
+        reason[np.asarray(mask, dtype=bool)] = name
+    return pl.Series("drop_reason", reason.tolist(), dtype=pl.Utf8)
