@@ -149,28 +149,48 @@ def make_model(vocab_size: int, hidden: int, layers: int, seed: int) -> LlamaFor
 
 
 # ---------------------------------------------------------------- training
-def packed_blocks(ids: list[list[int]], block: int, rng: random.Random) -> torch.Tensor:
-    """Concatenate shuffled conversations and cut into equal blocks (GPT-style packing)."""
-    order = list(range(len(ids)))
-    rng.shuffle(order)
-    flat = [t for i in order for t in ids[i]]
-    n = len(flat) // block
-    return torch.tensor(flat[: n * block]).view(n, block)
+def encode(tokenizer: PreTrainedTokenizerFast, conv: list[dict[str, str]]) -> tuple[list, list]:
+    """Token ids and labels: loss on the assistant turn only (prompt tokens are -100).
+
+    Prompts are random numbers and names the model cannot predict; spending the gradient on
+    them slowed learning to solve in our runs.
+    """
+    enc = tokenizer.apply_chat_template(
+        conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(enc["input_ids"])
+    labels = [t if m else -100 for t, m in zip(ids, enc["assistant_masks"], strict=True)]
+    return ids, labels
+
+
+def pad_batch(encoded: list[tuple[list, list]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """One conversation per row, right-padded. No packing: a packed neighbour's numbers in the
+    context made copying the prompt's numbers harder to learn."""
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), pad_id)
+    labels = torch.full((len(encoded), width), -100)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (i, lab) in enumerate(encoded):
+        ids[row, : len(i)] = torch.tensor(i)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(i)] = 1
+    return ids, labels, mask
 
 
 def train(
     out: Path = Path(__file__).parent / "assets" / "model",
-    examples: int = 60_000,
-    steps: int = 1500,
-    batch: int = 16,
-    block: int = 256,
-    hidden: int = 256,
+    examples: int = 40_000,
+    steps: int = 1000,
+    batch: int = 32,
+    block: int = 320,  # max tokens per conversation (longer ones are cut)
+    hidden: int = 192,
     layers: int = 4,
     vocab: int = 1024,
     lr: float = 3e-3,
     seed: int = 0,
     threads: int = 0,
     save_every: int = 0,
+    stop_at: int = 0,
 ) -> dict:
     """Defaults are the bundled model's recipe; `thinkwheel pretrain` regenerates it."""
     t0 = time.time()
@@ -182,14 +202,14 @@ def train(
     convs = build_corpus(examples, seed, excluded)
     roles = [f"{r}\n" for r in ("system", "user", "assistant")] * 1000
     tokenizer = train_tokenizer([m["content"] for c in convs[:20000] for m in c] + roles, vocab)
-    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in convs]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    log(f"corpus: {len(ids)} conversations, {sum(map(len, ids))} tokens ({time.time() - t0:.0f}s)")
+    encoded = [encode(tokenizer, c) for c in convs]
+    n_tok = sum(len(e[0]) for e in encoded)
+    log(f"corpus: {len(encoded)} conversations, {n_tok} tokens ({time.time() - t0:.0f}s)")
 
     model = make_model(len(tokenizer), hidden, layers, seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters")
-    data = packed_blocks(ids, block, random.Random(seed))
+    encoded = [(i[:block], lab[:block]) for i, lab in encoded]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -197,18 +217,17 @@ def train(
         lambda s: min(1.0, (s + 1) / warmup)
         * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))),
     )
-    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
     model.train()
-    for step in range(steps):
-        idx = torch.randint(len(data), (batch,), generator=gen)
-        x = data[idx]
-        loss = model(input_ids=x, labels=x).loss
+    for step in range(stop_at or steps):  # stop_at: end early on the same LR schedule
+        ids, labels, mask = pad_batch(rng.sample(encoded, batch), tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == (stop_at or steps) - 1:
             log(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
         if save_every and step and step % save_every == 0:  # a crash loses one interval
             save(model, tokenizer, Path(str(out) + f".step{step}"), {"step": step})
@@ -218,6 +237,7 @@ def train(
         "parameters": n_params,
         "examples": examples,
         "steps": steps,
+        "stop_at": stop_at or steps,
         "batch": batch,
         "block": block,
         "seed": seed,

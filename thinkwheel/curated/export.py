@@ -26,7 +26,9 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.config import ExportConfig
-from thinkwheel.records import CANDIDATES, TASKS, VERDICTS, conform
+from thinkwheel.generators.selection import candidate_outcomes  # noqa: F401 (re-exported)
+from thinkwheel.generators.selection import pass_rates as task_pass_rates
+from thinkwheel.records import CANDIDATES, TASKS, conform
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SFT_LINEAGE = [
@@ -114,45 +116,6 @@ def sft_frame(
         "source",
         "verifier",
         "model",
-    )
-
-
-def candidate_outcomes(verdicts: pl.DataFrame) -> pl.DataFrame:
-    """Reduce verdict rows to one outcome per candidate.
-
-    A candidate with several verdicts (e.g. math + think_format) passed only if every verdict
-    passed; any False makes it False; otherwise any null makes it null ("could not verify").
-    `reason` is the first reason of a verdict that did not pass, else the first reason.
-    """
-    v = conform(verdicts, VERDICTS)
-    not_pass_reason = pl.col("reason").filter(pl.col("passed").not_().fill_null(True)).first()
-    return v.group_by("candidate_id", maintain_order=True).agg(
-        pl.col("task_id").first(),
-        pl.when(pl.col("passed").not_().any())
-        .then(False)
-        .when(pl.col("passed").is_null().any())
-        .then(None)
-        .otherwise(True)
-        .alias("passed"),
-        pl.coalesce(not_pass_reason, pl.col("reason").first()).alias("reason"),
-        pl.col("verifier").unique(maintain_order=True).str.join(",").alias("verifiers"),
-    )
-
-
-def task_pass_rates(verdicts: pl.DataFrame) -> pl.DataFrame:
-    """Per task: n candidates, n passed, n unverified and pass_rate = passed / n.
-
-    "Could not verify" counts as not correct, so it lowers the pass rate.
-    """
-    out = candidate_outcomes(verdicts)
-    return (
-        out.group_by("task_id", maintain_order=True)
-        .agg(
-            pl.len().alias("n"),
-            (pl.col("passed") == True).sum().alias("n_passed"),  # noqa: E712 (null stays null)
-            pl.col("passed").is_null().sum().alias("n_unverified"),
-        )
-        .with_columns((pl.col("n_passed") / pl.col("n")).alias("pass_rate"))
     )
 
 

@@ -231,11 +231,13 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     tasks = store.read_table(k, "tasks")
     cands, verdicts = store.read_table(k, "candidates"), store.read_table(k, "verdicts")
     in_hash = _hash(ids_hash(cands["candidate_id"]), ids_hash(verdicts["candidate_id"]))
-    cfg_hash = cfg.section_hash("filters", "sampling")
+    cfg_hash = cfg.section_hash("filters", "sampling", "export")
     if store.stage_done(k, "filter", in_hash, cfg_hash):
         return store.read_table(k, "filtered")
     t0 = time.time()
     bench = load_benchmarks(cfg.filters.decontam.benchmarks) if cfg.filters.decontam.enabled else {}
+    if not cfg.export.verified_only:  # the OpenThoughts3 ablation: keep unverified answers too
+        verdicts = verdicts.with_columns(pl.lit(True).alias("passed"))
     filtered = filter_candidates(tasks, cands, verdicts, cfg.filters, bench)
     decisions = sft_decisions(cands, verdicts, filtered, cfg.sampling.keep_per_task)
     capped = decisions.filter(pl.col("drop_reason") == OVER_K)["candidate_id"]

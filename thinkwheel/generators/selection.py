@@ -32,8 +32,10 @@ OVER_K = "over_keep_per_task"
 
 
 def candidate_outcomes(verdicts: pl.DataFrame) -> pl.DataFrame:
-    """One row per candidate: candidate_id, task_id, passed (True | False | null)."""
+    """One row per candidate: candidate_id, task_id, passed (True | False | null), reason,
+    verifiers. `reason` is the first reason of a verdict that did not pass, else the first."""
     v = records.conform(verdicts, records.VERDICTS)
+    not_pass_reason = pl.col("reason").filter(pl.col("passed").not_().fill_null(True)).first()
     return v.group_by("candidate_id", maintain_order=True).agg(
         pl.col("task_id").first(),
         pl.when((pl.col("passed") == False).any())  # noqa: E712 - polars expression
@@ -42,6 +44,8 @@ def candidate_outcomes(verdicts: pl.DataFrame) -> pl.DataFrame:
         .then(pl.lit(None, dtype=pl.Boolean))
         .otherwise(pl.lit(True))
         .alias("passed"),
+        pl.coalesce(not_pass_reason, pl.col("reason").first()).alias("reason"),
+        pl.col("verifier").unique(maintain_order=True).str.join(",").alias("verifiers"),
     )
 
 
