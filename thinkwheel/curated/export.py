@@ -27,7 +27,7 @@ import polars as pl
 
 from thinkwheel.config import ExportConfig
 from thinkwheel.generators.selection import candidate_outcomes  # noqa: F401 (re-exported)
-from thinkwheel.generators.selection import pass_rates as task_pass_rates
+from thinkwheel.generators.selection import pass_rates as task_pass_rates  # noqa: F401
 from thinkwheel.records import CANDIDATES, TASKS, conform
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
