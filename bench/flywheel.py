@@ -2,7 +2,7 @@
 
     python bench/flywheel.py [--rounds 3] [--out runs/bench-flywheel]
 
-Runs the real flow on the bundled model (CPU), then the same first round with SFT on *all*
+Runs the real flow on the bundled model (CPU) with a larger budget than the default run, then the same first round with SFT on *all*
 sampled candidates instead of verified ones only (OpenThoughts3 found verification did not
 always help SFT; this measures it here on the same budget). Prints markdown tables and writes
 them to <out>/flywheel.md. Re-running resumes finished rounds.
@@ -38,6 +38,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="runs/bench-flywheel")
+    ap.add_argument("--per-family", type=int, default=192, help="procedural tasks per family")
+    ap.add_argument("--n", type=int, default=16, help="candidates per task")
+    ap.add_argument("--epochs", type=float, default=3.0, help="SFT epochs per round")
     args = ap.parse_args()
 
     from thinkwheel.config import RunConfig
@@ -47,6 +50,10 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.time()
     cfg = RunConfig(name="bench-flywheel", rounds=args.rounds)
+    cfg.generate.procedural.per_family = args.per_family
+    cfg.sampling.n = args.n
+    cfg.train.sft.epochs = args.epochs
+    cfg.train.sft.max_steps = 1000
     run(cfg, out / "verified")
     t_main = time.time() - t0
     store = RunStore(out / "verified")
@@ -55,7 +62,8 @@ def main() -> None:
         evals[f"round {k + 1}"] = store.read_json(f"round-{k}/eval.json")
 
     t1 = time.time()
-    ablation = RunConfig(name="bench-flywheel-all", rounds=1)
+    ablation = cfg.model_copy(deep=True)
+    ablation.name, ablation.rounds = "bench-flywheel-all", 1
     ablation.export.verified_only = False
     run(ablation, out / "all-candidates")
     t_ab = time.time() - t1

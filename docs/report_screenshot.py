@@ -1,12 +1,14 @@
-"""Regenerate docs/report.png: the report of a small synthetic run, in headless Chromium.
+"""Regenerate docs/report.png in headless Chromium (needs Debian's `chromium`):
 
-/work/venv/bin/python docs/report_screenshot.py   # needs Debian's `chromium`
+    python docs/report_screenshot.py runs/default   # a real run's report.html
+    python docs/report_screenshot.py                # a synthetic demo run
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,12 +22,15 @@ def main() -> None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
     out = Path(__file__).resolve().parent / "report.png"
     with tempfile.TemporaryDirectory() as tmp:
-        page = write_report(
-            render_report(
-                *demo_run(tasks_per_round=40, rounds=3, seed=1), title="thinkwheel demo run"
-            ),
-            Path(tmp) / "report.html",
-        )
+        if len(sys.argv) > 1:
+            page = Path(sys.argv[1]).resolve() / "report.html"
+        else:
+            page = write_report(
+                render_report(
+                    *demo_run(tasks_per_round=40, rounds=3, seed=1), title="thinkwheel demo run"
+                ),
+                Path(tmp) / "report.html",
+            )
         subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",

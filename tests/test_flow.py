@@ -164,3 +164,31 @@ def test_sigkill_during_sampling_then_resume(tmp_path):
     assert cands.group_by("task_id").len()["len"].to_list() == [2] * total
     verdicts = store.read_table(0, "verdicts")
     assert sorted(verdicts["candidate_id"]) == sorted(cands["candidate_id"])
+
+
+def test_no_round_trains_on_the_held_out_split(flow_run):
+    """Zero overlap between every round's curated prompts and the eval split, checked exactly
+    and with the decontamination filter (which must flag the split against itself)."""
+    from thinkwheel.filters.stage import decontaminate_tasks
+    from thinkwheel.flows.steps import heldout_decontam
+    from thinkwheel.train.evaluate import heldout_tasks
+
+    out, _ = flow_run
+    from thinkwheel.generators.procedural import canonical
+
+    held = heldout_tasks(parse_config(SMALL).eval)
+    held = held.with_columns(pl.col("prompt").map_elements(canonical, return_dtype=pl.Utf8))
+    bench = {"heldout": held["prompt"].to_list()}
+    cfg = heldout_decontam(parse_config(SMALL))
+    assert decontaminate_tasks(held, bench, cfg)["drop_reason"].is_not_null().all()
+    for k in (0, 1):
+        tasks = RunStore(out).read_table(k, "tasks").drop("drop_reason", "drop_ref")
+        tasks = tasks.with_columns(pl.col("prompt").map_elements(canonical, return_dtype=pl.Utf8))
+        sft = pl.read_parquet(out / f"round-{k}" / "curated" / "sft.parquet")
+        trained = tasks.filter(pl.col("task_id").is_in(sft["task_id"].to_list()))
+        assert not set(trained["prompt"]) & set(held["prompt"])
+        flagged = decontaminate_tasks(trained, bench, cfg)
+        assert flagged["drop_reason"].is_null().all()
+        # and the stage did drop the near-copies it found, with the held-out item as drop_ref
+        refs = RunStore(out).read_table(k, "tasks")["drop_ref"].drop_nulls()
+        assert all(r.startswith(("heldout:", "humaneval:")) or len(r) == 16 for r in refs)

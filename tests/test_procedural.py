@@ -84,3 +84,13 @@ def test_traces_end_in_the_reference():
         p = procedural.make_problem(fam, 2, 0, 0)
         assert p.answer == p.reference
         assert p.trace.endswith(f"{p.reference}.")
+
+
+def test_renamed_copy_of_an_excluded_task_is_excluded():
+    held = procedural.generate_tasks(["linear_function"], per_family=30, seed=99)
+    train = procedural.generate_tasks(
+        ["linear_function"], per_family=60, seed=5, exclude_prompts=held["prompt"]
+    )
+    held_keys = {procedural.canonical(p) for p in held["prompt"]}
+    assert not {procedural.canonical(p) for p in train["prompt"]} & held_keys
+    assert procedural.canonical("Write `solve(x)` now") == procedural.canonical("Write `f(x)` now")

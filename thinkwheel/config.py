@@ -48,7 +48,7 @@ class EngineConfig(_Section):
 
 class ProceduralConfig(_Section):
     families: list[str] = Field(default_factory=lambda: ["all"])
-    per_family: int = Field(12, ge=0)
+    per_family: int = Field(64, ge=0)
     difficulty: int = Field(1, ge=1, le=5)
     seed: int = 1234
 
@@ -107,7 +107,7 @@ class GenerateConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    n: int = Field(4, ge=1)  # candidates per task
+    n: int = Field(16, ge=1)  # candidates per task
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(160, ge=1)
@@ -184,9 +184,9 @@ class ExportConfig(_Section):
 class SFTConfig(_Section):
     enabled: bool = True
     trainer: Literal["auto", "trl", "unsloth"] = "auto"
-    max_steps: int = Field(120, ge=1)
-    epochs: float = 1.0
-    learning_rate: float = 1e-3
+    max_steps: int = Field(300, ge=1)
+    epochs: float = 2.0
+    learning_rate: float = 3e-4
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = 384
@@ -221,7 +221,7 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     families: list[str] = Field(default_factory=lambda: ["all"])
-    per_family: int = Field(10, ge=1)
+    per_family: int = Field(40, ge=1, le=40)  # the bundled model never saw these 40
     difficulty: int = 1
     seed: int = 999_999  # the held-out split's seed; training seeds never use it
     k: int = Field(1, ge=1)

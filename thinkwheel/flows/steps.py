@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel import records
-from thinkwheel.config import RunConfig
+from thinkwheel.config import DecontamConfig, RunConfig
 from thinkwheel.engines.base import Engine, SamplingParams
 from thinkwheel.flows.progress import reporter
 from thinkwheel.store import RunStore, ids_hash, model_hash
@@ -37,6 +37,17 @@ def heldout(cfg: RunConfig) -> pl.DataFrame:
     return heldout_tasks(cfg.eval)
 
 
+def heldout_decontam(cfg: RunConfig) -> DecontamConfig:
+    """Decontamination against the held-out split, applied to `procedural.canonical` prompts.
+
+    Full coverage is required: procedural prompts share one template and differ in a constant,
+    so a partial-coverage rule flags tasks that differ from an eval item only in its number
+    (a different task) — it dropped every list_filter_sum task in our runs."""
+    return cfg.filters.decontam.model_copy(
+        update={"enabled": True, "min_item_words": 3, "min_overlap": 1.0, "fuzzy_threshold": None}
+    )
+
+
 # ------------------------------------------------------------------ tasks
 def make_tasks(
     store: RunStore, cfg: RunConfig, k: int, model_dir: str, engines: EngineFactory
@@ -46,6 +57,7 @@ def make_tasks(
     from thinkwheel.filters.decontam import load_benchmarks
     from thinkwheel.filters.stage import decontaminate_tasks, dedup_tasks
     from thinkwheel.generators import procedural
+    from thinkwheel.generators.procedural import canonical
 
     g = cfg.generate
     llm = g.self_instruct.enabled or g.evol_instruct.enabled
@@ -72,11 +84,21 @@ def make_tasks(
     tasks = tasks.filter(pl.col("drop_reason").is_null()).drop("drop_reason") if llm else tasks
     tasks = dedup_tasks(tasks, cfg.filters.dedup)
     bench = load_benchmarks(cfg.filters.decontam.benchmarks) if cfg.filters.decontam.enabled else {}
-    decon = decontaminate_tasks(tasks.drop("drop_reason", "drop_ref"), bench, cfg.filters.decontam)
-    tasks = tasks.with_columns(
-        pl.coalesce("drop_reason", decon["drop_reason"]).alias("drop_reason"),
-        pl.coalesce("drop_ref", decon["drop_ref"]).alias("drop_ref"),
-    )
+    plain = tasks.drop("drop_reason", "drop_ref")
+    for decon in (
+        decontaminate_tasks(plain, bench, cfg.filters.decontam),
+        # the eval split is a benchmark too: near-copies (same task, another function name)
+        # of held-out items never reach training
+        decontaminate_tasks(
+            plain.with_columns(pl.col("prompt").map_elements(canonical, return_dtype=pl.Utf8)),
+            {"heldout": [canonical(p) for p in held["prompt"]]},
+            heldout_decontam(cfg),
+        ),
+    ):
+        tasks = tasks.with_columns(
+            pl.coalesce("drop_reason", decon["drop_reason"]).alias("drop_reason"),
+            pl.coalesce("drop_ref", decon["drop_ref"]).alias("drop_ref"),
+        )
     if pre_dropped is not None and pre_dropped.height:
         tasks = pl.concat([tasks, pre_dropped], how="diagonal_relaxed")
     path = store.write_table(k, "tasks", tasks)

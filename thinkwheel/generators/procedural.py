@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -268,6 +269,15 @@ def problem_row(problem: Problem, family: str, difficulty: int, round: int, seed
     }
 
 
+_FN_NAME = re.compile(r"`\w+\(")
+
+
+def canonical(prompt: str) -> str:
+    """The task a prompt asks for, without its function name: `f(x)` and `solve(x)` returning
+    3*x + 2 are one task (an eval item renamed is still the eval item)."""
+    return _FN_NAME.sub("`fn(", prompt)
+
+
 def generate_tasks(
     families: Iterable[str] | str = ("all",),
     per_family: int = 12,
@@ -278,10 +288,11 @@ def generate_tasks(
 ) -> pl.DataFrame:
     """`per_family` distinct tasks of each family, deterministic in `seed`.
 
-    Prompts in `exclude_prompts` (e.g. the held-out eval split) are skipped, and duplicates
+    Prompts in `exclude_prompts` (e.g. the held-out eval split) are skipped, compared by
+    `canonical` form so a renamed copy of an excluded task is skipped too, and duplicates
     within the set are re-drawn, so the result never leaks the eval set.
     """
-    excluded = set(exclude_prompts)
+    excluded = {canonical(p) for p in exclude_prompts}
     rows = []
     for family in resolve_families(families):
         seen: set[str] = set()
@@ -289,7 +300,7 @@ def generate_tasks(
         while len(seen) < per_family and index < per_family * 50:
             p = make_problem(family, difficulty, seed, index)
             index += 1
-            if p.prompt in seen or p.prompt in excluded:
+            if p.prompt in seen or canonical(p.prompt) in excluded:
                 continue
             seen.add(p.prompt)
             rows.append(problem_row(p, family, difficulty, round, seed))

@@ -1,0 +1,118 @@
+"""The console script as a user drives it (typer's runner, real files, no model)."""
+
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from thinkwheel.cli import app
+from thinkwheel.config import RunConfig
+from thinkwheel.curated.demo import demo_run
+from thinkwheel.curated.export import sft_frame, write_dataset
+from thinkwheel.store import RunStore
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    rounds, manifest, evals, _ = demo_run(tasks_per_round=24, samples=3, rounds=2)
+    store = RunStore.create(tmp_path_factory.mktemp("r") / "demo", RunConfig(name="demo"))
+    for k, frames in rounds.items():
+        for name, df in frames.items():
+            store.write_table(k, name, df)
+        store.write_json(f"round-{k}/eval.json", evals[k])
+        kept = frames["filtered"].filter(pl.col("drop_reason").is_null())["candidate_id"]
+        sft = sft_frame(frames["tasks"], frames["candidates"], kept.to_list(), "sys")
+        write_dataset(sft, frames["tasks"].head(0), store.round_dir(k) / "curated", ("parquet",))
+        store.mark_stage(k, "export", count=sft.height)
+    return store.root
+
+
+def test_inspect_prints_funnel_per_round(run_dir):
+    r = runner.invoke(app, ["inspect", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    assert "round 0" in r.output and "round 1" in r.output and "funnel" in r.output
+
+
+def test_inspect_json_is_machine_readable(run_dir):
+    r = runner.invoke(app, ["inspect", str(run_dir), "--json"])
+    data = json.loads(r.output)
+    assert set(data["rounds"]) == {"0", "1"}
+
+
+def test_inspect_samples_filtered_by_reason_and_where(run_dir):
+    r = runner.invoke(
+        app, ["inspect", str(run_dir), "--samples", "50", "--reason", "kept", "--json"]
+    )
+    rows = json.loads(r.output)
+    assert rows and all(row["drop_reason"] is None for row in rows)
+    r = runner.invoke(
+        app, ["inspect", str(run_dir), "--samples", "50", "--where", "domain = 'code'", "--json"]
+    )
+    assert {row["domain"] for row in json.loads(r.output)} == {"code"}
+
+
+def test_bad_where_is_one_line_error(run_dir):
+    r = runner.invoke(app, ["inspect", str(run_dir), "--where", "__import__('os')"])
+    assert r.exit_code == 2 and "error" in r.output and "Traceback" not in r.output
+
+
+def test_export_and_inspect_the_export(run_dir, tmp_path):
+    out = tmp_path / "exp"
+    r = runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--all-rounds"])
+    assert r.exit_code == 0, r.output
+    n = sum(pl.read_parquet(run_dir / f"round-{k}" / "curated" / "sft.parquet").height for k in (0, 1))
+    assert pl.read_parquet(out / "sft.parquet").height == n
+    r = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_export_unknown_round_fails_cleanly(run_dir, tmp_path):
+    r = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--round", "7"])
+    assert r.exit_code == 2 and "round 7" in r.output
+
+
+def test_report_writes_html(run_dir):
+    r = runner.invoke(app, ["report", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "report.html").read_text().count("data:image/svg+xml;base64") >= 3
+
+
+def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path):
+    p = tmp_path / "tw.yaml"
+    assert runner.invoke(app, ["init", str(p)]).exit_code == 0
+    from thinkwheel.config import load_config
+
+    assert load_config(p) == RunConfig()
+    r = runner.invoke(app, ["init", str(p)])
+    assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_run_with_bad_config_is_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("sampling:\n  temprature: 0.5\n")
+    r = runner.invoke(app, ["run", "-c", str(p)])
+    assert r.exit_code == 2
+    assert "unknown config key 'sampling.temprature'" in r.output
+
+
+def test_verifiers_lists_builtins():
+    r = runner.invoke(app, ["verifiers"])
+    assert r.exit_code == 0
+    for name in ("math", "code", "think_format"):
+        assert name in r.output
+
+
+def test_verify_a_file(tmp_path):
+    f = tmp_path / "c.jsonl"
+    rows = [
+        {"completion": "<think>2+2</think>\n4", "reference": "4"},
+        {"completion": "<think>2+2</think>\n5", "reference": "4"},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    r = runner.invoke(app, ["verify", str(f), "--verifier", "math", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    v = pl.read_parquet(tmp_path / "c.verdicts.parquet")
+    assert v["passed"].to_list() == [True, False]
