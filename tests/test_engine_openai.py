@@ -72,9 +72,9 @@ def test_clean_run_matches_the_model(hf_engine, clean) -> None:
 
 def test_every_fault_loses_and_duplicates_nothing(hf_engine, clean) -> None:
     script = ("429", "ok", "500", "ok", "malformed", "ok", "drop", "ok", "slow", "ok", "ok")
-    with LocalServer(hf_engine, faults=FaultPlan(script, slow_s=1.2)) as srv:
+    with LocalServer(hf_engine, faults=FaultPlan(script, slow_s=4.0)) as srv:
         eng = OpenAIEngine(
-            srv.base_url, "tiny", concurrency=6, timeout_s=0.5, backoff_s=0.01, max_retries=10
+            srv.base_url, "tiny", concurrency=6, timeout_s=3.0, backoff_s=0.01, max_retries=20
         )
         out = eng.generate(REQUESTS, PARAMS)
         faults = dict(srv.stats.faults)
