@@ -73,7 +73,7 @@ REQUESTS = ["What is 1 + 1?", "What is 2 + 2?", [{"role": "user", "content": "Wh
 
 
 @pytest.fixture
-def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Install the fake package; returns the log file of its constructor and chat calls."""
     root = tmp_path / "fakesite"
     (root / "vllm" / "lora").mkdir(parents=True)
@@ -86,7 +86,16 @@ def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PYTHONPATH", str(root) + ":" + ":".join(sys.path))
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         monkeypatch.delitem(sys.modules, name)
-    return log
+    yield log
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_fake_vllm():
+    """The fake must not outlive this module (TRL probes `vllm` by import spec and version).
+    Module scope: runs after every test's monkeypatch undo, which can restore the fake."""
+    yield
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
 
 
 def calls(log: Path, kind: str) -> list[dict]:
