@@ -26,9 +26,9 @@ from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
     load_hf,
-    on_gpu_bf16,
     publish_dir,
     quiet,
+    runtime_args,
     save_model,
 )
 
@@ -81,16 +81,8 @@ def train_grpo(
         reward_weights=list(reward_weights),
         use_vllm=cfg.use_vllm,
         vllm_mode="colocate",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not gpu,
-        bf16=on_gpu_bf16(),
-        fp16=False,
         gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        seed=cfg.seed,
-        disable_tqdm=True,
+        **runtime_args(gpu, cfg.seed),
     )
     trainer = GRPOTrainer(
         model=model,

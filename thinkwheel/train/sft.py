@@ -226,16 +226,8 @@ def build_sft_trainer(
         max_length=cfg.max_length,
         assistant_only_loss=mode == "assistant_only",
         completion_only_loss=mode == "completion_only",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not gpu,
-        bf16=on_gpu_bf16(),
-        fp16=False,
         gradient_checkpointing=gpu,  # a win for big models on a GPU, pure cost for small ones on CPU
-        dataloader_num_workers=0,
-        seed=cfg.seed,
-        disable_tqdm=True,
+        **runtime_args(gpu, cfg.seed),
     )
     trainer = SFTTrainer(
         model=model,
@@ -247,6 +239,21 @@ def build_sft_trainer(
     )
     quiet(trainer)
     return trainer
+
+
+def runtime_args(gpu: bool, seed: int) -> dict[str, Any]:
+    """Trainer arguments SFT and GRPO share: CPU-safe precision, no checkpoints, no loggers."""
+    return {
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": not gpu,
+        "bf16": on_gpu_bf16(),
+        "fp16": False,
+        "dataloader_num_workers": 0,
+        "seed": seed,
+        "disable_tqdm": True,
+    }
 
 
 def quiet(trainer: Any) -> None:
