@@ -81,7 +81,6 @@ def train_grpo(
         reward_weights=list(reward_weights),
         use_vllm=cfg.use_vllm,
         vllm_mode="colocate",
-        gradient_checkpointing=False,
         **runtime_args(gpu, cfg.seed),
     )
     trainer = GRPOTrainer(
