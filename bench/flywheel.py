@@ -38,9 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="runs/bench-flywheel")
-    ap.add_argument("--per-family", type=int, default=192, help="procedural tasks per family")
+    ap.add_argument("--per-family", type=int, default=96, help="tasks per family and level")
     ap.add_argument("--n", type=int, default=16, help="candidates per task")
     ap.add_argument("--epochs", type=float, default=3.0, help="SFT epochs per round")
+    ap.add_argument("--difficulty", type=int, nargs="+", default=[1, 2], help="task levels")
     args = ap.parse_args()
 
     from thinkwheel.config import RunConfig
@@ -51,6 +52,7 @@ def main() -> None:
     t0 = time.time()
     cfg = RunConfig(name="bench-flywheel", rounds=args.rounds)
     cfg.generate.procedural.per_family = args.per_family
+    cfg.generate.procedural.difficulty = args.difficulty
     cfg.sampling.n = args.n
     cfg.train.sft.epochs = args.epochs
     cfg.train.sft.max_steps = 1000

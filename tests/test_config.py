@@ -60,3 +60,11 @@ def test_starter_yaml_round_trips_to_defaults():
     text = starter_yaml()
     assert text.count("\n# ") >= 5  # commented sections
     assert parse_config(yaml.safe_load(text)) == RunConfig()
+
+
+def test_procedural_difficulty_is_a_level_or_a_list_of_levels():
+    assert parse_config({"generate": {"procedural": {"difficulty": [1, 2]}}}).generate.procedural.difficulty == [1, 2]
+    with pytest.raises(ConfigError, match="generate.procedural.difficulty"):
+        parse_config({"generate": {"procedural": {"difficulty": "hard"}}})
+    with pytest.raises(ConfigError, match="generate.procedural.difficulty"):
+        parse_config({"generate": {"procedural": {"difficulty": [1, 9]}}})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,10 +46,15 @@ class EngineConfig(_Section):
     server_supports_n: bool = True
 
 
+Level = Annotated[int, Field(ge=1, le=5)]
+
+
 class ProceduralConfig(_Section):
     families: list[str] = Field(default_factory=lambda: ["all"])
-    per_family: int = Field(64, ge=0)
-    difficulty: int = Field(1, ge=1, le=5)
+    per_family: int = Field(32, ge=0)  # per difficulty level
+    # one level, or several (per_family tasks at each): tasks one level up keep a family in the
+    # training data when its easy level is used up by the held-out split
+    difficulty: Level | list[Level] = Field(default_factory=lambda: [1, 2])
     seed: int = 1234
 
 

@@ -68,14 +68,20 @@ def make_tasks(
         return store.read_table(k, "tasks")
     t0 = time.time()
     p = g.procedural
-    tasks = procedural.generate_tasks(
-        p.families,
-        p.per_family,
-        p.difficulty,
-        seed=p.seed + 7919 * k,  # a fresh draw each round
-        round=k,
-        exclude_prompts=held["prompt"].to_list(),
-    )
+    levels = p.difficulty if isinstance(p.difficulty, list) else [p.difficulty]
+    tasks = pl.concat(
+        [
+            procedural.generate_tasks(
+                p.families,
+                p.per_family,
+                level,
+                seed=p.seed + 7919 * k,  # a fresh draw each round
+                round=k,
+                exclude_prompts=held["prompt"].to_list(),
+            )
+            for level in levels
+        ]
+    ).unique("task_id", keep="first", maintain_order=True)
     if llm:
         tasks = pl.concat([tasks, *_llm_tasks(engines(model_dir), tasks, cfg, k)], how="diagonal_relaxed")
         tasks = tasks.filter(~pl.col("prompt").is_in(held["prompt"].to_list()))

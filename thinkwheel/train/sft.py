@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,9 +227,6 @@ def build_sft_trainer(
         max_length=cfg.max_length,
         assistant_only_loss=mode == "assistant_only",
         completion_only_loss=mode == "completion_only",
-        # checkpointing pays off for big models on a GPU only (and passing it at all warns in
-        # transformers 5.2x, so it is left at its default on CPU)
-        **({"gradient_checkpointing": True} if gpu else {}),
         **runtime_args(gpu, cfg.seed),
     )
     trainer = SFTTrainer(
@@ -243,9 +241,18 @@ def build_sft_trainer(
     return trainer
 
 
+# transformers 5.2x renamed the argument TRL still sets; the warning is noise for our users
+warnings.filterwarnings(
+    "ignore", message=r".*`gradient_checkpointing` is deprecated.*", category=FutureWarning
+)
+
+
 def runtime_args(gpu: bool, seed: int) -> dict[str, Any]:
     """Trainer arguments SFT and GRPO share: CPU-safe precision, no checkpoints, no loggers."""
     return {
+        # TRL turns checkpointing on by default: a win for big models on a GPU, pure cost for
+        # small ones on CPU
+        "gradient_checkpointing": gpu,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
