@@ -48,3 +48,10 @@ def as_messages(request: Request) -> list[dict[str, str]]:
     if isinstance(request, str):
         return [{"role": "user", "content": request}]
     return [dict(m) for m in request]
+
+
+def request_for(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The chat request for a task prompt: [system?, user]. Sampling, eval and training share it,
+    so the model sees the same context everywhere."""
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + [{"role": "user", "content": prompt}]

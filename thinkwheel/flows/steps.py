@@ -6,7 +6,6 @@ import Prefect themselves, so they run and test without a server.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import polars as pl
 
 from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig
-from thinkwheel.engines.base import Engine, SamplingParams
+from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
 from thinkwheel.store import RunStore, ids_hash, model_hash
 
@@ -147,11 +146,6 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
 
 
 # ------------------------------------------------------------------ sample
-def request_for(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "user", "content": prompt}]
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + msgs
-
-
 def candidate_rows(
     tasks: pl.DataFrame, outs: list, model: str, params: SamplingParams, k: int
 ) -> list[dict[str, Any]]:
@@ -437,7 +431,3 @@ def funnel_row(store: RunStore, k: int) -> dict[str, Any]:
         "grpo": exp.get("grpo"),
         "accuracy": m.get("eval", {}).get("accuracy"),
     }
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -31,7 +31,7 @@ import polars as pl
 
 from thinkwheel import records
 from thinkwheel.config import EvalConfig
-from thinkwheel.engines.base import Completion, Engine, SamplingParams
+from thinkwheel.engines.base import Completion, Engine, SamplingParams, request_for
 
 VerifyFn = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
 FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)```", re.DOTALL)
@@ -208,11 +208,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def request_for(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return msgs + [{"role": "user", "content": prompt}]
 
 
 def candidate_row(
