@@ -42,6 +42,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="candidates per task")
     ap.add_argument("--epochs", type=float, default=3.0, help="SFT epochs per round")
     ap.add_argument("--difficulty", type=int, nargs="+", default=[1, 2], help="task levels")
+    ap.add_argument(
+        "--config", help="a run config YAML to start from (e.g. bench/flywheel-math-heavy.yaml);"
+        " its generate/sampling/train sections replace the flags above"
+    )
     args = ap.parse_args()
 
     from thinkwheel.config import RunConfig
@@ -56,6 +60,10 @@ def main() -> None:
     cfg.sampling.n = args.n
     cfg.train.sft.epochs = args.epochs
     cfg.train.sft.max_steps = 1000
+    if args.config:
+        from thinkwheel.config import load_config
+
+        cfg = load_config(args.config).model_copy(update={"name": cfg.name, "rounds": args.rounds})
     run(cfg, out / "verified")
     t_main = time.time() - t0
     store = RunStore(out / "verified")

@@ -68,3 +68,21 @@ def test_procedural_difficulty_is_a_level_or_a_list_of_levels():
         parse_config({"generate": {"procedural": {"difficulty": "hard"}}})
     with pytest.raises(ConfigError, match="generate.procedural.difficulty"):
         parse_config({"generate": {"procedural": {"difficulty": [1, 9]}}})
+
+
+def test_procedural_mix_replaces_the_single_budget():
+    p = parse_config({"generate": {"procedural": {"mix": [
+        {"families": ["math"], "per_family": 100, "difficulty": 1},
+        {"families": ["code"], "per_family": 8, "difficulty": [1, 2]},
+    ]}}}).generate.procedural
+    assert p.plan() == [(["math"], 100, 1), (["code"], 8, 1), (["code"], 8, 2)]
+    assert RunConfig().generate.procedural.plan() == [(["all"], 32, 1), (["all"], 32, 2)]
+    with pytest.raises(ConfigError, match=r"generate.procedural.mix.0.per_famly"):
+        parse_config({"generate": {"procedural": {"mix": [{"per_famly": 3}]}}})
+
+
+def test_accumulate_defaults_follow_the_strategy():
+    assert not RunConfig().train.accumulates()
+    assert parse_config({"train": {"strategy": "from_base"}}).train.accumulates()
+    assert parse_config({"train": {"accumulate": True}}).train.accumulates()
+    assert not parse_config({"train": {"strategy": "from_base", "accumulate": False}}).train.accumulates()

@@ -84,6 +84,16 @@ def test_next_round_samples_from_the_previous_rounds_model(flow_run):
     assert set(store.read_table(0, "candidates")["model"]) != models
 
 
+def test_continue_strategy_trains_on_this_rounds_curated_set(flow_run):
+    out, _ = flow_run
+    store = RunStore(out)
+    if store.stage_entry(1, "train") is None:
+        pytest.skip("round 1 kept no sample, so no model was trained")
+    sizes = [pl.read_parquet(out / f"round-{k}" / "curated" / "sft.parquet").height for k in (0, 1)]
+    # strategy "continue" with accumulate unset: round 1's data only, not round 0's again
+    assert store.stage_entry(1, "train")["count"] == sizes[1]
+
+
 def test_exported_sft_set_is_think_formatted_chat(flow_run):
     out, _ = flow_run
     sft = pl.read_parquet(out / "round-0" / "curated" / "sft.parquet")

@@ -49,13 +49,35 @@ class EngineConfig(_Section):
 Level = Annotated[int, Field(ge=1, le=5)]
 
 
+class ProceduralMix(_Section):
+    """One slice of the procedural task budget: these families, this many tasks per level."""
+
+    families: list[str] = Field(default_factory=lambda: ["all"])
+    per_family: int = Field(32, ge=0)
+    difficulty: Level | list[Level] = 1
+
+
 class ProceduralConfig(_Section):
     families: list[str] = Field(default_factory=lambda: ["all"])
     per_family: int = Field(32, ge=0)  # per difficulty level
     # one level, or several (per_family tasks at each): tasks one level up keep a family in the
     # training data when its easy level is used up by the held-out split
     difficulty: Level | list[Level] = Field(default_factory=lambda: [1, 2])
+    # when set, replaces families/per_family/difficulty: a budget per family group, e.g. many
+    # easy math tasks (where the model's pass rate is low) and a few code tasks at two levels
+    mix: list[ProceduralMix] = Field(default_factory=list)
     seed: int = 1234
+
+    def plan(self) -> list[tuple[list[str], int, int]]:
+        """(families, per_family, level) triples, in generation order."""
+        slices = self.mix or [ProceduralMix(
+            families=self.families, per_family=self.per_family, difficulty=self.difficulty
+        )]
+        return [
+            (m.families, m.per_family, level)
+            for m in slices
+            for level in (m.difficulty if isinstance(m.difficulty, list) else [m.difficulty])
+        ]
 
 
 class SelfInstructConfig(_Section):
@@ -221,7 +243,14 @@ class GRPOTrainConfig(_Section):
 class TrainConfig(_Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     grpo: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig)
+    # where round k's training starts: the previous round's model, or the base model (STaR)
     strategy: Literal["continue", "from_base"] = "continue"
+    # train on every round's curated data so far (replay), or on this round's only;
+    # None = accumulate for from_base (STaR-style), not for continue (the measured default)
+    accumulate: bool | None = None
+
+    def accumulates(self) -> bool:
+        return self.strategy == "from_base" if self.accumulate is None else self.accumulate
 
 
 class EvalConfig(_Section):

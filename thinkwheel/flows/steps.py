@@ -67,18 +67,17 @@ def make_tasks(
         return store.read_table(k, "tasks")
     t0 = time.time()
     p = g.procedural
-    levels = p.difficulty if isinstance(p.difficulty, list) else [p.difficulty]
     tasks = pl.concat(
         [
             procedural.generate_tasks(
-                p.families,
-                p.per_family,
+                families,
+                per_family,
                 level,
                 seed=p.seed + 7919 * k,  # a fresh draw each round
                 round=k,
                 exclude_prompts=held["prompt"].to_list(),
             )
-            for level in levels
+            for families, per_family, level in p.plan()
         ]
     ).unique("task_id", keep="first", maintain_order=True)
     if llm:
@@ -320,12 +319,12 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
 def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     """Cold-start SFT on this round's curated set (then GRPO when enabled); returns the model dir.
 
-    "continue" fine-tunes the previous round's model; "from_base" retrains the base model on
-    every round's curated data so far (STaR / ReST-EM)."""
+    "continue" fine-tunes the previous round's model, "from_base" the base model (STaR /
+    ReST-EM); with `accumulate` the data is every round's curated set so far."""
     from thinkwheel.train.sft import train_sft
 
     model_dir = store.round_dir(k) / "model"
-    rounds = range(k + 1) if cfg.train.strategy == "from_base" else [k]
+    rounds = range(k + 1) if cfg.train.accumulates() else [k]
     parts = [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet") for r in rounds]
     sft = pl.concat(parts, how="diagonal_relaxed")
     in_hash = _hash(ids_hash(sft["candidate_id"]), model_hash(start_model))
