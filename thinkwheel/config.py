@@ -57,8 +57,7 @@ class ProceduralMix(_Section):
     difficulty: Level | list[Level] = 1
 
 
-class ProceduralConfig(_Section):
-    families: list[str] = Field(default_factory=lambda: ["all"])
+class ProceduralConfig(ProceduralMix):
     per_family: int = Field(32, ge=0)  # per difficulty level
     # one level, or several (per_family tasks at each): tasks one level up keep a family in the
     # training data when its easy level is used up by the held-out split
@@ -70,9 +69,7 @@ class ProceduralConfig(_Section):
 
     def plan(self) -> list[tuple[list[str], int, int]]:
         """(families, per_family, level) triples, in generation order."""
-        slices = self.mix or [ProceduralMix(
-            families=self.families, per_family=self.per_family, difficulty=self.difficulty
-        )]
+        slices = self.mix or [self]
         return [
             (m.families, m.per_family, level)
             for m in slices

@@ -66,7 +66,7 @@ def make_tasks(
     if store.stage_done(k, "tasks", in_hash, cfg_hash):
         return store.read_table(k, "tasks")
     t0 = time.time()
-    p = g.procedural
+    p, held_prompts = g.procedural, held["prompt"].to_list()
     tasks = pl.concat(
         [
             procedural.generate_tasks(
@@ -75,14 +75,14 @@ def make_tasks(
                 level,
                 seed=p.seed + 7919 * k,  # a fresh draw each round
                 round=k,
-                exclude_prompts=held["prompt"].to_list(),
+                exclude_prompts=held_prompts,
             )
             for families, per_family, level in p.plan()
         ]
     ).unique("task_id", keep="first", maintain_order=True)
     if llm:
         tasks = pl.concat([tasks, *_llm_tasks(engines(model_dir), tasks, cfg, k)], how="diagonal_relaxed")
-        tasks = tasks.filter(~pl.col("prompt").is_in(held["prompt"].to_list()))
+        tasks = tasks.filter(~pl.col("prompt").is_in(held_prompts))
         tasks = tasks.unique("task_id", keep="first", maintain_order=True)
     pre_dropped = tasks.filter(pl.col("drop_reason").is_not_null()) if llm else None
     tasks = tasks.filter(pl.col("drop_reason").is_null()).drop("drop_reason") if llm else tasks
