@@ -191,6 +191,8 @@ class QualityConfig(_Section):
     repeat_ngram: int = 3
     max_garbage_ratio: float = Field(0.2, ge=0, le=1)
     answer_leak_min_chars: int = 3
+    # drop traces that state a false `expr = value` (a right answer reached by wrong steps)
+    check_arithmetic: bool = True
 
 
 class FilterConfig(_Section):

@@ -21,6 +21,7 @@ TOO_SHORT = "too_short"
 REPETITIVE = "repetitive"
 GARBAGE = "garbage"
 ANSWER_LEAK = "answer_leak"
+FALSE_ARITHMETIC = "false_arithmetic"  # drop_ref = the first false claim, e.g. "7+6=15"
 QUALITY_REASONS = (
     MISSING_THINK,
     UNCLOSED_THINK,
@@ -30,6 +31,7 @@ QUALITY_REASONS = (
     REPETITIVE,
     GARBAGE,
     ANSWER_LEAK,
+    FALSE_ARITHMETIC,
 )
 
 # Characters that are neither text, punctuation, math/currency symbols nor printable ASCII:

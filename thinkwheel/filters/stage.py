@@ -15,6 +15,7 @@ import polars as pl
 
 from thinkwheel import config, records
 from thinkwheel.filters import quality
+from thinkwheel.filters.arithmetic import false_claims
 from thinkwheel.filters.decontam import build_index, find_contamination
 from thinkwheel.filters.minhash import MinHashParams, dedup
 
@@ -174,6 +175,13 @@ def _quality_drops(c: pl.DataFrame, tasks: pl.DataFrame, q: config.QualityConfig
     )
     for name in quality.QUALITY_REASONS:
         c = _set_drops(c, (reasons == name).fill_null(False).to_numpy(), name, none)
+    if q.check_arithmetic:  # only rows still kept: most candidates are already dropped
+        kept = c["drop_reason"].is_null().to_numpy()
+        claims = [
+            (false_claims(r) or [None])[0] if keep else None
+            for r, keep in zip(c["reasoning"].to_list(), kept, strict=True)
+        ]
+        c = _set_drops(c, np.array([x is not None for x in claims]), quality.FALSE_ARITHMETIC, claims)
     leaked = [
         row["task_id"]
         for row in tasks.select("task_id", "prompt", "reference").iter_rows(named=True)

@@ -1,0 +1,105 @@
+"""The false-arithmetic check: exact on plain claims, silent on everything it cannot read."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import polars as pl
+import pytest
+
+from thinkwheel import config, records
+from thinkwheel.filters import stage
+from thinkwheel.filters.arithmetic import evaluate, false_claims
+from thinkwheel.generators import procedural
+
+
+def test_every_procedural_gold_trace_is_clean() -> None:
+    """A correct worked trace must never be flagged, in any family or level."""
+    flagged = []
+    for family in procedural.FAMILIES:
+        for level in range(1, 6):
+            for i in range(60):
+                p = procedural.make_problem(family, level, i, 0)
+                if false_claims(p.trace) or false_claims(f"{p.trace}\n{p.answer}"):
+                    flagged.append((family, level, p.trace))
+    assert flagged == []
+
+
+@pytest.mark.parametrize(
+    ("text", "claims"),
+    [
+        ("7+6=15, 3+0+1=4. So 37 + 6 = 43.", ["7+6=15"]),  # right answer, wrong step
+        ("7+6=13, 3+0+1=4. So 37 + 6 = 43.", []),
+        ("-2x = 5 + 13 = 18, x = 18/-2 = -8. So x = -8.", ["18/-2=-8"]),
+        ("common denominator 14: 22/14 + 6/14 = 26/14", ["22/14 + 6/14=26/14"]),
+        ("$3 \\times 4 = 13$", ["$3 \\times 4=13$"]),
+        ("12 ÷ 4 = 3 and 2 × 5 = 10", []),
+        ("10/3 = 3.33, and 2/3 = 0.67", []),  # rounded decimals are honest
+        ("10/3 = 3.5", ["10/3=3.5"]),
+        ("1,000 + 2,500 = 3,500", []),
+        ("(2 + 3) * 4 = 20 = 5 * 4 = 21", ["5 * 4=21"]),  # each link of a chain
+    ],
+)
+def test_false_claims(text: str, claims: list[str]) -> None:
+    assert false_claims(text) == claims
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2x = 10, so x = 5",  # a variable: not plain arithmetic
+        "assert f(2) == 4 and a <= 3 >= 1",
+        "speed = 60 km/h = 1 km per minute",
+        "5/0 = 1",  # undefined: not judged
+        "2**100 = 1",
+        "x == 3 = 4",
+        "",
+    ],
+)
+def test_unreadable_claims_are_left_alone(text: str) -> None:
+    assert false_claims(text) == []
+
+
+def test_evaluate_is_exact() -> None:
+    assert evaluate("1/3 + 1/6") == Fraction(1, 2)
+    assert evaluate("0.1 + 0.2") == Fraction(3, 10)
+    assert evaluate("-(4 - 6) * 3") == 6
+    assert evaluate("__import__('os')") is None
+    assert evaluate("3 apples") is None
+
+
+def test_filter_drops_false_arithmetic_with_the_claim_as_ref() -> None:
+    tasks = records.frame(
+        [{"task_id": "t1", "prompt": "What is 37 + 6?", "reference": "43"}], records.TASKS
+    )
+    rows = [
+        ("c0", "<think>7+6=15, 3+0+1=4. So 37 + 6 = 43.</think>\n43"),  # lucky
+        ("c1", "<think>7+6=13, 3+0+1=4. So 37 + 6 = 43.</think>\n43"),
+        ("c2", "<think>7+6=15, 3+1=5. So 37 + 6 = 55.</think>\n55"),  # wrong answer first
+    ]
+    cands = records.frame(
+        [
+            {
+                "candidate_id": c, "task_id": "t1", "sample_idx": i, "completion": text,
+                "reasoning": records.split_think(text)[0], "answer": records.split_think(text)[1],
+            }
+            for i, (c, text) in enumerate(rows)
+        ],
+        records.CANDIDATES,
+    )
+    verdicts = records.frame(
+        [{"candidate_id": c, "passed": c != "c2"} for c, _ in rows], records.VERDICTS
+    )
+    out = stage.filter_candidates(tasks, cands, verdicts, config.FilterConfig(), {})
+    got = dict(zip(out["candidate_id"], zip(out["drop_reason"], out["drop_ref"], strict=True), strict=True))
+    assert got == {
+        "c0": ("false_arithmetic", "7+6=15"),
+        "c1": (None, None),
+        "c2": ("not_verified", None),
+    }
+    assert stage.funnel(out)["drop_reasons"]["false_arithmetic"] == 1
+
+    off = config.FilterConfig()
+    off.quality.check_arithmetic = False
+    kept = stage.filter_candidates(tasks, cands, verdicts, off, {})
+    assert kept.filter(pl.col("drop_reason").is_null())["candidate_id"].sort().to_list() == ["c0", "c1"]

@@ -1,0 +1,91 @@
+"""False arithmetic in a reasoning trace: every `expr = value` claim whose sides are both plain
+arithmetic is evaluated exactly, and a trace that states a false one is flagged.
+
+Why: an answer check accepts any trace that ends on the right number. On tasks a model rarely
+solves, most such traces are lucky guesses with wrong steps (`7+6=15, ... = 43`): in our runs
+with the bundled model, 45% of "verified" addition samples and 99% of linear-equation samples
+stated a false equation. Training on them teaches wrong steps. Only claims made of numbers and
++ - * / ( ) are checked; anything with a variable, a unit or a word is left alone, so an honest
+trace is never flagged for what this module cannot read.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from fractions import Fraction
+
+_CLAUSE = re.compile(
+    r"[,;:]\s+|\.\s+|\n|\b(?:so|then|thus|hence|therefore|and|gives|is)\b", re.IGNORECASE
+)
+_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
+_PLAIN = re.compile(r"^[\d\s.+\-*/()]+$")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_SYMBOLS = {
+    "×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/", "−": "-", "$": "",
+}
+_MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
+
+
+def _value(node: ast.AST) -> Fraction:
+    if isinstance(node, ast.Expression):
+        return _value(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(str(node.value))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        v = _value(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+        a, b = _value(node.left), _value(node.right)
+        if isinstance(node.op, ast.Add):
+            return a + b
+        if isinstance(node.op, ast.Sub):
+            return a - b
+        if isinstance(node.op, ast.Mult):
+            return a * b
+        return a / b  # ZeroDivisionError: not a claim we can judge
+    raise ValueError("not plain arithmetic")
+
+
+def evaluate(expr: str) -> Fraction | None:
+    """The exact value of a plain arithmetic expression, or None if it is anything else."""
+    for sym, rep in _SYMBOLS.items():
+        expr = expr.replace(sym, rep)
+    expr = _THOUSANDS.sub("", expr).strip().rstrip(".").strip()
+    if not expr or len(expr) > _MAX_EXPR_CHARS or not _PLAIN.match(expr):
+        return None
+    if not any(ch.isdigit() for ch in expr) or "**" in expr or "//" in expr:
+        return None
+    try:
+        return _value(ast.parse(expr, mode="eval"))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def _decimals(expr: str) -> int | None:
+    """Decimal places of a lone decimal literal (a rounded value), else None."""
+    m = re.fullmatch(r"\s*-?\d+\.(\d+)\s*\.?\s*", expr)
+    return len(m.group(1)) if m else None
+
+
+def _agrees(left: str, a: Fraction, right: str, b: Fraction) -> bool:
+    """Equal, or one side is a decimal that the other side rounds (or truncates) to."""
+    if a == b:
+        return True
+    places = [d for d in (_decimals(left), _decimals(right)) if d is not None]
+    return bool(places) and abs(a - b) < Fraction(1, 10 ** max(places))
+
+
+def false_claims(text: str | None) -> list[str]:
+    """The `lhs = rhs` claims in `text` that are false, in order (empty when none are)."""
+    bad: list[str] = []
+    for clause in _CLAUSE.split(text or ""):
+        if "=" not in clause:
+            continue
+        parts = _EQUALS.split(clause)
+        values = [evaluate(p) for p in parts]
+        for i in range(len(parts) - 1):
+            a, b = values[i], values[i + 1]
+            if a is not None and b is not None and not _agrees(parts[i], a, parts[i + 1], b):
+                bad.append(f"{parts[i].strip()}={parts[i + 1].strip().rstrip('.')}")
+    return bad
