@@ -1,11 +1,13 @@
 """The flywheel, measured: held-out accuracy per round and per family, base model as round 0.
 
-    python bench/flywheel.py [--rounds 3] [--out runs/bench-flywheel]
+    python -P bench/flywheel.py [--config bench/flywheel-math-heavy.yaml] [--rounds 3] [--out runs/bench-flywheel]
 
-Runs the real flow on the bundled model (CPU) with a larger budget than the default run, then the same first round with SFT on *all*
-sampled candidates instead of verified ones only (OpenThoughts3 found verification did not
-always help SFT; this measures it here on the same budget). Prints markdown tables and writes
-them to <out>/flywheel.md. Re-running resumes finished rounds.
+Runs the real flow on the bundled model (CPU) from a recipe, then three one-round ablations on
+the same round-0 tasks and samples (forked from the main run, so nothing is re-sampled):
+SFT on every sampled candidate (no verification; OpenThoughts3 found verification did not always
+help SFT, so we measure it), on answer-verified candidates without the false-arithmetic check,
+and the main run's own round 1 (verified answers and no false step). Prints markdown tables and
+writes them to <out>/flywheel.md. Re-running resumes finished stages.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+RECIPE = os.path.join(_HERE, "flywheel-math-heavy.yaml")
 
 
 def _table(evals: dict[str, dict], title: str) -> str:
@@ -34,69 +38,86 @@ def _table(evals: dict[str, dict], title: str) -> str:
     return f"### {title}\n\n{head}" + "\n".join(rows) + f"\n{overall}\n"
 
 
+def _fork(src: Path, dst: Path) -> None:
+    """A new run dir holding src's base eval and round-0 tasks, samples and verdicts."""
+    if (dst / "manifest.json").exists():
+        return  # resuming
+    (dst / "round-0").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "eval-base.json", dst / "eval-base.json")
+    for name in ("tasks.parquet", "candidates.parquet", "verdicts.parquet"):
+        shutil.copy2(src / "round-0" / name, dst / "round-0" / name)
+    m = json.loads((src / "manifest.json").read_text())
+    r0 = m["rounds"]["0"]["stages"]
+    m["rounds"] = {
+        "base": m["rounds"]["base"],
+        "0": {"stages": {s: r0[s] for s in ("tasks", "sample", "verify")}},
+    }
+    (dst / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=RECIPE, help="the run recipe (YAML)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="runs/bench-flywheel")
-    ap.add_argument("--per-family", type=int, default=96, help="tasks per family and level")
-    ap.add_argument("--n", type=int, default=16, help="candidates per task")
-    ap.add_argument("--epochs", type=float, default=3.0, help="SFT epochs per round")
-    ap.add_argument("--difficulty", type=int, nargs="+", default=[1, 2], help="task levels")
     ap.add_argument(
-        "--config", help="a run config YAML to start from (e.g. bench/flywheel-math-heavy.yaml);"
-        " its generate/sampling/train sections replace the flags above"
+        "--ablation-steps", type=int, default=1000,
+        help="SFT step cap for the one-round ablations (SFT on all candidates is ~30x larger)",
     )
+    ap.add_argument("--no-ablation", action="store_true")
     args = ap.parse_args()
 
-    from thinkwheel.config import RunConfig
+    from thinkwheel.config import load_config
     from thinkwheel.flows.flywheel import run
     from thinkwheel.store import RunStore
 
     out = Path(args.out)
+    cfg = load_config(args.config, name="bench-flywheel", rounds=args.rounds)
     t0 = time.time()
-    cfg = RunConfig(name="bench-flywheel", rounds=args.rounds)
-    cfg.generate.procedural.per_family = args.per_family
-    cfg.generate.procedural.difficulty = args.difficulty
-    cfg.sampling.n = args.n
-    cfg.train.sft.epochs = args.epochs
-    cfg.train.sft.max_steps = 1000
-    if args.config:
-        from thinkwheel.config import load_config
-
-        cfg = load_config(args.config).model_copy(update={"name": cfg.name, "rounds": args.rounds})
     run(cfg, out / "verified")
     t_main = time.time() - t0
     store = RunStore(out / "verified")
+    stage_s = sum(
+        s.get("seconds") or 0 for r in store.manifest()["rounds"].values() for s in r["stages"].values()
+    )
     evals = {"base (round 0)": store.read_json("eval-base.json")}
     for k in range(args.rounds):
         evals[f"round {k + 1}"] = store.read_json(f"round-{k}/eval.json")
-
-    t1 = time.time()
-    ablation = cfg.model_copy(deep=True)
-    ablation.name, ablation.rounds = "bench-flywheel-all", 1
-    ablation.export.verified_only = False
-    run(ablation, out / "all-candidates")
-    t_ab = time.time() - t1
-    ab = RunStore(out / "all-candidates")
-    compare = {
-        "base": evals["base (round 0)"],
-        "SFT on verified only": evals["round 1"],
-        "SFT on all candidates": ab.read_json("round-0/eval.json"),
-    }
-    sizes = {
-        "verified": store.stage_entry(0, "export")["sft"],
-        "all": ab.stage_entry(0, "export")["sft"],
-    }
-    md = (
-        _table(evals, f"Held-out greedy accuracy per round ({args.rounds} rounds, {t_main / 60:.1f} min)")
-        + "\n"
-        + _table(compare, f"One round, same budget: verified-only vs all candidates ({t_ab / 60:.1f} min)")
-        + f"\nSFT set sizes in round 1: verified {sizes['verified']}, all {sizes['all']}.\n"
+    md = _table(
+        evals,
+        f"Held-out greedy accuracy per round ({args.rounds} rounds, {t_main / 60:.1f} min wall,"
+        f" {stage_s / 60:.1f} min of stage time)",
     )
-    gain = evals[f"round {args.rounds}"]["accuracy"] - evals["base (round 0)"]["accuracy"]
-    md += f"\nGain over the base model after {args.rounds} rounds: {gain * 100:+.1f} points.\n"
+    gains = [(e["accuracy"] - evals["base (round 0)"]["accuracy"]) * 100 for e in evals.values()]
+    md += "\nGain over the base model per round: " + ", ".join(f"{g:+.1f}" for g in gains[1:]) + " points.\n"
+
+    if not args.no_ablation:
+        t1 = time.time()
+        arms = {
+            "SFT on all candidates": {"verified_only": False, "check": False},
+            "verified answers": {"verified_only": True, "check": False},
+        }
+        compare = {"base": evals["base (round 0)"]}
+        sizes = {}
+        for label, arm in arms.items():
+            ab = cfg.model_copy(deep=True)
+            ab.name, ab.rounds = f"bench-flywheel-{label.split()[-1]}", 1
+            ab.export.verified_only = arm["verified_only"]
+            ab.filters.quality.check_arithmetic = arm["check"]
+            ab.train.sft.max_steps = min(ab.train.sft.max_steps, args.ablation_steps)
+            dst = out / label.replace(" ", "-")
+            _fork(out / "verified", dst)
+            run(ab, dst)
+            compare[label] = RunStore(dst).read_json("round-0/eval.json")
+            sizes[label] = RunStore(dst).stage_entry(0, "export")["sft"]
+        compare["verified answers, no false step"] = evals["round 1"]
+        sizes["verified answers, no false step"] = store.stage_entry(0, "export")["sft"]
+        md += "\n" + _table(
+            compare, f"One round on the same tasks and samples ({(time.time() - t1) / 60:.1f} min)"
+        )
+        md += "\nSFT set sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".\n"
     (out / "flywheel.md").write_text(md)
-    (out / "flywheel.json").write_text(json.dumps({"evals": evals, "compare": compare}, indent=1))
+    (out / "flywheel.json").write_text(json.dumps({"evals": evals}, indent=1))
     print(md)
 
 

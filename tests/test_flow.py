@@ -123,6 +123,34 @@ def test_rerun_skips_finished_stages(flow_run):
     assert before == after  # nothing was rewritten
 
 
+def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
+    """Switching formats or verified_only re-filters and re-exports, never re-samples; a new
+    system prompt changes what the model sees, so it does re-sample."""
+    import shutil
+
+    from thinkwheel.engines.factory import make_engine, resolve_model
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    cfg = parse_config(SMALL)
+    model = resolve_model(cfg.engine)
+    calls = []
+
+    def engines(model_dir):
+        calls.append(model_dir)
+        return make_engine(cfg.engine, model_dir)
+
+    before = store.stage_entry(0, "sample")["finished_at"]
+    cfg.export.verified_only, cfg.export.formats = False, ["jsonl"]
+    steps.sample(store, cfg, 0, model, engines)
+    assert calls == [] and store.stage_entry(0, "sample")["finished_at"] == before
+    cfg.export.system_prompt = "Answer briefly."
+    steps.sample(store, cfg, 0, model, engines)
+    assert calls == [model] and store.stage_entry(0, "sample")["finished_at"] > before
+
+
 def _cli(cfg_path: Path, out: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(

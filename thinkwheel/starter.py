@@ -26,7 +26,10 @@ SECTION_NOTES = {
         "Verifiers run in killable worker processes. percent_policy: fraction (50% == 0.5),"
         " number (50% == 50) or either. plugins: 'module:callable' strings."
     ),
-    "filters": "Near-dup removal (MinHash), benchmark decontamination, quality rules.",
+    "filters": (
+        "Near-dup removal (MinHash), benchmark decontamination, quality rules"
+        " (check_arithmetic drops traces that state a false `expr = value`)."
+    ),
     "export": "Curated <think> chat SFT set and GRPO prompt set: parquet, hf (datasets), jsonl.",
     "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then GRPO when enabled.",
     "eval": "The held-out procedural split (its seed is never used for training data).",

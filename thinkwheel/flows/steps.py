@@ -183,7 +183,9 @@ def sample(
     )
     model = model_hash(model_dir)
     in_hash = _hash(ids_hash(tasks["task_id"]), model)
-    cfg_hash = cfg.section_hash("sampling", "engine", "export")
+    # the system prompt is the only part of `export` that shapes a candidate: switching
+    # formats or verified_only must not throw the samples away
+    cfg_hash = _hash(cfg.section_hash("sampling", "engine"), cfg.export.system_prompt)
     if store.stage_done(k, "sample", in_hash, cfg_hash):
         return store.read_table(k, "candidates")
     t0 = time.time()
