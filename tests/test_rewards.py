@@ -35,3 +35,28 @@ def test_per_row_verifier_column_and_async_form() -> None:
     assert out == [1.0, 0.5]
     areward = as_async_reward("think_format")
     assert asyncio.run(areward(prompts=["q"], completions=["x"])) == [0.0]
+
+
+def test_check_arithmetic_zeroes_a_lucky_right_answer() -> None:
+    lucky = "<think>7+6=15, 3+0+1=4. So 37 + 6 = 43.</think>43"
+    honest = "<think>7+6=13, 3+0+1=4. So 37 + 6 = 43.</think>43"
+    wrong = "<think>7+6=13. So 37 + 6 = 44.</think>44"
+    cols = {"prompts": ["What is 37 + 6?"] * 4, "reference": ["43", "43", "43", "\\frac{"]}
+    comps = [lucky, honest, wrong, lucky]
+    assert as_reward("math", workers=1)(completions=comps, **cols) == [1.0, 1.0, 0.0, None]
+    strict = as_reward("math", workers=1, check_arithmetic=True)
+    assert strict(completions=comps, **cols) == [0.0, 1.0, 0.0, None]  # None stays unverifiable
+
+
+def test_grpo_rewards_follow_the_config() -> None:
+    from thinkwheel.config import GRPOTrainConfig
+    from thinkwheel.train.rewards import grpo_rewards
+
+    lucky = "<think>7+6=15, 3+0+1=4. So 37 + 6 = 43.</think>43"
+    cols = {"prompts": ["What is 37 + 6?"], "reference": ["43"], "verifier": ["math"]}
+    rewards, weights = grpo_rewards(GRPOTrainConfig(format_weight=0.3))
+    assert weights == [1.0, 0.3]
+    assert rewards[0](completions=[lucky], **cols) == [0.0]
+    assert rewards[1](completions=[lucky], **cols) == [1.0]  # the format is fine
+    loose, _ = grpo_rewards(GRPOTrainConfig(check_arithmetic=False))
+    assert loose[0](completions=[lucky], **cols) == [1.0]

@@ -267,7 +267,7 @@ def train_grpo_cmd(
     from thinkwheel.curated.export import read_dataset
     from thinkwheel.engines.factory import resolve_model
     from thinkwheel.train.grpo import train_grpo
-    from thinkwheel.train.rewards import as_reward
+    from thinkwheel.train.rewards import grpo_rewards
 
     cfg = _config(config)
     frames = read_dataset(data)
@@ -275,10 +275,7 @@ def train_grpo_cmd(
         fail(f"{data} holds no GRPO set")
     g = cfg.train.grpo
     path = resolve_model(cfg.engine.model_copy(update={"model": model}))
-    metrics = train_grpo(
-        path, frames["grpo"], str(out), g, [as_reward(None), as_reward("think_format")],
-        [1.0, g.format_weight],
-    )
+    metrics = train_grpo(path, frames["grpo"], str(out), g, *grpo_rewards(g))
     console.print({k: v for k, v in metrics.items() if k != "log_history"})
 
 

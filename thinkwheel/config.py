@@ -235,6 +235,8 @@ class GRPOTrainConfig(_Section):
     batch_size: int = 8
     temperature: float = 1.0
     format_weight: float = 0.2
+    # the correctness reward is 0 when the reasoning states false arithmetic (lucky guesses)
+    check_arithmetic: bool = True
     use_vllm: bool = False
     seed: int = 0
 

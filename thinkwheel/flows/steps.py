@@ -353,18 +353,16 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
 
 def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
     from thinkwheel.train.grpo import train_grpo
-    from thinkwheel.train.rewards import as_reward
+    from thinkwheel.train.rewards import grpo_rewards
 
     grpo = pl.read_parquet(store.round_dir(k) / "curated" / "grpo.parquet")
     if grpo.height == 0:
         return {"skipped": "no prompts in the pass-rate band"}
     g = cfg.train.grpo
-    rewards = [as_reward(None), as_reward("think_format")]
+    rewards, weights = grpo_rewards(g)
     rep = reporter()
     rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
-    out = train_grpo(
-        model_dir, grpo, model_dir, g, rewards, [1.0, g.format_weight], callbacks=_callbacks()
-    )
+    out = train_grpo(model_dir, grpo, model_dir, g, rewards, weights, callbacks=_callbacks())
     rep.finish()
     return {key: v for key, v in out.items() if key != "log_history"}
 

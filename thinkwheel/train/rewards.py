@@ -12,6 +12,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from thinkwheel.config import GRPOTrainConfig
+from thinkwheel.filters.arithmetic import false_claims
+from thinkwheel.records import split_think
 from thinkwheel.verifiers.base import Verdict, Verifier
 from thinkwheel.verifiers.registry import get_verifier
 
@@ -52,10 +55,15 @@ def _score(v: Verdict, weight: float) -> float | None:
     return None if v.passed is None else float(v.score) * weight
 
 
+def _clean(text: str) -> bool:
+    return not false_claims(split_think(text)[0])
+
+
 class _Reward:
-    def __init__(self, verifier: Verifier | str | None, weight: float, opts: dict[str, Any]) -> None:
+    def __init__(self, verifier: Verifier | str | None, weight: float, opts: dict[str, Any],
+                 check_arithmetic: bool = False) -> None:
         self.fixed = get_verifier(verifier, **opts) if isinstance(verifier, str) else verifier
-        self.weight, self.opts = weight, opts
+        self.weight, self.opts, self.check_arithmetic = weight, opts, check_arithmetic
         self.cache: dict[str, Verifier] = {}
         label = verifier if isinstance(verifier, str) else getattr(verifier, "name", "task")
         self.__name__ = f"{str(label).replace(':', '_').replace('.', '_')}_reward"
@@ -68,7 +76,12 @@ class _Reward:
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
                  **columns: Any) -> list[float | None]:
         texts = [completion_as_text(c) for c in completions]
-        tasks = _tasks(len(texts), prompts, columns)
+        out = self._rewards(texts, _tasks(len(texts), prompts, columns))
+        if self.check_arithmetic:  # a right answer through a false step earns nothing
+            out = [r if not r or _clean(t) else 0.0 for r, t in zip(out, texts, strict=True)]
+        return out
+
+    def _rewards(self, texts: list[str], tasks: list[dict[str, Any]]) -> list[float | None]:
         if self.fixed is not None:
             verdicts = self.fixed.verify_batch(texts, tasks)
             return [_score(v, self.weight) for v in verdicts]
@@ -86,12 +99,20 @@ class _Reward:
 
 
 def as_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
-              **opts: Any) -> Callable[..., list[float | None]]:
+              check_arithmetic: bool = False, **opts: Any) -> Callable[..., list[float | None]]:
     """A TRL reward function from a verifier (instance, registry name or "module:callable").
 
-    `verifier=None` uses each row's `verifier` column. The reward is `score * weight`.
+    `verifier=None` uses each row's `verifier` column. The reward is `score * weight`;
+    with `check_arithmetic`, 0 when the reasoning states a false `expr = value` (the same rule
+    the SFT quality filter applies, so GRPO does not reward lucky guesses SFT refused).
     """
-    return _Reward(verifier, weight, opts)
+    return _Reward(verifier, weight, opts, check_arithmetic)
+
+
+def grpo_rewards(cfg: GRPOTrainConfig) -> tuple[list[Callable[..., Any]], list[float]]:
+    """The flywheel's GRPO rewards and weights: each row's own verifier, plus the format."""
+    correct = as_reward(None, check_arithmetic=cfg.check_arithmetic)
+    return [correct, as_reward("think_format")], [1.0, cfg.format_weight]
 
 
 def as_async_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
