@@ -2,9 +2,9 @@
 arithmetic is evaluated exactly, and a trace that states a false one is flagged.
 
 Why: an answer check accepts any trace that ends on the right number. On tasks a model rarely
-solves, most such traces are lucky guesses with wrong steps (`7+6=15, ... = 43`): in our runs
-with the bundled model, 45% of "verified" addition samples and 99% of linear-equation samples
-stated a false equation. Training on them teaches wrong steps. Only claims made of numbers and
+solves, most such traces are lucky guesses with wrong steps (`7+6=15, ... = 43`): with the
+bundled model, 43% of "verified" addition samples and 95% of linear-equation samples stated a
+false equation (bench/flywheel.py, round 0). Training on them teaches wrong steps. Only claims made of numbers and
 + - * / ( ) are checked; anything with a variable, a unit or a word is left alone, so an honest
 trace is never flagged for what this module cannot read.
 """
