@@ -91,13 +91,13 @@ def main() -> None:
     gains = [(e["accuracy"] - evals["base (round 0)"]["accuracy"]) * 100 for e in evals.values()]
     md += "\nGain over the base model per round: " + ", ".join(f"{g:+.1f}" for g in gains[1:]) + " points.\n"
 
+    compare: dict[str, dict] = {"base": evals["base (round 0)"]}
     if not args.no_ablation:
         t1 = time.time()
         arms = {
             "SFT on all candidates": {"verified_only": False, "check": False},
             "verified answers": {"verified_only": True, "check": False},
         }
-        compare = {"base": evals["base (round 0)"]}
         sizes = {}
         for label, arm in arms.items():
             ab = cfg.model_copy(deep=True)
@@ -117,7 +117,7 @@ def main() -> None:
         )
         md += "\nSFT set sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".\n"
     (out / "flywheel.md").write_text(md)
-    (out / "flywheel.json").write_text(json.dumps({"evals": evals}, indent=1))
+    (out / "flywheel.json").write_text(json.dumps({"evals": evals, "compare": compare}, indent=1))
     print(md)
 
 

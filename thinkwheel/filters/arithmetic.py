@@ -4,14 +4,15 @@ arithmetic is evaluated exactly, and a trace that states a false one is flagged.
 Why: an answer check accepts any trace that ends on the right number. On tasks a model rarely
 solves, most such traces are lucky guesses with wrong steps (`7+6=15, ... = 43`): with the
 bundled model, 43% of "verified" addition samples and 95% of linear-equation samples stated a
-false equation (bench/flywheel.py, round 0). Training on them teaches wrong steps. Only claims made of numbers and
-+ - * / ( ) are checked; anything with a variable, a unit or a word is left alone, so an honest
-trace is never flagged for what this module cannot read.
+false equation (bench/flywheel.py, round 0). Training on them teaches wrong steps. Only
+claims made of numbers and + - * / ( ) are checked; anything with a variable, a unit or a word
+is left alone, so an honest trace is never flagged for what this module cannot read.
 """
 
 from __future__ import annotations
 
 import ast
+import operator
 import re
 from fractions import Fraction
 
@@ -27,23 +28,20 @@ _SYMBOLS = {
 _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
 
 
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
 def _value(node: ast.AST) -> Fraction:
+    """Exact value of an allow-listed tree; ZeroDivisionError means not a claim we can judge."""
     if isinstance(node, ast.Expression):
         return _value(node.body)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return Fraction(str(node.value))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        v = _value(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
-        a, b = _value(node.left), _value(node.right)
-        if isinstance(node.op, ast.Add):
-            return a + b
-        if isinstance(node.op, ast.Sub):
-            return a - b
-        if isinstance(node.op, ast.Mult):
-            return a * b
-        return a / b  # ZeroDivisionError: not a claim we can judge
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_value(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return _BINARY[type(node.op)](_value(node.left), _value(node.right))
     raise ValueError("not plain arithmetic")
 
 

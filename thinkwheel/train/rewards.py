@@ -116,9 +116,9 @@ def grpo_rewards(cfg: GRPOTrainConfig) -> tuple[list[Callable[..., Any]], list[f
 
 
 def as_async_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
-                    **opts: Any) -> Callable[..., Any]:
+                    check_arithmetic: bool = False, **opts: Any) -> Callable[..., Any]:
     """The `async def` form (TRL runs async rewards concurrently with the others)."""
-    sync = _Reward(verifier, weight, opts)
+    sync = _Reward(verifier, weight, opts, check_arithmetic)
 
     async def reward(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
                      **columns: Any) -> list[float | None]:
