@@ -38,6 +38,10 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("10/3 = 3.5", ["10/3=3.5"]),
         ("1,000 + 2,500 = 3,500", []),
         ("(2 + 3) * 4 = 20 = 5 * 4 = 21", ["5 * 4=21"]),  # each link of a chain
+        ("35 < 26, so compute 35 - 26 = 9", ["35<26"]),  # a false comparison
+        ("since 3 < 7, borrow: 13 - 7 = 6", []),
+        ("2 + 3 = 5 > 4 and 9 >= 10", ["9>=10"]),
+        ("<think>8 ≤ 2*4, 1 ≠ 1</think>", ["1≠1"]),
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:

@@ -1,5 +1,6 @@
-"""False arithmetic in a reasoning trace: every `expr = value` claim whose sides are both plain
-arithmetic is evaluated exactly, and a trace that states a false one is flagged.
+"""False arithmetic in a reasoning trace: every `expr = value` claim (and `a < b`, `a >= b`, ...)
+whose sides are both plain arithmetic is evaluated exactly, and a trace that states a false one
+is flagged.
 
 Why: an answer check accepts any trace that ends on the right number. On tasks a model rarely
 solves, most such traces are lucky guesses with wrong steps (`7+6=15, ... = 43`): with the
@@ -19,7 +20,12 @@ from fractions import Fraction
 _CLAUSE = re.compile(
     r"[,;:]\s+|\.\s+|\n|\b(?:so|then|thus|hence|therefore|and|gives|is)\b", re.IGNORECASE
 )
-_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
+# A relation between two sides, captured so the check knows which one the trace claimed.
+_RELATION = re.compile(r"(<=|>=|≤|≥|!=|≠|(?<![=<>!])=(?!=)|<|>)")
+_HOLDS = {
+    "=": operator.eq, "<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge,
+    "≤": operator.le, "≥": operator.ge, "!=": operator.ne, "≠": operator.ne,
+}
 _PLAIN = re.compile(r"^[\d\s.+\-*/()]+$")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _SYMBOLS = {
@@ -74,16 +80,25 @@ def _agrees(left: str, a: Fraction, right: str, b: Fraction) -> bool:
     return bool(places) and abs(a - b) < Fraction(1, 10 ** max(places))
 
 
+def _holds(left: str, a: Fraction, rel: str, right: str, b: Fraction) -> bool:
+    return _agrees(left, a, right, b) if rel == "=" else _HOLDS[rel](a, b)
+
+
 def false_claims(text: str | None) -> list[str]:
-    """The `lhs = rhs` claims in `text` that are false, in order (empty when none are)."""
+    """The `lhs = rhs` (or `<`, `>`, `<=`, `>=`, `!=`) claims in `text` that are false, in order.
+
+    Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
+    """
     bad: list[str] = []
     for clause in _CLAUSE.split(text or ""):
-        if "=" not in clause:
+        pieces = _RELATION.split(clause)  # side, relation, side, relation, side ...
+        if len(pieces) < 3:
             continue
-        parts = _EQUALS.split(clause)
-        values = [evaluate(p) for p in parts]
-        for i in range(len(parts) - 1):
+        sides, rels = pieces[::2], pieces[1::2]
+        values = [evaluate(p) for p in sides]
+        for i, rel in enumerate(rels):
             a, b = values[i], values[i + 1]
-            if a is not None and b is not None and not _agrees(parts[i], a, parts[i + 1], b):
-                bad.append(f"{parts[i].strip()}={parts[i + 1].strip().rstrip('.')}")
+            left, right = sides[i], sides[i + 1]
+            if a is not None and b is not None and not _holds(left, a, rel, right, b):
+                bad.append(f"{left.strip()}{rel}{right.strip().rstrip('.')}")
     return bad
