@@ -204,6 +204,41 @@ def test_sigkill_during_sampling_then_resume(tmp_path):
     assert sorted(verdicts["candidate_id"]) == sorted(cands["candidate_id"])
 
 
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # after "pid (comm)": state, ppid, ...
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigterm_stops_prefects_server_too(tmp_path):
+    """A plain `kill PID` used to leave Prefect's temporary uvicorn server running, orphaned."""
+    cfg_path = tmp_path / "term.yaml"
+    cfg_path.write_text(yaml.safe_dump({**SMALL, "name": "term", "rounds": 1}))
+    proc = _cli(cfg_path, tmp_path / "run")
+    deadline = time.time() + 300
+    server: set[int] = set()
+    while time.time() < deadline and proc.poll() is None and not server:
+        server = {k for k in _children(proc.pid) if b"uvicorn" in Path(f"/proc/{k}/cmdline").read_bytes()}
+        time.sleep(0.1)
+    assert server and proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)  # the main process only, not its group
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 15
+    while time.time() < deadline and any(Path(f"/proc/{k}").exists() for k in server):
+        time.sleep(0.1)
+    alive = [k for k in server if Path(f"/proc/{k}").exists()]
+    for k in alive:
+        os.kill(k, signal.SIGKILL)
+    assert alive == []
+
+
 def test_no_round_trains_on_the_held_out_split(flow_run):
     """Zero overlap between every round's curated prompts and the eval split, checked exactly
     and with the decontamination filter (which must flag the split against itself)."""

@@ -4,6 +4,7 @@ pretrain. Errors a user can fix are one line on stderr with exit code 2, never a
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,19 @@ def _config(path: Path | None, **overrides) -> RunConfig:
 
 
 # ------------------------------------------------------------------ run
+def _exit_cleanly_on_term() -> None:
+    """SIGTERM and SIGHUP leave through Python's normal exit, so atexit stops Prefect's temporary
+    server: it is a child process (uvicorn) and, under the default handlers, outlived us.
+    Finished shards are on disk either way; re-running the command resumes. SIGKILL cannot be
+    caught: kill the process group (`kill -- -PGID`) to take the server with it."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
@@ -55,6 +69,7 @@ def run(
         f"({cfg.engine.model}) -> {out}"
     )
     console.print("starting Prefect (a temporary local server on first use) ...")
+    _exit_cleanly_on_term()
     from thinkwheel.flows.flywheel import run as run_flow
     from thinkwheel.flows.progress import RichReporter, use_reporter
 
