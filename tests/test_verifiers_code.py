@@ -37,6 +37,14 @@ HOSTILE = {
     "huge output": "while True:\n    print('x' * 65536)",
     "frame walk": "import sys\nfr = sys._getframe()\nwhile fr.f_back:\n    fr = fr.f_back\n"
                   "print(fr.f_locals.get('nonce'), 2, 2, 0)\nimport os\nos._exit(0)",
+    # reward hacks on `assert f(x) == y`: objects that claim to equal anything
+    "always equal": "class E:\n    def __eq__(self, o):\n        return True\n"
+                    "def f(x):\n    return E()",
+    "always-equal int": "class E(int):\n    def __eq__(self, o):\n        return True\n"
+                        "    __hash__ = int.__hash__\ndef f(x):\n    return E(0)",
+    "always-equal in a list": "class E:\n    def __eq__(self, o):\n        return True\n"
+                              "def f(x):\n    return [E()][0]",
+    "replaced comparator": "def f(x):\n    globals()['__tw_cmp__'] = lambda *a: True\n    return 0",
 }
 
 
@@ -86,6 +94,25 @@ def test_hostile_suite_all_fail_and_host_unaffected(verifier: CodeVerifier) -> N
     assert not MARK.exists()
     assert verifier.verify(GOOD, TASK).passed is True  # later checks unaffected
     assert sys.executable  # the test process itself survived "kill parent"
+
+
+@pytest.mark.parametrize(
+    ("code", "test"),
+    [  # what the strict `==` must still accept
+        ("from collections import namedtuple\nP = namedtuple('P', 'a b')\ndef f(): return P(1, 2)",
+         "assert f() == (1, 2)"),
+        ("from collections import Counter\ndef f(): return Counter('aab')", "assert f() == {'a': 2, 'b': 1}"),
+        ("class B(int): pass\ndef f(): return B(3)", "assert f() == 3 and f() != 4"),
+        ("def f(): return 2", "assert 2.0 == f()"),
+        ("class P:\n    def __init__(s, v): s.v = v\n    def __eq__(s, o): return s.v == o.v\n"
+         "def f(): return P(1)", "assert f() == P(1)"),  # objects on both sides: their own ==
+        ("def f(): return 'b'", "assert f() in 'abc' and f() not in ['x']"),
+        ("def f(): return [1, (2, {3})]", "x = f()\nassert x == [1, (2, {3})]"),
+    ],
+)
+def test_strict_equality_keeps_honest_tests_passing(verifier: CodeVerifier, code: str, test: str) -> None:
+    v = verifier.verify(f"</think>\n```python\n{code}\n```", {"tests": [test]})
+    assert v.passed is True, v.detail
 
 
 def test_no_state_leaks_between_checks(verifier: CodeVerifier) -> None:

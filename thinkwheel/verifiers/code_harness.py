@@ -12,11 +12,14 @@ check is a fresh fork of the same clean server, so nothing a candidate does surv
 Trust model: the pass line `<nonce> <passed> <total> <violations>` is written only after
 every test ran, with references captured in `run_check()`'s locals before any candidate code
 runs, so `sys.exit`/`os._exit`, a replaced `print`/`AssertionError`/`BaseException`, or a
-patched `json` cannot forge it. An audit hook (irremovable once added) refuses process
+patched `json` cannot forge it. An `assert a == b` (or `!=`, `in`, `not in`) in a test compares
+plain values only: a candidate's object with a rigged `__eq__` ("always equal") never equals a
+plain expected value, and subclasses of builtins are compared as their builtin base. An audit hook (irremovable once added) refuses process
 creation, signals to other processes, sockets, ctypes, frame/gc introspection and writes
 outside the temp dir; any refusal is recorded and makes the verdict "unsafe".
 """
 
+import ast
 import io
 import json
 import os
@@ -93,6 +96,89 @@ def _same_output(got, want):
     return norm(got) == norm(want)
 
 
+_STRICT_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in"}
+_TEST_WRAPPER = "def __tw_test__(__tw_cmp__):\n    pass\n"
+
+
+class _StrictAsserts(ast.NodeTransformer):
+    """`assert x == y` -> `assert __tw_cmp__('==', x, y)`; other statements are untouched."""
+
+    def visit_Assert(self, node):
+        t = node.test
+        if isinstance(t, ast.Compare) and len(t.ops) == 1 and type(t.ops[0]) in _STRICT_OPS:
+            call = ast.Call(
+                func=ast.Name(id="__tw_cmp__", ctx=ast.Load()),
+                args=[ast.Constant(_STRICT_OPS[type(t.ops[0])]), t.left, t.comparators[0]],
+                keywords=[],
+            )
+            node.test = ast.copy_location(call, t)
+        return node
+
+
+def _compile_test(source, comp):
+    """The test as the body of `__tw_test__(__tw_cmp__)`: the comparator is a local of the test's
+    own frame, which candidate code (no frame access) cannot reach or replace."""
+    body = _StrictAsserts().visit(comp(source, "<test>", "exec", ast.PyCF_ONLY_AST)).body
+    wrapper = comp(_TEST_WRAPPER, "<test>", "exec", ast.PyCF_ONLY_AST)
+    wrapper.body[0].body = body or [ast.Pass()]
+    return comp(ast.fix_missing_locations(wrapper), "<test>", "exec")
+
+
+def _strict_comparator():
+    """Built before candidate code runs; everything it calls is captured in its closure."""
+    type_, issub, isinst, opaque = type, issubclass, isinstance, object()
+    atoms = frozenset({bool, int, float, complex, str, bytes, type(None)})
+    scalars = ((int, int.__int__), (float, float.__float__), (str, str.__str__))
+    seqs = ((list, list, list.__iter__), (tuple, tuple, tuple.__iter__),
+            (frozenset, frozenset, frozenset.__iter__), (set, set, set.__iter__))
+    dict_items, dict_, list_ = dict.items, dict, list
+
+    def plain(x, depth):
+        """x as exact builtin values (subclasses read through their base), or `opaque`."""
+        t = type_(x)
+        if t in atoms:
+            return x
+        if depth > 64:
+            return opaque
+        for base, conv in scalars:
+            if issub(t, base):
+                return conv(x)
+        if issub(t, dict_):
+            out = []
+            for k, v in dict_items(x):
+                k, v = plain(k, depth + 1), plain(v, depth + 1)
+                if k is opaque or v is opaque:
+                    return opaque
+                out.append((k, v))
+            return dict_(out)
+        for base, make, it in seqs:
+            if issub(t, base):
+                items = list_()
+                for v in it(x):
+                    v = plain(v, depth + 1)
+                    if v is opaque:
+                        return opaque
+                    items.append(v)
+                return make(items)
+        return opaque
+
+    def cmp(op, a, b):
+        pa, pb = plain(a, 0), plain(b, 0)
+        if op in ("==", "!="):
+            if pa is opaque and pb is opaque:
+                same = a == b  # objects on both sides: their own equality is the test's intent
+            else:
+                same = pa is not opaque and pb is not opaque and pa == pb
+            return same if op == "==" else not same
+        if pb is opaque:
+            found = a in b
+        else:
+            found = pa is not opaque and isinst(pb, (str, bytes, dict_, list_, tuple, set, frozenset)) and pa in pb
+        return found if op == "in" else not found
+
+    return cmp
+
+
 def run_check(payload):
     """Child side: run one candidate and its tests in this process, then `os._exit`."""
     nonce = payload["nonce"]
@@ -100,7 +186,7 @@ def run_check(payload):
     per_test = float(payload.get("test_timeout_s", 5.0))
     write, fmt_int, str_join = os.write, int.__format__, str.join
     base_exc, sys_exit_exc, timeout_exc = BaseException, SystemExit, TimeoutError
-    run, comp, string_io = exec, compile, io.StringIO
+    run, comp, string_io, isinst = exec, compile, io.StringIO, isinstance
     out_fd = 1
     _limits(payload)
 
@@ -119,8 +205,9 @@ def run_check(payload):
 
     results = []
     ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
-    kinds = []
-    for t in tests:
+    kinds, compiled = [], []
+    strict = _strict_comparator()
+    for t in tests:  # all before any candidate code runs, so it cannot patch the compiler
         spec = None
         if t.lstrip().startswith("{"):
             try:
@@ -128,6 +215,10 @@ def run_check(payload):
             except ValueError:
                 spec = None
         kinds.append(spec if isinstance(spec, dict) and "stdout" in spec else None)
+        try:
+            compiled.append(_compile_test(t, comp) if kinds[-1] is None else None)
+        except base_exc as err:
+            compiled.append(err)
 
     try:
         program = comp(code, "<candidate>", "exec")
@@ -145,13 +236,16 @@ def run_check(payload):
             results = ["load: " + type(err).__name__] * len(tests)
 
     if program is not None:
-        for t, spec in zip(tests, kinds, strict=True):
+        for test_code, spec in zip(compiled, kinds, strict=True):
             saved = sys.stdin, sys.stdout
             try:
                 if spec is None:
-                    test_code = comp(t, "<test>", "exec")
-                    arm(signal.ITIMER_REAL, per_test)
+                    if isinst(test_code, base_exc):
+                        raise test_code
                     run(test_code, ns)
+                    test_fn = ns.pop("__tw_test__")
+                    arm(signal.ITIMER_REAL, per_test)
+                    test_fn(strict)
                     arm(signal.ITIMER_REAL, 0)
                     results.append("ok")
                 else:
