@@ -216,6 +216,13 @@ def _children(pid: int) -> set[int]:
     return kids
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # exited between the listing and the read
+        return b""
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_stops_prefects_server_too(tmp_path):
     """A plain `kill PID` used to leave Prefect's temporary uvicorn server running, orphaned."""
@@ -225,7 +232,7 @@ def test_sigterm_stops_prefects_server_too(tmp_path):
     deadline = time.time() + 300
     server: set[int] = set()
     while time.time() < deadline and proc.poll() is None and not server:
-        server = {k for k in _children(proc.pid) if b"uvicorn" in Path(f"/proc/{k}/cmdline").read_bytes()}
+        server = {k for k in _children(proc.pid) if b"uvicorn" in _cmdline(k)}
         time.sleep(0.1)
     assert server and proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGTERM)  # the main process only, not its group
