@@ -14,9 +14,10 @@ every test ran, with references captured in `run_check()`'s locals before any ca
 runs, so `sys.exit`/`os._exit`, a replaced `print`/`AssertionError`/`BaseException`, or a
 patched `json` cannot forge it. An `assert a == b` (or `!=`, `in`, `not in`) in a test compares
 plain values only: a candidate's object with a rigged `__eq__` ("always equal") never equals a
-plain expected value, and subclasses of builtins are compared as their builtin base. An audit hook (irremovable once added) refuses process
-creation, signals to other processes, sockets, ctypes, frame/gc introspection and writes
-outside the temp dir; any refusal is recorded and makes the verdict "unsafe".
+plain expected value, and subclasses of builtins are compared as their builtin base. An audit
+hook (irremovable once added) refuses process creation, signals to other processes, sockets,
+ctypes, frame/gc introspection and writes outside the temp dir; any refusal is recorded and
+makes the verdict "unsafe".
 """
 
 import ast
