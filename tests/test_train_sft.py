@@ -270,3 +270,25 @@ def test_short_sft_on_the_bundled_model(tmp_path):
     assert sum("loss" in json.loads(r) for r in rows) == 4
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == AutoTokenizer.from_pretrained(bundled_model()).chat_template
+
+
+def test_deprecation_noise_is_muted_only_inside_training(recwarn):
+    """Importing thinkwheel must not change the process's warning filters; training mutes the
+    transformers/TRL gradient-checkpointing FutureWarning, and nothing else."""
+    import subprocess
+
+    probe = (
+        "import warnings; before = list(warnings.filters); import thinkwheel.train.sft, "
+        "thinkwheel.train.grpo; assert warnings.filters == before, 'filters changed at import'"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+    import warnings
+
+    with sft_mod.quiet_deprecations():
+        warnings.warn("`gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("something else", FutureWarning, stacklevel=1)
+    warnings.warn("`gradient_checkpointing` is deprecated, outside", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in recwarn] == [
+        "something else",
+        "`gradient_checkpointing` is deprecated, outside",
+    ]

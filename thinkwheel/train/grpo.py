@@ -28,6 +28,7 @@ from thinkwheel.train.sft import (
     load_hf,
     publish_dir,
     quiet,
+    quiet_deprecations,
     runtime_args,
     save_model,
 )
@@ -68,31 +69,32 @@ def train_grpo(
     prefill = generation_prefill(tokenizer)
     funcs = [with_prefill(f, prefill) for f in reward_funcs]
     gpu = device_is_gpu()
-    args = GRPOConfig(
-        output_dir=tmp,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=group_batch_size(cfg.batch_size, cfg.num_generations),
-        num_generations=cfg.num_generations,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        loss_type=cfg.loss_type,
-        beta=cfg.beta,
-        reward_weights=list(reward_weights),
-        use_vllm=cfg.use_vllm,
-        vllm_mode="colocate",
-        **runtime_args(gpu, cfg.seed),
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
-    )
-    quiet(trainer)
-    result = trainer.train()
+    with quiet_deprecations():
+        args = GRPOConfig(
+            output_dir=tmp,
+            max_steps=cfg.max_steps,
+            learning_rate=cfg.learning_rate,
+            per_device_train_batch_size=group_batch_size(cfg.batch_size, cfg.num_generations),
+            num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature,
+            loss_type=cfg.loss_type,
+            beta=cfg.beta,
+            reward_weights=list(reward_weights),
+            use_vllm=cfg.use_vllm,
+            vllm_mode="colocate",
+            **runtime_args(gpu, cfg.seed),
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
+        )
+        quiet(trainer)
+        result = trainer.train()
     save_model(trainer.model, tokenizer, tmp)
     metrics = {
         **result.metrics,

@@ -15,7 +15,8 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,10 +63,11 @@ def train_sft(
         model, tokenizer = load_hf(model_path)
         peft_config = lora_config(cfg) if cfg.lora else None
 
-    trainer = build_sft_trainer(
-        model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
-    )
-    result = trainer.train()
+    with quiet_deprecations():
+        trainer = build_sft_trainer(
+            model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
+        )
+        result = trainer.train()
     save_model(trainer.model, tokenizer, tmp)
     metrics = {
         **result.metrics,
@@ -216,35 +218,42 @@ def build_sft_trainer(
         dataset = to_prompt_completion(dataset)
 
     gpu = device_is_gpu()
-    args = TrlSFTConfig(
-        output_dir=output_dir,
-        max_steps=train_steps(len(dataset), cfg),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0,
-        max_length=cfg.max_length,
-        assistant_only_loss=mode == "assistant_only",
-        completion_only_loss=mode == "completion_only",
-        **runtime_args(gpu, cfg.seed),
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[jsonl_log_callback(Path(output_dir, "train_log.jsonl")), *callbacks],
-    )
+    with quiet_deprecations():  # TrainingArguments warns at construction
+        args = TrlSFTConfig(
+            output_dir=output_dir,
+            max_steps=train_steps(len(dataset), cfg),
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=0,
+            max_length=cfg.max_length,
+            assistant_only_loss=mode == "assistant_only",
+            completion_only_loss=mode == "completion_only",
+            **runtime_args(gpu, cfg.seed),
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[jsonl_log_callback(Path(output_dir, "train_log.jsonl")), *callbacks],
+        )
     quiet(trainer)
     return trainer
 
 
-# transformers 5.2x renamed the argument TRL still sets; the warning is noise for our users
-warnings.filterwarnings(
-    "ignore", message=r".*`gradient_checkpointing` is deprecated.*", category=FutureWarning
-)
+@contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """transformers 5.2x renamed the gradient-checkpointing names TRL still uses; the
+    FutureWarnings are noise for our users. Scoped to our training calls: importing thinkwheel
+    does not change the process's warning filters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*gradient_checkpointing.*deprecated.*", category=FutureWarning
+        )
+        yield
 
 
 def runtime_args(gpu: bool, seed: int) -> dict[str, Any]:
