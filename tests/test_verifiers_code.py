@@ -46,6 +46,8 @@ HOSTILE = {
                               "def f(x):\n    return [E()][0]",
     "replaced comparator": "def f(x):\n    globals()['__tw_cmp__'] = lambda *a: True\n    return 0",
 }
+# the same hack against a compound condition
+COMPOUND = {"tests": ["assert f(0) == 2 and f(4) == 14", "assert not (f(1) != 5)"]}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,13 @@ def test_hostile_suite_all_fail_and_host_unaffected(verifier: CodeVerifier) -> N
     assert not MARK.exists()
     assert verifier.verify(GOOD, TASK).passed is True  # later checks unaffected
     assert sys.executable  # the test process itself survived "kill parent"
+
+
+def test_always_equal_fails_compound_asserts_too(verifier: CodeVerifier) -> None:
+    hack = "class E:\n    def __eq__(self, o):\n        return True\n    def __ne__(self, o):\n" \
+           "        return False\ndef f(x):\n    return E()"
+    assert verifier.verify(f"</think>\n```python\n{hack}\n```", COMPOUND).score == 0.0
+    assert verifier.verify(GOOD, COMPOUND).passed is True
 
 
 @pytest.mark.parametrize(

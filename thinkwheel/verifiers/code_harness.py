@@ -101,18 +101,27 @@ _STRICT_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in"}
 _TEST_WRAPPER = "def __tw_test__(__tw_cmp__):\n    pass\n"
 
 
+class _StrictCompares(ast.NodeTransformer):
+    """`x == y` -> `__tw_cmp__('==', x, y)` (also `!=`, `in`, `not in`), at any depth."""
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        if len(node.ops) != 1 or type(node.ops[0]) not in _STRICT_OPS:
+            return node
+        call = ast.Call(
+            func=ast.Name(id="__tw_cmp__", ctx=ast.Load()),
+            args=[ast.Constant(_STRICT_OPS[type(node.ops[0])]), node.left, node.comparators[0]],
+            keywords=[],
+        )
+        return ast.copy_location(call, node)
+
+
 class _StrictAsserts(ast.NodeTransformer):
-    """`assert x == y` -> `assert __tw_cmp__('==', x, y)`; other statements are untouched."""
+    """Inside an assert's condition (`assert f(1) == 2 and f(2) == 3` too), comparisons are
+    strict; the rest of a test is untouched."""
 
     def visit_Assert(self, node):
-        t = node.test
-        if isinstance(t, ast.Compare) and len(t.ops) == 1 and type(t.ops[0]) in _STRICT_OPS:
-            call = ast.Call(
-                func=ast.Name(id="__tw_cmp__", ctx=ast.Load()),
-                args=[ast.Constant(_STRICT_OPS[type(t.ops[0])]), t.left, t.comparators[0]],
-                keywords=[],
-            )
-            node.test = ast.copy_location(call, t)
+        node.test = _StrictCompares().visit(node.test)
         return node
 
 
