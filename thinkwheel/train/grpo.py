@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
 import os
 import shutil
@@ -26,11 +25,10 @@ from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
     load_hf,
-    publish_dir,
     quiet,
     quiet_deprecations,
     runtime_args,
-    save_model,
+    train_and_publish,
 )
 
 THINK_OPEN = "<think>"
@@ -93,18 +91,8 @@ def train_grpo(
             processing_class=tokenizer,
             callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
         )
-        quiet(trainer)
-        result = trainer.train()
-    save_model(trainer.model, tokenizer, tmp)
-    metrics = {
-        **result.metrics,
-        "global_step": trainer.state.global_step,
-        "n_prompts": len(dataset),
-        "prefill": prefill,
-    }
-    Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    publish_dir(tmp, out_dir)
-    return {**metrics, "log_history": trainer.state.log_history}
+    quiet(trainer)
+    return train_and_publish(trainer, tokenizer, tmp, out_dir, n_prompts=len(dataset), prefill=prefill)
 
 
 def group_batch_size(batch_size: int, num_generations: int) -> int:

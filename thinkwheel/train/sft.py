@@ -63,20 +63,23 @@ def train_sft(
         model, tokenizer = load_hf(model_path)
         peft_config = lora_config(cfg) if cfg.lora else None
 
+    trainer = build_sft_trainer(
+        model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
+    )
+    return train_and_publish(
+        trainer, tokenizer, tmp, out_dir,
+        n_examples=len(dataset), loss_mode=loss_mode(tokenizer, cfg), trainer=kind, lora=cfg.lora,
+    )
+
+
+def train_and_publish(
+    trainer: Any, tokenizer: Any, tmp: str, out_dir: str, /, **extra: Any
+) -> dict[str, Any]:
+    """Train, save model and metrics into `tmp`, then swap it in as `out_dir` (SFT and GRPO)."""
     with quiet_deprecations():
-        trainer = build_sft_trainer(
-            model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
-        )
         result = trainer.train()
     save_model(trainer.model, tokenizer, tmp)
-    metrics = {
-        **result.metrics,
-        "global_step": trainer.state.global_step,
-        "n_examples": len(dataset),
-        "loss_mode": loss_mode(tokenizer, cfg),
-        "trainer": kind,
-        "lora": cfg.lora,
-    }
+    metrics = {**result.metrics, "global_step": trainer.state.global_step, **extra}
     Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     publish_dir(tmp, out_dir)
     return {**metrics, "log_history": trainer.state.log_history}
