@@ -28,7 +28,7 @@ SECTION_NOTES = {
     ),
     "filters": (
         "Near-dup removal (MinHash), benchmark decontamination, quality rules"
-        " (check_arithmetic drops traces that state a false `expr = value`)."
+        " (check_arithmetic drops traces that state false arithmetic, e.g. `7+6=15`)."
     ),
     "export": "Curated <think> chat SFT set and GRPO prompt set: parquet, hf (datasets), jsonl.",
     "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then GRPO when enabled.",

@@ -103,7 +103,7 @@ def as_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
     """A TRL reward function from a verifier (instance, registry name or "module:callable").
 
     `verifier=None` uses each row's `verifier` column. The reward is `score * weight`;
-    with `check_arithmetic`, 0 when the reasoning states a false `expr = value` (the same rule
+    with `check_arithmetic`, 0 when the reasoning states a false step (`7+6=15`, `35 < 26`; the same rule
     the SFT quality filter applies, so GRPO does not reward lucky guesses SFT refused).
     """
     return _Reward(verifier, weight, opts, check_arithmetic)
