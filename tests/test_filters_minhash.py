@@ -8,7 +8,8 @@ import pytest
 
 from thinkwheel import config, records
 from thinkwheel.filters import minhash, stage
-from thinkwheel.filters.shingles import shingle_hashes
+from thinkwheel.filters.shingles import normalise, shingle_hashes
+from thinkwheel.generators import procedural
 
 WORDS = [f"w{i}" for i in range(5000)]
 
@@ -109,3 +110,22 @@ def test_dedup_tasks_marks_near_duplicates() -> None:
     assert out["drop_ref"].to_list() == [None, None, "a", None]
     off = stage.dedup_tasks(tasks, config.DedupConfig(enabled=False))
     assert off["drop_reason"].null_count() == 4
+
+
+def test_operators_are_content_so_different_sums_are_not_duplicates() -> None:
+    # Stripped as punctuation, "83 - 8" read as "83 + 8": task dedup dropped a third of the
+    # procedural subtraction and multiplication tasks as near duplicates of additions.
+    prompts = ["What is 83 + 8?", "What is 83 - 8?", "What is 83 * 8?", "What is 83+8?"]
+    tasks = records.frame(
+        [{"task_id": str(i), "prompt": p} for i, p in enumerate(prompts)], records.TASKS
+    )
+    out = stage.dedup_tasks(tasks, config.DedupConfig(field="prompt"))
+    assert out["drop_reason"].to_list() == [None, None, None, "near_duplicate"]
+    # a hyphen inside a word still joins, as before: "non-negative" is "non negative"
+    assert normalise(["a non-negative x", "2x-5 = -1"]).to_list() == ["a non negative x", "2x - 5 = - 1"]
+
+
+def test_procedural_tasks_survive_task_dedup() -> None:
+    tasks = procedural.generate_tasks(["addition", "subtraction", "multiplication"], per_family=300)
+    out = stage.dedup_tasks(tasks, config.DedupConfig(field="prompt"))
+    assert out["drop_reason"].null_count() == tasks.height

@@ -70,7 +70,8 @@ def build_index(
     fuzzy_params: MinHashParams | None = None,
 ) -> BenchmarkIndex:
     """Index benchmark texts. Items shorter than `ngram` words use their own length as n;
-    items under `min_item_words` are skipped (too short to call a leak). An n-gram shared by
+    items under `min_item_words` words (operators are tokens, not words) are skipped (too short
+    to call a leak). An n-gram shared by
     more than `max_item_share` items is boilerplate: it is left out of both the hits and the
     item's total, so coverage is measured on what makes the item distinctive (and the join
     stays small)."""
@@ -83,10 +84,11 @@ def build_index(
     norm = normalise(texts)
     tokens, lengths = token_hashes(norm)
     n_eff = np.minimum(lengths, ngram)
+    judged = norm.str.count_matches(r"[\p{L}\p{N}]+").to_numpy() >= min_item_words
     parts = []
     starts = np.r_[0, np.cumsum(lengths)]
-    for n in np.unique(n_eff[n_eff >= min_item_words]):
-        sel = np.flatnonzero(n_eff == n)
+    for n in np.unique(n_eff[judged]):
+        sel = np.flatnonzero((n_eff == n) & judged)
         tok = np.concatenate([tokens[starts[i] : starts[i + 1]] for i in sel])
         h, d = ngram_hashes(tok, lengths[sel], int(n))
         parts.append(
@@ -109,7 +111,7 @@ def build_index(
         index.fuzzy_bands = choose_bands(fuzzy_threshold, params.num_perm, target=0.9)
         index.fuzzy_sig = signatures(texts, params)
         keys = band_keys(index.fuzzy_sig, *index.fuzzy_bands)
-        keys[lengths < min_item_words] = 0  # too short to call a leak: park on a dead key
+        keys[~judged] = 0  # too short to call a leak: park on a dead key
         index.fuzzy_keys = keys
     return index
 

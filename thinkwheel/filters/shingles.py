@@ -17,7 +17,13 @@ import polars as pl
 ShingleKind = Literal["word", "char"]
 
 _MASK64 = (1 << 64) - 1
-_NON_WORD = r"[^\p{L}\p{N} ]+"
+# Operators are content, not punctuation: "What is 83 - 8?" and "What is 83 + 8?" are two
+# tasks. Stripping them made task dedup drop a third of the procedural multiplication and
+# subtraction tasks as "near duplicates" of additions.
+_OPERATORS = "+\\-*/=<>^%×÷−≤≥≠"
+_OPERATOR = f"[{_OPERATORS}]"
+_NON_WORD = f"[^\\p{{L}}\\p{{N}} {_OPERATORS}]+"
+_WORD_HYPHEN = r"(\p{L})-(\p{L})"  # "non-negative" is two words, as before, not an operator
 _NUMBER = r"\d+(?:[.,]\d+)*"
 _NAME = r"\b\p{Lu}\p{Ll}+\b"
 
@@ -45,7 +51,8 @@ def as_series(texts: Sequence[str | None] | pl.Series) -> pl.Series:
 def normalise(
     texts: Sequence[str | None] | pl.Series, *, mask_numbers: bool = False, mask_names: bool = False
 ) -> pl.Series:
-    """Lower-case, punctuation to single spaces; optionally mask numbers and capitalised names.
+    """Lower-case, operators as tokens, other punctuation to single spaces; optionally mask
+    numbers and capitalised names.
 
     Masking lets procedural tasks (same template, new numbers and names) collide: without it
     their Jaccard is ~0.25 and MinHash cannot see them.
@@ -58,6 +65,9 @@ def normalise(
     # Two cheap passes beat one `[^\p{L}\p{N}]+`: that pattern matches at every space, and
     # per-match overhead made it ~8x slower than the rest of shingling together.
     s = s.str.to_lowercase().str.replace_all(_NON_WORD, " ")
+    for _ in range(2):  # "a-b-c": matches overlap, a second pass gets the rest
+        s = s.str.replace_all(_WORD_HYPHEN, "${1} ${2}")
+    s = s.str.replace_all(_OPERATOR, " ${0} ")
     return s.str.replace_all("  +", " ").str.strip_chars()
 
 

@@ -27,6 +27,7 @@ import polars as pl
 
 from thinkwheel import config, records
 from thinkwheel.engines.base import Engine, SamplingParams
+from thinkwheel.filters import shingles
 from thinkwheel.filters.novelty import novel_mask
 
 DROPPED_EXTRA = {"drop_reason": pl.Utf8, "completion": pl.Utf8}
@@ -122,7 +123,8 @@ def label_domain(text: str, fallback: str | None = None) -> str | None:
 
 
 def normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    """The dedup normaliser on one text, so "3 + 4" and "3 - 4" stay two tasks here too."""
+    return shingles.normalise([text])[0]
 
 
 # ---------------------------------------------------------------- stage
