@@ -69,12 +69,11 @@ def build_index(
     fuzzy_threshold: float | None = 0.5,
     fuzzy_params: MinHashParams | None = None,
 ) -> BenchmarkIndex:
-    """Index benchmark texts. Items shorter than `ngram` words use their own length as n;
-    items under `min_item_words` words (operators are tokens, not words) are skipped (too short
-    to call a leak). An n-gram shared by
-    more than `max_item_share` items is boilerplate: it is left out of both the hits and the
-    item's total, so coverage is measured on what makes the item distinctive (and the join
-    stays small)."""
+    """Index benchmark texts. Items shorter than `ngram` tokens use their own length as n;
+    items under `min_item_words` words (operators are tokens, not words) are skipped (too
+    short to call a leak). An n-gram shared by more than `max_item_share` items is
+    boilerplate: it is left out of both the hits and the item's total, so coverage is measured
+    on what makes the item distinctive (and the join stays small)."""
     names, items, texts = [], [], []
     for name, rows in benchmarks.items():
         for i, text in enumerate(rows):

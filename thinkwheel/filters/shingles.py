@@ -18,8 +18,8 @@ ShingleKind = Literal["word", "char"]
 
 _MASK64 = (1 << 64) - 1
 # Operators are content, not punctuation: "What is 83 - 8?" and "What is 83 + 8?" are two
-# tasks. Stripping them made task dedup drop a third of the procedural multiplication and
-# subtraction tasks as "near duplicates" of additions.
+# tasks. Stripping them made task dedup drop half the bench recipe's multiplication tasks
+# (and a sixth of subtraction and linear-equation tasks) as "near duplicates" of additions.
 _OPERATORS = "+\\-*/=<>^%×÷−≤≥≠"
 _OPERATOR = f"[{_OPERATORS}]"
 _NON_WORD = f"[^\\p{{L}}\\p{{N}} {_OPERATORS}]+"
