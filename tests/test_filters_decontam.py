@@ -115,3 +115,12 @@ def test_chunks_and_threads_give_the_same_answer() -> None:
 def test_items_too_short_to_judge_are_skipped() -> None:
     index = decontam.build_index({"tiny": ["Hello world", "What is 2 + 2?"]})
     assert decontam.find_contamination(["Hello world", "What is 2 + 2?"], index).height == 0
+
+
+def test_a_different_operator_is_a_different_item() -> None:
+    # the held-out rule (full coverage, short items judged): only the real copy is a leak
+    index = decontam.build_index(
+        {"heldout": ["What is 83 + 8?"]}, min_item_words=3, min_overlap=1.0, fuzzy_threshold=None
+    )
+    hits = decontam.find_contamination(["What is 83 - 8?", "what is 83+8", "What is 83 * 8?"], index)
+    assert hits["doc"].to_list() == [1]

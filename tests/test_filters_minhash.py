@@ -113,8 +113,8 @@ def test_dedup_tasks_marks_near_duplicates() -> None:
 
 
 def test_operators_are_content_so_different_sums_are_not_duplicates() -> None:
-    # Stripped as punctuation, "83 - 8" read as "83 + 8": task dedup dropped a third of the
-    # procedural subtraction and multiplication tasks as near duplicates of additions.
+    # Stripped as punctuation, "83 - 8" read as "83 + 8": task dedup dropped half the bench
+    # recipe's multiplication tasks as near duplicates of additions.
     prompts = ["What is 83 + 8?", "What is 83 - 8?", "What is 83 * 8?", "What is 83+8?"]
     tasks = records.frame(
         [{"task_id": str(i), "prompt": p} for i, p in enumerate(prompts)], records.TASKS

@@ -245,3 +245,9 @@ def test_near_duplicates_within_one_batch():
     assert kept["prompt"].to_list()[0].endswith("subtract 9.")
     assert dropped["drop_reason"].to_list() == ["not_novel"]
     assert dropped["prompt"].to_list()[0].endswith("subtract 8.")
+
+
+def test_a_new_operator_is_a_new_task():
+    # the pool check must not call "3 - 4" already seen because "3 + 4" is in the pool
+    assert si.normalise("What is 3 - 4?") != si.normalise("What is 3 + 4?")
+    assert si.normalise("What is 3+4?") == si.normalise("what is 3 + 4")
