@@ -68,6 +68,15 @@ def test_funnel_counts_from_verdicts_and_drop_reasons():
     assert f["pct_of_previous"].to_list()[2:] == [62.5, 80.0, 75.0, 66.7]
 
 
+def test_funnel_counts_the_tasks_that_were_sampled():
+    r = _round()
+    dropped = r["tasks"].head(1).with_columns(
+        pl.lit("t-dup").alias("task_id"), pl.lit("near_duplicate").alias("drop_reason")
+    )
+    f = ins.funnel({**r, "tasks": pl.concat([r["tasks"], dropped], how="diagonal_relaxed")})
+    assert f["count"].to_list()[0] == 2  # the task dropped before sampling is not one of them
+
+
 def test_funnel_of_unfinished_round_has_nulls():
     r = _round()
     f = ins.funnel({"tasks": r["tasks"], "candidates": r["candidates"]})

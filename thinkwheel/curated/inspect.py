@@ -111,11 +111,16 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
     """tasks → candidates → verified → deduped → decontaminated → kept, with percentages.
 
     Percentages are of candidates (and of the previous stage). Stages not run yet are null.
+    "tasks" are the ones sampled: tasks dropped before sampling (task dedup, decontamination)
+    are not, so the count matches the per-family tables and `thinkwheel run`'s summary.
     "verified" counts candidates whose verdict passed; dedup and decontamination drops are
     counted among those, so the gap decontaminated → kept is quality, caps and the rest.
     """
     t = table if table is not None else record_table(frames)
-    n_tasks = _get(frames, "tasks").height
+    tasks = frames.get("tasks")
+    if tasks is not None and "drop_reason" in tasks.columns:
+        tasks = tasks.filter(pl.col("drop_reason").is_null())
+    n_tasks = 0 if tasks is None else tasks.height
     has_v = bool(t["has_verdict"].any()) if t.height else _get(frames, "verdicts").height > 0
     has_f = bool(t["has_filter"].any()) if t.height else _get(frames, "filtered").height > 0
     ok = t.filter(pl.col("passed") == True)  # noqa: E712
