@@ -37,6 +37,7 @@ from thinkwheel.generators.self_instruct import (
     length_reason,
     load_template,
     normalise,
+    normalised_set,
     render,
     start_reason,
 )
@@ -133,7 +134,7 @@ def evol_instruct(
     rng = random.Random(f"evol_instruct:{round}:{seed}")
     pool = records.conform(parents, records.TASKS).filter(pl.col("prompt").is_not_null())
     pool_rows = pool.to_dicts()
-    seen = {normalise(r["prompt"]) for r in pool_rows}
+    seen = normalised_set(pool["prompt"].to_list())
     kept: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
     budget = cfg.num_tasks * cfg.attempts_per_task

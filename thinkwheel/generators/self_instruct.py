@@ -127,6 +127,11 @@ def normalise(text: str) -> str:
     return shingles.normalise([text])[0]
 
 
+def normalised_set(texts: Sequence[str]) -> set[str]:
+    """`normalise` over a whole pool in one vectorised pass."""
+    return set(shingles.normalise(texts).to_list())
+
+
 # ---------------------------------------------------------------- stage
 def _majority(values: Sequence[Any]) -> Any:
     vals = [v for v in values if v is not None]
@@ -178,7 +183,7 @@ def self_instruct(
     rng = random.Random(f"self_instruct:{round}:{seed}")
     seed_rows = seeds.to_dicts()
     pool = [r["prompt"] for r in seed_rows]
-    pool_norm = {normalise(p) for p in pool}
+    pool_norm = normalised_set(pool)
     kept: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
     budget = cfg.num_tasks * cfg.attempts_per_task
