@@ -1,0 +1,296 @@
+"""What did not make the flywheel better, measured: one round's training re-run with one change.
+
+    python -P bench/flywheel_variants.py [--run runs/bench-flywheel/verified] [--round 1] [--only NAME,...]
+
+Takes a finished `bench/flywheel.py` run and re-runs the training step of round `--round` (round
+2's model for the default 1): SFT from the base model on the curated SFT sets of rounds 0..R,
+with the run's own SFT settings, then the held-out eval. Each variant changes one thing: the
+step count, the learning rate, the mix of the SFT set (tasks the model solved only once
+repeated; families or trace shapes rebalanced), or a second stage after SFT (DPO with an NLL term
+on verified-vs-failed pairs from the same task, as in Iterative RPO; GRPO with the verifier
+rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
+the same step with two other SFT seeds (data order) is the noise floor the others are read
+against. Nothing is re-sampled. Results are cached per variant in `--out`, so
+a re-run only trains what is missing; the table goes to <out>/variants.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import polars as pl  # noqa: E402
+
+from thinkwheel.config import RunConfig, load_config  # noqa: E402
+from thinkwheel.store import RunStore  # noqa: E402
+
+DIGIT = re.compile(r"\d")
+
+
+# ------------------------------------------------------------------ data
+def clean_rates(store: RunStore, rounds: list[int]) -> pl.DataFrame:
+    """task_id -> share of its samples that were verified with no false step (the SFT rule)."""
+    from thinkwheel.filters.arithmetic import false_claims
+
+    parts = []
+    for r in rounds:
+        d = store.read_table(r, "candidates").join(
+            store.read_table(r, "verdicts").select("candidate_id", "passed"), on="candidate_id"
+        )
+        d = d.with_columns(
+            clean=pl.col("passed").fill_null(False)
+            & pl.col("reasoning").map_elements(lambda s: not false_claims(s), return_dtype=pl.Boolean)
+        )
+        parts.append(d.group_by("task_id").agg(rate=pl.col("clean").mean()))
+    return pl.concat(parts)
+
+
+def upweight_solved_once(sft: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
+    """Rows of tasks with a clean pass rate below 1 (harder for the sampling model) twice."""
+    hard = sft.join(rates, on="task_id", how="left").filter(pl.col("rate") < 1.0).drop("rate")
+    return pl.concat([sft, hard], how="diagonal_relaxed")
+
+
+def rebalance(sft: pl.DataFrame, key: str, alpha: float, within: str | None = None) -> pl.DataFrame:
+    """Resample so each `key` group gets a share of its block proportional to size**alpha.
+
+    The block is the whole set, or each `within` group (family totals then stay as they were).
+    alpha=1 changes nothing; alpha=0 makes the groups equal."""
+    blocks = [sft] if within is None else [d for _, d in sft.group_by(within, maintain_order=True)]
+    out = []
+    for block in blocks:
+        sizes = dict(block.group_by(key).len().iter_rows())
+        z = sum(n**alpha for n in sizes.values())
+        for (name,), d in block.group_by(key, maintain_order=True):
+            target = max(1, round(block.height * sizes[name] ** alpha / z))
+            reps, extra = divmod(target, d.height)
+            out += [d] * reps + ([d.sample(extra, seed=0)] if extra else [])
+    return pl.concat(out).sample(fraction=1.0, shuffle=True, seed=1)
+
+
+def trace_shape(messages: list[dict[str, str]]) -> str:
+    """The reasoning with every digit replaced: '9+5=14, 8+8+1=17' -> 'D+D=DD, D+D+D=DD'."""
+    text = next(m["content"] for m in messages if m["role"] == "assistant")
+    return DIGIT.sub("D", text.split("</think>")[0])
+
+
+def with_shapes(sft: pl.DataFrame) -> pl.DataFrame:
+    return sft.with_columns(
+        shape=pl.col("messages").map_elements(trace_shape, return_dtype=pl.Utf8)
+    )
+
+
+def preference_pairs(store: RunStore, rounds: list[int], system_prompt: str | None) -> list[dict]:
+    """One (chosen, rejected) pair per task that has both a clean and a failed sample."""
+    from thinkwheel.engines.base import request_for
+    from thinkwheel.filters.arithmetic import false_claims
+
+    rows = []
+    for r in rounds:
+        tasks = store.read_table(r, "tasks").filter(pl.col("drop_reason").is_null())
+        d = (
+            store.read_table(r, "candidates")
+            .join(store.read_table(r, "verdicts").select("candidate_id", "passed"), on="candidate_id")
+            .join(tasks.select("task_id", "prompt"), on="task_id")
+            .with_columns(
+                clean=pl.col("passed").fill_null(False)
+                & pl.col("completion").map_elements(
+                    lambda s: not false_claims(s), return_dtype=pl.Boolean
+                )
+            )
+        )
+        chosen = d.filter("clean").unique("task_id", keep="first", maintain_order=True)
+        rejected = d.filter(~pl.col("clean")).unique("task_id", keep="first", maintain_order=True)
+        pairs = chosen.select("task_id", "prompt", chosen="completion").join(
+            rejected.select("task_id", rejected="completion"), on="task_id"
+        )
+        rows += [
+            {
+                "prompt": request_for(p["prompt"], system_prompt),
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs.iter_rows(named=True)
+        ]
+    return rows
+
+
+# ------------------------------------------------------------------ second stages
+def dpo(model_dir: str, pairs: list[dict], out_dir: str, *, steps: int, lr: float) -> dict[str, Any]:
+    """DPO + NLL on the chosen answer (TRL's loss_type ["sigmoid", "sft"]: Iterative RPO)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    args = DPOConfig(
+        output_dir=out_dir, use_cpu=True, bf16=False, per_device_train_batch_size=16,
+        learning_rate=lr, max_steps=steps, beta=0.1, loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, 1.0], precompute_ref_log_probs=True, lr_scheduler_type="cosine",
+        warmup_steps=5, logging_steps=10, save_strategy="no", report_to=[], seed=0, max_length=256,
+    )
+    data = Dataset.from_list(pairs).shuffle(seed=0)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    trainer.save_model(out_dir)
+    tok.save_pretrained(out_dir)
+    last = [h for h in trainer.state.log_history if "rewards/accuracies" in h][-1]
+    return {"pairs": len(pairs), "pair_accuracy": last["rewards/accuracies"]}
+
+
+def grpo(model_dir: str, prompts: pl.DataFrame, out_dir: str, cfg: RunConfig, lr: float) -> dict:
+    from thinkwheel.train.grpo import train_grpo
+    from thinkwheel.train.rewards import grpo_rewards
+
+    g = cfg.train.grpo.model_copy(
+        update={"enabled": True, "max_steps": 60, "batch_size": 64, "learning_rate": lr}
+    )
+    rewards, weights = grpo_rewards(g)
+    out = train_grpo(model_dir, prompts.sample(fraction=1.0, shuffle=True, seed=0), out_dir, g,
+                     rewards, weights)
+    curve = [h["reward"] for h in out.get("log_history", []) if "reward" in h]
+    return {"prompts": prompts.height, "reward_first_last": [curve[:5], curve[-5:]]}
+
+
+# ------------------------------------------------------------------ the bench
+Variant = Callable[[], dict[str, Any]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="runs/bench-flywheel/verified", help="a bench/flywheel.py run")
+    ap.add_argument("--round", type=int, default=1, help="re-run this round's training step")
+    ap.add_argument("--out", default="runs/bench-variants")
+    ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    args = ap.parse_args()
+
+    from thinkwheel.assets import model_path
+    from thinkwheel.config import SFTConfig
+    from thinkwheel.engines.hf import HFEngine
+    from thinkwheel.train.evaluate import evaluate, heldout_tasks
+    from thinkwheel.train.sft import train_sft
+    from thinkwheel.verifiers import verify_frame
+
+    store, out = RunStore(args.run), Path(args.out)
+    cfg = load_config(Path(args.run) / "config.yaml")
+    rounds = list(range(args.round + 1))
+    sft = pl.concat(
+        [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet") for r in rounds],
+        how="diagonal_relaxed",
+    )
+    base, sft_cfg, sp = model_path(), cfg.train.sft, cfg.export.system_prompt
+    held = heldout_tasks(cfg.eval)
+
+    def train(name: str, data: pl.DataFrame, c: SFTConfig = sft_cfg) -> str:
+        model_dir = out / name / "model"
+        if not (model_dir / "config.json").exists():
+            train_sft(base, data, str(model_dir), c)
+        return str(model_dir)
+
+    def control() -> str:
+        return train("as-run", sft)
+
+    def sft_variant(name: str, data: Callable[[], pl.DataFrame], **over: Any) -> Variant:
+        def go() -> dict[str, Any]:
+            d = data()
+            return {"model": train(name, d, sft_cfg.model_copy(update=over)), "sft_rows": d.height}
+        return go
+
+    def second_stage(name: str, stage: Callable[[str, str], dict]) -> Variant:
+        def go() -> dict[str, Any]:
+            model_dir = str(out / name / "model")
+            info = stage(control(), model_dir) if not Path(model_dir, "config.json").exists() else {}
+            return {"model": model_dir, **info}
+        return go
+
+    grpo_prompts = pl.read_parquet(store.round_dir(args.round) / "curated" / "grpo.parquet")
+    variants: dict[str, Variant] = {
+        "as run": sft_variant("as-run", lambda: sft),
+        "as run, SFT seed 1": sft_variant("seed-1", lambda: sft, seed=sft_cfg.seed + 1),
+        "as run, SFT seed 2": sft_variant("seed-2", lambda: sft, seed=sft_cfg.seed + 2),
+        f"{2 * sft_cfg.max_steps} SFT steps": sft_variant(
+            "steps-x2", lambda: sft, max_steps=2 * sft_cfg.max_steps
+        ),
+        "learning rate x3": sft_variant("lr-x3", lambda: sft, learning_rate=3 * sft_cfg.learning_rate),
+        "tasks solved once, twice": sft_variant(
+            "upweight", lambda: upweight_solved_once(sft, clean_rates(store, rounds))
+        ),
+        "families rebalanced (n^0.5)": sft_variant(
+            "families", lambda: rebalance(sft, "family", 0.5)
+        ),
+        "trace shapes rebalanced (n^0.25)": sft_variant(
+            "shapes", lambda: rebalance(with_shapes(sft), "shape", 0.25, within="family").drop("shape")
+        ),
+        "+ DPO with NLL, 100 steps": second_stage(
+            "dpo", lambda src, dst: dpo(src, preference_pairs(store, rounds, sp), dst, steps=100, lr=1e-4)
+        ),
+        "+ GRPO, 60 steps, lr 1e-4": second_stage(
+            "grpo", lambda src, dst: grpo(src, grpo_prompts, dst, cfg, 1e-4)
+        ),
+        "+ GRPO, 60 steps, lr 1e-3": second_stage(
+            "grpo-lr", lambda src, dst: grpo(src, grpo_prompts, dst, cfg, 1e-3)
+        ),
+    }
+    wanted = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = [w for w in wanted if w not in variants]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; choose from {list(variants)}")
+
+    def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
+        return verify_frame(tasks, cands, workers=cfg.verify.workers)
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, go in variants.items():
+        if wanted and name not in wanted:
+            continue
+        cache = out / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.json"
+        if cache.exists():
+            results[name] = json.loads(cache.read_text())
+            continue
+        t0 = time.time()
+        info = go()
+        res = evaluate(
+            HFEngine(info["model"]), held, verify_fn, k=1, max_tokens=cfg.eval.max_tokens,
+            seed=cfg.eval.seed, system_prompt=sp,
+        )
+        results[name] = {**res, **info, "seconds": round(time.time() - t0)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(results[name], indent=1, default=str))
+        print(f"{name}: {res['accuracy']:.1%} in {results[name]['seconds']} s", flush=True)
+
+    flow = store.read_json(f"round-{args.round}/eval.json")
+    fams = sorted(flow["per_family"])
+    head = f"| family | the flow's round {args.round + 1} | " + " | ".join(results) + " |\n"
+    head += "|---|---|" + "---|" * len(results) + "\n"
+    cols = [flow, *results.values()]
+    rows = [
+        f"| {f} | " + " | ".join(f"{c['per_family'][f]['accuracy']:.0%}" for c in cols) + " |"
+        for f in fams
+    ]
+    md = head + "\n".join(rows) + "\n| **all** | " + " | ".join(
+        f"**{c['accuracy']:.1%}**" for c in cols
+    ) + " |\n"
+    extra = {k: {i: v[i] for i in ("sft_rows", "pairs", "pair_accuracy", "prompts",
+                                    "reward_first_last", "seconds") if i in v}
+             for k, v in results.items()}
+    md += "\n" + "\n".join(f"- {k}: {json.dumps(v)}" for k, v in extra.items()) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variants.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
