@@ -92,7 +92,7 @@ def with_shapes(sft: pl.DataFrame) -> pl.DataFrame:
 
 
 def preference_pairs(store: RunStore, rounds: list[int], system_prompt: str | None) -> list[dict]:
-    """One (chosen, rejected) pair per task that has both a clean and a failed sample."""
+    """One (chosen, rejected) pair per task with both a clean sample (the SFT rule) and another."""
     from thinkwheel.engines.base import request_for
     from thinkwheel.filters.arithmetic import false_claims
 
@@ -105,7 +105,7 @@ def preference_pairs(store: RunStore, rounds: list[int], system_prompt: str | No
             .join(tasks.select("task_id", "prompt"), on="task_id")
             .with_columns(
                 clean=pl.col("passed").fill_null(False)
-                & pl.col("completion").map_elements(
+                & pl.col("reasoning").map_elements(
                     lambda s: not false_claims(s), return_dtype=pl.Boolean
                 )
             )
