@@ -5,9 +5,10 @@
 Takes a finished `bench/flywheel.py` run and re-runs the training step of round `--round` (round
 2's model for the default 1): SFT from the base model on the curated SFT sets of rounds 0..R,
 with the run's own SFT settings, then the held-out eval. Each variant changes one thing: the
-step count, the learning rate, the mix of the SFT set (tasks the model solved only once
-repeated; families or trace shapes rebalanced), or a second stage after SFT (DPO with an NLL term
-on verified-vs-failed pairs from the same task, as in Iterative RPO; GRPO with the verifier
+start model (the previous round's, as `strategy: continue` would), the step count, the
+learning rate, the mix of the SFT set (tasks the model solved only once repeated; families or
+trace shapes rebalanced), or a second stage after SFT (DPO with an NLL term on
+verified-vs-failed pairs from the same task, as in Iterative RPO; GRPO with the verifier
 rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
 the same step with two other SFT seeds (data order) is the noise floor the others are read
 against. Nothing is re-sampled. Results are cached per variant in `--out`, so
@@ -194,19 +195,22 @@ def main() -> None:
     base, sft_cfg, sp = model_path(), cfg.train.sft, cfg.export.system_prompt
     held = heldout_tasks(cfg.eval)
 
-    def train(name: str, data: pl.DataFrame, c: SFTConfig = sft_cfg) -> str:
+    def train(name: str, data: pl.DataFrame, c: SFTConfig = sft_cfg, start: str = base) -> str:
         model_dir = out / name / "model"
         if not (model_dir / "config.json").exists():
-            train_sft(base, data, str(model_dir), c)
+            train_sft(start, data, str(model_dir), c)
         return str(model_dir)
 
     def control() -> str:
         return train("as-run", sft)
 
-    def sft_variant(name: str, data: Callable[[], pl.DataFrame], **over: Any) -> Variant:
+    def sft_variant(
+        name: str, data: Callable[[], pl.DataFrame], start: str = base, **over: Any
+    ) -> Variant:
         def go() -> dict[str, Any]:
             d = data()
-            return {"model": train(name, d, sft_cfg.model_copy(update=over)), "sft_rows": d.height}
+            c = sft_cfg.model_copy(update=over)
+            return {"model": train(name, d, c, start), "sft_rows": d.height}
         return go
 
     def second_stage(name: str, stage: Callable[[str, str], dict]) -> Variant:
@@ -244,6 +248,11 @@ def main() -> None:
             "grpo-lr", lambda src, dst: grpo(src, grpo_prompts, dst, cfg, 1e-3)
         ),
     }
+    if args.round > 0:  # strategy: continue starts from the previous round's model
+        previous = str(store.round_dir(args.round - 1) / "model")
+        variants["continue from the previous round's model"] = sft_variant(
+            "continue", lambda: sft, start=previous
+        )
     wanted = [v.strip() for v in args.only.split(",") if v.strip()]
     unknown = [w for w in wanted if w not in variants]
     if unknown:
