@@ -98,6 +98,29 @@ def test_run_with_bad_config_is_one_line(tmp_path):
     assert "unknown config key 'sampling.temprature'" in r.output
 
 
+def test_run_without_config_runs_the_packaged_cpu_recipe(tmp_path, monkeypatch):
+    """`thinkwheel run` alone is the measured CPU recipe, not the library defaults (which a
+    config file starts from): 2 samples over many math tasks, STaR from the base model."""
+    import thinkwheel.flows.flywheel as fw
+
+    seen = {}
+
+    def fake_flow(cfg, out):
+        seen.update(cfg=cfg, out=out)
+        return {"base": None, "rounds": []}
+
+    monkeypatch.setattr(fw, "run", fake_flow)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["run", "--rounds", "1"])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.name, cfg.rounds, cfg.engine.model) == ("default", 1, "bundled")
+    assert (cfg.sampling.n, cfg.train.strategy, cfg.train.sft.max_steps) == (2, "from_base", 200)
+    assert cfg.generate.procedural.plan()[0] == (["math"], 640, 1)
+    assert cfg != RunConfig(name="default", rounds=1)
+    assert str(seen["out"]) == "runs/default"
+
+
 def test_verifiers_lists_builtins():
     r = runner.invoke(app, ["verifiers"])
     assert r.exit_code == 0

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thinkwheel.config import ConfigError, RunConfig, load_config
+from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -60,8 +60,10 @@ def run(
     rounds: Annotated[int | None, typer.Option(help="Number of flywheel rounds")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>)")] = None,
 ) -> None:
-    """Run the flywheel; re-running the same command resumes where it stopped."""
-    cfg = _config(config, rounds=rounds)
+    """Run the flywheel; re-running the same command resumes where it stopped.
+
+    Without --config it runs the packaged CPU recipe, thinkwheel/configs/default.yaml."""
+    cfg = _config(config or DEFAULT_RUN, rounds=rounds)
     out = out or Path("runs") / cfg.name
     t0 = time.time()
     console.print(

@@ -305,6 +305,10 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(_one_line(err)) from None
 
 
+# The recipe `thinkwheel run` uses when no --config is given (a CPU demo sized in minutes).
+DEFAULT_RUN = Path(__file__).parent / "configs" / "default.yaml"
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     """Load YAML (or the defaults when path is None) and apply top-level overrides."""
     data: dict[str, Any] = {}
