@@ -225,6 +225,9 @@ def main() -> None:
         "as run": sft_variant("as-run", lambda: sft),
         "as run, SFT seed 1": sft_variant("seed-1", lambda: sft, seed=sft_cfg.seed + 1),
         "as run, SFT seed 2": sft_variant("seed-2", lambda: sft, seed=sft_cfg.seed + 2),
+        f"{sft_cfg.max_steps // 2} SFT steps": sft_variant(
+            "steps-half", lambda: sft, max_steps=sft_cfg.max_steps // 2
+        ),
         f"{2 * sft_cfg.max_steps} SFT steps": sft_variant(
             "steps-x2", lambda: sft, max_steps=2 * sft_cfg.max_steps
         ),
