@@ -18,6 +18,7 @@ a re-run only trains what is missing; the table goes to <out>/variants.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -40,21 +41,28 @@ DIGIT = re.compile(r"\d")
 
 
 # ------------------------------------------------------------------ data
-def clean_rates(store: RunStore, rounds: list[int]) -> pl.DataFrame:
-    """task_id -> share of its samples that were verified with no false step (the SFT rule)."""
+@functools.cache
+def clean_candidates(run: str, r: int) -> pl.DataFrame:
+    """Round r's candidates, `clean` when verified with no false step in the reasoning (the SFT
+    rule). Cached: the rate and pair variants read the same rounds."""
     from thinkwheel.filters.arithmetic import false_claims
 
-    parts = []
-    for r in rounds:
-        d = store.read_table(r, "candidates").join(
-            store.read_table(r, "verdicts").select("candidate_id", "passed"), on="candidate_id"
-        )
-        d = d.with_columns(
+    store = RunStore(run)
+    return (
+        store.read_table(r, "candidates")
+        .join(store.read_table(r, "verdicts").select("candidate_id", "passed"), on="candidate_id")
+        .with_columns(
             clean=pl.col("passed").fill_null(False)
             & pl.col("reasoning").map_elements(lambda s: not false_claims(s), return_dtype=pl.Boolean)
         )
-        parts.append(d.group_by("task_id").agg(rate=pl.col("clean").mean()))
-    return pl.concat(parts)
+    )
+
+
+def clean_rates(run: str, rounds: list[int]) -> pl.DataFrame:
+    """task_id -> share of its samples that were clean."""
+    return pl.concat(
+        [clean_candidates(run, r).group_by("task_id").agg(rate=pl.col("clean").mean()) for r in rounds]
+    )
 
 
 def upweight_solved_once(sft: pl.DataFrame, rates: pl.DataFrame) -> pl.DataFrame:
@@ -92,25 +100,14 @@ def with_shapes(sft: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def preference_pairs(store: RunStore, rounds: list[int], system_prompt: str | None) -> list[dict]:
-    """One (chosen, rejected) pair per task with both a clean sample (the SFT rule) and another."""
+def preference_pairs(run: str, rounds: list[int], system_prompt: str | None) -> list[dict]:
+    """One (chosen, rejected) pair per task with both a clean sample and another."""
     from thinkwheel.engines.base import request_for
-    from thinkwheel.filters.arithmetic import false_claims
 
     rows = []
     for r in rounds:
-        tasks = store.read_table(r, "tasks").filter(pl.col("drop_reason").is_null())
-        d = (
-            store.read_table(r, "candidates")
-            .join(store.read_table(r, "verdicts").select("candidate_id", "passed"), on="candidate_id")
-            .join(tasks.select("task_id", "prompt"), on="task_id")
-            .with_columns(
-                clean=pl.col("passed").fill_null(False)
-                & pl.col("reasoning").map_elements(
-                    lambda s: not false_claims(s), return_dtype=pl.Boolean
-                )
-            )
-        )
+        tasks = RunStore(run).read_table(r, "tasks").filter(pl.col("drop_reason").is_null())
+        d = clean_candidates(run, r).join(tasks.select("task_id", "prompt"), on="task_id")
         chosen = d.filter("clean").unique("task_id", keep="first", maintain_order=True)
         rejected = d.filter(~pl.col("clean")).unique("task_id", keep="first", maintain_order=True)
         pairs = chosen.select("task_id", "prompt", chosen="completion").join(
@@ -233,7 +230,7 @@ def main() -> None:
         ),
         "learning rate x3": sft_variant("lr-x3", lambda: sft, learning_rate=3 * sft_cfg.learning_rate),
         "tasks solved once, twice": sft_variant(
-            "upweight", lambda: upweight_solved_once(sft, clean_rates(store, rounds))
+            "upweight", lambda: upweight_solved_once(sft, clean_rates(args.run, rounds))
         ),
         "families rebalanced (n^0.5)": sft_variant(
             "families", lambda: rebalance(sft, "family", 0.5)
@@ -242,7 +239,7 @@ def main() -> None:
             "shapes", lambda: rebalance(with_shapes(sft), "shape", 0.25, within="family").drop("shape")
         ),
         "+ DPO with NLL, 100 steps": second_stage(
-            "dpo", lambda src, dst: dpo(src, preference_pairs(store, rounds, sp), dst, steps=100, lr=1e-4)
+            "dpo", lambda src, dst: dpo(src, preference_pairs(args.run, rounds, sp), dst, steps=100, lr=1e-4)
         ),
         "+ GRPO, 60 steps, lr 1e-4": second_stage(
             "grpo", lambda src, dst: grpo(src, grpo_prompts, dst, cfg, 1e-4)
