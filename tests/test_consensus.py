@@ -6,7 +6,9 @@ import polars as pl
 
 from thinkwheel import config, records
 from thinkwheel.engines.base import Completion, as_messages
+from thinkwheel.generators import codet
 from thinkwheel.generators import consensus as cs
+from thinkwheel.generators.self_instruct import load_template, render
 from thinkwheel.verifiers.base import Verdict, completion_text
 from thinkwheel.verifiers.code import extract_code
 from thinkwheel.verifiers.math_extract import extract_answer
@@ -148,7 +150,7 @@ def test_code_tests_validated_against_reference():
         records.TASKS,
     )
     kept, dropped = cs.consensus_references(
-        ScriptedEngine({}), tasks, config.ConsensusConfig(), FakeVerifiers()
+        ScriptedEngine({}), tasks, config.ConsensusConfig(test_samples=0), FakeVerifiers()
     )
     assert kept["prompt"].to_list() == ["good"]
     reasons = dict(zip(dropped["prompt"], dropped["drop_reason"], strict=True))
@@ -210,3 +212,110 @@ def test_verify_with_dispatches_by_verifier_name():
     assert [(v.passed, v.reason) for v in out] == [
         (False, "code"), (True, "math"), (None, "unknown_verifier")
     ]
+
+
+# ------------------------------------------------------------ generated tests (CodeT)
+def test_parse_tests_keeps_one_line_asserts_that_call_something():
+    text = (
+        "<think>cover the edge cases</think>\nHere are tests:\n```python\n"
+        "assert add(1, 2) == 3\n"
+        "  assert add(1, 2) == 3\n"  # the same test again
+        "assert True\n"  # calls nothing
+        "assert add(1,\n"  # does not parse
+        "assert add(0, 0) == 0; import os\n"  # two statements
+        "print(add(2, 2))\n"
+        "assert add(-1, 1) == 0, 'negatives'\n```"
+    )
+    assert codet.parse_tests(text) == ["assert add(1, 2) == 3", "assert add(-1, 1) == 0, 'negatives'"]
+    assert codet.parse_tests("<think>assert add(1, 2) == 3") == []  # never finished thinking
+    pooled = codet.pool_tests(["assert f(1) == 1\nassert f(2) == 2", "assert f(3) == 3"], limit=2)
+    assert pooled == ["assert f(1) == 1", "assert f(3) == 3"]  # in turn, not first-come
+
+
+def test_agreement_scores_programs_times_tests():
+    # CodeT's case: three samples of a wrong program agree on one test; two samples of a right
+    # one pass three. Score = samples x tests: 3 x 1 < 2 x 3. A program passing nothing is out.
+    groups = codet.agreement(
+        [frozenset({0}), frozenset({1, 2, 3}), frozenset({1, 2, 3}), frozenset()], [3, 1, 1, 4]
+    )
+    assert [(sorted(g.tests), g.members, g.votes, g.score) for g in groups] == [
+        ([1, 2, 3], (1, 2), 2, 6),
+        ([0], (0,), 3, 3),
+    ]
+
+
+def test_code_tasks_without_tests_get_generated_ones_checked_in_the_sandbox():
+    """The engine is scripted (the boundary); tests and programs run in the real sandbox."""
+    template = load_template("code_tests")
+    fence = "<think>t</think>\n```python\n{}\n```"
+    add_ok = "def add(a, b):\n    return a + b"
+    prompts = {
+        "add": "Write a Python function add(a, b) that returns the sum of a and b.",
+        "junk": "Write a Python function junk() that returns None.",
+        "sq": "Write a Python function sq(x) that returns x squared.",
+        "mul": "Write a Python function mul(a, b) that returns the product.",
+    }
+    ask = {k: render(template, task=p) for k, p in prompts.items()}
+    engine = ScriptedEngine(
+        {
+            ask["add"]: [
+                "<think>t</think>\nassert add(1, 2) == 3\nassert add(2, 2) == 5\nassert len('ab') == 2",
+                "<think>t</think>\n```python\nassert add(-1, 1) == 0\nassert add(1, 2) == 3\n```",
+            ],
+            prompts["add"]: [fence.format(add_ok), fence.format("def add(a, b):\n    return b + a"),
+                             fence.format(add_ok), fence.format("def add(a, b):\n    return a - b")],
+            ask["junk"]: ["<think>t</think>\nI cannot write tests.", "<think>unfinished"],
+            ask["sq"]: ["<think>t</think>\nassert sq(1) == 1\nassert sq(2) == 4"] * 2,
+            prompts["sq"]: [fence.format(f"def sq(x):\n    return {body}")
+                            for body in ("x", "x * x", "1", "0")],
+            ask["mul"]: ["<think>t</think>\nassert mul(2, 3) == 6\nassert mul(2, 2) == 5\n"
+                         "assert mul(0, 7) == 0"] * 2,
+        }
+    )
+    tasks = records.frame(
+        [_code(prompts["add"], None, None), _code(prompts["junk"], None, None),
+         _code(prompts["sq"], None, None), _code(prompts["mul"], "def mul(a, b):\n    return a * b", None)],
+        records.TASKS,
+    )
+    cfg = config.ConsensusConfig(samples=4, test_samples=2, min_tests=2)
+    kept, dropped = cs.consensus_references(engine, tasks, cfg)  # the registry's code verifier
+    by_prompt = {r["prompt"]: r for r in kept.iter_rows(named=True)}
+    assert set(by_prompt) == {prompts["add"], prompts["mul"]}
+    add = by_prompt[prompts["add"]]
+    # add(2, 2) == 5 is wrong and len('ab') == 2 passes an empty program: neither is kept.
+    assert add["tests"] == ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+    assert add["reference"] == add_ok  # the most common program of the agreeing group
+    meta = json.loads(add["meta"])
+    assert meta["reference_source"] == "codet" and meta["agreeing_programs"] == 3
+    assert meta["tests_generated"] == 4
+    mul = by_prompt[prompts["mul"]]
+    assert mul["tests"] == ["assert mul(2, 3) == 6", "assert mul(0, 7) == 0"]
+    assert mul["reference"] == "def mul(a, b):\n    return a * b"
+    assert prompts["mul"] not in [p for prompts_, _ in engine.calls for p in prompts_]  # not sampled
+    reasons = dict(zip(dropped["prompt"], dropped["drop_reason"], strict=True))
+    # sq: {x, 1} pass sq(1) only (2 programs x 1 test), x * x passes both (1 x 2): a tie.
+    assert reasons == {prompts["junk"]: "no_tests_generated", prompts["sq"]: "tied_solutions"}
+    # Kept tasks now verify: the reference passes the tests through the verifier itself.
+    v = cs.registry_verify_fn()([cs.as_candidate(r["reference"]) for r in by_prompt.values()],
+                                list(by_prompt.values()))
+    assert [x.passed for x in v] == [True, True]
+
+
+def test_generated_tests_need_enough_agreement():
+    template = load_template("code_tests")
+    p = "Write a Python function inc(x) that returns x plus one."
+    fence = "<think>t</think>\n```python\n{}\n```"
+    engine = ScriptedEngine(
+        {
+            render(template, task=p): ["assert inc(1) == 2\nassert inc(5) == 6"],
+            p: [fence.format("def inc(x):\n    return x + 1")]
+            + [fence.format(f"def inc(x):\n    return x + {k}") for k in (2, 3, 4)],
+        }
+    )
+    tasks = records.frame([_code(p, None, None)], records.TASKS)
+    lo = config.ConsensusConfig(samples=4, test_samples=1, min_agreement=0.0, min_tests=2)
+    hi = config.ConsensusConfig(samples=4, test_samples=1, min_agreement=0.5, min_tests=2)
+    # One program of four agrees with the tests: never enough (a group needs two samples).
+    for cfg in (lo, hi):
+        kept, dropped = cs.consensus_references(engine, tasks, cfg, FakeVerifiers())
+        assert kept.height == 0 and dropped["drop_reason"].to_list() == ["low_agreement"]

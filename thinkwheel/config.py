@@ -119,6 +119,13 @@ class EvolInstructConfig(_Section):
 class ConsensusConfig(_Section):
     samples: int = 8
     min_agreement: float = Field(0.5, ge=0, le=1)
+    # Code tasks without tests (generators/codet.py): completions asking the engine for tests
+    # (0 drops such tasks), distinct tests kept per task, and the fewest the agreed solutions
+    # must pass; the prompt template file to use instead of the bundled one.
+    test_samples: int = Field(4, ge=0)
+    max_tests: int = Field(10, ge=1)
+    min_tests: int = Field(2, ge=1)
+    tests_template: str | None = None
 
 
 class GenerateConfig(_Section):

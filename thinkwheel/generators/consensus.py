@@ -7,8 +7,8 @@ Wang et al. 2022), answers grouped by the math verifier's equivalence (so `1/2`,
 
 Code: tests are checked against a reference solution through the code verifier; a task whose
 tests fail its own reference is dropped with the verifier's reason. A code task with tests
-but no reference gets the first sampled solution that passes them; one without tests cannot
-be verified and is dropped.
+but no reference gets the first sampled solution that passes them; one without tests gets
+tests written by the engine and chosen by dual execution agreement (`codet.py`).
 
 `task_id` is left unchanged when the reference is filled in, so lineage (`parent_id`) built
 by the generators stays valid; the meta column records `reference_source: consensus`.
@@ -145,7 +145,7 @@ def majority_answers(
     return out
 
 
-def _requests(prompts: Sequence[str], system_prompt: str | None) -> list[list[dict[str, str]]]:
+def chat_requests(prompts: Sequence[str], system_prompt: str | None) -> list[list[dict[str, str]]]:
     sys = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [[*sys, {"role": "user", "content": p}] for p in prompts]
 
@@ -199,7 +199,9 @@ def consensus_references(
         kept.update(_math_references(engine, rows, math_idx, params, verify_fn, system_prompt,
                                      cfg, drop))
     if code_idx:
-        kept.update(_code_references(engine, rows, code_idx, params, verify_fn, system_prompt, drop))
+        kept.update(
+            _code_references(engine, rows, code_idx, params, verify_fn, system_prompt, cfg, drop)
+        )
 
     out = [kept[i] for i in sorted(kept)]
     return records.frame(out, records.TASKS), records.frame(
@@ -219,7 +221,7 @@ def _math_references(
 ) -> dict[int, dict[str, Any]]:
     """Majority answer per task, kept above the agreement threshold and without a tie."""
     kept: dict[int, dict[str, Any]] = {}
-    outs = engine.generate(_requests([rows[i]["prompt"] for i in math_idx], system_prompt), params)
+    outs = engine.generate(chat_requests([rows[i]["prompt"] for i in math_idx], system_prompt), params)
     texts = [[c.text for c in o] for o in outs]
     ranked = majority_answers([rows[i] for i in math_idx], texts, verify_fn)
     for i, groups in zip(math_idx, ranked, strict=True):
@@ -252,16 +254,22 @@ def _code_references(
     params: SamplingParams,
     verify_fn: VerifyFn,
     system_prompt: str | None,
+    cfg: config.ConsensusConfig,
     drop: Callable[..., None],
 ) -> dict[int, dict[str, Any]]:
-    """Validate tests against the reference; sample one where it is missing."""
+    """Validate tests against the reference; sample one where it is missing. Tasks without
+    tests get generated ones (`codet`), or are dropped when `test_samples` is 0."""
+    from thinkwheel.generators.codet import generated_tests
+
     kept: dict[int, dict[str, Any]] = {}
-    todo = []
-    for i in idx:
-        if rows[i]["tests"]:
-            todo.append(i)
-        else:
-            drop(i, "no_tests", "a code task needs tests to be verifiable")
+    todo = [i for i in idx if rows[i]["tests"]]
+    no_tests = [i for i in idx if not rows[i]["tests"]]
+    if no_tests and cfg.test_samples:
+        kept.update(generated_tests(engine, rows, no_tests, params, verify_fn, system_prompt, cfg,
+                                    drop, _with_meta))
+    else:
+        for i in no_tests:
+            drop(i, "no_tests", "a code task needs tests to be verifiable (test_samples: 0)")
     with_ref = [i for i in todo if rows[i]["reference"]]
     without = [i for i in todo if not rows[i]["reference"]]
     verdicts = (
@@ -277,7 +285,7 @@ def _code_references(
         else:
             drop(i, "tests_unverifiable", f"{v.reason}: {v.detail}"[:300])
     if without:
-        outs = engine.generate(_requests([rows[i]["prompt"] for i in without], system_prompt), params)
+        outs = engine.generate(chat_requests([rows[i]["prompt"] for i in without], system_prompt), params)
         cand_codes = [[extract_code(c.text) for c in o] for o in outs]
         flat = [(k, c.strip("\n").rstrip()) for k, codes in enumerate(cand_codes) for c in codes if c]
         verdicts = verify_fn([as_candidate(c) for _, c in flat], [rows[without[k]] for k, _ in flat])
