@@ -227,6 +227,46 @@ def test_both_generators_with_bundled_model():
         assert row["prompt"] not in seed_prompts
 
 
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no model at {MODEL}")
+def test_flow_generation_step_references_tasks_with_the_runs_sampling_settings():
+    """The flow's LLM step on the bundled model for real: every generated task comes out either
+    verifiable (a reference, or tests for code) or with a drop reason, and consensus samples
+    with the run's sampling settings, not the library's short default."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from thinkwheel.engines.hf import HFEngine
+    from thinkwheel.flows.steps import _llm_tasks
+
+    class Recording(HFEngine):
+        calls: list[SamplingParams] = []
+
+        def generate(self, requests, params):
+            self.calls.append(params)
+            return super().generate(requests, params)
+
+    cfg = config.parse_config(
+        {
+            "generate": {
+                "self_instruct": {"enabled": True, "num_tasks": 6, "attempts_per_task": 2},
+                "consensus": {"samples": 4, "test_samples": 2},
+                "max_tokens": 64,
+            },
+            "sampling": {"max_tokens": 90},
+        }
+    )
+    engine = Recording(MODEL, batch_size=16)
+    tables = _llm_tasks(engine, seeds_mod.default_seeds(n=18, seed=11), cfg, 0)
+    rows = pl.concat(tables, how="diagonal_relaxed")
+    assert rows.height >= 6
+    kept = rows.filter(pl.col("drop_reason").is_null())
+    assert kept.height >= 1, rows["drop_reason"].value_counts()
+    for r in kept.iter_rows(named=True):
+        assert r["reference"] if r["verifier"] == "math" else r["tests"]
+    assert {p.max_tokens for p in engine.calls if p.n == 4} == {90}  # consensus samples
+    assert {p.max_tokens for p in engine.calls if p.n == 1} == {64}  # task generation
+
+
 def test_read_seeds_jsonl(tmp_path):
     f = tmp_path / "seeds.jsonl"
     f.write_text('{"prompt": "What is 4 * 11?", "reference": "44"}\n\n{"prompt": "Solve for x: x + 1 = 3"}\n')

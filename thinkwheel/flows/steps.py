@@ -62,7 +62,8 @@ def make_tasks(
     llm = g.self_instruct.enabled or g.evol_instruct.enabled
     held = heldout(cfg)
     in_hash = _hash(k, ids_hash(held["prompt"]), model_hash(model_dir) if llm else "")
-    cfg_hash = cfg.section_hash("generate", "filters")
+    # consensus references sample with the sampling settings
+    cfg_hash = cfg.section_hash("generate", "filters", *(("sampling",) if llm else ()))
     if store.stage_done(k, "tasks", in_hash, cfg_hash):
         return store.read_table(k, "tasks")
     t0 = time.time()
@@ -119,23 +120,24 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
     Every generated row is kept in the table: the ones that failed a rule carry drop_reason."""
     from thinkwheel.generators.consensus import consensus_references
     from thinkwheel.generators.evol_instruct import evol_instruct
-    from thinkwheel.generators.self_instruct import self_instruct
+    from thinkwheel.generators.self_instruct import default_params, self_instruct
 
     g, seed = cfg.generate, cfg.generate.procedural.seed + k
+    params = default_params(seed, g)
     made, dropped = [], []
     if g.self_instruct.enabled:
-        kept, drop = self_instruct(engine, seeds, g.self_instruct, round=k, seed=seed)
+        kept, drop = self_instruct(engine, seeds, g.self_instruct, round=k, seed=seed, params=params)
         made.append(kept)
         dropped.append(drop)
     if g.evol_instruct.enabled:
-        kept, drop = evol_instruct(engine, seeds, g.evol_instruct, round=k, seed=seed)
+        kept, drop = evol_instruct(engine, seeds, g.evol_instruct, round=k, seed=seed, params=params)
         made.append(kept)
         dropped.append(drop)
     made = [m for m in made if m.height]
     if made:
         kept, drop = consensus_references(
             engine, pl.concat(made, how="diagonal_relaxed"), g.consensus,
-            system_prompt=cfg.export.system_prompt,
+            params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
         )
         made = [kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))]
         dropped.append(drop)
@@ -171,16 +173,22 @@ def candidate_rows(
     return rows
 
 
+def sampling_params(cfg: RunConfig, k: int) -> SamplingParams:
+    """Round k's sampling settings; consensus references use them too (with their own n), so a
+    long-reasoning model is not cut at the library's short default."""
+    s = cfg.sampling
+    return SamplingParams(
+        n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed + k
+    )
+
+
 def sample(
     store: RunStore, cfg: RunConfig, k: int, model_dir: str, engines: EngineFactory
 ) -> pl.DataFrame:
     """Rejection sampling, sharded: each finished shard is on disk before the next starts, so a
     crash loses at most the shard in flight and a re-run regenerates only missing shards."""
     tasks = _kept(store.read_table(k, "tasks"))
-    s = cfg.sampling
-    params = SamplingParams(
-        n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed + k
-    )
+    s, params = cfg.sampling, sampling_params(cfg, k)
     model = model_hash(model_dir)
     in_hash = _hash(ids_hash(tasks["task_id"]), model)
     # the system prompt is the only part of `export` that shapes a candidate: switching

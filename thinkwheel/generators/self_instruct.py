@@ -142,8 +142,9 @@ def _examples(prompts: Sequence[str]) -> str:
     return "\n".join(f"Task {i + 1}: {p}" for i, p in enumerate(prompts))
 
 
-def default_params(seed: int) -> SamplingParams:
-    g = config.GenerateConfig()
+def default_params(seed: int, g: config.GenerateConfig | None = None) -> SamplingParams:
+    """Task-writing settings: `generate.temperature` and `generate.max_tokens` (tasks are short)."""
+    g = g or config.GenerateConfig()
     return SamplingParams(n=1, temperature=g.temperature, max_tokens=g.max_tokens, seed=seed)
 
 
