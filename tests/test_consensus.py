@@ -319,3 +319,10 @@ def test_generated_tests_need_enough_agreement():
     for cfg in (lo, hi):
         kept, dropped = cs.consensus_references(engine, tasks, cfg, FakeVerifiers())
         assert kept.height == 0 and dropped["drop_reason"].to_list() == ["low_agreement"]
+
+
+def test_registry_verify_fn_builds_verifiers_from_the_runs_verify_settings():
+    task = {"verifier": "math", "reference": "0.5", "prompt": "half as a percent?"}
+    cand = "<think>t</think>\n50%"
+    assert cs.registry_verify_fn()([cand], [task])[0].passed is True  # default: 50% is 0.5
+    assert cs.registry_verify_fn(percent_policy="number")([cand], [task])[0].passed is False

@@ -118,11 +118,11 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
     """Self-Instruct / Evol-Instruct tasks through the engine; references by consensus.
 
     Every generated row is kept in the table: the ones that failed a rule carry drop_reason."""
-    from thinkwheel.generators.consensus import consensus_references
+    from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
     from thinkwheel.generators.evol_instruct import evol_instruct
     from thinkwheel.generators.self_instruct import default_params, self_instruct
 
-    g, seed = cfg.generate, cfg.generate.procedural.seed + k
+    g, v, seed = cfg.generate, cfg.verify, cfg.generate.procedural.seed + k
     params = default_params(seed, g)
     made, dropped = [], []
     if g.self_instruct.enabled:
@@ -137,6 +137,10 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
     if made:
         kept, drop = consensus_references(
             engine, pl.concat(made, how="diagonal_relaxed"), g.consensus,
+            registry_verify_fn(
+                workers=v.workers, math_timeout_s=v.math_timeout_s,
+                code_timeout_s=v.code_timeout_s, percent_policy=v.percent_policy,
+            ),
             params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
         )
         made = [kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))]

@@ -28,6 +28,7 @@ import polars as pl
 from thinkwheel import config, records
 from thinkwheel.engines.base import Engine, SamplingParams
 from thinkwheel.verifiers import Candidate, Task, Verdict, Verifier, get_verifier
+from thinkwheel.verifiers.batch import verifier_options
 from thinkwheel.verifiers.code import extract_code
 from thinkwheel.verifiers.math_extract import extract_answer
 
@@ -57,15 +58,17 @@ def verify_with(verifiers: Mapping[str, Verifier]) -> VerifyFn:
     return verify
 
 
-def registry_verify_fn(**opts: Any) -> VerifyFn:
+def registry_verify_fn(**settings: Any) -> VerifyFn:
     """A `VerifyFn` over the verifier registry (`get_verifier`): each name is built once, on
-    first use, with `opts` (workers, timeout_s, ...); an unknown name gives passed=None."""
+    first use, with the options the verify stage would give it from the `verify` settings
+    (workers, math_timeout_s, code_timeout_s, percent_policy); an unknown name gives
+    passed=None."""
     built: dict[str, Verifier | None] = {}
 
     def get(name: str) -> Verifier | None:
         if name not in built:
             try:
-                built[name] = get_verifier(name, **opts)
+                built[name] = get_verifier(name, **verifier_options(name, **settings))
             except KeyError:
                 built[name] = None
         return built[name]

@@ -15,8 +15,9 @@ from thinkwheel.verifiers.registry import get_verifier, load_plugins
 _DEFAULT_BY_DOMAIN = {"math": "math", "code": "code"}
 
 
-def _options(name: str, workers: int, math_timeout_s: float, code_timeout_s: float,
-             percent_policy: str) -> dict[str, Any]:
+def verifier_options(name: str, workers: int = 2, math_timeout_s: float = 5.0,
+                     code_timeout_s: float = 10.0, percent_policy: str = "fraction") -> dict[str, Any]:
+    """Constructor options for the verifier `name` from the run's `verify` settings."""
     if name == "math":
         return {"workers": workers, "timeout_s": math_timeout_s, "percent_policy": percent_policy}
     if name == "code":
@@ -60,7 +61,7 @@ def verify_frame(
     for name, idxs in groups.items():
         start = time.perf_counter()
         try:
-            verifier = get_verifier(name, **_options(name, workers, math_timeout_s,
+            verifier = get_verifier(name, **verifier_options(name, workers, math_timeout_s,
                                                      code_timeout_s, percent_policy))
             out = verifier.verify_batch([cand_rows[i] for i in idxs],
                                         [task_rows[cand_rows[i]["task_id"]] for i in idxs])
