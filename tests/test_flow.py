@@ -94,6 +94,41 @@ def test_continue_strategy_trains_on_this_rounds_curated_set(flow_run):
     assert store.stage_entry(1, "train")["count"] == sizes[1]
 
 
+def test_train_stage_runs_grpo_after_sft_and_keeps_both_curves(flow_run, tmp_path):
+    """GRPO on in the flow's train stage: SFT, then TRL's GRPOTrainer on the round's curated
+    GRPO prompts with the verifier rewards. GRPO republishes the model folder; SFT's curves
+    must survive it and both must reach the report."""
+    import shutil
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.curated.export import grpo_frame, task_pass_rates
+    from thinkwheel.curated.report import read_round_logs, read_train_log
+    from thinkwheel.flows import steps
+
+    out, _ = flow_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    store = RunStore(run)
+    curated = run / "round-0" / "curated"
+    if pl.read_parquet(curated / "sft.parquet").height == 0:
+        pytest.skip("round 0 kept no sample, so nothing to train on")
+    # The pass-rate band of a tiny run may hold no prompt: the same export, without the band.
+    rates = task_pass_rates(store.read_table(0, "verdicts"))
+    grpo_frame(store.read_table(0, "tasks").head(4), rates).write_parquet(curated / "grpo.parquet")
+    grpo = {"enabled": True, "max_steps": 2, "num_generations": 2, "batch_size": 2,
+            "max_completion_length": 32}
+    cfg = parse_config({**SMALL, "train": {"sft": {"max_steps": 2, "batch_size": 8}, "grpo": grpo}})
+
+    model = steps.train(store, cfg, 0, str(MODEL_DIR))
+
+    assert model == str(run / "round-0" / "model") and (Path(model) / "config.json").is_file()
+    sft_log = read_train_log(run / "round-0" / "logs" / "sft.jsonl")
+    grpo_log = read_train_log(run / "round-0" / "logs" / "grpo.jsonl")
+    assert any("loss" in r for r in sft_log) and not any("reward" in r for r in sft_log)
+    assert any("reward" in r for r in grpo_log)
+    keys = {key for r in read_round_logs(run / "round-0") for key in r}
+    assert {"loss", "grpo reward", "grpo loss"} <= keys
+
 def test_exported_sft_set_is_think_formatted_chat(flow_run):
     out, _ = flow_run
     sft = pl.read_parquet(out / "round-0" / "curated" / "sft.parquet")

@@ -158,3 +158,18 @@ def test_report_in_headless_chromium(run, page, tmp_path):
     dom3, _ = _chromium(f"{page.as_uri()}#q={quote('pwned')}", tmp_path, "--dump-dom")
     assert _count(dom3) >= 1
     assert "<b>bold</b>" not in dom3
+
+
+def test_round_logs_keep_sft_and_name_grpo_metrics(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "logs" / "sft.jsonl").write_text('{"step": 1, "loss": 2.5}\n')
+    (tmp_path / "logs" / "grpo.jsonl").write_text('{"step": 1, "loss": 0.1, "reward": 0.4}\n')
+    (tmp_path / "model" / "train_log.jsonl").write_text('{"step": 1, "loss": 0.1, "reward": 0.4}\n')
+    assert report.read_round_logs(tmp_path) == [
+        {"step": 1, "loss": 2.5}, {"step": 1, "grpo loss": 0.1, "grpo reward": 0.4}
+    ]
+    old = tmp_path / "old"  # a run from before logs/: the model folder's log
+    (old / "model").mkdir(parents=True)
+    (old / "model" / "train_log.jsonl").write_text('{"step": 3, "loss": 1.0}\n')
+    assert report.read_round_logs(old) == [{"step": 3, "loss": 1.0}]

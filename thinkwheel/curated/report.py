@@ -309,6 +309,18 @@ def read_train_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def read_round_logs(round_dir: str | Path) -> list[dict[str, Any]]:
+    """A round's training curves: `logs/sft.jsonl`, then `logs/grpo.jsonl` with its metrics
+    named `grpo <metric>` (both trainers log a `loss`); runs written before `logs/` kept only
+    the last trainer's `model/train_log.jsonl`."""
+    d = Path(round_dir)
+    sft, grpo = read_train_log(d / "logs" / "sft.jsonl"), read_train_log(d / "logs" / "grpo.jsonl")
+    if not sft and not grpo:
+        return read_train_log(d / "model" / "train_log.jsonl")
+    renamed = [{(k if k in LOG_SKIP else f"grpo {k}"): v for k, v in r.items()} for r in grpo]
+    return sft + renamed
+
+
 _SAMPLES_HTML = """<section id="samples"><h2>Samples</h2>
 <div class="controls">
 <input id="q" type="search" placeholder="search prompt, reasoning, answer, reason, id…" size="40">

@@ -120,16 +120,12 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
 
 
 def _write_report(store: RunStore) -> None:
-    from thinkwheel.curated.report import read_train_log, render_report, write_report
+    from thinkwheel.curated.report import read_round_logs, render_report, write_report
 
     rounds = {k: store.load_round(k) for k in store.rounds()}
     evals = {k: store.read_json(f"round-{k}/eval.json") for k in rounds}
     evals = {k: v for k, v in evals.items() if v}
-    logs = {
-        k: read_train_log(store.round_dir(k) / "model" / "train_log.jsonl")
-        for k in rounds
-        if (store.round_dir(k) / "model" / "train_log.jsonl").exists()
-    }
+    logs = {k: read_round_logs(store.round_dir(k)) for k in rounds}
     html = render_report(rounds, store.manifest(), evals, logs, title=f"thinkwheel: {store.root.name}")
     write_report(html, store.root / "report.html")
 

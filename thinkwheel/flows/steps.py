@@ -17,7 +17,7 @@ from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
-from thinkwheel.store import RunStore, ids_hash, model_hash
+from thinkwheel.store import RunStore, atomic_write_bytes, ids_hash, model_hash
 
 EngineFactory = Callable[[str], Engine]  # model dir -> engine
 
@@ -353,14 +353,25 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     rep.start(f"round {k}: SFT on {sft.height} samples", None)
     metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=_callbacks())
     rep.finish()
+    _keep_log(model_dir, store.round_dir(k) / "logs" / "sft.jsonl")
     if cfg.train.grpo.enabled:
         metrics["grpo"] = _grpo(store, cfg, k, str(model_dir))
+        _keep_log(model_dir, store.round_dir(k) / "logs" / "grpo.jsonl")
     store.mark_stage(
         k, "train", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
         seconds=time.time() - t0, outputs=[model_dir],
         loss=metrics.get("train_loss"), steps=metrics.get("global_step"),
     )
     return str(model_dir)
+
+
+def _keep_log(model_dir: Path, dest: Path) -> None:
+    """Copy a trainer's curves out of the model folder: GRPO republishes that folder, which
+    would otherwise take SFT's curves with it."""
+    src = model_dir / "train_log.jsonl"
+    if src.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, src.read_bytes())
 
 
 def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
