@@ -1,10 +1,14 @@
 """Config loading: defaults, overrides, and one-line errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from thinkwheel.config import ConfigError, RunConfig, load_config, parse_config
 from thinkwheel.starter import starter_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_load_without_a_file():
@@ -86,3 +90,17 @@ def test_accumulate_defaults_follow_the_strategy():
     assert parse_config({"train": {"strategy": "from_base"}}).train.accumulates()
     assert parse_config({"train": {"accumulate": True}}).train.accumulates()
     assert not parse_config({"train": {"strategy": "from_base", "accumulate": False}}).train.accumulates()
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        str(p.relative_to(ROOT))
+        for pattern in ("configs/*.yaml", "bench/*.yaml", "thinkwheel/configs/*.yaml")
+        for p in ROOT.glob(pattern)
+    ),
+)
+def test_every_shipped_config_loads(path):
+    """The README tells users to run these unchanged; a bad value must not wait for their GPU."""
+    cfg = load_config(ROOT / path)
+    assert cfg.rounds >= 1
