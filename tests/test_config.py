@@ -35,6 +35,9 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
         ("filters:\n  dedup:\n    threshold: 2\n", "'filters.dedup.threshold'"),
         ("rounds: [\n", "invalid YAML at line"),
         ("- 1\n- 2\n", "mapping"),
+        ("engine:\n  kind: openai\n", "set train.sft.enabled: false"),
+        ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, grpo: {enabled: true}}\n",
+         "train.grpo.enabled: false"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):
@@ -104,3 +107,8 @@ def test_every_shipped_config_loads(path):
     """The README tells users to run these unchanged; a bad value must not wait for their GPU."""
     cfg = load_config(ROOT / path)
     assert cfg.rounds >= 1
+
+
+def test_a_served_model_runs_without_training():
+    cfg = parse_config({"engine": {"kind": "openai"}, "train": {"sft": {"enabled": False}}})
+    assert cfg.engine.kind == "openai" and not cfg.train.grpo.enabled

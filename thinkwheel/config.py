@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -283,6 +283,19 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _served_model_is_not_retrained(self) -> RunConfig:
+        """Round k+1 samples from round k's trained model, which a remote server cannot load:
+        say so at load time, not after the first round's training."""
+        if self.engine.kind == "openai" and (self.train.sft.enabled or self.train.grpo.enabled):
+            raise ValueError(
+                "engine.kind 'openai' samples from a served model, which the flow cannot swap for "
+                "a round's trained model: set train.sft.enabled: false and train.grpo.enabled: "
+                "false (then `thinkwheel train sft <run>/round-0/curated`), or use engine.kind "
+                "vllm or hf"
+            )
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections: a stage re-runs only when its own config changed."""
         data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
@@ -298,6 +311,8 @@ def _one_line(err: ValidationError) -> str:
     where = _where(first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
+    if not first["loc"]:  # a rule across sections: the message says which keys
+        return str(first["msg"]).removeprefix("Value error, ")
     return f"bad value for '{where}': {first['msg']} (got {first.get('input')!r})"
 
 

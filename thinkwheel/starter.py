@@ -11,7 +11,8 @@ SECTION_NOTES = {
     "rounds": "Flywheel rounds: round k+1 samples from round k's model.",
     "engine": (
         "LLM backend. kind: hf (transformers, CPU ok) | vllm (GPU, `pip install thinkwheel[gpu]`)"
-        " | openai (any OpenAI-compatible server; the key comes from the env var api_key_env)."
+        " | openai (any OpenAI-compatible server; the key comes from the env var api_key_env;"
+        " a served model is not retrained in place, so set train.sft/grpo.enabled: false)."
         " model: 'bundled' = the small model shipped in the package, or a local path / model id."
     ),
     "generate": (
