@@ -98,6 +98,25 @@ def test_run_with_bad_config_is_one_line(tmp_path):
     assert "unknown config key 'sampling.temprature'" in r.output
 
 
+def test_run_with_a_gpu_setting_and_no_gpu_extras_fails_before_starting(tmp_path, monkeypatch):
+    import importlib.util
+
+    import thinkwheel.flows.flywheel as fw
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # this machine has no vllm either way; make it certain
+        importlib.util, "find_spec",
+        lambda name, *a: None if name in ("vllm", "unsloth") else real_find_spec(name, *a),
+    )
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    p = tmp_path / "gpu.yaml"
+    p.write_text("engine: {kind: vllm, model: some/model}\ntrain: {sft: {trainer: unsloth}}\n")
+    r = runner.invoke(app, ["run", "-c", str(p)])
+    assert r.exit_code == 2
+    out = " ".join(r.output.split())
+    assert "engine.kind: vllm needs vllm (pip install 'thinkwheel[gpu]'" in out
+    assert "train.sft.trainer: unsloth needs unsloth" in out
+
 def test_run_without_config_runs_the_packaged_cpu_recipe(tmp_path, monkeypatch):
     """`thinkwheel run` alone is the measured CPU recipe, not the library defaults (which a
     config file starts from): 2 samples over many math tasks, STaR from the base model."""

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, load_config
@@ -29,7 +30,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)  # msg is text, not markup
     raise typer.Exit(2)
 
 
@@ -41,6 +42,25 @@ def _config(path: Path | None, **overrides) -> RunConfig:
 
 
 # ------------------------------------------------------------------ run
+def missing_extras(cfg: RunConfig) -> list[str]:
+    """Libraries the config needs that are not installed, each with what needs it; checked
+    before Prefect starts, so a GPU-only setting fails in a second rather than after a round."""
+    import importlib.util
+
+    needs = []
+    if cfg.engine.kind == "vllm":
+        needs.append(("vllm", "engine.kind: vllm"))
+    if cfg.train.sft.enabled and cfg.train.sft.trainer == "unsloth":
+        needs.append(("unsloth", "train.sft.trainer: unsloth"))
+    if cfg.train.grpo.enabled and cfg.train.grpo.use_vllm:
+        needs.append(("vllm", "train.grpo.use_vllm: true"))
+    return [
+        f"{what} needs {lib} (pip install 'thinkwheel[gpu]' on a CUDA machine)"
+        for lib, what in needs
+        if importlib.util.find_spec(lib) is None
+    ]
+
+
 def _exit_cleanly_on_term() -> None:
     """SIGTERM and SIGHUP leave through Python's normal exit, so atexit stops Prefect's temporary
     server: it is a child process (uvicorn) and, under the default handlers, outlived us.
@@ -64,6 +84,8 @@ def run(
 
     Without --config it runs the packaged CPU recipe, thinkwheel/configs/default.yaml."""
     cfg = _config(config or DEFAULT_RUN, rounds=rounds)
+    if missing := missing_extras(cfg):
+        fail("; ".join(missing))
     out = out or Path("runs") / cfg.name
     t0 = time.time()
     console.print(
