@@ -158,3 +158,23 @@ def test_verify_a_file(tmp_path):
     assert r.exit_code == 0, r.output
     v = pl.read_parquet(tmp_path / "c.verdicts.parquet")
     assert v["passed"].to_list() == [True, False]
+
+
+def test_train_dpo_on_a_curated_folder(run_dir, tmp_path):
+    """`thinkwheel train dpo` end to end on the bundled model; a folder without pairs is a
+    one-line error."""
+    from thinkwheel.curated.export import dpo_frame
+
+    store = RunStore(run_dir)
+    t, c, v, f = (store.read_table(0, n) for n in ("tasks", "candidates", "verdicts", "filtered"))
+    dpo = dpo_frame(t, c, v, f, "sys")
+    assert dpo.height > 0
+    folder = tmp_path / "curated"
+    write_dataset(sft_frame(t, c, [], "sys"), t.head(0), folder, ("parquet",), dpo=dpo)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  dpo: {max_steps: 1, batch_size: 2}\n")
+    r = runner.invoke(app, ["train", "dpo", str(folder), "--out", str(tmp_path / "m"), "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m" / "model.safetensors").is_file() and "n_pairs" in r.output
+    r = runner.invoke(app, ["train", "dpo", str(run_dir / "round-0" / "curated")])
+    assert r.exit_code == 2 and "holds no dpo set" in r.output

@@ -312,3 +312,110 @@ def test_dataset_card_front_matter_is_hub_format(frames, tmp_path):
     other = card.dataset_card(sft, grpo, data_format="jsonl")
     assert DatasetCard(other).data.to_dict()["configs"][1]["data_files"][0]["path"] == "grpo.jsonl"
     assert "thinkwheel" in DatasetCard(other).data.to_dict()  # default config hash filled in
+
+
+def _outcomes(cands: pl.DataFrame, by_idx: dict[int, tuple[bool | None, str | None]]):
+    """verdicts and filtered tables: sample_idx -> (passed, drop_reason)."""
+    rows = [
+        (r["candidate_id"], *by_idx[r["sample_idx"]]) for r in cands.iter_rows(named=True)
+    ]
+    verdicts = pl.DataFrame(
+        {"candidate_id": [r[0] for r in rows], "passed": [r[1] for r in rows]},
+        schema={"candidate_id": pl.Utf8, "passed": pl.Boolean},
+    )
+    filtered = pl.DataFrame(
+        {"candidate_id": [r[0] for r in rows], "drop_reason": [r[2] for r in rows]},
+        schema={"candidate_id": pl.Utf8, "drop_reason": pl.Utf8},
+    )
+    return verdicts, filtered
+
+
+def test_dpo_pairs_a_kept_sample_with_a_failed_one_of_the_same_task(frames):
+    tasks, cands = frames
+    verdicts, filtered = _outcomes(
+        cands,
+        {
+            0: (True, None),  # addition: kept
+            1: (False, "not_verified"),  # addition: wrong answer -> rejected
+            2: (True, "false_arithmetic"),  # equation: right answer, false step -> rejected
+            3: (True, None),  # code: kept
+            4: (None, "not_verified"),  # code: unverifiable -> never rejected
+        },
+    )
+    dpo = export.dpo_frame(tasks, cands, verdicts, filtered, SYSTEM)
+    # The equation has no kept sample and the code task no failed one: only addition pairs.
+    assert dpo.height == 1
+    row = dpo.row(0, named=True)
+    assert row["task_id"] == tasks["task_id"][0] and row["rejected_reason"] == "wrong_answer"
+    assert row["prompt"] == [{"role": "system", "content": SYSTEM},
+                             {"role": "user", "content": "What is 345 + 78?"}]
+    # Both sides in the SFT shape, so a pair differs in content only.
+    assert row["chosen"] == [{"role": "assistant",
+                              "content": "<think>5+8=13, carry 1 ... 345 + 78 = 423.</think>\n423"}]
+    assert row["rejected"] == [{"role": "assistant",
+                                "content": "<think>345+78 is 423</think>\n\\boxed{423}"}]
+    sft = export.sft_frame(tasks, cands, [row["chosen_id"]], SYSTEM)
+    assert sft["messages"][0][2]["content"] == row["chosen"][0]["content"]
+
+    # A kept equation sample now pairs with the false-step one; two pairs per task at most.
+    verdicts2, filtered2 = _outcomes(
+        cands, {0: (True, None), 1: (False, "not_verified"), 2: (True, "false_arithmetic"),
+                3: (False, "not_verified"), 4: (False, "not_verified")},
+    )
+    assert export.dpo_frame(tasks, cands, verdicts2, filtered2, SYSTEM).height == 1  # no code kept
+    none = export.dpo_frame(tasks, cands, verdicts2, filtered2.with_columns(
+        drop_reason=pl.lit("not_verified")), SYSTEM)
+    assert none.height == 0 and "chosen" in none.columns  # an empty set keeps its schema
+
+
+def test_dpo_pairs_per_task_cycles_the_chosen(frames):
+    tasks, cands = frames
+    wrong = cands.filter(pl.col("sample_idx") == 1)  # two more failed addition samples
+    more = pl.concat([
+        cands,
+        wrong.with_columns(pl.lit("x7").alias("candidate_id"), pl.lit(7, pl.Int32).alias("sample_idx")),
+        wrong.with_columns(pl.lit("x8").alias("candidate_id"), pl.lit(8, pl.Int32).alias("sample_idx")),
+    ])  # fmt: skip
+    outcome = {0: (True, None), 1: (False, None), 2: (None, None), 3: (True, None),
+               4: (True, None), 7: (False, None), 8: (False, None)}
+    verdicts, filtered = _outcomes(more, outcome)
+    first_wrong = cands.filter(pl.col("sample_idx") == 1)["candidate_id"].item()
+    kept = cands.filter(pl.col("sample_idx") == 0)["candidate_id"].item()
+    two = export.dpo_frame(tasks, more, verdicts, filtered, SYSTEM, pairs_per_task=2)
+    assert two["rejected_id"].to_list() == [first_wrong, "x7"]  # in sample order
+    assert two["chosen_id"].to_list() == [kept, kept]  # the one kept sample, cycled
+    assert export.dpo_frame(tasks, more, verdicts, filtered, SYSTEM, pairs_per_task=5).height == 3
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' checkpointing renames
+def test_dpo_split_round_trips_and_trains_with_trl(frames, tmp_path):
+    """The exported dpo split as TRL's DPOTrainer reads it, for two real steps."""
+    from datasets import load_from_disk
+
+    from thinkwheel.assets import MODEL_DIR
+
+    tasks, cands = frames
+    verdicts, filtered = _outcomes(
+        cands, {0: (True, None), 1: (False, None), 2: (True, "false_arithmetic"),
+                3: (True, None), 4: (False, None)},
+    )
+    dpo = export.dpo_frame(tasks, cands, verdicts, filtered, SYSTEM)
+    assert dpo.height == 2
+    sft = export.sft_frame(tasks, cands, [c for c in dpo["chosen_id"]], SYSTEM)
+    info = export.write_dataset(sft, export.grpo_frame(tasks, {}, SYSTEM), tmp_path / "c", dpo=dpo)
+    assert info["counts"] == {"sft": 2, "grpo": 3, "dpo": 2}
+    assert export.read_dataset(tmp_path / "c")["dpo"].equals(dpo)
+    data = load_from_disk(str(tmp_path / "c" / "hf"))["dpo"]
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), use_cpu=True, bf16=False, max_steps=2,
+                     per_device_train_batch_size=2, report_to=[], save_strategy="no",
+                     logging_steps=1)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    assert any("rewards/accuracies" in h for h in trainer.state.log_history)

@@ -94,14 +94,14 @@ def test_continue_strategy_trains_on_this_rounds_curated_set(flow_run):
     assert store.stage_entry(1, "train")["count"] == sizes[1]
 
 
-def test_train_stage_runs_grpo_after_sft_and_keeps_both_curves(flow_run, tmp_path):
-    """GRPO on in the flow's train stage: SFT, then TRL's GRPOTrainer on the round's curated
-    GRPO prompts with the verifier rewards. GRPO republishes the model folder; SFT's curves
-    must survive it and both must reach the report."""
+def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path):
+    """DPO and GRPO on in the flow's train stage: SFT, then TRL's DPOTrainer on the round's dpo
+    split, then GRPOTrainer on its GRPO prompts with the verifier rewards. Each stage
+    republishes the model folder; every trainer's curves must survive and reach the report."""
     import shutil
 
     from thinkwheel.assets import MODEL_DIR
-    from thinkwheel.curated.export import grpo_frame, task_pass_rates
+    from thinkwheel.curated.export import dpo_frame, grpo_frame, task_pass_rates
     from thinkwheel.curated.report import read_round_logs, read_train_log
     from thinkwheel.flows import steps
 
@@ -112,22 +112,40 @@ def test_train_stage_runs_grpo_after_sft_and_keeps_both_curves(flow_run, tmp_pat
     curated = run / "round-0" / "curated"
     if pl.read_parquet(curated / "sft.parquet").height == 0:
         pytest.skip("round 0 kept no sample, so nothing to train on")
-    # The pass-rate band of a tiny run may hold no prompt: the same export, without the band.
-    rates = task_pass_rates(store.read_table(0, "verdicts"))
-    grpo_frame(store.read_table(0, "tasks").head(4), rates).write_parquet(curated / "grpo.parquet")
+    # A tiny run may have no prompt in the pass-rate band and no task with both a kept and a
+    # failed sample: the same exports, without the band, with every verdict of one task flipped.
+    tasks, verdicts = store.read_table(0, "tasks"), store.read_table(0, "verdicts")
+    grpo_frame(tasks.head(4), task_pass_rates(verdicts)).write_parquet(curated / "grpo.parquet")
+    kept = pl.read_parquet(curated / "sft.parquet")["candidate_id"][0]
+    cands = store.read_table(0, "candidates")
+    task = cands.filter(pl.col("candidate_id") == kept)["task_id"].item()
+    failed = pl.concat([cands.filter(pl.col("task_id") == task).with_columns(
+        candidate_id=pl.col("candidate_id") + "-f", sample_idx=pl.col("sample_idx") + 100)])
+    dpo = dpo_frame(
+        tasks, pl.concat([cands, failed]),
+        pl.concat([verdicts, failed.select("candidate_id").with_columns(passed=pl.lit(False))],
+                  how="diagonal_relaxed"),
+        store.read_table(0, "filtered"), "sys",
+    )
+    assert dpo.height >= 1
+    dpo.write_parquet(curated / "dpo.parquet")
     grpo = {"enabled": True, "max_steps": 2, "num_generations": 2, "batch_size": 2,
             "max_completion_length": 32}
-    cfg = parse_config({**SMALL, "train": {"sft": {"max_steps": 2, "batch_size": 8}, "grpo": grpo}})
+    cfg = parse_config({**SMALL, "train": {
+        "sft": {"max_steps": 2, "batch_size": 8}, "grpo": grpo,
+        "dpo": {"enabled": True, "max_steps": 2, "batch_size": 1, "nll_weight": 1.0},
+    }})  # fmt: skip
 
     model = steps.train(store, cfg, 0, str(MODEL_DIR))
 
     assert model == str(run / "round-0" / "model") and (Path(model) / "config.json").is_file()
-    sft_log = read_train_log(run / "round-0" / "logs" / "sft.jsonl")
-    grpo_log = read_train_log(run / "round-0" / "logs" / "grpo.jsonl")
-    assert any("loss" in r for r in sft_log) and not any("reward" in r for r in sft_log)
-    assert any("reward" in r for r in grpo_log)
+    logs = {s: read_train_log(run / "round-0" / "logs" / f"{s}.jsonl") for s in ("sft", "dpo", "grpo")}
+    assert any("loss" in r for r in logs["sft"]) and not any("reward" in r for r in logs["sft"])
+    assert any("rewards/margins" in r for r in logs["dpo"])
+    assert any("reward" in r for r in logs["grpo"])
     keys = {key for r in read_round_logs(run / "round-0") for key in r}
-    assert {"loss", "grpo reward", "grpo loss"} <= keys
+    assert {"loss", "dpo rewards/margins", "grpo reward", "grpo loss"} <= keys
+
 
 def test_exported_sft_set_is_think_formatted_chat(flow_run):
     out, _ = flow_run
@@ -144,6 +162,20 @@ def test_exported_sft_set_is_think_formatted_chat(flow_run):
     ds = load_from_disk(str(out / "round-0" / "curated" / "hf"))
     assert ds["sft"].num_rows == sft.height
 
+
+def test_exported_dpo_pairs_kept_against_failed_samples_of_one_task(flow_run):
+    out, _ = flow_run
+    store = RunStore(out)
+    for k in (0, 1):
+        dpo = pl.read_parquet(out / f"round-{k}" / "curated" / "dpo.parquet")
+        sft = pl.read_parquet(out / f"round-{k}" / "curated" / "sft.parquet")
+        passed = dict(store.read_table(k, "verdicts").select("candidate_id", "passed").iter_rows())
+        drop = dict(store.read_table(k, "filtered").select("candidate_id", "drop_reason").iter_rows())
+        assert set(dpo["chosen_id"]) <= set(sft["candidate_id"])
+        for r in dpo.iter_rows(named=True):
+            assert passed[r["rejected_id"]] is False or drop[r["rejected_id"]] == "false_arithmetic"
+        assert store.stage_entry(k, "export")["dpo"] == dpo.height
+        assert "**dpo**" in (out / f"round-{k}" / "curated" / "README.md").read_text()
 
 def test_rerun_skips_finished_stages(flow_run):
     from prefect.testing.utilities import prefect_test_harness

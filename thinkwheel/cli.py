@@ -228,15 +228,17 @@ def export(
     parts = [read_dataset(store.round_dir(k) / "curated") for k in pick]
     sft = pl.concat([p["sft"] for p in parts], how="diagonal_relaxed")
     grpo = pl.concat([p["grpo"] for p in parts], how="diagonal_relaxed")
+    dpo_parts = [p["dpo"] for p in parts if "dpo" in p]  # runs from before the dpo split have none
+    dpo = pl.concat(dpo_parts, how="diagonal_relaxed") if dpo_parts else None
     card_path = store.round_dir(pick[-1]) / "curated" / "README.md"
     card = card_path.read_text() if card_path.exists() else None
-    info = write_dataset(sft, grpo, out, formats=(format,), card=card)
+    info = write_dataset(sft, grpo, out, formats=(format,), card=card, dpo=dpo)
     console.print(f"wrote {info['counts']} to {out}")
     if push_to_hub:
         from datasets import load_from_disk
 
         if format != "hf":
-            write_dataset(sft, grpo, out, formats=(format, "hf"), card=card)
+            write_dataset(sft, grpo, out, formats=(format, "hf"), card=card, dpo=dpo)
         load_from_disk(str(out / "hf")).push_to_hub(push_to_hub)
         console.print(f"pushed to {push_to_hub}")
 
@@ -274,48 +276,67 @@ def verifiers() -> None:
 
 
 # ------------------------------------------------------------------ train
-@train_app.command("sft")
-def train_sft_cmd(
-    data: Annotated[Path, typer.Argument(help="Curated folder or sft.parquet")],
-    model: Annotated[str, typer.Option(help="Model path ('bundled' for the shipped model)")] = "bundled",
-    out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-sft"),
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
-) -> None:
-    """Cold-start SFT on a curated <think> set (TRL on CPU, Unsloth on a GPU when installed)."""
+ModelOpt = Annotated[str, typer.Option(help="Model path ('bundled' for the shipped model)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
+
+
+def _train_inputs(data: Path, split: str, model: str, config: Path | None):
+    """(run config, the `split` table of a curated set, the resolved model path)."""
     from thinkwheel.curated.export import read_dataset
     from thinkwheel.engines.factory import resolve_model
-    from thinkwheel.train.sft import train_sft
 
     cfg = _config(config)
     frames = read_dataset(data)
-    if "sft" not in frames:
-        fail(f"{data} holds no SFT set")
-    path = resolve_model(cfg.engine.model_copy(update={"model": model}))
-    metrics = train_sft(path, frames["sft"], str(out), cfg.train.sft)
+    if split not in frames:
+        fail(f"{data} holds no {split} set")
+    return cfg, frames[split], resolve_model(cfg.engine.model_copy(update={"model": model}))
+
+
+def _show(metrics: dict) -> None:
     console.print({k: v for k, v in metrics.items() if k != "log_history"})
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    data: Annotated[Path, typer.Argument(help="Curated folder or sft.parquet")],
+    model: ModelOpt = "bundled",
+    out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-sft"),
+    config: ConfigOpt = None,
+) -> None:
+    """Cold-start SFT on a curated <think> set (TRL on CPU, Unsloth on a GPU when installed)."""
+    from thinkwheel.train.sft import train_sft
+
+    cfg, sft, path = _train_inputs(data, "sft", model, config)
+    _show(train_sft(path, sft, str(out), cfg.train.sft))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    data: Annotated[Path, typer.Argument(help="Curated folder or dpo.parquet")],
+    model: ModelOpt = "bundled",
+    out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-dpo"),
+    config: ConfigOpt = None,
+) -> None:
+    """DPO on the curated preference pairs (a kept vs a failed sample of one task), TRL."""
+    from thinkwheel.train.dpo import train_dpo
+
+    cfg, dpo, path = _train_inputs(data, "dpo", model, config)
+    _show(train_dpo(path, dpo, str(out), cfg.train.dpo))
 
 
 @train_app.command("grpo")
 def train_grpo_cmd(
     data: Annotated[Path, typer.Argument(help="Curated folder or grpo.parquet")],
-    model: Annotated[str, typer.Option(help="Model path ('bundled' for the shipped model)")] = "bundled",
+    model: ModelOpt = "bundled",
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-grpo"),
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """GRPO with the verifiers as rewards (plus the format reward)."""
-    from thinkwheel.curated.export import read_dataset
-    from thinkwheel.engines.factory import resolve_model
     from thinkwheel.train.grpo import train_grpo
     from thinkwheel.train.rewards import grpo_rewards
 
-    cfg = _config(config)
-    frames = read_dataset(data)
-    if "grpo" not in frames:
-        fail(f"{data} holds no GRPO set")
-    g = cfg.train.grpo
-    path = resolve_model(cfg.engine.model_copy(update={"model": model}))
-    metrics = train_grpo(path, frames["grpo"], str(out), g, *grpo_rewards(g))
-    console.print({k: v for k, v in metrics.items() if k != "log_history"})
+    cfg, grpo, path = _train_inputs(data, "grpo", model, config)
+    _show(train_grpo(path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo)))
 
 
 # ------------------------------------------------------------------ init / pretrain

@@ -212,9 +212,17 @@ class ExportConfig(_Section):
     system_prompt: str = "You are a careful assistant. Think inside <think></think>, then answer."
     formats: list[Literal["parquet", "hf", "jsonl"]] = Field(default_factory=lambda: ["parquet", "hf"])
     verified_only: bool = True
+    # DPO pairs per task (a kept sample vs a failed one of the same task); 0 = no dpo split
+    dpo_pairs_per_task: int = Field(1, ge=0)
 
 
-class SFTConfig(_Section):
+class _LoRA(_Section):
+    lora: bool = False  # PEFT LoRA adapters, merged into the saved model
+    lora_r: int = 16
+    lora_alpha: int = 32
+
+
+class SFTConfig(_LoRA):
     enabled: bool = True
     trainer: Literal["auto", "trl", "unsloth"] = "auto"
     max_steps: int = Field(300, ge=1)
@@ -223,9 +231,6 @@ class SFTConfig(_Section):
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = 384
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
     assistant_only_loss: bool = True
     seed: int = 0
     load_in_4bit: bool = True  # unsloth + lora only: QLoRA-style 4-bit base weights
@@ -248,8 +253,23 @@ class GRPOTrainConfig(_Section):
     seed: int = 0
 
 
+class DPOTrainConfig(_LoRA):
+    """DPO on the exported dpo split (kept vs failed samples of one task), after SFT."""
+
+    enabled: bool = False
+    max_steps: int = Field(100, ge=1)
+    learning_rate: float = 1e-6  # TRL's default
+    beta: float = 0.1
+    # > 0 adds an NLL term on the chosen answer (Iterative RPO, Pang et al. 2024)
+    nll_weight: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = 384
+    seed: int = 0
+
+
 class TrainConfig(_Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
     grpo: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig)
     # where round k's training starts: the previous round's model, or the base model (STaR)
     strategy: Literal["continue", "from_base"] = "continue"

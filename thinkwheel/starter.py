@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 from thinkwheel.config import RunConfig
@@ -31,14 +33,25 @@ SECTION_NOTES = {
         "Near-dup removal (MinHash), benchmark decontamination, quality rules"
         " (check_arithmetic drops traces that state false arithmetic, e.g. `7+6=15`)."
     ),
-    "export": "Curated <think> chat SFT set and GRPO prompt set: parquet, hf (datasets), jsonl.",
-    "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then GRPO when enabled.",
+    "export": (
+        "Curated <think> chat SFT set, GRPO prompt set and DPO pairs (kept vs failed samples of"
+        " one task): parquet, hf (datasets), jsonl."
+    ),
+    "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then DPO and GRPO when enabled.",
     "eval": "The held-out procedural split (its seed is never used for training data).",
 }
 
 
+def _enabled_first(value: Any) -> Any:
+    """Sections that can be switched off say so on their first line."""
+    if not isinstance(value, dict):
+        return value
+    ordered = {k: _enabled_first(v) for k, v in value.items()}
+    return {"enabled": ordered.pop("enabled")} | ordered if "enabled" in ordered else ordered
+
+
 def starter_yaml() -> str:
-    data = RunConfig().model_dump(mode="json")
+    data = _enabled_first(RunConfig().model_dump(mode="json"))
     lines = ["# thinkwheel run config. Every key is optional; unknown keys are errors.", ""]
     for key, value in data.items():
         note = SECTION_NOTES.get(key)

@@ -83,6 +83,7 @@ def dataset_card(
     filtered: pl.DataFrame | None = None,
     data_format: str = "parquet",
     license: str = "apache-2.0",  # noqa: A002 (the Hub's key name)
+    dpo: pl.DataFrame | None = None,
 ) -> str:
     """README.md text for an export: HF front matter + a human-readable description."""
     config = config or RunConfig()
@@ -97,7 +98,8 @@ def dataset_card(
         "round": round,
         "generator_model": generator_model,
         "config_hash": config_hash,
-        "counts": {"sft": sft.height, "grpo": grpo.height},
+        "counts": {"sft": sft.height, "grpo": grpo.height}
+        | ({"dpo": dpo.height} if dpo is not None else {}),
         "sources": _counts(sft, "source"),
         "domains": _counts(sft, "domain") or _counts(grpo, "domain"),
         "families": _counts(sft, "family") or _counts(grpo, "family"),
@@ -115,7 +117,8 @@ def dataset_card(
         "tags": ["synthetic", "reasoning", "think", "rejection-sampling", "thinkwheel"],
         "configs": [
             {"config_name": split, "data_files": [{"split": "train", "path": f"{split}.{ext}"}]}
-            for split, ext in (("sft", _ext(data_format)), ("grpo", _ext(data_format)))
+            for split in ("sft", "grpo", *(("dpo",) if dpo is not None else ()))
+            for ext in (_ext(data_format),)
         ],
         "thinkwheel": meta,
     }
@@ -133,6 +136,16 @@ def _md_table(rows: Mapping[str, Any], key: str, value: str) -> str:
     lines = [f"| {key} | {value} |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows.items()]
     return "\n".join(lines) + "\n"
+
+
+def _dpo_line(m: Mapping[str, Any]) -> str:
+    if "dpo" not in m["counts"]:
+        return ""
+    return (
+        f"\n- **dpo** ({m['counts']['dpo']} rows): conversational `prompt`, `chosen` and `rejected`"
+        "\n  from the same task: chosen is a kept sample, rejected one the verifier failed or whose"
+        "\n  reasoning states false arithmetic (`rejected_reason`)."
+    )
 
 
 def _body(name: str, m: Mapping[str, Any], data_format: str) -> str:
@@ -154,7 +167,7 @@ and the survivors of near-dedup, decontamination and quality filters were kept.
   turn is exactly `<think>` + reasoning + `</think>` + newline + answer. Lineage columns:
   task_id, candidate_id, round, domain, family, source, verifier, model.
 - **grpo** ({m["counts"]["grpo"]} rows): conversational `prompt` = [system, user], plus
-  `reference`, `tests` and `verifier` for the reward, and the task's `pass_rate`.
+  `reference`, `tests` and `verifier` for the reward, and the task's `pass_rate`.{_dpo_line(m)}
 
 ```python
 from datasets import load_dataset

@@ -1,4 +1,5 @@
-"""Turn a round's kept candidates into a `<think>` chat SFT set and a GRPO prompt set.
+"""Turn a round's kept candidates into a `<think>` chat SFT set, a GRPO prompt set and a DPO
+preference set.
 
 The assistant turn of every SFT row is exactly
 
@@ -11,8 +12,8 @@ and the next round's sampler read unchanged. A candidate without reasoning (no `
 gets an empty think block rather than being dropped here: dropping is the filters' job,
 and they record a `drop_reason`.
 
-`sft_frame`, `grpo_frame` and `task_pass_rates` are pure; `write_dataset` and `read_dataset`
-are the I/O edge (parquet, JSONL and a `datasets` `save_to_disk` folder).
+`sft_frame`, `grpo_frame`, `dpo_frame` and `task_pass_rates` are pure; `write_dataset` and
+`read_dataset` are the I/O edge (parquet, JSONL and a `datasets` `save_to_disk` folder).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ GRPO_COLUMNS = [
     "pass_rate",
 ]
 FORMATS = ("parquet", "hf", "jsonl")
+SPLITS = ("sft", "grpo", "dpo")
+# What makes a sample "rejected" for DPO: a wrong verified answer, or a right one reached
+# through a stated false step. Unverifiable samples (passed None) are never rejected.
+REJECTED = ("wrong_answer", "false_arithmetic")
 
 
 def assistant_content(reasoning: str | None, answer: str | None) -> str:
@@ -119,6 +124,71 @@ def sft_frame(
     )
 
 
+def dpo_frame(
+    tasks: pl.DataFrame,
+    candidates: pl.DataFrame,
+    verdicts: pl.DataFrame,
+    filtered: pl.DataFrame,
+    system_prompt: str,
+    pairs_per_task: int = 1,
+) -> pl.DataFrame:
+    """TRL-ready preference pairs from one round: conversational `prompt` [system, user],
+    `chosen` and `rejected` [assistant], from the same task.
+
+    Chosen are the kept samples (the SFT set); rejected are samples whose answer the verifier
+    failed or whose reasoning states false arithmetic (`REJECTED`). Both sides go through
+    `assistant_content`, so a pair differs in what was said, never in whitespace around the
+    tags. Pair i of a task is (chosen[i mod #chosen], rejected[i]) in sample order, up to
+    `pairs_per_task`; tasks that lack either side give none.
+    """
+    cands = conform(candidates, CANDIDATES).unique("candidate_id", keep="first")
+    verdict = verdicts.select("candidate_id", "passed").unique("candidate_id", keep="first")
+    drops = filtered.select("candidate_id", "drop_reason").unique("candidate_id", keep="first")
+    d = (
+        cands.join(verdict, on="candidate_id", how="left")
+        .join(drops, on="candidate_id", how="left")
+        .with_columns(
+            side=pl.when(pl.col("passed").fill_null(False) & pl.col("drop_reason").is_null())
+            .then(pl.lit("chosen"))
+            .when(pl.col("passed").eq(False))
+            .then(pl.lit("wrong_answer"))
+            .when(pl.col("drop_reason") == "false_arithmetic")
+            .then(pl.lit("false_arithmetic")),
+            content=_assistant_expr(),
+        )
+        .filter(pl.col("side").is_not_null())
+        .sort("task_id", "sample_idx")
+    )
+    chosen = d.filter(pl.col("side") == "chosen").group_by("task_id", maintain_order=True).agg(
+        chosen_id=pl.col("candidate_id"), chosen=pl.col("content")
+    )
+    rejected = d.filter(pl.col("side") != "chosen").group_by("task_id", maintain_order=True).agg(
+        rejected_id=pl.col("candidate_id"), rejected=pl.col("content"), why=pl.col("side")
+    )
+    task_cols = ["task_id", "round", "domain", "family", "prompt"]
+    t = conform(tasks, TASKS).select(task_cols).unique("task_id", keep="first")
+    rows = []
+    for r in chosen.join(rejected, on="task_id").join(t, on="task_id").iter_rows(named=True):
+        for i in range(min(pairs_per_task, len(r["rejected"]))):
+            c = i % len(r["chosen"])
+            rows.append({
+                "prompt": [{"role": "system", "content": system_prompt},
+                           {"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"][c]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"][i]}],
+                "task_id": r["task_id"], "chosen_id": r["chosen_id"][c],
+                "rejected_id": r["rejected_id"][i], "rejected_reason": r["why"][i],
+                "round": r["round"], "domain": r["domain"], "family": r["family"],
+            })  # fmt: skip
+    message = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
+    schema = {
+        "prompt": message, "chosen": message, "rejected": message, "task_id": pl.Utf8,
+        "chosen_id": pl.Utf8, "rejected_id": pl.Utf8, "rejected_reason": pl.Utf8,
+        "round": pl.Int32, "domain": pl.Utf8, "family": pl.Utf8,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
 def _pass_rate_frame(pass_rates: pl.DataFrame | Mapping[str, float]) -> pl.DataFrame:
     if isinstance(pass_rates, pl.DataFrame):
         return pass_rates.select(
@@ -161,8 +231,10 @@ def write_dataset(
     out_dir: str | Path,
     formats: Sequence[str] = FORMATS,
     card: str | None = None,
+    dpo: pl.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Write sft/grpo as parquet, JSONL and/or a `datasets` folder, plus README.md (the card).
+    """Write sft/grpo (and dpo when given) as parquet, JSONL and/or a `datasets` folder, plus
+    README.md (the card).
 
     Everything is written into a temporary sibling directory that is renamed onto `out_dir`
     only when complete, so a reader sees the old export or the new one, never half of one.
@@ -176,7 +248,7 @@ def write_dataset(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        frames = {"sft": sft, "grpo": grpo}
+        frames = {"sft": sft, "grpo": grpo, **({"dpo": dpo} if dpo is not None else {})}
         for name, df in frames.items():
             if "parquet" in formats:
                 df.write_parquet(tmp / f"{name}.parquet")
@@ -194,7 +266,7 @@ def write_dataset(
     return {
         "path": str(out),
         "files": files,
-        "counts": {"sft": sft.height, "grpo": grpo.height},
+        "counts": {name: df.height for name, df in frames.items()},
         "formats": [f for f in FORMATS if f in formats],
     }
 
@@ -229,7 +301,7 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
     if not p.is_dir():
         raise FileNotFoundError(f"no dataset at {p}")
     for ext, reader in ((".parquet", pl.read_parquet), (".jsonl", pl.read_ndjson)):
-        found = {n: p / f"{n}{ext}" for n in ("sft", "grpo") if (p / f"{n}{ext}").is_file()}
+        found = {n: p / f"{n}{ext}" for n in SPLITS if (p / f"{n}{ext}").is_file()}
         if found:
             return {n: reader(f) for n, f in found.items()}
     hf = p / "hf" if (p / "hf").is_dir() else p
@@ -240,4 +312,4 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
         if isinstance(ds, datasets.DatasetDict):
             return {k: v.to_polars() for k, v in ds.items()}
         return {hf.name: ds.to_polars()}
-    raise ValueError(f"no sft/grpo parquet, jsonl or datasets folder in {p}")
+    raise ValueError(f"no sft/grpo/dpo parquet, jsonl or datasets folder in {p}")

@@ -310,15 +310,18 @@ def read_train_log(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_round_logs(round_dir: str | Path) -> list[dict[str, Any]]:
-    """A round's training curves: `logs/sft.jsonl`, then `logs/grpo.jsonl` with its metrics
-    named `grpo <metric>` (both trainers log a `loss`); runs written before `logs/` kept only
-    the last trainer's `model/train_log.jsonl`."""
+    """A round's training curves: `logs/sft.jsonl`, then `logs/dpo.jsonl` and `logs/grpo.jsonl`
+    with their metrics named `dpo <metric>` / `grpo <metric>` (every trainer logs a `loss`);
+    runs written before `logs/` kept only the last trainer's `model/train_log.jsonl`."""
     d = Path(round_dir)
-    sft, grpo = read_train_log(d / "logs" / "sft.jsonl"), read_train_log(d / "logs" / "grpo.jsonl")
-    if not sft and not grpo:
+    logs = {s: read_train_log(d / "logs" / f"{s}.jsonl") for s in ("sft", "dpo", "grpo")}
+    if not any(logs.values()):
         return read_train_log(d / "model" / "train_log.jsonl")
-    renamed = [{(k if k in LOG_SKIP else f"grpo {k}"): v for k, v in r.items()} for r in grpo]
-    return sft + renamed
+    return logs["sft"] + [
+        {(k if k in LOG_SKIP else f"{stage} {k}"): v for k, v in r.items()}
+        for stage in ("dpo", "grpo")
+        for r in logs[stage]
+    ]
 
 
 _SAMPLES_HTML = """<section id="samples"><h2>Samples</h2>

@@ -294,7 +294,13 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
 # ------------------------------------------------------------------ export
 def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dict[str, Any]:
     from thinkwheel.curated.card import dataset_card
-    from thinkwheel.curated.export import grpo_frame, sft_frame, task_pass_rates, write_dataset
+    from thinkwheel.curated.export import (
+        dpo_frame,
+        grpo_frame,
+        sft_frame,
+        task_pass_rates,
+        write_dataset,
+    )
     from thinkwheel.curated.inspect import funnel as funnel_table
     from thinkwheel.filters.stage import funnel
 
@@ -311,27 +317,34 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     grpo = grpo_frame(
         tasks, task_pass_rates(verdicts), cfg.export.system_prompt, band=cfg.sampling.grpo_pass_band
     )
+    e = cfg.export
+    dpo = (
+        dpo_frame(tasks, cands, verdicts, filtered, e.system_prompt, e.dpo_pairs_per_task)
+        if e.dpo_pairs_per_task
+        else None
+    )
     fun = funnel(filtered)
     card = dataset_card(
-        sft, grpo, name=f"{cfg.name}-round-{k}", config=cfg, config_hash=cfg.section_hash(
+        sft, grpo, dpo=dpo, name=f"{cfg.name}-round-{k}", config=cfg, config_hash=cfg.section_hash(
             "generate", "sampling", "verify", "filters", "export"
         ), generator_model=generator_model, round=k, filtered=filtered,
         funnel=funnel_table(
             {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
         ),
     )
-    write_dataset(sft, grpo, out_dir, formats=tuple(cfg.export.formats), card=card)
+    write_dataset(sft, grpo, out_dir, formats=tuple(cfg.export.formats), card=card, dpo=dpo)
     store.mark_stage(
         k, "export", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
         seconds=time.time() - t0, outputs=[out_dir], sft=sft.height, grpo=grpo.height,
-        funnel=fun,
+        dpo=None if dpo is None else dpo.height, funnel=fun,
     )
     return store.stage_entry(k, "export")
 
 
 # ------------------------------------------------------------------ train
 def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
-    """Cold-start SFT on this round's curated set (then GRPO when enabled); returns the model dir.
+    """Cold-start SFT on this round's curated set, then DPO and GRPO when enabled; returns the
+    model dir.
 
     "continue" fine-tunes the previous round's model, "from_base" the base model (STaR /
     ReST-EM); with `accumulate` the data is every round's curated set so far."""
@@ -354,6 +367,9 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=_callbacks())
     rep.finish()
     _keep_log(model_dir, store.round_dir(k) / "logs" / "sft.jsonl")
+    if cfg.train.dpo.enabled:
+        metrics["dpo"] = _dpo(store, cfg, k, rounds, str(model_dir))
+        _keep_log(model_dir, store.round_dir(k) / "logs" / "dpo.jsonl")
     if cfg.train.grpo.enabled:
         metrics["grpo"] = _grpo(store, cfg, k, str(model_dir))
         _keep_log(model_dir, store.round_dir(k) / "logs" / "grpo.jsonl")
@@ -372,6 +388,25 @@ def _keep_log(model_dir: Path, dest: Path) -> None:
     if src.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(dest, src.read_bytes())
+
+
+def _dpo(
+    store: RunStore, cfg: RunConfig, k: int, rounds: range | list[int], model_dir: str
+) -> dict[str, Any]:
+    """DPO on the dpo split of the same rounds the SFT data came from."""
+    from thinkwheel.train.dpo import train_dpo
+
+    paths = [store.round_dir(r) / "curated" / "dpo.parquet" for r in rounds]
+    parts = [pl.read_parquet(p) for p in paths if p.is_file()]
+    pairs = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+    if pairs.height == 0:
+        reporter().message(f"round {k}: no DPO pairs (export.dpo_pairs_per_task 0?); DPO skipped")
+        return {"skipped": "no pairs"}
+    rep = reporter()
+    rep.start(f"round {k}: DPO on {pairs.height} pairs", None)
+    out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=_callbacks())
+    rep.finish()
+    return {key: v for key, v in out.items() if key != "log_history"}
 
 
 def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import functools
 import inspect
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from thinkwheel.train.sft import (
     quiet,
     quiet_deprecations,
     runtime_args,
+    staging_dir,
     train_and_publish,
 )
 
@@ -59,9 +59,7 @@ def train_grpo(
     dataset = grpo_dataset(grpo)
     if len(dataset) == 0:
         raise ValueError("the GRPO set is empty: no prompts to train on")
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    Path(tmp).mkdir(parents=True)
+    tmp = staging_dir(out_dir)
 
     model, tokenizer = load_hf(model_path)
     prefill = generation_prefill(tokenizer)

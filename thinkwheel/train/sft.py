@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from thinkwheel.config import SFTConfig
+from thinkwheel.config import DPOTrainConfig, SFTConfig
 
 if TYPE_CHECKING:
     import datasets
@@ -52,9 +52,7 @@ def train_sft(
     if len(dataset) == 0:
         raise ValueError("the SFT set is empty: nothing to train on")
     kind = pick_trainer(cfg.trainer)
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    Path(tmp).mkdir(parents=True)
+    tmp = staging_dir(out_dir)
 
     if kind == "unsloth":
         model, tokenizer = load_unsloth(model_path, cfg)
@@ -70,6 +68,14 @@ def train_sft(
         trainer, tokenizer, tmp, out_dir,
         n_examples=len(dataset), loss_mode=loss_mode(tokenizer, cfg), trainer=kind, lora=cfg.lora,
     )
+
+
+def staging_dir(out_dir: str) -> str:
+    """An empty `<out_dir>.tmp` to train and save into; `publish_dir` swaps it in when done."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    Path(tmp).mkdir(parents=True)
+    return tmp
 
 
 def train_and_publish(
@@ -147,7 +153,7 @@ def load_unsloth(model_path: str, cfg: SFTConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def lora_config(cfg: SFTConfig) -> Any:
+def lora_config(cfg: SFTConfig | DPOTrainConfig) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(

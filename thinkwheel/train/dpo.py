@@ -1,0 +1,87 @@
+"""DPO with TRL's DPOTrainer over the exported dpo split (`curated/export.dpo_frame`).
+
+Why a second stage at all: SFT on verified samples only ever sees what was right; the dpo
+split also says, for the same prompt, what the verifier rejected (a wrong answer, or a right
+one reached through false arithmetic). `nll_weight` > 0 adds an NLL term on the chosen answer
+(Iterative RPO), which keeps DPO from lowering the chosen answer's likelihood too. The model
+is written like SFT's and GRPO's: merged, atomically, with `train_log.jsonl` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkwheel.config import DPOTrainConfig
+from thinkwheel.train.sft import (
+    device_is_gpu,
+    jsonl_log_callback,
+    load_hf,
+    lora_config,
+    quiet,
+    quiet_deprecations,
+    runtime_args,
+    staging_dir,
+    train_and_publish,
+)
+
+COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def dpo_dataset(dpo: pl.DataFrame) -> Any:
+    """A `datasets.Dataset` of conversational prompt/chosen/rejected (lineage columns dropped:
+    DPOTrainer tokenizes every column it is given)."""
+    import datasets
+
+    missing = [c for c in COLUMNS if c not in dpo.columns]
+    if missing:
+        raise ValueError(f"the DPO set needs columns {list(COLUMNS)}; missing {missing}")
+    return datasets.Dataset.from_polars(dpo.select(COLUMNS))
+
+
+def train_dpo(
+    model_path: str,
+    dpo: pl.DataFrame,
+    out_dir: str,
+    cfg: DPOTrainConfig,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Run DPO from `model_path` (also the frozen reference); write the model to `out_dir`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from trl import DPOConfig, DPOTrainer
+
+    dataset = dpo_dataset(dpo)
+    if len(dataset) == 0:
+        raise ValueError("the DPO set is empty: no task had both a kept and a failed sample")
+    tmp = staging_dir(out_dir)
+    model, tokenizer = load_hf(model_path)
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]}
+    with quiet_deprecations():
+        args = DPOConfig(
+            output_dir=tmp,
+            max_steps=cfg.max_steps,
+            learning_rate=cfg.learning_rate,
+            beta=cfg.beta,
+            per_device_train_batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            # the reference pass runs once up front, so only one model is in memory after
+            precompute_ref_log_probs=not cfg.lora,
+            **(losses if cfg.nll_weight > 0 else {}),
+            **runtime_args(device_is_gpu(), cfg.seed),
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg) if cfg.lora else None,
+            callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
+        )
+    quiet(trainer)
+    return train_and_publish(trainer, tokenizer, tmp, out_dir, n_pairs=len(dataset), lora=cfg.lora)
