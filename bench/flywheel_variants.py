@@ -1,6 +1,6 @@
 """What did not make the flywheel better, measured: one round's training re-run with one change.
 
-    python -P bench/flywheel_variants.py [--run runs/bench-flywheel/verified] [--round 1] [--only NAME,...]
+    python -P bench/flywheel_variants.py [--run runs/bench-flywheel/verified] [--round 1] [--only NAME]...
 
 Takes a finished `bench/flywheel.py` run and re-runs the training step of round `--round` (round
 2's model for the default 1): SFT from the base model on the curated SFT sets of rounds 0..R,
@@ -100,53 +100,28 @@ def with_shapes(sft: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def preference_pairs(run: str, rounds: list[int], system_prompt: str | None) -> list[dict]:
-    """One (chosen, rejected) pair per task with both a clean sample and another."""
-    from thinkwheel.engines.base import request_for
+def dpo_pairs(run: str, rounds: list[int], system_prompt: str) -> pl.DataFrame:
+    """The flow's own dpo split of each round (`export.dpo_frame`), as `train.dpo` reads it."""
+    from thinkwheel.curated.export import dpo_frame
 
-    rows = []
-    for r in rounds:
-        tasks = RunStore(run).read_table(r, "tasks").filter(pl.col("drop_reason").is_null())
-        d = clean_candidates(run, r).join(tasks.select("task_id", "prompt"), on="task_id")
-        chosen = d.filter("clean").unique("task_id", keep="first", maintain_order=True)
-        rejected = d.filter(~pl.col("clean")).unique("task_id", keep="first", maintain_order=True)
-        pairs = chosen.select("task_id", "prompt", chosen="completion").join(
-            rejected.select("task_id", rejected="completion"), on="task_id"
-        )
-        rows += [
-            {
-                "prompt": request_for(p["prompt"], system_prompt),
-                "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                "rejected": [{"role": "assistant", "content": p["rejected"]}],
-            }
-            for p in pairs.iter_rows(named=True)
-        ]
-    return rows
+    store = RunStore(run)
+    tables = ("tasks", "candidates", "verdicts", "filtered")
+    return pl.concat(
+        [dpo_frame(*(store.read_table(r, t) for t in tables), system_prompt) for r in rounds]
+    )
 
 
 # ------------------------------------------------------------------ second stages
-def dpo(model_dir: str, pairs: list[dict], out_dir: str, *, steps: int, lr: float) -> dict[str, Any]:
-    """DPO + NLL on the chosen answer (TRL's loss_type ["sigmoid", "sft"]: Iterative RPO)."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+def dpo(model_dir: str, pairs: pl.DataFrame, out_dir: str, *, steps: int, lr: float) -> dict[str, Any]:
+    """`train.dpo` with an NLL term on the chosen answer (Iterative RPO)."""
+    from thinkwheel.config import DPOTrainConfig
+    from thinkwheel.train.dpo import train_dpo
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    args = DPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, per_device_train_batch_size=16,
-        learning_rate=lr, max_steps=steps, beta=0.1, loss_type=["sigmoid", "sft"],
-        loss_weights=[1.0, 1.0], precompute_ref_log_probs=True, lr_scheduler_type="cosine",
-        warmup_steps=5, logging_steps=10, save_strategy="no", report_to=[], seed=0, max_length=256,
-    )
-    data = Dataset.from_list(pairs).shuffle(seed=0)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-    trainer.train()
-    trainer.save_model(out_dir)
-    tok.save_pretrained(out_dir)
-    last = [h for h in trainer.state.log_history if "rewards/accuracies" in h][-1]
-    return {"pairs": len(pairs), "pair_accuracy": last["rewards/accuracies"]}
+    cfg = DPOTrainConfig(enabled=True, max_steps=steps, learning_rate=lr, batch_size=16,
+                         nll_weight=1.0, max_length=256)
+    out = train_dpo(model_dir, pairs.sample(fraction=1.0, shuffle=True, seed=0), out_dir, cfg)
+    last = [h for h in out["log_history"] if "rewards/accuracies" in h][-1]
+    return {"pairs": pairs.height, "pair_accuracy": last["rewards/accuracies"]}
 
 
 def grpo(model_dir: str, prompts: pl.DataFrame, out_dir: str, cfg: RunConfig, lr: float) -> dict:
@@ -172,7 +147,8 @@ def main() -> None:
     ap.add_argument("--run", default="runs/bench-flywheel/verified", help="a bench/flywheel.py run")
     ap.add_argument("--round", type=int, default=1, help="re-run this round's training step")
     ap.add_argument("--out", default="runs/bench-variants")
-    ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--only", action="append", default=[],
+                    help="a variant name, repeat for more (names hold commas; default: all)")
     args = ap.parse_args()
 
     from thinkwheel.assets import model_path
@@ -239,7 +215,7 @@ def main() -> None:
             "shapes", lambda: rebalance(with_shapes(sft), "shape", 0.25, within="family").drop("shape")
         ),
         "+ DPO with NLL, 100 steps": second_stage(
-            "dpo", lambda src, dst: dpo(src, preference_pairs(args.run, rounds, sp), dst, steps=100, lr=1e-4)
+            "dpo", lambda src, dst: dpo(src, dpo_pairs(args.run, rounds, sp), dst, steps=100, lr=1e-4)
         ),
         "+ GRPO, 60 steps, lr 1e-4": second_stage(
             "grpo", lambda src, dst: grpo(src, grpo_prompts, dst, cfg, 1e-4)
@@ -253,7 +229,7 @@ def main() -> None:
         variants["continue from the previous round's model"] = sft_variant(
             "continue", lambda: sft, start=previous
         )
-    wanted = [v.strip() for v in args.only.split(",") if v.strip()]
+    wanted = [v.strip() for v in args.only if v.strip()]
     unknown = [w for w in wanted if w not in variants]
     if unknown:
         sys.exit(f"unknown variants {unknown}; choose from {list(variants)}")
