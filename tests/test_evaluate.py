@@ -143,12 +143,23 @@ def test_metrics_per_task_and_summary():
     assert res["per_domain"]["math"] == {
         "n": 3,
         "accuracy": 1 / 3,
+        "clean_accuracy": 1 / 3,
         "pass_at_k": 1.0,
         "maj_at_k": 1 / 3,
     }
     assert res["per_family"]["linear_function"]["accuracy"] == 1.0
     assert res["per_family"]["addition"]["n"] == 2
     assert res["unverified"] == 1
+
+
+def test_clean_accuracy_does_not_count_a_right_answer_reached_through_a_false_step():
+    lucky = {
+        "What is 5 + 7?": ("<think>5+7=13, minus 1 is 12</think>\n12", []),
+        "What is 1 + 1?": ("<think>1+1=2</think>\n2", []),
+    }
+    adds = TASKS.filter(pl.col("family") == "addition")
+    res = ev.evaluate(ScriptedEngine(lucky), adds, fake_verify, k=1, max_tokens=8, seed=0)
+    assert res["accuracy"] == 1.0 and res["clean_accuracy"] == 0.5
 
 
 def test_maj_merges_wrong_math_answers_through_the_verifier():

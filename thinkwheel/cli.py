@@ -111,15 +111,20 @@ def run(
 
 def print_summary(summary: dict) -> None:
     t = Table(title="flywheel funnel and held-out accuracy per round")
-    for col in ("round", "tasks", "candidates", "passed", "kept", "SFT", "GRPO", "accuracy"):
+    cols = ("round", "tasks", "candidates", "passed", "kept", "SFT", "GRPO", "accuracy", "clean")
+    for col in cols:
         t.add_column(col, justify="right")
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{v:.1%}"
+
     base = summary.get("base")
     if base:
-        t.add_row("base", "", "", "", "", "", "", f"{base['accuracy']:.1%}")
+        t.add_row("base", *[""] * 6, pct(base["accuracy"]), pct(base.get("clean_accuracy")))
     for r in summary["rounds"]:
-        acc = "" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
         vals = [r[c] for c in ("tasks", "candidates", "passed", "kept", "sft", "grpo")]
-        t.add_row(str(r["round"]), *["" if v is None else str(v) for v in vals], acc)
+        t.add_row(str(r["round"]), *["" if v is None else str(v) for v in vals],
+                  pct(r["accuracy"]), pct(r.get("clean_accuracy")))
     console.print(t)
 
 

@@ -197,16 +197,17 @@ def length_stats(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def eval_table(evals: Mapping[int, Mapping[str, Any]]) -> pl.DataFrame:
-    """Accuracy per round (plus pass@k / maj@k when present), one row per round."""
+    """Accuracy per round (plus no-false-step accuracy, pass@k, maj@k when present)."""
     rows = []
     for k in sorted(evals):
         e = evals[k] or {}
         rows.append(
-            {"round": int(k), "accuracy": e.get("accuracy"), "n": e.get("n"),
+            {"round": int(k), "accuracy": e.get("accuracy"),
+             "clean_accuracy": e.get("clean_accuracy"), "n": e.get("n"),
              "pass_at_k": _scalar(e.get("pass_at_k")), "maj_at_k": _scalar(e.get("maj_at_k"))}
         )  # fmt: skip
-    schema = {"round": pl.Int64, "accuracy": pl.Float64, "n": pl.Int64,
-              "pass_at_k": pl.Float64, "maj_at_k": pl.Float64}  # fmt: skip
+    schema = {"round": pl.Int64, "accuracy": pl.Float64, "clean_accuracy": pl.Float64,
+              "n": pl.Int64, "pass_at_k": pl.Float64, "maj_at_k": pl.Float64}  # fmt: skip
     return pl.DataFrame(rows, schema=schema)
 
 

@@ -68,15 +68,18 @@ eval_task = _task(steps.evaluate, name="evaluate")
 
 
 def _funnel_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> str:
-    head = "| round | tasks | candidates | passed | kept | SFT | GRPO | held-out acc |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
+    head = "| round | tasks | candidates | passed | kept | SFT | GRPO | held-out acc | clean |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+
+    def num(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}"
+
     if base:
-        head += f"| base | | | | | | | {base.get('accuracy', 0):.3f} |\n"
+        head += f"| base | | | | | | | {num(base.get('accuracy'))} | {num(base.get('clean_accuracy'))} |\n"
     for r in rows:
-        acc = r["accuracy"]
         head += (
             f"| {r['round']} | {r['tasks']} | {r['candidates']} | {r['passed']} | {r['kept']} "
-            f"| {r['sft']} | {r['grpo']} | {'' if acc is None else f'{acc:.3f}'} |\n"
+            f"| {r['sft']} | {r['grpo']} | {num(r['accuracy'])} | {num(r.get('clean_accuracy'))} |\n"
         )
     return head
 

@@ -470,6 +470,7 @@ def evaluate(
     store.mark_stage(
         key, "eval", input_hash=in_hash, config_hash=cfg_hash, count=result.get("n"),
         seconds=time.time() - t0, outputs=[path], accuracy=result.get("accuracy"),
+        clean_accuracy=result.get("clean_accuracy"),
     )
     return result
 
@@ -487,4 +488,5 @@ def funnel_row(store: RunStore, k: int) -> dict[str, Any]:
         "sft": exp.get("sft"),
         "grpo": exp.get("grpo"),
         "accuracy": m.get("eval", {}).get("accuracy"),
+        "clean_accuracy": m.get("eval", {}).get("clean_accuracy"),
     }

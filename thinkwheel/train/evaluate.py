@@ -5,6 +5,10 @@ uses; training-side generation must also get its prompts as `exclude_prompts`, s
 families can draw the same prompt under two seeds. Metrics:
 
 - accuracy: greedy (temperature 0) pass@1. `passed=None` (could not verify) counts as wrong.
+- clean_accuracy: greedy passes whose reasoning states no false arithmetic (the SFT filter's
+  rule, `filters.arithmetic`): an answer check alone also counts lucky guesses reached through
+  wrong steps (`7+6=15, ... = 43`), which a small model makes on exactly the tasks it is
+  learning.
 - pass@k: the unbiased estimator of Chen et al. (2021) from n >= k samples per task,
   1 - C(n-c, k) / C(n, k), with c the verified-correct samples.
 - maj@k: majority vote over the first k samples. Votes are grouped by verifier equivalence:
@@ -32,10 +36,11 @@ import polars as pl
 from thinkwheel import records
 from thinkwheel.config import EvalConfig
 from thinkwheel.engines.base import Completion, Engine, SamplingParams, request_for
+from thinkwheel.filters.arithmetic import false_claims
 
 VerifyFn = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
 FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)```", re.DOTALL)
-METRICS = ("accuracy", "pass_at_k", "maj_at_k")
+METRICS = ("accuracy", "clean_accuracy", "pass_at_k", "maj_at_k")
 
 
 def heldout_tasks(cfg: EvalConfig) -> pl.DataFrame:
@@ -120,6 +125,7 @@ def score_tasks(
         greedy = by_task[t["task_id"]]["greedy"]
         samples = by_task[t["task_id"]]["sample"]
         g_ok = bool(greedy and greedy[0]["ok"])
+        g_clean = g_ok and not false_claims(greedy[0]["reasoning"])
         c = sum(s["ok"] for s in samples)
         rows.append(
             {
@@ -127,6 +133,7 @@ def score_tasks(
                 "domain": t["domain"],
                 "family": t["family"],
                 "greedy_passed": g_ok,
+                "greedy_clean": g_clean,
                 "greedy_verified": bool(greedy) and greedy[0]["passed"] is not None,
                 "n_samples": len(samples),
                 "n_correct": c,
@@ -176,6 +183,7 @@ def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:
         return {
             "n": df.height,
             "accuracy": float(df["greedy_passed"].mean() or 0.0),
+            "clean_accuracy": float(df["greedy_clean"].mean() or 0.0),
             "pass_at_k": float(df["pass_at_k"].mean() or 0.0),
             "maj_at_k": float(df["maj_at_k"].cast(pl.Float64).mean() or 0.0),
         }
