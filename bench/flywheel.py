@@ -35,7 +35,10 @@ def _table(evals: dict[str, dict], title: str) -> str:
         for f in fams
     ]
     overall = "| **all** | " + " | ".join(f"**{e['accuracy']:.1%}**" for e in evals.values()) + " |"
-    return f"### {title}\n\n{head}" + "\n".join(rows) + f"\n{overall}\n"
+    clean = "| all, no false step | " + " | ".join(  # evals from before the metric have none
+        f"{e['clean_accuracy']:.1%}" if "clean_accuracy" in e else "" for e in evals.values()
+    ) + " |"
+    return f"### {title}\n\n{head}" + "\n".join(rows) + f"\n{overall}\n{clean}\n"
 
 
 def _fork(src: Path, dst: Path) -> None:
