@@ -36,6 +36,8 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
         ("rounds: [\n", "invalid YAML at line"),
         ("- 1\n- 2\n", "mapping"),
         ("engine:\n  kind: openai\n", "set train.sft.enabled: false"),
+        ("eval:\n  per_family: 50\n", "eval.per_family is at most 40"),
+        ("eval:\n  seed: 1\n", "keep their defaults"),
         ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, grpo: {enabled: true}}\n",
          "train.grpo.enabled: false"),
     ],
@@ -112,3 +114,8 @@ def test_every_shipped_config_loads(path):
 def test_a_served_model_runs_without_training():
     cfg = parse_config({"engine": {"kind": "openai"}, "train": {"sft": {"enabled": False}}})
     assert cfg.engine.kind == "openai" and not cfg.train.grpo.enabled
+
+
+def test_a_model_of_your_own_can_have_a_bigger_held_out_split():
+    cfg = parse_config({"engine": {"model": "/models/mine"}, "eval": {"per_family": 200, "seed": 7}})
+    assert (cfg.eval.per_family, cfg.eval.seed) == (200, 7)

@@ -281,9 +281,15 @@ class TrainConfig(_Section):
         return self.strategy == "from_base" if self.accumulate is None else self.accumulate
 
 
+# The bundled model's pretraining left out these many held-out tasks per family, drawn with
+# EvalConfig's default seed and difficulty; a larger or different split would test it on
+# tasks it was trained on.
+BUNDLED_HELD_OUT = 40
+
+
 class EvalConfig(_Section):
     families: list[str] = Field(default_factory=lambda: ["all"])
-    per_family: int = Field(40, ge=1, le=40)  # the bundled model never saw these 40
+    per_family: int = Field(40, ge=1)  # at most BUNDLED_HELD_OUT with the bundled model
     difficulty: int = 1
     seed: int = 999_999  # the held-out split's seed; training seeds never use it
     k: int = Field(1, ge=1)
@@ -302,6 +308,19 @@ class RunConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _bundled_model_is_evaluated_on_tasks_it_never_saw(self) -> RunConfig:
+        e, d = self.eval, EvalConfig()
+        if self.engine.model == "bundled" and (
+            e.per_family > BUNDLED_HELD_OUT or (e.seed, e.difficulty) != (d.seed, d.difficulty)
+        ):
+            raise ValueError(
+                f"with the bundled model, eval.per_family is at most {BUNDLED_HELD_OUT} and "
+                f"eval.seed / eval.difficulty keep their defaults ({d.seed}, {d.difficulty}): its "
+                "pretraining left out only that held-out split; a model of your own has no limit"
+            )
+        return self
 
     @model_validator(mode="after")
     def _served_model_is_not_retrained(self) -> RunConfig:

@@ -22,7 +22,7 @@ from rich import print as log
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from thinkwheel.config import EvalConfig, ExportConfig
+from thinkwheel.config import BUNDLED_HELD_OUT, EvalConfig, ExportConfig
 from thinkwheel.generators import procedural
 
 TEMPLATES = Path(__file__).parent / "generators" / "templates"
@@ -39,7 +39,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-HELD_OUT_PER_FAMILY = 40  # the eval split may use up to this many tasks per family
+HELD_OUT_PER_FAMILY = BUNDLED_HELD_OUT  # the eval split may use up to this many per family
 EVOL_OPS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input"]
 
 
