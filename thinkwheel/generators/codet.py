@@ -100,7 +100,7 @@ def agreement(passed: Sequence[frozenset[int]], counts: Sequence[int]) -> list[G
 def _pass_matrix(
     verify_fn: VerifyFn, jobs: Sequence[tuple[dict[str, Any], list[str], list[str]]]
 ) -> list[list[frozenset[int]]]:
-    """Per job (task, tests, programs): per program, the indices of the tests it passes. One
+    """Per job (task, programs, tests): per program, the indices of the tests it passes. One
     batched verifier call for all; each pair is checked alone so one failing test cannot hide
     another's result. An unverifiable check (passed None) counts as not passed."""
     cands, checks, where = [], [], []
