@@ -54,9 +54,6 @@ GRPO_COLUMNS = [
 ]
 FORMATS = ("parquet", "hf", "jsonl")
 SPLITS = ("sft", "grpo", "dpo")
-# What makes a sample "rejected" for DPO: a wrong verified answer, or a right one reached
-# through a stated false step. Unverifiable samples (passed None) are never rejected.
-REJECTED = ("wrong_answer", "false_arithmetic")
 
 
 def assistant_content(reasoning: str | None, answer: str | None) -> str:
@@ -136,7 +133,8 @@ def dpo_frame(
     `chosen` and `rejected` [assistant], from the same task.
 
     Chosen are the kept samples (the SFT set); rejected are samples whose answer the verifier
-    failed or whose reasoning states false arithmetic (`REJECTED`). Both sides go through
+    failed or whose reasoning states false arithmetic (never unverifiable ones, passed None),
+    labelled `wrong_answer` / `false_arithmetic` in `rejected_reason`. Both sides go through
     `assistant_content`, so a pair differs in what was said, never in whitespace around the
     tags. Pair i of a task is (chosen[i mod #chosen], rejected[i]) in sample order, up to
     `pairs_per_task`; tasks that lack either side give none.

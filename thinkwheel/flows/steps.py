@@ -122,7 +122,7 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
     from thinkwheel.generators.evol_instruct import evol_instruct
     from thinkwheel.generators.self_instruct import default_params, self_instruct
 
-    g, v, seed = cfg.generate, cfg.verify, cfg.generate.procedural.seed + k
+    g, seed = cfg.generate, cfg.generate.procedural.seed + k
     params = default_params(seed, g)
     made, dropped = [], []
     if g.self_instruct.enabled:
@@ -137,10 +137,7 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
     if made:
         kept, drop = consensus_references(
             engine, pl.concat(made, how="diagonal_relaxed"), g.consensus,
-            registry_verify_fn(
-                workers=v.workers, math_timeout_s=v.math_timeout_s,
-                code_timeout_s=v.code_timeout_s, percent_policy=v.percent_policy,
-            ),
+            registry_verify_fn(**verifier_settings(cfg)),
             params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
         )
         made = [kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))]
@@ -175,6 +172,13 @@ def candidate_rows(
                 }
             )
     return rows
+
+
+def verifier_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The `verify` settings every verifier call in a run uses (verify stage, consensus, eval)."""
+    v = cfg.verify
+    return {"workers": v.workers, "math_timeout_s": v.math_timeout_s,
+            "code_timeout_s": v.code_timeout_s, "percent_policy": v.percent_policy}
 
 
 def sampling_params(cfg: RunConfig, k: int) -> SamplingParams:
@@ -241,10 +245,7 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     rep = reporter()
     rep.start(f"round {k}: verifying", cands.height)
     v = cfg.verify
-    verdicts = verify_frame(
-        tasks, cands, workers=v.workers, math_timeout_s=v.math_timeout_s,
-        code_timeout_s=v.code_timeout_s, percent_policy=v.percent_policy, plugins=v.plugins,
-    )
+    verdicts = verify_frame(tasks, cands, **verifier_settings(cfg), plugins=v.plugins)
     rep.finish()
     path = store.write_table(k, "verdicts", verdicts)
     passed = int(verdicts["passed"].fill_null(False).sum())
@@ -452,13 +453,10 @@ def evaluate(
     t0 = time.time()
     rep = reporter()
     rep.start(f"{'round ' + str(key) if key != 'base' else 'base model'}: held-out eval", None)
-    v, e = cfg.verify, cfg.eval
+    e = cfg.eval
 
     def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
-        return verify_frame(
-            tasks, cands, workers=v.workers, math_timeout_s=v.math_timeout_s,
-            code_timeout_s=v.code_timeout_s, percent_policy=v.percent_policy,
-        )
+        return verify_frame(tasks, cands, **verifier_settings(cfg))
 
     result = run_eval(
         engines(model_dir), held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,

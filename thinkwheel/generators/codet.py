@@ -28,7 +28,7 @@ from typing import Any
 
 from thinkwheel import config
 from thinkwheel.engines.base import Engine, SamplingParams
-from thinkwheel.generators.consensus import VerifyFn, as_candidate, chat_requests
+from thinkwheel.generators.consensus import VerifyFn, as_candidate, chat_requests, with_meta
 from thinkwheel.verifiers.code import extract_code
 
 EMPTY_PROGRAM = "pass"
@@ -126,7 +126,6 @@ def generated_tests(
     system_prompt: str | None,
     cfg: config.ConsensusConfig,
     drop: Callable[..., None],
-    with_meta: Callable[..., str],
 ) -> dict[int, dict[str, Any]]:
     """Code tasks without tests: {row index: row with tests (and reference) filled in}."""
     from thinkwheel.generators.self_instruct import load_template, render

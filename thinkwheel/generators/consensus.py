@@ -160,7 +160,7 @@ def _default_params(samples: int) -> SamplingParams:
     )
 
 
-def _with_meta(row: Mapping[str, Any], **extra: Any) -> str:
+def with_meta(row: Mapping[str, Any], **extra: Any) -> str:
     try:
         meta = json.loads(row.get("meta") or "{}")
     except (TypeError, ValueError):
@@ -239,7 +239,7 @@ def _math_references(
         elif top == second:
             drop(i, "tied_answers", detail)
         else:
-            meta = _with_meta(
+            meta = with_meta(
                 rows[i],
                 reference_source="consensus",
                 agreement=round(share, 4),
@@ -268,8 +268,9 @@ def _code_references(
     todo = [i for i in idx if rows[i]["tests"]]
     no_tests = [i for i in idx if not rows[i]["tests"]]
     if no_tests and cfg.test_samples:
-        kept.update(generated_tests(engine, rows, no_tests, params, verify_fn, system_prompt, cfg,
-                                    drop, _with_meta))
+        kept.update(
+            generated_tests(engine, rows, no_tests, params, verify_fn, system_prompt, cfg, drop)
+        )
     else:
         for i in no_tests:
             drop(i, "no_tests", "a code task needs tests to be verifiable (test_samples: 0)")
@@ -302,6 +303,6 @@ def _code_references(
                 drop(i, "no_passing_solution", f"0/{params.n} sampled solutions pass the tests")
                 continue
             ref, n = passing[k]
-            meta = _with_meta(rows[i], reference_source="sampled", passing_samples=n)
+            meta = with_meta(rows[i], reference_source="sampled", passing_samples=n)
             kept[i] = {**rows[i], "reference": ref, "meta": meta}
     return kept
