@@ -126,6 +126,30 @@ def test_operators_are_content_so_different_sums_are_not_duplicates() -> None:
 
 
 def test_procedural_tasks_survive_task_dedup() -> None:
-    tasks = procedural.generate_tasks(["addition", "subtraction", "multiplication"], per_family=300)
+    families = ["addition", "subtraction", "multiplication", "linear_equation", "list_filter_sum"]
+    tasks = procedural.generate_tasks(families, per_family=300)
     out = stage.dedup_tasks(tasks, config.DedupConfig(field="prompt"))
     assert out["drop_reason"].null_count() == tasks.height
+    # without their source they read as templated copies (`... = -3` vs `... = -11`)
+    anon = stage.dedup_tasks(tasks.drop("source"), config.DedupConfig(field="prompt"))
+    assert anon["drop_reason"].null_count() < tasks.height
+
+
+def test_generated_task_copying_a_procedural_one_is_still_dropped() -> None:
+    proc = procedural.generate_tasks(["linear_equation"], per_family=20)
+    p = proc["prompt"][3]
+    gen = records.frame(
+        [
+            {"task_id": "g1", "prompt": p.replace("Solve for x:", "Solve for x :"), "source": "self_instruct"},
+            {"task_id": "g2", "prompt": "Explain recursion to a child.", "source": "self_instruct"},
+            {"task_id": "g3", "prompt": "Explain recursion to a child!", "source": "evol:deepen"},
+        ],
+        records.TASKS,
+    )
+    out = stage.dedup_tasks(pl.concat([gen, proc], how="diagonal_relaxed"), config.DedupConfig(field="prompt"))
+    by_id = dict(zip(out["task_id"], zip(out["drop_reason"], out["drop_ref"], strict=True), strict=True))
+    # the procedural task survives although it comes later, and is what g1 is dropped for
+    assert by_id["g1"] == ("near_duplicate", proc["task_id"][3])
+    assert by_id["g2"] == (None, None)
+    assert by_id["g3"] == ("near_duplicate", "g2")
+    assert out.filter(pl.col("source").str.starts_with("procedural:"))["drop_reason"].null_count() == 20
