@@ -117,6 +117,40 @@ def test_run_with_a_gpu_setting_and_no_gpu_extras_fails_before_starting(tmp_path
     assert "engine.kind: vllm needs vllm (pip install 'thinkwheel[gpu]'" in out
     assert "train.sft.trainer: unsloth needs unsloth" in out
 
+def test_run_with_a_model_it_cannot_load_fails_before_starting(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    import thinkwheel.flows.flywheel as fw
+
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def run_with(model: str):
+        p = tmp_path / "c.yaml"
+        p.write_text(f"engine: {{model: {model}}}\n")
+        return runner.invoke(app, ["run", "-c", str(p)])
+
+    r = run_with("someorg/tiny-model")
+    assert r.exit_code == 2
+    out = " ".join(r.output.split())
+    assert "someorg/tiny-model is neither a local folder nor in the Hugging Face cache" in out
+    assert "hf download someorg/tiny-model" in out
+    r = run_with("runs/old/round-1/model")
+    assert r.exit_code == 2 and "no such folder: runs/old/round-1/model" in " ".join(r.output.split())
+
+    # in the cache: the check passes and the flow is reached
+    snap = tmp_path / "hub" / "models--someorg--tiny-model" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--someorg--tiny-model" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someorg--tiny-model" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(fw, "run", lambda cfg, out: {"base": None, "rounds": []})
+    monkeypatch.chdir(tmp_path)
+    r = run_with("someorg/tiny-model")
+    assert r.exit_code == 0, r.output
+
+
 def test_run_without_config_runs_the_packaged_cpu_recipe(tmp_path, monkeypatch):
     """`thinkwheel run` alone is the measured CPU recipe, not the library defaults (which a
     config file starts from): 2 samples over many math tasks, STaR from the base model."""

@@ -61,6 +61,31 @@ def missing_extras(cfg: RunConfig) -> list[str]:
     ]
 
 
+def unreachable_model(cfg: RunConfig) -> str | None:
+    """Why engine.model cannot load here, or None. A missing folder, or a hub id that is not in
+    the local Hugging Face cache while HF_HUB_OFFLINE is set, otherwise fails inside the flow
+    after Prefect starts, with a loader traceback. Online, a hub id is left to download."""
+    model = cfg.engine.model
+    if cfg.engine.kind == "openai" or model == "bundled" or Path(model).expanduser().is_dir():
+        return None
+    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
+        return f"engine.model: no such folder: {model}"
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not a valid repo id either
+        cached = None
+    if not isinstance(cached, str):
+        return (
+            f"engine.model: {model} is neither a local folder nor in the Hugging Face cache, and "
+            f"HF_HUB_OFFLINE is set: download it first (`hf download {model}`) or give a local path"
+        )
+    return None
+
+
 def _exit_cleanly_on_term() -> None:
     """SIGTERM and SIGHUP leave through Python's normal exit, so atexit stops Prefect's temporary
     server: it is a child process (uvicorn) and, under the default handlers, outlived us.
@@ -86,6 +111,8 @@ def run(
     cfg = _config(config or DEFAULT_RUN, rounds=rounds)
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
+    if problem := unreachable_model(cfg):
+        fail(problem)
     out = out or Path("runs") / cfg.name
     t0 = time.time()
     console.print(
