@@ -326,3 +326,26 @@ def test_registry_verify_fn_builds_verifiers_from_the_runs_verify_settings():
     cand = "<think>t</think>\n50%"
     assert cs.registry_verify_fn()([cand], [task])[0].passed is True  # default: 50% is 0.5
     assert cs.registry_verify_fn(percent_policy="number")([cand], [task])[0].passed is False
+
+
+def test_pass_matrix_runs_each_program_once_and_isolates_a_run_that_crashed():
+    """The real sandbox: one run per program; a program that kills its interpreter on one test
+    is re-checked a test at a time, so its other tests still count."""
+    real = cs.registry_verify_fn()
+    runs = []
+
+    def counting(cands, tasks):
+        runs.extend(len(t["tests"]) for t in tasks)
+        return real(cands, tasks)
+
+    tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]
+    programs = [
+        "def add(a, b):\n    return a + b",
+        "import os\ndef add(a, b):\n    if a < 0:\n        os._exit(0)\n    return a + b",
+        "def add(a, b):\n    return 5",
+    ]
+    task = {"verifier": "code", "domain": "code", "prompt": "add"}
+    (matrix,) = codet._pass_matrix(counting, [(task, programs, tests)])
+    assert matrix == [frozenset({0, 1}), frozenset({0}), frozenset({2})]
+    # three whole runs, then the crashed program's three tests alone
+    assert runs == [3, 3, 3, 1, 1, 1]

@@ -158,3 +158,13 @@ def test_dead_server_is_replaced(verifier: CodeVerifier) -> None:
         os.killpg(s.proc.pid, signal.SIGKILL)
         s.proc.wait()
     assert verifier.verify(GOOD, TASK).passed is True
+
+
+def test_verdict_reports_each_tests_outcome(verifier: CodeVerifier) -> None:
+    code = "def f(x):\n    if x == 2:\n        raise ValueError\n    return 3 * x + 2"
+    tests = ["assert f(1) == 5", "assert f(2) == 8", "assert f(3) == 0", "assert f(4) == 14"]
+    v = verifier.verify(f"</think>\n```python\n{code}\n```", {"tests": tests})
+    assert v.per_test == (True, False, False, True) and v.score == 0.5
+    # a run that never reaches its pass line has no per-test outcomes
+    v = verifier.verify("</think>\n```python\nimport os\nos._exit(0)\n```", {"tests": tests})
+    assert v.passed is False and v.per_test is None

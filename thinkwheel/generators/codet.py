@@ -5,9 +5,9 @@ Why: a Self-Instruct or Evol-Instruct code task arrives as a prompt alone, and t
 verifier cannot judge a solution without tests. The engine writes candidate tests
 (`test_samples` completions of the `code_tests` template, parsed to one assert per line) and
 candidate solutions (`samples`); every distinct solution runs against every test in the
-sandbox. Solutions that pass the same set of tests form a group, scored (solutions in the
-group) x (tests in the set), as in CodeT: independently sampled programs agreeing with
-independently sampled tests is evidence for both. The best group's tests become the task's
+sandbox (one run per solution, see `_pass_matrix`). Solutions that pass the same set of tests
+form a group, scored (solutions in the group) x (tests in the set), as in CodeT:
+independently sampled programs agreeing with independently sampled tests is evidence for both. The best group's tests become the task's
 tests and its most common program the reference.
 
 A test that an empty program passes (`assert len("ab") == 2`) checks nothing and is removed
@@ -29,6 +29,7 @@ from typing import Any
 from thinkwheel import config
 from thinkwheel.engines.base import Engine, SamplingParams
 from thinkwheel.generators.consensus import VerifyFn, as_candidate, chat_requests, with_meta
+from thinkwheel.verifiers.base import Verdict
 from thinkwheel.verifiers.code import extract_code
 
 EMPTY_PROGRAM = "pass"
@@ -100,21 +101,37 @@ def agreement(passed: Sequence[frozenset[int]], counts: Sequence[int]) -> list[G
 def _pass_matrix(
     verify_fn: VerifyFn, jobs: Sequence[tuple[dict[str, Any], list[str], list[str]]]
 ) -> list[list[frozenset[int]]]:
-    """Per job (task, programs, tests): per program, the indices of the tests it passes. One
-    batched verifier call for all; each pair is checked alone so one failing test cannot hide
+    """Per job (task, programs, tests): per program, the indices of the tests it passes.
+
+    Each program runs once against all of its job's tests, as the verify stage will run them
+    later, and the code verifier reports each test's outcome. A run that did not get to the
+    end of its tests (a timeout, a crash that took the interpreter, a verifier without
+    per-test outcomes) is checked again one test at a time, so one bad test cannot hide
     another's result. An unverifiable check (passed None) counts as not passed."""
-    cands, checks, where = [], [], []
-    for j, (task, programs, tests) in enumerate(jobs):
-        for p, code in enumerate(programs):
-            for t, test in enumerate(tests):
-                cands.append(as_candidate(code))
-                checks.append({**task, "reference": None, "tests": [test]})
-                where.append((j, p, t))
     sets: list[list[set[int]]] = [[set() for _ in programs] for _, programs, _ in jobs]
-    for (j, p, t), v in zip(where, verify_fn(cands, checks) if cands else [], strict=True):
+    whole = [(j, p) for j, (_, programs, tests) in enumerate(jobs) if tests for p in range(len(programs))]
+    verdicts = _checks(verify_fn, [(jobs[j][0], jobs[j][1][p], jobs[j][2]) for j, p in whole])
+    alone = []
+    for (j, p), v in zip(whole, verdicts, strict=True):
+        if v.per_test is not None and len(v.per_test) == len(jobs[j][2]):
+            sets[j][p].update(t for t, ok in enumerate(v.per_test) if ok)
+        else:
+            alone += [(j, p, t) for t in range(len(jobs[j][2]))]
+    verdicts = _checks(verify_fn, [(jobs[j][0], jobs[j][1][p], [jobs[j][2][t]]) for j, p, t in alone])
+    for (j, p, t), v in zip(alone, verdicts, strict=True):
         if v.passed is True:
             sets[j][p].add(t)
     return [[frozenset(s) for s in per_job] for per_job in sets]
+
+
+def _checks(
+    verify_fn: VerifyFn, checks: Sequence[tuple[dict[str, Any], str, list[str]]]
+) -> Sequence[Verdict]:
+    """One batched verifier call over (task, program, tests) triples."""
+    if not checks:
+        return []
+    cands = [as_candidate(code) for _, code, _ in checks]
+    return verify_fn(cands, [{**task, "reference": None, "tests": tests} for task, _, tests in checks])
 
 
 def generated_tests(

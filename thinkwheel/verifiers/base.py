@@ -35,6 +35,9 @@ class Verdict:
     reason: str = "ok"  # small fixed vocabulary: see REASONS
     detail: str = ""
     seconds: float = 0.0
+    # each test's outcome, in the task's order, from a verifier that runs tests and got to the
+    # end of them (code); None otherwise. Not stored in verdicts.parquet (`detail` says it).
+    per_test: tuple[bool, ...] | None = None
 
 
 @runtime_checkable

@@ -75,7 +75,7 @@ class CodeVerifier:
         reason = "ok" if r.passed == r.total else "wrong_answer"
         if "load: " in r.detail and r.passed == 0:
             reason = "timeout" if "load: TimeoutError" in r.detail else "runtime_error"
-        return Verdict(r.passed == r.total, score, reason, r.detail[:1000], r.seconds)
+        return Verdict(r.passed == r.total, score, reason, r.detail[:1000], r.seconds, r.per_test)
 
     def verify_batch(self, candidates: Sequence[Candidate], tasks: Sequence[Task]) -> list[Verdict]:
         pairs = list(zip(candidates, tasks, strict=True))

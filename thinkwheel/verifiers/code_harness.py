@@ -275,12 +275,13 @@ def run_check(payload):
             finally:
                 sys.stdin, sys.stdout = saved
 
-    passed = 0
+    passed, bits = 0, []
     for r in results:
+        bits.append("1" if r == "ok" else "0")
         if r == "ok":
             passed += 1
     line = str_join(" ", [nonce, fmt_int(passed, "d"), fmt_int(len(tests), "d"),
-                          fmt_int(len(violations), "d")])
+                          fmt_int(len(violations), "d"), str_join("", bits) or "-"])
     detail = str_join("|", [str(r)[:40] for r in results])[:2000]
     if violations:
         detail = "unsafe: " + str_join(",", sorted(set(violations)))[:300] + " | " + detail

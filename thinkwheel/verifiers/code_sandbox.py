@@ -60,6 +60,7 @@ class RunResult:
     status: str  # ok | timeout | no_sentinel | unsafe | error (the sandbox itself failed)
     detail: str
     seconds: float
+    per_test: tuple[bool, ...] | None = None  # each test's outcome, when the run finished
 
 
 @functools.lru_cache(maxsize=1)
@@ -202,18 +203,21 @@ def close_servers() -> None:
         _TRASH.join()  # every temp dir is gone before the process exits
 
 
-def _parse(out: bytes, nonce: str, total: int) -> tuple[int, int, str] | None:
+def _parse(out: bytes, nonce: str, total: int) -> tuple[tuple[bool, ...], int, str] | None:
+    """(per-test outcomes, violations, detail) from the pass line, or None if it is absent or
+    inconsistent (a count that disagrees with the outcomes is a forgery)."""
     at = out.rfind(("\n" + nonce + " ").encode())
     if at == -1:
         return None
-    fields = out[at + 1 :].decode(errors="replace").split("\n", 1)[0].split(" ", 4)
+    fields = out[at + 1 :].decode(errors="replace").split("\n", 1)[0].split(" ", 5)
     try:
-        passed, n, violations = int(fields[1]), int(fields[2]), int(fields[3])
+        passed, n, violations, bits = int(fields[1]), int(fields[2]), int(fields[3]), fields[4]
     except (IndexError, ValueError):
         return None
-    if n != total or not 0 <= passed <= n:
+    bits = "" if bits == "-" else bits
+    if n != total or len(bits) != n or set(bits) - {"0", "1"} or bits.count("1") != passed:
         return None
-    return passed, violations, fields[4] if len(fields) > 4 else ""
+    return tuple(b == "1" for b in bits), violations, fields[5] if len(fields) > 5 else ""
 
 
 def run_tests(code: str, tests: list[str], limits: Limits = Limits()) -> RunResult:
@@ -256,7 +260,7 @@ def run_tests(code: str, tests: list[str], limits: Limits = Limits()) -> RunResu
         exit_code = "server died" if reply is None else reply.get("exit")
         return RunResult(0, len(tests), "no_sentinel",
                          f"{where}; exit={exit_code}; no pass line; output: {tail}", seconds)
-    passed, violations, detail = parsed
+    per_test, violations, detail = parsed
     if violations:
         return RunResult(0, len(tests), "unsafe", f"{where}; {detail}", seconds)
-    return RunResult(passed, len(tests), "ok", f"{where}; {detail}", seconds)
+    return RunResult(sum(per_test), len(tests), "ok", f"{where}; {detail}", seconds, per_test)
