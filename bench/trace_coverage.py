@@ -37,7 +37,12 @@ def operands(prompt: str) -> tuple[int, int]:
 def coverage(store: RunStore, k: int) -> list[str]:
     rounds = range(k + 1)
     tasks = pl.concat([store.read_table(r, "tasks") for r in rounds], how="diagonal_relaxed")
-    tasks = tasks.filter(pl.col("drop_reason").is_null()).select("task_id", "family", "prompt")
+    # a task drawn again in a later round has the same content-hash id: count it once
+    tasks = (
+        tasks.filter(pl.col("drop_reason").is_null())
+        .select("task_id", "family", "prompt")
+        .unique("task_id", keep="first", maintain_order=True)
+    )
     sft = pl.concat(
         [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet").select("task_id") for r in rounds]
     ).join(tasks, on="task_id")
