@@ -7,8 +7,8 @@ verifier cannot judge a solution without tests. The engine writes candidate test
 candidate solutions (`samples`); every distinct solution runs against every test in the
 sandbox (one run per solution, see `_pass_matrix`). Solutions that pass the same set of tests
 form a group, scored (solutions in the group) x (tests in the set), as in CodeT:
-independently sampled programs agreeing with independently sampled tests is evidence for both. The best group's tests become the task's
-tests and its most common program the reference.
+independently sampled programs agreeing with independently sampled tests is evidence for both.
+The best group's tests become the task's tests and its most common program the reference.
 
 A test that an empty program passes (`assert len("ab") == 2`) checks nothing and is removed
 first. A task is dropped, with the reason, when no test parses, no solution passes a test,
@@ -109,7 +109,9 @@ def _pass_matrix(
     per-test outcomes) is checked again one test at a time, so one bad test cannot hide
     another's result. An unverifiable check (passed None) counts as not passed."""
     sets: list[list[set[int]]] = [[set() for _ in programs] for _, programs, _ in jobs]
-    whole = [(j, p) for j, (_, programs, tests) in enumerate(jobs) if tests for p in range(len(programs))]
+    whole = [
+        (j, p) for j, (_, programs, tests) in enumerate(jobs) if tests for p in range(len(programs))
+    ]
     verdicts = _checks(verify_fn, [(jobs[j][0], jobs[j][1][p], jobs[j][2]) for j, p in whole])
     alone = []
     for (j, p), v in zip(whole, verdicts, strict=True):
@@ -117,7 +119,9 @@ def _pass_matrix(
             sets[j][p].update(t for t, ok in enumerate(v.per_test) if ok)
         else:
             alone += [(j, p, t) for t in range(len(jobs[j][2]))]
-    verdicts = _checks(verify_fn, [(jobs[j][0], jobs[j][1][p], [jobs[j][2][t]]) for j, p, t in alone])
+    verdicts = _checks(
+        verify_fn, [(jobs[j][0], jobs[j][1][p], [jobs[j][2][t]]) for j, p, t in alone]
+    )
     for (j, p, t), v in zip(alone, verdicts, strict=True):
         if v.passed is True:
             sets[j][p].add(t)
