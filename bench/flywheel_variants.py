@@ -214,6 +214,15 @@ def main() -> None:
         "trace shapes rebalanced (n^0.25)": sft_variant(
             "shapes", lambda: rebalance(with_shapes(sft), "shape", 0.25, within="family").drop("shape")
         ),
+        # LoRA learns less and forgets less (Biderman et al. 2024): can it train longer on math
+        # without costing the code families?
+        "LoRA r=32, lr 1e-3": sft_variant(
+            "lora", lambda: sft, lora=True, lora_r=32, lora_alpha=64, learning_rate=1e-3
+        ),
+        f"LoRA r=32, lr 1e-3, {2 * sft_cfg.max_steps} steps": sft_variant(
+            "lora-x2", lambda: sft, lora=True, lora_r=32, lora_alpha=64, learning_rate=1e-3,
+            max_steps=2 * sft_cfg.max_steps,
+        ),
         "+ DPO with NLL, 100 steps": second_stage(
             "dpo", lambda src, dst: dpo(src, dpo_pairs(args.run, rounds, sp), dst, steps=100, lr=1e-4)
         ),
