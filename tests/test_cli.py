@@ -212,3 +212,15 @@ def test_train_dpo_on_a_curated_folder(run_dir, tmp_path):
     assert (tmp_path / "m" / "model.safetensors").is_file() and "n_pairs" in r.output
     r = runner.invoke(app, ["train", "dpo", str(run_dir / "round-0" / "curated")])
     assert r.exit_code == 2 and "holds no dpo set" in r.output
+
+
+def test_verify_with_an_unknown_verifier_fails_naming_the_known_ones(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"completion": "<think>x</think>\\n4", "reference": "4"}\n')
+    r = runner.invoke(app, ["verify", str(f), "--verifier", "nope"])
+    assert r.exit_code == 2 and "unknown verifier 'nope'; known: code, math" in " ".join(r.output.split())
+    assert not (tmp_path / "c.verdicts.parquet").exists()
+    g = tmp_path / "noref.jsonl"
+    g.write_text('{"completion": "<think>x</think>\\n4"}\n')
+    r = runner.invoke(app, ["verify", str(g)])
+    assert r.exit_code == 2 and "the math verifier needs a 'reference' column" in " ".join(r.output.split())

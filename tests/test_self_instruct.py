@@ -267,15 +267,6 @@ def test_flow_generation_step_references_tasks_with_the_runs_sampling_settings()
     assert {p.max_tokens for p in engine.calls if p.n == 1} == {64}  # task generation
 
 
-def test_read_seeds_jsonl(tmp_path):
-    f = tmp_path / "seeds.jsonl"
-    f.write_text('{"prompt": "What is 4 * 11?", "reference": "44"}\n\n{"prompt": "Solve for x: x + 1 = 3"}\n')
-    pool = seeds_mod.read_seeds(f)
-    assert pool["prompt"].to_list() == ["What is 4 * 11?", "Solve for x: x + 1 = 3"]
-    assert pool["reference"].to_list() == ["44", None]
-    assert pool["task_id"][0] == records.task_id("math", "What is 4 * 11?", "44")
-
-
 def test_near_duplicates_within_one_batch():
     t = "<think>n</think>\nCompute 15 times 4 and then subtract {}."
     engine = ScriptedEngine([t.format(9), t.format(8), "<think>n</think>\nName 3 prime numbers."])

@@ -23,7 +23,7 @@ app = typer.Typer(
     help="A synthetic-data flywheel for LLM post-training.",
     pretty_exceptions_enable=False,
 )
-train_app = typer.Typer(no_args_is_help=True, help="Train on a curated dataset (SFT or GRPO).")
+train_app = typer.Typer(no_args_is_help=True, help="Train on a curated dataset (SFT, DPO or GRPO).")
 app.add_typer(train_app, name="train")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -86,6 +86,24 @@ def unreachable_model(cfg: RunConfig) -> str | None:
     return None
 
 
+def unreadable_tasks(cfg: RunConfig) -> str | None:
+    """Why the task files the config names (`generate.tasks`, `eval.paths`) cannot be used, or
+    None: a missing file, a row without a prompt, an unknown verifier, a held-out row that
+    cannot be verified. Checked before Prefect starts, not a round in."""
+    if not (cfg.generate.tasks.paths or cfg.eval.paths):
+        return None
+    from thinkwheel.config import TaskFilesConfig
+    from thinkwheel.generators.task_files import load_task_files
+
+    e = cfg.eval
+    try:
+        load_task_files(cfg.generate.tasks)
+        load_task_files(TaskFilesConfig(paths=e.paths, columns=e.columns), held_out=True)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _exit_cleanly_on_term() -> None:
     """SIGTERM and SIGHUP leave through Python's normal exit, so atexit stops Prefect's temporary
     server: it is a child process (uvicorn) and, under the default handlers, outlived us.
@@ -111,7 +129,7 @@ def run(
     cfg = _config(config or DEFAULT_RUN, rounds=rounds)
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
-    if problem := unreachable_model(cfg):
+    if problem := unreachable_model(cfg) or unreadable_tasks(cfg):
         fail(problem)
     out = out or Path("runs") / cfg.name
     t0 = time.time()

@@ -128,7 +128,37 @@ class ConsensusConfig(_Section):
     tests_template: str | None = None
 
 
+TASK_FIELDS = ("prompt", "reference", "tests", "domain", "family", "difficulty", "verifier", "meta")
+
+
+class TaskFilesConfig(_Section):
+    """Tasks you bring: JSONL / JSON / parquet files or `datasets.save_to_disk` folders, one
+    task per row. A row needs a `prompt`; `reference` (math) or `tests` (code) make it
+    verifiable, and `verifier` may name a plugin ("module:callable"). Relative paths are read
+    from the working directory."""
+
+    paths: list[str] = Field(default_factory=list)
+    # our field -> your column, e.g. {prompt: question, reference: answer}
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> TaskFilesConfig:
+        if bad := sorted(set(self.columns) - set(TASK_FIELDS)):
+            raise ValueError(f"columns: unknown field {bad[0]!r}; fields: {', '.join(TASK_FIELDS)}")
+        return self
+
+
+class GenerateTasksConfig(TaskFilesConfig):
+    # every row each round (ReST-EM re-samples the same prompts), or a fresh seeded draw of
+    # this many per round
+    per_round: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
 class GenerateConfig(_Section):
+    # your own tasks, sampled each round next to the procedural ones (rows without a reference
+    # get one by consensus, like Self-Instruct's); set procedural.per_family: 0 for yours only
+    tasks: GenerateTasksConfig = Field(default_factory=GenerateTasksConfig)
     procedural: ProceduralConfig = Field(default_factory=ProceduralConfig)
     self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
     evol_instruct: EvolInstructConfig = Field(default_factory=EvolInstructConfig)
@@ -288,6 +318,7 @@ BUNDLED_HELD_OUT = 40
 
 
 class EvalConfig(_Section):
+    # the procedural held-out split's families; [] for none (then `paths` is the eval set)
     families: list[str] = Field(default_factory=lambda: ["all"])
     per_family: int = Field(40, ge=1)  # at most BUNDLED_HELD_OUT with the bundled model
     difficulty: int = 1
@@ -295,6 +326,18 @@ class EvalConfig(_Section):
     k: int = Field(1, ge=1)
     max_tokens: int = 160
     temperature: float = Field(0.8, ge=0)  # sampling for pass@k / maj@k when k > 1
+    # your own held-out tasks, scored next to the procedural split (per family: a row's
+    # `family`, else the file's name); each needs a reference (math) or tests (code), and no
+    # round trains on them
+    paths: list[str] = Field(default_factory=list)
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_evaluate(self) -> EvalConfig:
+        if not self.families and not self.paths:
+            raise ValueError("families is empty and there are no paths: nothing to evaluate")
+        TaskFilesConfig(columns=self.columns)  # the same field check
+        return self
 
 
 class RunConfig(_Section):
@@ -350,8 +393,11 @@ def _one_line(err: ValidationError) -> str:
     where = _where(first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
+    msg = str(first["msg"]).removeprefix("Value error, ")
     if not first["loc"]:  # a rule across sections: the message says which keys
-        return str(first["msg"]).removeprefix("Value error, ")
+        return msg
+    if first["type"] == "value_error":  # a section's own rule: its message names the field
+        return f"'{where}': {msg}"
     return f"bad value for '{where}': {first['msg']} (got {first.get('input')!r})"
 
 

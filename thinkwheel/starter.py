@@ -18,8 +18,12 @@ SECTION_NOTES = {
         " model: 'bundled' = the small model shipped in the package, or a local path / model id."
     ),
     "generate": (
-        "Task generation: procedural families (exact references), plus Self-Instruct and"
-        " Evol-Instruct through the engine when enabled."
+        "Task generation: your own tasks (tasks.paths: JSONL / JSON / parquet files or datasets"
+        " folders with a prompt and a reference or tests per row; tasks.columns maps your column"
+        " names, e.g. {prompt: question, reference: answer}; a row without a reference gets one"
+        " by consensus; a row's verifier may be a 'module:callable' plugin), procedural families"
+        " (exact references; per_family: 0 for yours only), plus Self-Instruct and Evol-Instruct"
+        " through the engine when enabled."
     ),
     "sampling": (
         "Rejection sampling: n candidates per task, keep at most keep_per_task verified ones;"
@@ -38,7 +42,11 @@ SECTION_NOTES = {
         " one task): parquet, hf (datasets), jsonl."
     ),
     "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then DPO and GRPO when enabled.",
-    "eval": "The held-out procedural split (its seed is never used for training data).",
+    "eval": (
+        "The held-out procedural split (its seed is never used for training data; families: []"
+        " for none), plus your own held-out files in paths (each row with a reference or tests;"
+        " no round trains on them)."
+    ),
 }
 
 

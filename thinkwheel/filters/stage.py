@@ -114,7 +114,8 @@ def dedup_tasks(tasks: pl.DataFrame, cfg: config.DedupConfig) -> pl.DataFrame:
     Procedural tasks are never near-duplicates of each other: their prompts share a template,
     so `Solve for x: -2x - 15 = -3` read as a copy of `... = -11` (the bench recipe lost 356 of
     1,920 equations and 25 of 45 list_filter_sum tasks that way), while their ids already tell
-    distinct tasks apart exactly. A generated task that near-copies one is still dropped.
+    distinct tasks apart exactly. The same holds for the tasks you bring (source "seed"): your
+    set is yours to curate. A generated task that near-copies either is still dropped.
     """
     out = _with_drop_columns(tasks)
     if not cfg.enabled or out.height < 2:
@@ -124,7 +125,8 @@ def dedup_tasks(tasks: pl.DataFrame, cfg: config.DedupConfig) -> pl.DataFrame:
         text = text + "\n" + out["reference"].cast(pl.Utf8).fill_null("")
     exact = None
     if "source" in out.columns:
-        exact = out["source"].cast(pl.Utf8).str.starts_with("procedural:").fill_null(False).to_numpy()
+        source = out["source"].cast(pl.Utf8)
+        exact = (source.str.starts_with("procedural:") | (source == "seed")).fill_null(False).to_numpy()
     return _near_dups(out, text, out["task_id"], cfg, exact=exact)
 
 

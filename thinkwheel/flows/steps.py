@@ -31,9 +31,25 @@ def _kept(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def heldout(cfg: RunConfig) -> pl.DataFrame:
+    """The procedural held-out split plus the eval files you bring."""
+    from thinkwheel.config import TaskFilesConfig
+    from thinkwheel.generators.task_files import load_task_files
     from thinkwheel.train.evaluate import heldout_tasks
 
-    return heldout_tasks(cfg.eval)
+    e = cfg.eval
+    yours = load_task_files(TaskFilesConfig(paths=e.paths, columns=e.columns), held_out=True)
+    held = heldout_tasks(e) if e.families else yours.head(0)
+    return pl.concat([held, yours], how="diagonal_relaxed").unique(
+        "task_id", keep="first", maintain_order=True
+    )
+
+
+def user_tasks(cfg: RunConfig, k: int) -> pl.DataFrame:
+    """Round k's share of the tasks you bring (`generate.tasks`)."""
+    from thinkwheel.generators.task_files import draw, load_task_files
+
+    t = cfg.generate.tasks
+    return draw(load_task_files(t, round=k), t.per_round, t.seed, k)
 
 
 def heldout_decontam(cfg: RunConfig) -> DecontamConfig:
@@ -51,17 +67,22 @@ def heldout_decontam(cfg: RunConfig) -> DecontamConfig:
 def make_tasks(
     store: RunStore, cfg: RunConfig, k: int, model_dir: str, engines: EngineFactory
 ) -> pl.DataFrame:
-    """Procedural tasks (+ Self-Instruct / Evol-Instruct when enabled), deduped, decontaminated,
-    never overlapping the held-out eval split."""
+    """Procedural tasks and yours (+ Self-Instruct / Evol-Instruct when enabled), deduped,
+    decontaminated, never overlapping the held-out eval split."""
     from thinkwheel.filters.decontam import load_benchmarks
     from thinkwheel.filters.stage import decontaminate_tasks, dedup_tasks
     from thinkwheel.generators import procedural
     from thinkwheel.generators.procedural import canonical
+    from thinkwheel.generators.task_files import unverifiable
 
     g = cfg.generate
-    llm = g.self_instruct.enabled or g.evol_instruct.enabled
-    held = heldout(cfg)
-    in_hash = _hash(k, ids_hash(held["prompt"]), model_hash(model_dir) if llm else "")
+    held, yours = heldout(cfg), user_tasks(cfg, k)
+    unlabeled = yours.filter(unverifiable())
+    llm = g.self_instruct.enabled or g.evol_instruct.enabled or unlabeled.height > 0
+    in_hash = _hash(
+        k, ids_hash(held["prompt"]), model_hash(model_dir) if llm else "",
+        records.content_id(yours.to_dicts()) if yours.height else "",
+    )
     # consensus references sample with the sampling settings
     cfg_hash = cfg.section_hash("generate", "filters", *(("sampling",) if llm else ()))
     if store.stage_done(k, "tasks", in_hash, cfg_hash):
@@ -80,10 +101,14 @@ def make_tasks(
             )
             for families, per_family, level in p.plan()
         ]
+        + [yours.filter(~unverifiable())]
     ).unique("task_id", keep="first", maintain_order=True)
     if llm:
-        tasks = pl.concat([tasks, *_llm_tasks(engines(model_dir), tasks, cfg, k)], how="diagonal_relaxed")
-        tasks = tasks.filter(~pl.col("prompt").is_in(held_prompts))
+        engine = engines(model_dir)
+        tasks = pl.concat(
+            [tasks, *_llm_tasks(engine, tasks, cfg, k), *_references(engine, unlabeled, cfg, k)],
+            how="diagonal_relaxed",
+        )
         tasks = tasks.unique("task_id", keep="first", maintain_order=True)
     pre_dropped = tasks.filter(pl.col("drop_reason").is_not_null()) if llm else None
     tasks = tasks.filter(pl.col("drop_reason").is_null()).drop("drop_reason") if llm else tasks
@@ -104,6 +129,12 @@ def make_tasks(
             pl.coalesce("drop_reason", decon["drop_reason"]).alias("drop_reason"),
             pl.coalesce("drop_ref", decon["drop_ref"]).alias("drop_ref"),
         )
+    # an eval prompt word for word, however short (decontamination skips items under 3 words)
+    copy = pl.col("drop_reason").is_null() & pl.col("prompt").is_in(held_prompts)
+    tasks = tasks.with_columns(
+        pl.when(copy).then(pl.lit("contaminated")).otherwise("drop_reason").alias("drop_reason"),
+        pl.when(copy).then(pl.lit("heldout:exact")).otherwise("drop_ref").alias("drop_ref"),
+    )
     if pre_dropped is not None and pre_dropped.height:
         tasks = pl.concat([tasks, pre_dropped], how="diagonal_relaxed")
     path = store.write_table(k, "tasks", tasks)
@@ -112,6 +143,24 @@ def make_tasks(
         seconds=time.time() - t0, outputs=[path], generated=tasks.height,
     )
     return tasks
+
+
+def _references(engine: Engine, tasks: pl.DataFrame, cfg: RunConfig, k: int) -> list[pl.DataFrame]:
+    """Your rows without a reference (math) or tests (code) get them by consensus, as
+    Self-Instruct's do; the ones without agreement stay in the table with a drop_reason."""
+    from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
+
+    if not tasks.height:
+        return []
+    kept, drop = consensus_references(
+        engine, tasks, cfg.generate.consensus, registry_verify_fn(**verifier_settings(cfg)),
+        params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
+    )
+    return [
+        records.conform(kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason")),
+                        {**records.TASKS, "drop_reason": pl.Utf8}),
+        records.conform(drop, {**records.TASKS, "drop_reason": pl.Utf8}),
+    ]
 
 
 def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> list[pl.DataFrame]:

@@ -1,8 +1,8 @@
 """The seed pool Self-Instruct and Evol-Instruct start from.
 
 Default: a stratified sample of procedural tasks (every family represented), so a run needs
-no data files. Users bring their own seeds as rows with at least a `prompt`; domain and
-verifier are inferred when missing.
+no data files. Users bring their own tasks as rows with at least a `prompt` (read from files
+by `task_files`); domain and verifier are inferred when missing.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -39,40 +38,54 @@ def default_seeds(
     return records.frame(picked[:n], records.TASKS)
 
 
-def seed_pool(rows: Iterable[Mapping[str, Any]], *, round: int = 0) -> pl.DataFrame:
-    """User seed rows -> TASKS rows with source `seed`, inferring domain and verifier."""
+def _tests(value: Any) -> list[str] | None:
+    if value is None or isinstance(value, str):
+        return None if value is None else [value]
+    return [str(t) for t in value] or None
+
+
+def seed_pool(
+    rows: Iterable[Mapping[str, Any]], *, round: int = 0, family: str = "seed", source: str = "seed"
+) -> pl.DataFrame:
+    """User rows -> TASKS rows, inferring domain and verifier; columns outside the schema go into
+    `meta`, so nothing a user's row carried is lost."""
     out = []
     for i, r in enumerate(rows):
         prompt = str(r.get("prompt") or "").strip()
         if not prompt:
-            raise ValueError(f"seed row {i} has no prompt")
+            raise ValueError(f"row {i} has no prompt")
         domain = r.get("domain") or label_domain(prompt)
         if domain is None:
-            raise ValueError(f"seed row {i}: cannot infer a domain, set 'domain': {prompt[:60]!r}")
-        meta = r.get("meta")
+            raise ValueError(f"row {i}: cannot infer a domain, set 'domain': {prompt[:60]!r}")
+        verifier = r.get("verifier") or VERIFIER_OF_DOMAIN.get(domain)
+        if verifier is None:
+            raise ValueError(f"row {i}: domain {domain!r} has no built-in verifier, set 'verifier'")
+        meta = r.get("meta") or {}
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                raise ValueError(f"row {i}: meta is a string but not JSON: {meta[:60]!r}") from None
+        meta = dict(meta)
+        if r.get("source") not in (None, source):  # your provenance column, kept
+            meta["source"] = r["source"]
+        meta.update({k: v for k, v in r.items() if k not in records.TASKS and v is not None})
+        reference = r.get("reference")
+        difficulty = r.get("difficulty")
         out.append(
             {
-                **r,
-                "task_id": records.task_id(domain, prompt, r.get("reference")),
+                "task_id": records.task_id(domain, prompt, None if reference is None else str(reference)),
                 "round": r.get("round", round),
                 "domain": domain,
-                "family": r.get("family") or "seed",
-                "source": r.get("source") or "seed",
+                "family": r.get("family") or family,
+                "difficulty": None if difficulty is None else int(difficulty),
+                "source": source,
+                "parent_id": r.get("parent_id"),
                 "prompt": prompt,
-                "verifier": r.get("verifier") or VERIFIER_OF_DOMAIN.get(domain),
-                "meta": meta if isinstance(meta, str) else records.dumps(meta or {}),
+                "reference": None if reference is None else str(reference),
+                "tests": _tests(r.get("tests")),
+                "verifier": verifier,
+                "meta": records.dumps(meta),
             }
         )
     return records.frame(out, records.TASKS)
-
-
-def read_seeds(path: str | Path) -> pl.DataFrame:
-    """Seed rows from a .jsonl, .json (a list) or .parquet file (for flows and the CLI)."""
-    p = Path(path)
-    if p.suffix == ".parquet":
-        rows = pl.read_parquet(p).to_dicts()
-    elif p.suffix == ".json":
-        rows = json.loads(p.read_text())
-    else:
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    return seed_pool(rows)

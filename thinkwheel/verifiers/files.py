@@ -17,6 +17,7 @@ import polars as pl
 
 from thinkwheel import records
 from thinkwheel.verifiers.batch import verify_frame
+from thinkwheel.verifiers.registry import load_plugins, resolve
 
 
 def _read(path: Path) -> pl.DataFrame:
@@ -47,6 +48,14 @@ def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: in
     n = df.height
     ids = [str(i) for i in range(n)]
     cols = df.to_dict(as_series=False)
+    names = {v or verifier for v in cols.get("verifier", [None] * n)}
+    load_plugins(plugins or [])
+    for name in sorted(names):
+        resolve(name)  # an unknown name fails here, not as n unverified rows
+    if "math" in names and "reference" not in df.columns:
+        raise ValueError(f"{path}: the math verifier needs a 'reference' column (has {df.columns})")
+    if "code" in names and "tests" not in df.columns:
+        raise ValueError(f"{path}: the code verifier needs a 'tests' column (has {df.columns})")
     tests = cols.get("tests", [None] * n)
     tests = [[t] if isinstance(t, str) else t for t in tests]
     tasks = records.frame(

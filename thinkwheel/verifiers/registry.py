@@ -122,10 +122,24 @@ def _build(obj: Any, name: str, opts: dict[str, Any]) -> Verifier:
     return made
 
 
+class UnknownVerifierError(KeyError):
+    """A verifier name or "module:callable" spec that resolves to nothing."""
+
+    def __str__(self) -> str:  # KeyError's default repr-quotes the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _resolve_spec(spec: str) -> Any:
     mod, _, attr = spec.partition(":")
-    obj: Any = importlib.import_module(mod)
+    if not mod or not attr:
+        raise UnknownVerifierError(f"verifier {spec!r}: expected 'module:callable'")
+    try:
+        obj: Any = importlib.import_module(mod)
+    except ImportError as err:
+        raise UnknownVerifierError(f"verifier {spec!r}: cannot import {mod!r} ({err})") from err
     for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownVerifierError(f"verifier {spec!r}: {mod!r} has no {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -140,12 +154,10 @@ def load_plugins(specs: Sequence[str]) -> list[str]:
     return names
 
 
-def get_verifier(name_or_spec: str, **opts: Any) -> Verifier:
-    """A verifier by registry name, entry-point name or "module:callable" string.
-
-    `opts` go to the factory (unknown keys are dropped for factories that do not take them).
-    Anything not built in is wrapped in SafeVerifier.
-    """
+def resolve(name_or_spec: str) -> tuple[Any, str]:
+    """(factory, origin) of a registry name, entry-point name or "module:callable" string,
+    without building it; `UnknownVerifierError` names the known ones. Lets a run check every
+    verifier its tasks name before it starts, not after sampling."""
     _load_builtins()
     if name_or_spec not in _REGISTRY:
         eps = _entry_points()
@@ -155,8 +167,17 @@ def get_verifier(name_or_spec: str, **opts: Any) -> Verifier:
             load_plugins([name_or_spec])
         else:
             known = ", ".join(n for n, _ in list_verifiers())
-            raise KeyError(f"unknown verifier {name_or_spec!r}; known: {known}")
-    factory, origin = _REGISTRY[name_or_spec]
+            raise UnknownVerifierError(f"unknown verifier {name_or_spec!r}; known: {known}")
+    return _REGISTRY[name_or_spec]
+
+
+def get_verifier(name_or_spec: str, **opts: Any) -> Verifier:
+    """A verifier by registry name, entry-point name or "module:callable" string.
+
+    `opts` go to the factory (unknown keys are dropped for factories that do not take them).
+    Anything not built in is wrapped in SafeVerifier.
+    """
+    factory, origin = resolve(name_or_spec)
     verifier = _build(factory, name_or_spec, dict(opts))
     return verifier if origin == "builtin" else SafeVerifier(verifier)
 

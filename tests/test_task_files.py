@@ -1,0 +1,185 @@
+"""Tasks you bring (`generate.tasks`, `eval.paths`): reading, checks, and the flow's use of them."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from thinkwheel.config import GenerateTasksConfig, TaskFilesConfig, parse_config
+from thinkwheel.generators.task_files import draw, load_task_files, read_rows
+from thinkwheel.store import RunStore
+
+ROWS = [
+    {"question": "What is 12 + 30?", "answer": 42, "id": "q1"},
+    {"question": "What is 7 * 6?", "answer": "42", "id": "q2"},
+    {"question": "What is 15 + 17?", "id": "q3"},  # no answer: sparse, not an error
+    {"question": "Write a Python function `double(x)` that returns 2*x.",
+     "tests": ["assert double(2) == 4"], "source": "my-crawl"},
+]
+MAP = {"prompt": "question", "reference": "answer"}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_every_format_reads_the_same_rows(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"prompt": "What is 1 + 2?", "reference": "3"}, {"prompt": "What is 2 + 2?", "reference": "4"}]
+    _jsonl(tmp_path / "t.jsonl", rows)
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    pl.DataFrame(rows).write_parquet(tmp_path / "t.parquet")
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    for name in ("t.jsonl", "t.json", "t.parquet", "ds"):
+        assert read_rows(tmp_path / name) == rows, name
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match="holds splits train, test: give .*dd/<split>"):
+        read_rows(tmp_path / "dd")
+    assert read_rows(tmp_path / "dd" / "test") == rows
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{"prompt": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+        read_rows(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="no such file"):
+        read_rows(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="expected one of"):
+        read_rows(_jsonl(tmp_path / "t.csv", rows))
+
+
+def test_columns_map_domains_and_verifiers_are_inferred_and_nothing_is_lost(tmp_path):
+    f = _jsonl(tmp_path / "mine.jsonl", ROWS)
+    t = load_task_files(TaskFilesConfig(paths=[str(f)], columns=MAP))
+    assert t["prompt"].to_list() == [r["question"] for r in ROWS]
+    assert t["reference"].to_list() == ["42", "42", None, None]  # numbers become strings
+    assert t["domain"].to_list() == ["math", "math", "math", "code"]
+    assert t["verifier"].to_list() == ["math", "math", "math", "code"]
+    assert set(t["family"]) == {"mine"} and set(t["source"]) == {"seed"}
+    assert t["tests"][3].to_list() == ["assert double(2) == 4"]
+    metas = [json.loads(m) for m in t["meta"]]
+    assert metas[0] == {"id": "q1"} and metas[3] == {"source": "my-crawl"}
+    with pytest.raises(ValueError, match=r"mine.jsonl: no column 'answr' \(mapped to 'reference'\)"):
+        load_task_files(TaskFilesConfig(paths=[str(f)], columns={"prompt": "question",
+                                                                 "reference": "answr"}))
+
+
+def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
+    def load(rows, **kw):
+        return load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))]), **kw)
+
+    with pytest.raises(ValueError, match="t.jsonl: row 1 has no prompt"):
+        load([{"prompt": "What is 1 + 1?"}, {"prompt": "  "}])
+    with pytest.raises(ValueError, match="t.jsonl: row 0: cannot infer a domain"):
+        load([{"prompt": "Tell me a story."}])
+    with pytest.raises(ValueError, match="domain 'prose' has no built-in verifier"):
+        load([{"prompt": "Tell me a story.", "domain": "prose"}])
+    with pytest.raises(ValueError, match="unknown verifier 'nope'; known: code, math"):
+        load([{"prompt": "What is 1 + 1?", "verifier": "nope"}])
+    with pytest.raises(ValueError, match="cannot import 'no_such_module_tw'"):
+        load([{"prompt": "What is 1 + 1?", "verifier": "no_such_module_tw:check"}])
+    # a held-out row must be verifiable as given; a training row may get a reference by consensus
+    rows = [{"prompt": "What is 1 + 1?", "reference": "2"}, {"prompt": "What is 3 + 1?"}]
+    assert load(rows).height == 2
+    with pytest.raises(ValueError, match=r"1 held-out row\(s\) cannot be verified .* row 1"):
+        load(rows, held_out=True)
+    plugin = [{"prompt": "Tell me a story.", "domain": "prose", "verifier": "think_format"}]
+    assert load(plugin, held_out=True)["verifier"].to_list() == ["think_format"]
+
+
+def test_per_round_draw_is_seeded_fresh_each_round_and_keeps_file_order():
+    t = pl.DataFrame({"task_id": [f"t{i:03d}" for i in range(200)]})
+    assert draw(t, None, 0, 3).equals(t) and draw(t, 500, 0, 3).equals(t)
+    r0, r1 = draw(t, 50, 0, 0), draw(t, 50, 0, 1)
+    assert r0.height == r1.height == 50 and r0.equals(draw(t, 50, 0, 0))
+    assert r0["task_id"].to_list() != r1["task_id"].to_list()
+    assert r0["task_id"].to_list() == sorted(r0["task_id"].to_list())
+
+
+def test_the_tasks_stage_uses_your_tasks_and_never_trains_on_your_eval_set(tmp_path):
+    """Real procedural-shaped rows through the flow's tasks stage: templated rows are not
+    near-deduped, a copy of an eval row is dropped with the eval item as drop_ref, and the eval
+    split is the eval file only (families: [])."""
+    from thinkwheel.flows.steps import heldout, make_tasks
+
+    train = [{"prompt": f"What is {a} + {a + 1}?", "reference": str(2 * a + 1)} for a in range(10, 40)]
+    short = {"prompt": "Double 21.", "reference": "42", "domain": "math"}  # too short to decontaminate
+    train.append(short)
+    test = [{"prompt": "What is 21 + 22?", "reference": "43", "family": "sums"},
+            {"prompt": "What is 9 - 3?", "reference": "6"}, short]
+    cfg = parse_config({
+        "generate": {"tasks": {"paths": [str(_jsonl(tmp_path / "train.jsonl", train))]},
+                     "procedural": {"per_family": 0}},
+        "eval": {"families": [], "paths": [str(_jsonl(tmp_path / "test.jsonl", test))]},
+    })
+    held = heldout(cfg)
+    assert held["family"].to_list() == ["sums", "test", "test"]
+    store = RunStore.create(tmp_path / "run", cfg)
+    tasks = make_tasks(store, cfg, 0, "unused", lambda m: pytest.fail("no engine needed"))
+    kept = tasks.filter(pl.col("drop_reason").is_null())
+    assert kept.height == 29 and set(kept["source"]) == {"seed"}
+    for prompt in ("What is 21 + 22?", "Double 21."):  # in the table, with the reason
+        dropped = tasks.filter(pl.col("prompt") == prompt)
+        assert dropped["drop_reason"].to_list() == ["contaminated"]
+        assert dropped["drop_ref"][0].startswith("heldout:")
+
+
+def test_rows_without_a_reference_get_one_by_consensus_on_the_model(tmp_path):
+    """The bundled model labels an unlabeled row by majority vote (or drops it with a reason);
+    labeled rows pass through untouched and cost no sampling."""
+    from thinkwheel.engines.hf import HFEngine
+    from thinkwheel.flows.steps import make_tasks
+    from thinkwheel.generators.task_files import unverifiable
+
+    rows = [{"prompt": "What is 3 + 4?", "reference": "7"}, {"prompt": "What is 2 + 5?"},
+            {"prompt": "What is 60 + 8?"}]
+    cfg = parse_config({
+        "generate": {"tasks": GenerateTasksConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))])
+                     .model_dump(), "procedural": {"per_family": 0},
+                     "consensus": {"samples": 6}},
+        "sampling": {"max_tokens": 64},
+    })
+    store = RunStore.create(tmp_path / "run", cfg)
+    engines = []
+    tasks = make_tasks(store, cfg, 0, "bundled-path",
+                       lambda m: engines.append(HFEngine.load(_model())) or engines[-1])
+    assert len(engines) == 1
+    by_prompt = {r["prompt"]: r for r in tasks.to_dicts()}
+    assert by_prompt["What is 3 + 4?"]["reference"] == "7"
+    for p in ("What is 2 + 5?", "What is 60 + 8?"):
+        r = by_prompt[p]  # labeled by agreement, or kept in the table with why not
+        if r["drop_reason"] is None:
+            assert r["reference"] is not None, r
+        else:
+            assert r["drop_reason"] in ("low_agreement", "tied_answers", "no_answers"), r
+    assert tasks.filter(pl.col("drop_reason").is_null()).filter(unverifiable()).height == 0
+
+
+def _model() -> str:
+    from thinkwheel.assets import model_path
+
+    return str(model_path())
+
+
+def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkeypatch):
+    import thinkwheel.flows.flywheel as fw
+    from thinkwheel.cli import app
+
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    monkeypatch.chdir(tmp_path)
+    _jsonl(tmp_path / "t.jsonl", [{"prompt": "What is 1 + 1?", "verifier": "mine:check"}])
+    _jsonl(tmp_path / "e.jsonl", [{"prompt": "What is 2 + 2?"}])
+
+    def run_with(text: str):
+        (tmp_path / "c.yaml").write_text(text)
+        r = CliRunner().invoke(app, ["run", "-c", "c.yaml"])
+        return r.exit_code, " ".join(r.output.split())
+
+    code, out = run_with("generate: {tasks: {paths: [missing.jsonl]}}\n")
+    assert code == 2 and "missing.jsonl: no such file or folder" in out
+    code, out = run_with("generate: {tasks: {paths: [t.jsonl]}}\n")
+    assert code == 2 and "t.jsonl: verifier 'mine:check': cannot import 'mine'" in out
+    code, out = run_with("eval: {paths: [e.jsonl]}\n")
+    assert code == 2 and "e.jsonl: 1 held-out row(s) cannot be verified" in out

@@ -1,0 +1,111 @@
+"""Tasks you bring: the files `generate.tasks` and `eval.paths` name, read into TASKS rows.
+
+Every check runs when the files are read, before any sampling: a row the flow could not verify,
+or a verifier name that resolves to nothing, would otherwise surface a round later as candidates
+that all came back unverified.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkwheel import records
+from thinkwheel.config import TaskFilesConfig
+from thinkwheel.generators.seeds import seed_pool
+from thinkwheel.verifiers.registry import UnknownVerifierError, resolve
+
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a .jsonl / .json (a list of objects) / .parquet file or a `datasets` folder."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if p.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        try:
+            ds = load_from_disk(str(p))
+        except FileNotFoundError as err:
+            raise ValueError(f"{path}: not a `datasets` save_to_disk folder ({err})") from None
+        if isinstance(ds, DatasetDict):
+            raise ValueError(f"{path} holds splits {', '.join(ds)}: give {path}/<split>")
+        return ds.to_list()
+    if p.suffix == ".parquet":
+        return pl.read_parquet(p).to_dicts()
+    if p.suffix == ".json":
+        rows = json.loads(p.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: a .json task file holds a list of objects")
+        return rows
+    if p.suffix in (".jsonl", ".ndjson"):
+        out = []
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError as err:
+                    raise ValueError(f"{path}:{n}: not JSON ({err})") from None
+        return out
+    raise ValueError(f"{path}: expected one of {', '.join(SUFFIXES)} or a `datasets` folder")
+
+
+def _renamed(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """Your column names -> ours. A row may lack a value (sparse JSONL); a mapped column that
+    no row has is a typo."""
+    for ours, yours in columns.items():
+        if not any(yours in r for r in rows):
+            seen = sorted({c for r in rows[:100] for c in r})
+            raise ValueError(f"no column {yours!r} (mapped to {ours!r}); it has {seen}")
+    renamed = []
+    for r in rows:
+        out = {k: v for k, v in r.items() if k not in columns.values()}
+        out.update({ours: r.get(yours) for ours, yours in columns.items()})
+        renamed.append(out)
+    return renamed
+
+
+def unverifiable() -> pl.Expr:
+    """Rows a built-in verifier cannot check as given: math without a reference, code without
+    tests. In training they get one by consensus; in an eval set they are an error."""
+    return ((pl.col("verifier") == "math") & pl.col("reference").is_null()) | (
+        (pl.col("verifier") == "code") & pl.col("tests").list.len().fill_null(0).eq(0)
+    )
+
+
+def load_task_files(cfg: TaskFilesConfig, *, round: int = 0, held_out: bool = False) -> pl.DataFrame:
+    """TASKS rows from every file in `cfg.paths` (source "seed"; family defaults to the file's
+    name). `held_out` rows must be verifiable as given. Duplicate tasks keep their first row."""
+    frames = []
+    for path in cfg.paths:
+        try:
+            rows = _renamed(read_rows(path), cfg.columns)
+            if not rows:
+                raise ValueError("no rows")
+            tasks = seed_pool(rows, round=round, family=Path(path).stem)
+            for name in tasks["verifier"].unique().sort():
+                resolve(name)
+        except (ValueError, UnknownVerifierError) as err:
+            raise ValueError(f"{path}: {err}") from None
+        if held_out and (bad := tasks.with_row_index("row").filter(unverifiable())).height:
+            raise ValueError(
+                f"{path}: {bad.height} held-out row(s) cannot be verified as given (math needs a "
+                f"reference, code needs tests), e.g. row {bad['row'][0]}: {bad['prompt'][0][:60]!r}"
+            )
+        frames.append(tasks)
+    if not frames:
+        return pl.DataFrame(schema=records.TASKS)
+    return pl.concat(frames).unique("task_id", keep="first", maintain_order=True)
+
+
+def draw(tasks: pl.DataFrame, per_round: int | None, seed: int, k: int) -> pl.DataFrame:
+    """Round k's share: every row, or a fresh seeded draw of `per_round` (in file order)."""
+    if per_round is None or per_round >= tasks.height:
+        return tasks
+    picked = tasks.with_row_index("_i").sample(per_round, seed=seed + 7919 * k, shuffle=False)
+    return picked.sort("_i").drop("_i")
