@@ -169,3 +169,17 @@ def test_parse_results_are_cached_including_errors() -> None:
         with pytest.raises(ParseError):
             parse_answer("\\frac{")
     assert _parse_cached.cache_info().hits >= 2
+
+
+@pytest.mark.parametrize(
+    ("reference", "right", "wrong"),
+    [
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 "
+         "clips altogether in April and May.\n#### 72", "72", "24"),  # GSM8K's answer field
+        ("We have $x^2=9$, so the positive root is $\\boxed{3}$.", "3", "9"),  # a MATH solution
+        ("The final answer is \\frac{1}{2}.", "0.5", "2"),
+    ],
+)
+def test_a_worked_solution_reference_is_read_by_its_marked_answer(reference, right, wrong) -> None:
+    assert check_math(reference, f"<think>x</think>\n{right}")[:2] == (True, "ok")
+    assert check_math(reference, f"<think>x</think>\n{wrong}")[:2] == (False, "wrong_answer")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from thinkwheel.verifiers.base import Candidate, Task, Verdict, completion_text, register
 from thinkwheel.verifiers.math_equiv import equivalent
-from thinkwheel.verifiers.math_extract import extract_answer
+from thinkwheel.verifiers.math_extract import extract_answer, marked_answer
 from thinkwheel.verifiers.math_parse import Answer, ParseError, latex_to_sympy, parse_answer
 from thinkwheel.verifiers.math_pool import shared_pool
 
@@ -23,9 +23,14 @@ _JOB = "thinkwheel.verifiers.math:run_job"
 
 @functools.lru_cache(maxsize=8192)
 def parse_reference(reference: str) -> Answer | str:
-    """Parsed reference, or the parse error message (cached: one parse per task per worker)."""
+    """Parsed reference, or the parse error message (cached: one parse per task per worker).
+
+    A reference that is a worked solution rather than an answer (GSM8K's `... #### 72`, a
+    MATH solution with `\\boxed{}`) is read by the answer it marks as final: parsed whole, such
+    prose can come out as a product of symbols that no answer equals."""
+    marked = marked_answer(reference)
     try:
-        return parse_answer(reference)
+        return parse_answer(marked or reference)
     except ParseError as err:
         return str(err)
 

@@ -58,6 +58,21 @@ def clean(answer: str) -> str:
     return s.strip()
 
 
+def marked_answer(text: str) -> str | None:
+    """The answer a worked solution marks as final (`\\boxed{}`, "####", "final answer is",
+    "answer:"), or None. For references: GSM8K's answers end `#### 72` and MATH's solutions box
+    theirs. Unlike `extract_answer` it never guesses a trailing number, since a reference the
+    verifier misreads would mark right answers wrong."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return clean(boxed) or None
+    for cue in _CUES:
+        hits = cue.findall(text)
+        if hits and hits[-1].strip():
+            return clean(hits[-1].strip().splitlines()[0]) or None
+    return None
+
+
 def extract_answer(completion: str) -> str | None:
     """The final answer text of a completion, or None when there is none."""
     close = completion.rfind("</think>")
