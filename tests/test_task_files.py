@@ -1,4 +1,4 @@
-"""Tasks you bring (`generate.tasks`, `eval.paths`): reading, checks, and the flow's use of them."""
+"""Tasks you bring (`generate.tasks`, `eval.tasks`): reading, checks, and the flow's use of them."""
 
 import json
 from pathlib import Path
@@ -87,6 +87,12 @@ def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
         load(rows, held_out=True)
     plugin = [{"prompt": "Tell me a story.", "domain": "prose", "verifier": "think_format"}]
     assert load(plugin, held_out=True)["verifier"].to_list() == ["think_format"]
+    # file-wide defaults fill only the rows that do not say
+    rows = [{"prompt": "Tell me a story."}, {"prompt": "Sing.", "domain": "song", "verifier": "math"}]
+    t = load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "s.jsonl", rows))],
+                                        domain="prose", verifier="think_format"))
+    assert t["domain"].to_list() == ["prose", "song"]
+    assert t["verifier"].to_list() == ["think_format", "math"]
 
 
 def test_per_round_draw_is_seeded_fresh_each_round_and_keeps_file_order():
@@ -112,7 +118,7 @@ def test_the_tasks_stage_uses_your_tasks_and_never_trains_on_your_eval_set(tmp_p
     cfg = parse_config({
         "generate": {"tasks": {"paths": [str(_jsonl(tmp_path / "train.jsonl", train))]},
                      "procedural": {"per_family": 0}},
-        "eval": {"families": [], "paths": [str(_jsonl(tmp_path / "test.jsonl", test))]},
+        "eval": {"families": [], "tasks": {"paths": [str(_jsonl(tmp_path / "test.jsonl", test))]}},
     })
     held = heldout(cfg)
     assert held["family"].to_list() == ["sums", "test", "test"]
@@ -181,5 +187,5 @@ def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkey
     assert code == 2 and "missing.jsonl: no such file or folder" in out
     code, out = run_with("generate: {tasks: {paths: [t.jsonl]}}\n")
     assert code == 2 and "t.jsonl: verifier 'mine:check': cannot import 'mine'" in out
-    code, out = run_with("eval: {paths: [e.jsonl]}\n")
+    code, out = run_with("eval: {tasks: {paths: [e.jsonl]}}\n")
     assert code == 2 and "e.jsonl: 1 held-out row(s) cannot be verified" in out

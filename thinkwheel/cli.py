@@ -87,18 +87,16 @@ def unreachable_model(cfg: RunConfig) -> str | None:
 
 
 def unreadable_tasks(cfg: RunConfig) -> str | None:
-    """Why the task files the config names (`generate.tasks`, `eval.paths`) cannot be used, or
+    """Why the task files the config names (`generate.tasks`, `eval.tasks`) cannot be used, or
     None: a missing file, a row without a prompt, an unknown verifier, a held-out row that
     cannot be verified. Checked before Prefect starts, not a round in."""
-    if not (cfg.generate.tasks.paths or cfg.eval.paths):
+    if not (cfg.generate.tasks.paths or cfg.eval.tasks.paths):
         return None
-    from thinkwheel.config import TaskFilesConfig
     from thinkwheel.generators.task_files import load_task_files
 
-    e = cfg.eval
     try:
         load_task_files(cfg.generate.tasks)
-        load_task_files(TaskFilesConfig(paths=e.paths, columns=e.columns), held_out=True)
+        load_task_files(cfg.eval.tasks, held_out=True)
     except ValueError as err:
         return str(err)
     return None

@@ -140,6 +140,9 @@ class TaskFilesConfig(_Section):
     paths: list[str] = Field(default_factory=list)
     # our field -> your column, e.g. {prompt: question, reference: answer}
     columns: dict[str, str] = Field(default_factory=dict)
+    # for rows that do not say: e.g. domain: math for word problems, verifier: "mypkg:check"
+    domain: str | None = None
+    verifier: str | None = None
 
     @model_validator(mode="after")
     def _known_fields(self) -> TaskFilesConfig:
@@ -329,14 +332,12 @@ class EvalConfig(_Section):
     # your own held-out tasks, scored next to the procedural split (per family: a row's
     # `family`, else the file's name); each needs a reference (math) or tests (code), and no
     # round trains on them
-    paths: list[str] = Field(default_factory=list)
-    columns: dict[str, str] = Field(default_factory=dict)
+    tasks: TaskFilesConfig = Field(default_factory=TaskFilesConfig)
 
     @model_validator(mode="after")
     def _something_to_evaluate(self) -> EvalConfig:
-        if not self.families and not self.paths:
-            raise ValueError("families is empty and there are no paths: nothing to evaluate")
-        TaskFilesConfig(columns=self.columns)  # the same field check
+        if not self.families and not self.tasks.paths:
+            raise ValueError("families is empty and tasks.paths too: nothing to evaluate")
         return self
 
 

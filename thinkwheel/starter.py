@@ -20,7 +20,8 @@ SECTION_NOTES = {
     "generate": (
         "Task generation: your own tasks (tasks.paths: JSONL / JSON / parquet files or datasets"
         " folders with a prompt and a reference or tests per row; tasks.columns maps your column"
-        " names, e.g. {prompt: question, reference: answer}; a row without a reference gets one"
+        " names, e.g. {prompt: question, reference: answer}; domain / verifier fill rows that do"
+        " not say; a row without a reference gets one"
         " by consensus; a row's verifier may be a 'module:callable' plugin), procedural families"
         " (exact references; per_family: 0 for yours only), plus Self-Instruct and Evol-Instruct"
         " through the engine when enabled."
@@ -44,8 +45,8 @@ SECTION_NOTES = {
     "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then DPO and GRPO when enabled.",
     "eval": (
         "The held-out procedural split (its seed is never used for training data; families: []"
-        " for none), plus your own held-out files in paths (each row with a reference or tests;"
-        " no round trains on them)."
+        " for none), plus your own held-out files in tasks.paths (read like generate.tasks; each"
+        " row with a reference or tests; no round trains on them)."
     ),
 }
 

@@ -32,12 +32,11 @@ def _kept(df: pl.DataFrame) -> pl.DataFrame:
 
 def heldout(cfg: RunConfig) -> pl.DataFrame:
     """The procedural held-out split plus the eval files you bring."""
-    from thinkwheel.config import TaskFilesConfig
     from thinkwheel.generators.task_files import load_task_files
     from thinkwheel.train.evaluate import heldout_tasks
 
     e = cfg.eval
-    yours = load_task_files(TaskFilesConfig(paths=e.paths, columns=e.columns), held_out=True)
+    yours = load_task_files(e.tasks, held_out=True)
     held = heldout_tasks(e) if e.families else yours.head(0)
     return pl.concat([held, yours], how="diagonal_relaxed").unique(
         "task_id", keep="first", maintain_order=True

@@ -1,4 +1,4 @@
-"""Tasks you bring: the files `generate.tasks` and `eval.paths` name, read into TASKS rows.
+"""Tasks you bring: the files `generate.tasks` and `eval.tasks` name, read into TASKS rows.
 
 Every check runs when the files are read, before any sampling: a row the flow could not verify,
 or a verifier name that resolves to nothing, would otherwise surface a round later as candidates
@@ -85,6 +85,8 @@ def load_task_files(cfg: TaskFilesConfig, *, round: int = 0, held_out: bool = Fa
     for path in cfg.paths:
         try:
             rows = _renamed(read_rows(path), cfg.columns)
+            defaults = {"domain": cfg.domain, "verifier": cfg.verifier}
+            rows = [{**r, **{k: v for k, v in defaults.items() if v and not r.get(k)}} for r in rows]
             if not rows:
                 raise ValueError("no rows")
             tasks = seed_pool(rows, round=round, family=Path(path).stem)
