@@ -88,17 +88,21 @@ def unreachable_model(cfg: RunConfig) -> str | None:
 
 def unreadable_tasks(cfg: RunConfig) -> str | None:
     """Why the task files the config names (`generate.tasks`, `eval.tasks`) cannot be used, or
-    None: a missing file, a row without a prompt, an unknown verifier, a held-out row that
-    cannot be verified. Checked before Prefect starts, not a round in."""
-    if not (cfg.generate.tasks.paths or cfg.eval.tasks.paths):
+    None: a missing file, a row without a prompt, an unknown verifier (there or in
+    verify.plugins), a held-out row that cannot be verified. Checked before Prefect starts,
+    not a round in."""
+    if not (cfg.generate.tasks.paths or cfg.eval.tasks.paths or cfg.verify.plugins):
         return None
     from thinkwheel.generators.task_files import load_task_files
+    from thinkwheel.verifiers import UnknownVerifierError, resolve
 
     try:
+        for spec in cfg.verify.plugins:
+            resolve(spec)
         load_task_files(cfg.generate.tasks)
         load_task_files(cfg.eval.tasks, held_out=True)
-    except ValueError as err:
-        return str(err)
+    except (ValueError, UnknownVerifierError) as err:
+        return str(err) if isinstance(err, ValueError) else f"verify.plugins: {err}"
     return None
 
 

@@ -84,11 +84,12 @@ def load_task_files(cfg: TaskFilesConfig, *, round: int = 0, held_out: bool = Fa
     frames = []
     for path in cfg.paths:
         try:
-            rows = _renamed(read_rows(path), cfg.columns)
-            defaults = {"domain": cfg.domain, "verifier": cfg.verifier}
-            rows = [{**r, **{k: v for k, v in defaults.items() if v and not r.get(k)}} for r in rows]
+            rows = read_rows(path)
             if not rows:
                 raise ValueError("no rows")
+            rows = _renamed(rows, cfg.columns)
+            defaults = {"domain": cfg.domain, "verifier": cfg.verifier}
+            rows = [{**r, **{k: v for k, v in defaults.items() if v and not r.get(k)}} for r in rows]
             tasks = seed_pool(rows, round=round, family=Path(path).stem)
             for name in tasks["verifier"].unique().sort():
                 resolve(name)
