@@ -224,3 +224,13 @@ def test_verify_with_an_unknown_verifier_fails_naming_the_known_ones(tmp_path):
     g.write_text('{"completion": "<think>x</think>\\n4"}\n')
     r = runner.invoke(app, ["verify", str(g)])
     assert r.exit_code == 2 and "the math verifier needs a 'reference' column" in " ".join(r.output.split())
+
+
+def test_train_fails_in_one_line_on_a_missing_dataset_or_model(run_dir, tmp_path):
+    r = runner.invoke(app, ["train", "sft", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "no dataset at" in r.output and "Traceback" not in r.output
+    curated = run_dir / "round-1" / "curated"
+    r = runner.invoke(app, ["train", "sft", str(curated), "--model", str(tmp_path / "no-model"),
+                            "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "--model: no such folder" in " ".join(r.output.split())
+    assert not (tmp_path / "m").exists()

@@ -338,10 +338,16 @@ def _train_inputs(data: Path, split: str, model: str, config: Path | None):
     from thinkwheel.engines.factory import resolve_model
 
     cfg = _config(config)
-    frames = read_dataset(data)
+    try:
+        frames = read_dataset(data)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
     if split not in frames:
         fail(f"{data} holds no {split} set")
-    return cfg, frames[split], resolve_model(cfg.engine.model_copy(update={"model": model}))
+    engine = cfg.engine.model_copy(update={"model": model, "kind": "hf"})
+    if problem := unreachable_model(cfg.model_copy(update={"engine": engine})):
+        fail(problem.replace("engine.model", "--model"))
+    return cfg, frames[split], resolve_model(engine)
 
 
 def _show(metrics: dict) -> None:
