@@ -36,6 +36,11 @@ def test_inspect_prints_funnel_per_round(run_dir):
     assert "round 0" in r.output and "round 1" in r.output and "funnel" in r.output
 
 
+def test_inspect_a_round_the_run_does_not_have_says_so(run_dir):
+    r = runner.invoke(app, ["inspect", str(run_dir), "--round", "7"])
+    assert r.exit_code == 2 and "has no round 7; it has 0, 1" in " ".join(r.output.split())
+
+
 def test_inspect_json_is_machine_readable(run_dir):
     r = runner.invoke(app, ["inspect", str(run_dir), "--json"])
     data = json.loads(r.output)

@@ -213,6 +213,8 @@ def inspect(
     store, rounds, evals = _load_run(path)
     if not rounds:
         fail(f"{path} holds no finished round yet")
+    if round is not None and round not in rounds:
+        fail(f"{path} has no round {round}; it has {', '.join(map(str, sorted(rounds)))}")
     if samples or where or reason:
         try:
             df = ins.sample_records(rounds, samples or 5, where=where, reason=reason, round=round)
