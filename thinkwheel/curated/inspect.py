@@ -333,9 +333,15 @@ def sample_records(
         df = df.filter(pl.col("status") == reason)
     elif reason:
         r = pl.col("drop_reason")
+        known = sorted(df["drop_reason"].drop_nulls().unique().to_list())
         df = df.filter(
             (r == reason) | r.str.starts_with(reason + ":") | (pl.col("drop_stage") == reason)
         )
+        if df.height == 0:  # a typo must not read as "nothing was dropped for that"
+            raise ValueError(
+                f"no record was dropped for {reason!r}; drop reasons here: "
+                f"{', '.join(known) or 'none'} (or a stage, kept, dropped)"
+            )
     if where:
         try:
             df = df.filter(where_expr(where))
