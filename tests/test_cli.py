@@ -243,3 +243,24 @@ def test_train_fails_in_one_line_on_a_missing_dataset_or_model(run_dir, tmp_path
                             "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "--model: no such folder" in " ".join(r.output.split())
     assert not (tmp_path / "m").exists()
+
+
+def test_eval_scores_a_model_as_the_flow_does(tmp_path):
+    """The bundled model, for real, on a small split: the table, and an eval.json equal to the
+    flow's scoring of the same model with the same settings."""
+    from thinkwheel.config import load_config
+    from thinkwheel.engines.factory import make_engine
+    from thinkwheel.flows.steps import score_model
+
+    c = tmp_path / "c.yaml"
+    c.write_text("eval: {families: [addition, count_char], per_family: 3, max_tokens: 96}\n")
+    r = runner.invoke(app, ["eval", "-c", str(c), "--out", str(tmp_path / "ev.json")])
+    assert r.exit_code == 0, r.output
+    assert "addition" in r.output and "count_char" in r.output and "all" in r.output
+    got = json.loads((tmp_path / "ev.json").read_text())
+    cfg = load_config(c)
+    want = score_model(cfg, make_engine(cfg.engine))
+    assert got["n"] == 6 and set(got["per_family"]) == {"addition", "count_char"}
+    assert got["accuracy"] == want["accuracy"] and got["per_family"] == want["per_family"]
+    r = runner.invoke(app, ["eval", "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 2 and "--model: no such folder" in " ".join(r.output.split())

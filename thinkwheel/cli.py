@@ -399,6 +399,44 @@ def train_grpo_cmd(
     _show(train_grpo(path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo)))
 
 
+# ------------------------------------------------------------------ eval
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str | None, typer.Option(help="Model folder or id (default: engine.model)")] = None,
+    config: ConfigOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the eval.json here")] = None,
+) -> None:
+    """Score a model on the held-out split (and eval.tasks files), as the flow scores each round:
+    greedy pass@1 (pass@k and maj@k when eval.k > 1), per family."""
+    from thinkwheel.engines.factory import make_engine
+    from thinkwheel.flows.steps import score_model
+
+    cfg = _config(config)
+    if model is not None:
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
+    if missing := missing_extras(cfg):
+        fail("; ".join(missing))
+    if problem := unreachable_model(cfg) or unreadable_tasks(cfg):
+        fail(problem.replace("engine.model", "--model") if model else problem)
+    t0 = time.time()
+    with console.status(f"scoring {cfg.engine.model} on the held-out tasks"):
+        result = score_model(cfg, make_engine(cfg.engine))
+    result["model"] = cfg.engine.model
+    if out is not None:
+        from thinkwheel.store import atomic_write_bytes
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
+    t = Table(title=f"{cfg.engine.model}: held-out accuracy ({time.time() - t0:.0f}s)")
+    for col in ("family", "n", "accuracy", "clean", f"pass@{result['k']}", f"maj@{result['k']}"):
+        t.add_column(col, justify="left" if col == "family" else "right")
+    rows = [*sorted(result["per_family"].items()), ("all", result)]
+    for name, m in rows:
+        t.add_row(name, str(m["n"]), *(f"{m.get(c, 0) or 0:.1%}" for c in
+                                       ("accuracy", "clean_accuracy", "pass_at_k", "maj_at_k")))
+    console.print(t)
+
+
 # ------------------------------------------------------------------ init / pretrain
 @app.command()
 def init(

@@ -485,12 +485,28 @@ def _callbacks() -> list:
 
 
 # ------------------------------------------------------------------ eval
+def score_model(cfg: RunConfig, engine: Engine, held: pl.DataFrame | None = None) -> dict[str, Any]:
+    """The eval.json dict of `engine`'s model on the held-out tasks, with the run's eval,
+    verify and system-prompt settings: the flow's rounds and `thinkwheel eval` score alike."""
+    from thinkwheel.train.evaluate import evaluate as run_eval
+    from thinkwheel.verifiers import verify_frame
+
+    e = cfg.eval
+
+    def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
+        return verify_frame(tasks, cands, **verifier_settings(cfg))
+
+    return run_eval(
+        engine, heldout(cfg) if held is None else held, verify_fn, k=e.k,
+        max_tokens=e.max_tokens, seed=e.seed, temperature=e.temperature,
+        system_prompt=cfg.export.system_prompt,
+    )
+
+
 def evaluate(
     store: RunStore, cfg: RunConfig, key: int | str, model_dir: str, engines: EngineFactory
 ) -> dict[str, Any]:
     """Held-out accuracy of `model_dir`; `key` is the round (or "base" for the starting model)."""
-    from thinkwheel.train.evaluate import evaluate as run_eval
-    from thinkwheel.verifiers import verify_frame
 
     held = heldout(cfg)
     rel = f"round-{key}/eval.json" if key != "base" else "eval-base.json"
@@ -501,15 +517,7 @@ def evaluate(
     t0 = time.time()
     rep = reporter()
     rep.start(f"{'round ' + str(key) if key != 'base' else 'base model'}: held-out eval", None)
-    e = cfg.eval
-
-    def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
-        return verify_frame(tasks, cands, **verifier_settings(cfg))
-
-    result = run_eval(
-        engines(model_dir), held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,
-        temperature=e.temperature, system_prompt=cfg.export.system_prompt,
-    )
+    result = score_model(cfg, engines(model_dir), held)
     result["model"] = model_dir
     rep.finish()
     path = store.write_json(rel, result)
