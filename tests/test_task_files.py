@@ -74,6 +74,11 @@ def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
         load([{"prompt": "What is 1 + 1?"}, {"prompt": "  "}])
     with pytest.raises(ValueError, match="t.jsonl: row 0: cannot infer a domain"):
         load([{"prompt": "Tell me a story."}])
+    with pytest.raises(ValueError, match="row 0: difficulty must be an integer, got 'hard'"):
+        load([{"prompt": "What is 1 + 1?", "difficulty": "hard"}])
+    io = load([{"prompt": "Write a Python program that doubles a number read from stdin.",
+                "tests": [{"stdin": "2\n", "stdout": "4\n"}]}])  # an stdin/stdout test, as JSON
+    assert json.loads(io["tests"][0][0]) == {"stdin": "2\n", "stdout": "4\n"}
     with pytest.raises(ValueError, match="domain 'prose' has no built-in verifier"):
         load([{"prompt": "Tell me a story.", "domain": "prose"}])
     with pytest.raises(ValueError, match="unknown verifier 'nope'; known: code, math"):

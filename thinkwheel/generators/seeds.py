@@ -39,9 +39,17 @@ def default_seeds(
 
 
 def _tests(value: Any) -> list[str] | None:
+    """One test or a list; an stdin/stdout test given as an object is stored as its JSON."""
     if value is None or isinstance(value, str):
         return None if value is None else [value]
-    return [str(t) for t in value] or None
+    return [t if isinstance(t, str) else json.dumps(t) for t in value] or None
+
+
+def _level(value: Any, i: int) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"row {i}: difficulty must be an integer, got {value!r}") from None
 
 
 def seed_pool(
@@ -71,14 +79,13 @@ def seed_pool(
             meta["source"] = r["source"]
         meta.update({k: v for k, v in r.items() if k not in records.TASKS and v is not None})
         reference = r.get("reference")
-        difficulty = r.get("difficulty")
         out.append(
             {
                 "task_id": records.task_id(domain, prompt, None if reference is None else str(reference)),
                 "round": r.get("round", round),
                 "domain": domain,
                 "family": r.get("family") or family,
-                "difficulty": None if difficulty is None else int(difficulty),
+                "difficulty": _level(r.get("difficulty"), i),
                 "source": source,
                 "parent_id": r.get("parent_id"),
                 "prompt": prompt,
