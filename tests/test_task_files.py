@@ -74,6 +74,8 @@ def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
         load([{"prompt": "What is 1 + 1?"}, {"prompt": "  "}])
     with pytest.raises(ValueError, match="t.jsonl: row 0: cannot infer a domain"):
         load([{"prompt": "Tell me a story."}])
+    with pytest.raises(ValueError, match="row 0: prompt is a list, not text"):
+        load([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}]}])
     with pytest.raises(ValueError, match="row 0: difficulty must be an integer, got 'hard'"):
         load([{"prompt": "What is 1 + 1?", "difficulty": "hard"}])
     io = load([{"prompt": "Write a Python program that doubles a number read from stdin.",

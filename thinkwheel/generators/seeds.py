@@ -59,7 +59,10 @@ def seed_pool(
     `meta`, so nothing a user's row carried is lost."""
     out = []
     for i, r in enumerate(rows):
-        prompt = str(r.get("prompt") or "").strip()
+        prompt = r.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):  # e.g. a chat `messages` list
+            raise ValueError(f"row {i}: prompt is a {type(prompt).__name__}, not text")
+        prompt = (prompt or "").strip()
         if not prompt:
             raise ValueError(f"row {i} has no prompt")
         domain = r.get("domain") or label_domain(prompt)
