@@ -321,7 +321,7 @@ BUNDLED_HELD_OUT = 40
 
 
 class EvalConfig(_Section):
-    # the procedural held-out split's families; [] for none (then `paths` is the eval set)
+    # the procedural held-out split's families; [] for none (then `tasks` is the eval set)
     families: list[str] = Field(default_factory=lambda: ["all"])
     per_family: int = Field(40, ge=1)  # at most BUNDLED_HELD_OUT with the bundled model
     difficulty: int = 1
