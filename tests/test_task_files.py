@@ -198,3 +198,47 @@ def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkey
     assert code == 2 and "e.jsonl: 1 held-out row(s) cannot be verified" in out
     code, out = run_with("verify: {plugins: ['json:no_such_fn']}\n")
     assert code == 2 and "verify.plugins: verifier 'json:no_such_fn': 'json' has no 'no_such_fn'" in out
+
+
+def test_consensus_labelling_resumes_after_a_crash(tmp_path):
+    """Killed after its first shard, the labelling of unlabeled rows restarts where it stopped:
+    the re-run asks the model only about the rows it had not labelled, and ends as a run that
+    never crashed does."""
+    from thinkwheel.engines.hf import HFEngine
+    from thinkwheel.flows.steps import make_tasks
+
+    rows = [{"prompt": f"What is {a} + 2?"} for a in range(10, 15)]
+    f = _jsonl(tmp_path / "t.jsonl", rows)
+    cfg = parse_config({
+        "generate": {"tasks": {"paths": [str(f)]}, "procedural": {"per_family": 0},
+                     "consensus": {"samples": 4}},
+        "sampling": {"max_tokens": 48, "shard_size": 2},
+    })
+    model = HFEngine.load(_model())
+    asked: list[str] = []
+
+    class Crashing:
+        model_name = "m"
+
+        def __init__(self, calls_before_crash: int | None):
+            self.left = calls_before_crash
+
+        def generate(self, requests, params):
+            if self.left == 0:
+                raise RuntimeError("killed")
+            self.left = None if self.left is None else self.left - 1
+            asked.extend(r[-1]["content"] for r in requests)
+            return model.generate(requests, params)
+
+    store = RunStore.create(tmp_path / "run", cfg)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_tasks(store, cfg, 0, "m", lambda m: Crashing(1))
+    assert sorted(set(asked)) == ["What is 10 + 2?", "What is 11 + 2?"]  # shard 0, on disk
+    asked.clear()
+    resumed = make_tasks(store, cfg, 0, "m", lambda m: Crashing(None))
+    assert sorted(set(asked)) == ["What is 12 + 2?", "What is 13 + 2?", "What is 14 + 2?"]
+    fresh = make_tasks(RunStore.create(tmp_path / "fresh", cfg), cfg, 0, "m",
+                       lambda m: Crashing(None))
+    cols = ["task_id", "prompt", "reference", "drop_reason"]
+    assert resumed.select(cols).sort("prompt").equals(fresh.select(cols).sort("prompt"))
+    assert resumed.height == 5

@@ -77,7 +77,8 @@ def make_tasks(
     g = cfg.generate
     held, yours = heldout(cfg), user_tasks(cfg, k)
     unlabeled = yours.filter(unverifiable())
-    llm = g.self_instruct.enabled or g.evol_instruct.enabled or unlabeled.height > 0
+    generated = g.self_instruct.enabled or g.evol_instruct.enabled
+    llm = generated or unlabeled.height > 0
     in_hash = _hash(
         k, ids_hash(held["prompt"]), model_hash(model_dir) if llm else "",
         records.content_id(yours.to_dicts()) if yours.height else "",
@@ -103,11 +104,10 @@ def make_tasks(
         + [yours.filter(~unverifiable())]
     ).unique("task_id", keep="first", maintain_order=True)
     if llm:
-        engine = engines(model_dir)
-        tasks = pl.concat(
-            [tasks, *_llm_tasks(engine, tasks, cfg, k), *_references(engine, unlabeled, cfg, k)],
-            how="diagonal_relaxed",
-        )
+        made = _llm_tasks(engines(model_dir), tasks, cfg, k) if generated else []
+        labelled = _references(store, cfg, k, unlabeled, lambda: engines(model_dir),
+                               key=_hash(in_hash, cfg_hash))
+        tasks = pl.concat([tasks, *made, labelled], how="diagonal_relaxed")
         tasks = tasks.unique("task_id", keep="first", maintain_order=True)
     pre_dropped = tasks.filter(pl.col("drop_reason").is_not_null()) if llm else None
     tasks = tasks.filter(pl.col("drop_reason").is_null()).drop("drop_reason") if llm else tasks
@@ -144,22 +144,41 @@ def make_tasks(
     return tasks
 
 
-def _references(engine: Engine, tasks: pl.DataFrame, cfg: RunConfig, k: int) -> list[pl.DataFrame]:
+def _references(
+    store: RunStore, cfg: RunConfig, k: int, tasks: pl.DataFrame, engine: Callable[[], Engine],
+    *, key: str,
+) -> pl.DataFrame:
     """Your rows without a reference (math) or tests (code) get them by consensus, as
-    Self-Instruct's do; the ones without agreement stay in the table with a drop_reason."""
+    Self-Instruct's do; the ones without agreement stay in the table with a drop_reason.
+
+    Sharded like sampling (`consensus.samples` generations a row can be hours for a large
+    file): a crash loses at most the shard in flight, and a re-run labels only what is left."""
     from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
 
-    if not tasks.height:
-        return []
-    kept, drop = consensus_references(
-        engine, tasks, cfg.generate.consensus, registry_verify_fn(**verifier_settings(cfg)),
-        params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
-    )
-    return [
-        records.conform(kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason")),
-                        {**records.TASKS, "drop_reason": pl.Utf8}),
-        records.conform(drop, {**records.TASKS, "drop_reason": pl.Utf8}),
-    ]
+    schema = {**records.TASKS, "drop_reason": pl.Utf8}
+    size = cfg.sampling.shard_size
+    n_shards = (tasks.height + size - 1) // size
+    done = store.done_shards(k, "consensus", key)
+    todo = [i for i in range(n_shards) if i not in done]
+    if todo:
+        rep, made = reporter(), engine()
+        rep.start(f"round {k}: labelling {tasks.height} tasks by consensus", tasks.height)
+        rep.advance(min(len(done) * size, tasks.height))
+        for i in todo:
+            shard = tasks.slice(i * size, size)
+            kept, drop = consensus_references(
+                made, shard, cfg.generate.consensus, registry_verify_fn(**verifier_settings(cfg)),
+                params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
+            )
+            kept = kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))
+            out = pl.concat([records.conform(kept, schema), records.conform(drop, schema)],
+                            how="diagonal_relaxed")
+            store.write_shard(k, "consensus", key, i, out)
+            rep.advance(shard.height)
+        rep.finish()
+    if not n_shards:
+        return pl.DataFrame(schema=schema)
+    return records.conform(store.read_shards(k, "consensus", key), schema)
 
 
 def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> list[pl.DataFrame]:
