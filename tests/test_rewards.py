@@ -60,3 +60,42 @@ def test_grpo_rewards_follow_the_config() -> None:
     assert rewards[1](completions=[lucky], **cols) == [1.0]  # the format is fine
     loose, _ = grpo_rewards(GRPOTrainConfig(check_arithmetic=False))
     assert loose[0](completions=[lucky], **cols) == [1.0]
+
+
+def test_a_plugin_verifier_sees_the_same_task_in_grpo_as_in_the_verify_stage(tmp_path):
+    """A user's row carries an extra field (kept in `meta`); the plugin that judged the flow's
+    samples with it must get it again as a GRPO reward, through the exported grpo set."""
+    import json
+    import sys
+    import types
+
+    import polars as pl
+
+    from thinkwheel.config import TaskFilesConfig
+    from thinkwheel.curated import export
+    from thinkwheel.generators.task_files import load_task_files
+    from thinkwheel.train.rewards import as_reward
+    from thinkwheel.verifiers import verify_frame
+
+    mod = types.ModuleType("tw_meta_plugin")
+
+    def has_keyword(completion, task):
+        return json.loads(task["meta"])["keyword"] in completion
+
+    mod.has_keyword = has_keyword
+    sys.modules["tw_meta_plugin"] = mod
+    try:
+        f = tmp_path / "t.jsonl"
+        f.write_text(json.dumps({"prompt": "Name a fruit.", "domain": "text", "keyword": "apple",
+                                 "verifier": "tw_meta_plugin:has_keyword"}) + "\n")
+        tasks = load_task_files(TaskFilesConfig(paths=[str(f)]))
+        cands = pl.DataFrame({"candidate_id": ["a", "b"], "task_id": [tasks["task_id"][0]] * 2,
+                              "completion": ["<think>x</think>\napple", "<think>x</think>\npear"]})
+        assert verify_frame(tasks, cands)["passed"].to_list() == [True, False]
+        grpo = export.grpo_frame(tasks, {}, system_prompt="s")
+        columns = {c: grpo[c].to_list() * 2 for c in grpo.columns if c != "prompt"}
+        reward = as_reward(None)(prompts=grpo["prompt"].to_list() * 2,
+                                 completions=cands["completion"].to_list(), **columns)
+        assert reward == [1.0, 0.0]
+    finally:
+        del sys.modules["tw_meta_plugin"]

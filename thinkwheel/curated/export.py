@@ -51,6 +51,7 @@ GRPO_COLUMNS = [
     "domain",
     "family",
     "pass_rate",
+    "meta",  # a plugin verifier reads its extras here, as it does in the flow's verify stage
 ]
 FORMATS = ("parquet", "hf", "jsonl")
 SPLITS = ("sft", "grpo", "dpo")
