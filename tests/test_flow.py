@@ -339,3 +339,11 @@ def test_no_round_trains_on_the_held_out_split(flow_run):
         # and the stage did drop the near-copies it found, with the held-out item as drop_ref
         refs = RunStore(out).read_table(k, "tasks")["drop_ref"].drop_nulls()
         assert all(r.startswith(("heldout:", "humaneval:")) or len(r) == 16 for r in refs)
+
+
+def test_a_card_for_generated_data_is_apache(flow_run):
+    import yaml
+
+    out, _ = flow_run
+    card = (out / "round-0" / "curated" / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["license"] == "apache-2.0"

@@ -242,3 +242,51 @@ def test_consensus_labelling_resumes_after_a_crash(tmp_path):
     cols = ["task_id", "prompt", "reference", "drop_reason"]
     assert resumed.select(cols).sort("prompt").equals(fresh.select(cols).sort("prompt"))
     assert resumed.height == 5
+
+
+def test_your_rows_through_verify_filter_and_export(tmp_path):
+    """The stages after sampling on your rows, for real: the plugin named by a row judges it,
+    the curated sets carry your family and meta, and the card does not claim a license for
+    your data (apache-2.0 is for data our generators made) unless you state one."""
+    import sys
+    import types
+
+    import yaml
+
+    from thinkwheel import records
+    from thinkwheel.flows.steps import export, filter_and_select, make_tasks, verify
+
+    mod = types.ModuleType("tw_kw_plugin")
+    mod.has_keyword = lambda completion, task: json.loads(task["meta"])["keyword"] in completion
+    sys.modules["tw_kw_plugin"] = mod
+    rows = [{"prompt": "What is 10 + 32?", "reference": "42", "id": "m1"},
+            {"prompt": "Name a red fruit.", "domain": "text", "keyword": "apple",
+             "verifier": "tw_kw_plugin:has_keyword"}]
+    f = _jsonl(tmp_path / "mine.jsonl", rows)
+    try:
+        for extra, license in (({}, "other"), ({"export": {"license": "cc-by-4.0"}}, "cc-by-4.0")):
+            cfg = parse_config({"generate": {"tasks": {"paths": [str(f)]},
+                                             "procedural": {"per_family": 0}}, **extra})
+            store = RunStore.create(tmp_path / license, cfg)
+            tasks = make_tasks(store, cfg, 0, "m", lambda m: pytest.fail("no engine needed"))
+            answers = {"What is 10 + 32?": ["42", "41"], "Name a red fruit.": ["an apple", "a pear"]}
+            cands = records.frame(
+                [{"candidate_id": f"{t['task_id']}-{i}", "task_id": t["task_id"], "round": 0,
+                  "sample_idx": i, "model": "m", "completion": f"<think>{a}</think>\n{a}",
+                  "reasoning": a, "answer": a, "finish_reason": "stop"}
+                 for t in tasks.to_dicts() for i, a in enumerate(answers[t["prompt"]])],
+                records.CANDIDATES)
+            store.write_table(0, "candidates", cands)
+            verdicts = verify(store, cfg, 0)
+            assert verdicts.sort("candidate_id")["passed"].to_list().count(True) == 2
+            filter_and_select(store, cfg, 0)
+            export(store, cfg, 0, "m")
+            cur = store.round_dir(0) / "curated"
+            sft = pl.read_parquet(cur / "sft.parquet")
+            assert sorted(sft["family"]) == ["mine", "mine"] and set(sft["source"]) == {"seed"}
+            grpo = pl.read_parquet(cur / "grpo.parquet")
+            assert {json.loads(m).get("keyword") for m in grpo["meta"]} == {"apple", None}
+            card = yaml.safe_load((cur / "README.md").read_text().split("---")[1])
+            assert card["license"] == license
+    finally:
+        del sys.modules["tw_kw_plugin"]

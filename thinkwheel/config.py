@@ -247,6 +247,12 @@ class ExportConfig(_Section):
     verified_only: bool = True
     # DPO pairs per task (a kept sample vs a failed one of the same task); 0 = no dpo split
     dpo_pairs_per_task: int = Field(1, ge=0)
+    # the dataset card's license; unset: apache-2.0 for data made from our generators, "other"
+    # once generate.tasks brings yours (its terms are yours to state)
+    license: str | None = None
+
+    def card_license(self, own_tasks: bool) -> str:
+        return self.license or ("other" if own_tasks else "apache-2.0")
 
 
 class _LoRA(_Section):

@@ -40,7 +40,8 @@ SECTION_NOTES = {
     ),
     "export": (
         "Curated <think> chat SFT set, GRPO prompt set and DPO pairs (kept vs failed samples of"
-        " one task): parquet, hf (datasets), jsonl."
+        " one task): parquet, hf (datasets), jsonl. license: the dataset card's (unset:"
+        " apache-2.0 for data our generators made, 'other' once generate.tasks brings yours)."
     ),
     "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then DPO and GRPO when enabled.",
     "eval": (

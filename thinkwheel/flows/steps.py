@@ -396,6 +396,7 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         sft, grpo, dpo=dpo, name=f"{cfg.name}-round-{k}", config=cfg, config_hash=cfg.section_hash(
             "generate", "sampling", "verify", "filters", "export"
         ), generator_model=generator_model, round=k, filtered=filtered,
+        license=e.card_license(bool(cfg.generate.tasks.paths)),
         funnel=funnel_table(
             {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
         ),
