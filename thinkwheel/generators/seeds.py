@@ -67,10 +67,16 @@ def seed_pool(
             raise ValueError(f"row {i} has no prompt")
         domain = r.get("domain") or label_domain(prompt)
         if domain is None:
-            raise ValueError(f"row {i}: cannot infer a domain, set 'domain': {prompt[:60]!r}")
+            raise ValueError(
+                f"row {i}: cannot infer a domain, set a 'domain' column or the file's domain "
+                f"setting: {prompt[:60]!r}"
+            )
         verifier = r.get("verifier") or VERIFIER_OF_DOMAIN.get(domain)
         if verifier is None:
-            raise ValueError(f"row {i}: domain {domain!r} has no built-in verifier, set 'verifier'")
+            raise ValueError(
+                f"row {i}: domain {domain!r} has no built-in verifier, set a 'verifier' column "
+                "or the file's verifier setting"
+            )
         meta = r.get("meta") or {}
         if isinstance(meta, str):
             try:
