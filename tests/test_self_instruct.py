@@ -71,6 +71,10 @@ def test_label_domain():
     assert si.label_domain("Solve for y: 5y - 2 = 13") == "math"
     assert si.label_domain("Write a function `rev(s)` that reverses s.") == "code"
     assert si.label_domain("Find the value of the function f(x) = 2x + 3 at x = 4.") == "math"
+    # GSM8K-style word problems ask "how much" as often as "how many"
+    assert si.label_domain("Weng earns $12 an hour. She worked 50 minutes. How much did she "
+                           "earn?") == "math"
+    assert si.label_domain("How much wood would a woodchuck chuck?") is None  # no number
     assert si.label_domain("Tell me about rivers.") is None
     assert si.label_domain("Tell me about rivers.", fallback="math") == "math"
 

@@ -43,7 +43,7 @@ _CODE_CUE = re.compile(
 )
 _MATH_WORD = re.compile(
     r"\bwhat is\b|\bsolve\b|\bcompute\b|\bcalculate\b|\bevaluate\b|\bsimplify\b|\bfind\b|"
-    r"\bhow many\b|\bsum\b|\bproduct\b|\bdifference\b|\bquotient\b",
+    r"\bhow (?:many|much|long|far|old)\b|\bsum\b|\bproduct\b|\bdifference\b|\bquotient\b",
     re.I,
 )
 _MATH_SYMBOL = re.compile(r"\d\s*[-+*/^=×÷]\s*[\d(a-z]|[a-z]\s*=\s*\d|\d+/\d+", re.I)
