@@ -290,3 +290,41 @@ def test_your_rows_through_verify_filter_and_export(tmp_path):
             assert card["license"] == license
     finally:
         del sys.modules["tw_kw_plugin"]
+
+
+def test_outputs_cut_at_the_token_budget_are_counted_and_reported(tmp_path):
+    """The bundled model, for real, with a 4-token budget: every candidate and greedy answer is
+    cut off. The manifest and eval.json count them and the run says to raise the budget,
+    since otherwise the budget, not the model, sets the numbers."""
+    from thinkwheel.engines.hf import HFEngine
+    from thinkwheel.flows.progress import Silent, use_reporter
+    from thinkwheel.flows.steps import evaluate, make_tasks, sample
+
+    class Recorder(Silent):
+        def __init__(self):
+            self.messages: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.messages.append(text)
+
+    def rows(*xs):
+        return [{"prompt": f"What is {a} + 5?", "reference": str(a + 5)} for a in xs]
+
+    cfg = parse_config({
+        "generate": {"tasks": {"paths": [str(_jsonl(tmp_path / "t.jsonl", rows(11, 12, 13)))]},
+                     "procedural": {"per_family": 0}},
+        "sampling": {"n": 2, "max_tokens": 4},
+        "eval": {"families": [], "max_tokens": 4,
+                 "tasks": {"paths": [str(_jsonl(tmp_path / "e.jsonl", rows(21, 22, 23)))]}},
+    })
+    store = RunStore.create(tmp_path / "run", cfg)
+    engine = HFEngine.load(_model())
+    with use_reporter(Recorder()) as rec:
+        make_tasks(store, cfg, 0, "m", lambda m: engine)
+        cands = sample(store, cfg, 0, _model(), lambda m: engine)
+        result = evaluate(store, cfg, "base", _model(), lambda m: engine)
+    assert cands.height == 6 and store.stage_entry(0, "sample")["truncated"] == 6
+    assert result["truncated"] == result["n"] == 3
+    text = " ".join(rec.messages)
+    assert "round 0: candidates: 6 of 6 (100%) stopped at sampling.max_tokens (4 tokens)" in text
+    assert "base model: held-out answers: 3 of 3 (100%) stopped at eval.max_tokens" in text

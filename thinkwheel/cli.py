@@ -409,7 +409,7 @@ def eval_cmd(
     """Score a model on the held-out split (and eval.tasks files), as the flow scores each round:
     greedy pass@1 (pass@k and maj@k when eval.k > 1), per family."""
     from thinkwheel.engines.factory import make_engine
-    from thinkwheel.flows.steps import score_model
+    from thinkwheel.flows.steps import TRUNCATION_WARNING, score_model, truncation_warning
 
     cfg = _config(config)
     if model is not None:
@@ -422,6 +422,9 @@ def eval_cmd(
     with console.status(f"scoring {cfg.engine.model} on the held-out tasks"):
         result = score_model(cfg, make_engine(cfg.engine))
     result["model"] = cfg.engine.model
+    if result["n"] and result["truncated"] / result["n"] > TRUNCATION_WARNING:
+        console.print(truncation_warning("held-out answers", result["truncated"], result["n"],
+                                         "eval.max_tokens", cfg.eval.max_tokens))
     if out is not None:
         from thinkwheel.store import atomic_write_bytes
 

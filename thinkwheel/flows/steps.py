@@ -292,11 +292,28 @@ def sample(
     cands = records.conform(store.read_shards(k, "sample", key), records.CANDIDATES)
     cands = cands.unique("candidate_id", keep="first", maintain_order=True)
     path = store.write_table(k, "candidates", cands)
+    cut = int((cands["finish_reason"] == "length").sum())
     store.mark_stage(
         k, "sample", input_hash=in_hash, config_hash=cfg_hash, count=cands.height,
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
+        truncated=cut,
     )
+    if cands.height and cut / cands.height > TRUNCATION_WARNING:
+        rep.message(truncation_warning(f"round {k}: candidates", cut, cands.height,
+                                       "sampling.max_tokens", s.max_tokens))
     return cands
+
+
+TRUNCATION_WARNING = 0.05  # a share of outputs cut at max_tokens worth telling the user about
+
+
+def truncation_warning(what: str, cut: int, total: int, key: str, limit: int) -> str:
+    """A cut-off output has no closed </think> or no answer and fails: when many do, the token
+    budget is setting the numbers, which a user bringing a bigger model must hear."""
+    return (
+        f"[yellow]{what}: {cut} of {total} ({cut / total:.0%}) stopped at {key} ({limit} "
+        f"tokens) and count as failures; raise {key} if your model needs longer[/]"
+    )
 
 
 # ------------------------------------------------------------------ verify
@@ -540,6 +557,10 @@ def evaluate(
     result = score_model(cfg, engines(model_dir), held)
     result["model"] = model_dir
     rep.finish()
+    if result["n"] and result["truncated"] / result["n"] > TRUNCATION_WARNING:
+        label = f"round {key}" if key != "base" else "base model"
+        rep.message(truncation_warning(f"{label}: held-out answers", result["truncated"],
+                                       result["n"], "eval.max_tokens", cfg.eval.max_tokens))
     path = store.write_json(rel, result)
     store.mark_stage(
         key, "eval", input_hash=in_hash, config_hash=cfg_hash, count=result.get("n"),

@@ -135,6 +135,7 @@ def score_tasks(
                 "greedy_passed": g_ok,
                 "greedy_clean": g_clean,
                 "greedy_verified": bool(greedy) and greedy[0]["passed"] is not None,
+                "greedy_truncated": bool(greedy) and greedy[0]["finish_reason"] == "length",
                 "n_samples": len(samples),
                 "n_correct": c,
                 "pass_at_k": pass_at_k(len(samples), c, k) if samples else float(g_ok),
@@ -190,7 +191,8 @@ def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:
 
     if per_task.height == 0:
         empty = {"n": 0, **dict.fromkeys(METRICS, 0.0)}
-        return {**empty, "k": k, "per_family": {}, "per_domain": {}, "unverified": 0}
+        return {**empty, "k": k, "per_family": {}, "per_domain": {}, "unverified": 0,
+                "truncated": 0}
     overall = block(per_task)
     return {
         **overall,
@@ -202,6 +204,9 @@ def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:
             str(key[0]): block(g) for key, g in sorted(per_task.group_by(["domain"]), key=_key)
         },
         "unverified": int((~per_task["greedy_verified"]).sum()),
+        # greedy answers cut off at eval.max_tokens: they count as wrong, so a high share means
+        # the budget, not the model, set the score
+        "truncated": int(per_task["greedy_truncated"].sum()),
     }
 
 
