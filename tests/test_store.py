@@ -31,6 +31,23 @@ def test_stage_done_needs_same_hashes_and_outputs(tmp_path):
     assert not store.stage_done(0, "tasks", "i", "c")  # outputs must exist too
 
 
+def test_stages_made_by_another_version_are_named(tmp_path, monkeypatch):
+    """Stage hashes see inputs and config, not code: a resumed run after an upgrade reuses
+    stages an older version made, so the manifest records who made each one and says so."""
+    import thinkwheel.store as store_mod
+
+    store = RunStore.create(tmp_path / "run", RunConfig())
+    store.mark_stage(0, "tasks", input_hash="i", config_hash="c")
+    store.mark_stage("base", "eval", input_hash="i", config_hash="c")
+    assert store.stale_versions() == {}
+    monkeypatch.setattr(store_mod, "__version__", "9.9.9")
+    store.mark_stage(0, "sample", input_hash="i", config_hash="c")
+    store.mark_stage(1, "tasks", status="running")  # unfinished: nothing reused
+    import thinkwheel
+
+    assert store.stale_versions() == {thinkwheel.__version__: ["round-0/tasks", "base/eval"]}
+
+
 def test_manifest_paths_are_relative(tmp_path):
     store = RunStore.create(tmp_path / "run", RunConfig())
     p = store.write_table(1, "verdicts", pl.DataFrame({"a": [1]}))

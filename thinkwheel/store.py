@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from thinkwheel import records
+from thinkwheel import __version__, records
 from thinkwheel.config import RunConfig
 
 TABLES = ("tasks", "candidates", "verdicts", "filtered")
@@ -191,10 +191,23 @@ class RunStore:
                 "seconds": None if seconds is None else round(seconds, 3),
                 "outputs": outs,
                 "finished_at": time.time(),
+                "version": __version__,
                 **extra,
             }
 
         self._update(fn)
+
+    def stale_versions(self) -> dict[str, list[str]]:
+        """{version: ["round-0/tasks", ...]} for finished stages made by another thinkwheel
+        version ("unknown" before versions were recorded). Stage hashes see inputs and config,
+        not code, so a resumed run reuses them as they are; the flow says so."""
+        out: dict[str, list[str]] = {}
+        for k, r in sorted(self.manifest().get("rounds", {}).items()):
+            for stage, e in r.get("stages", {}).items():
+                v = e.get("version", "unknown")
+                if e.get("status") == "done" and v != __version__:
+                    out.setdefault(v, []).append(f"{k if k == 'base' else f'round-{k}'}/{stage}")
+        return out
 
     def set_run_info(self, **info: Any) -> None:
         self._update(lambda m: m.update(info))

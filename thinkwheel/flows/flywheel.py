@@ -33,8 +33,10 @@ from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from thinkwheel import __version__  # noqa: E402
 from thinkwheel.config import RunConfig, parse_config  # noqa: E402
 from thinkwheel.flows import steps  # noqa: E402
+from thinkwheel.flows.progress import reporter  # noqa: E402
 from thinkwheel.store import RunStore  # noqa: E402
 
 # Inputs are a store and a config, outputs live on disk: Prefect's own caching and result
@@ -89,6 +91,13 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     """generate -> sample -> verify -> filter -> export -> train -> eval, `rounds` times."""
     cfg = parse_config(config)
     store = RunStore.create(out, cfg)
+    for version, stages in store.stale_versions().items():
+        reporter().message(
+            f"[yellow]{out}: {len(stages)} finished stage(s) ({', '.join(stages[:3])}"
+            f"{', ...' if len(stages) > 3 else ''}) were made by "
+            f"{'an earlier thinkwheel' if version == 'unknown' else 'thinkwheel ' + version}, this "
+            f"is {__version__}; they are reused as they are. Use a new --out to remake them.[/]"
+        )
     engines = _Engines(cfg)
     from thinkwheel.engines.factory import resolve_model
 
