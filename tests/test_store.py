@@ -55,6 +55,24 @@ def test_manifest_paths_are_relative(tmp_path):
     assert store.stage_entry(1, "verify")["outputs"] == ["round-1/verdicts.parquet"]
 
 
+def test_a_run_named_relative_to_the_working_directory_resumes(tmp_path, monkeypatch):
+    """`thinkwheel run` defaults to `--out runs/<name>`, a relative path: outputs must be
+    recorded inside the run directory, or no stage is ever found done and a re-run retrains."""
+    monkeypatch.chdir(tmp_path)
+    store = RunStore.create("runs/x", RunConfig())
+    p = store.write_table(0, "tasks", pl.DataFrame({"a": [1]}))
+    store.mark_stage(0, "tasks", input_hash="i", config_hash="c", outputs=[p, store.round_dir(0)])
+    assert store.stage_entry(0, "tasks")["outputs"] == ["round-0/tasks.parquet", "round-0"]
+    assert store.stage_done(0, "tasks", "i", "c")
+    assert RunStore(tmp_path / "runs" / "x").stage_done(0, "tasks", "i", "c")  # named either way
+    # a manifest from before the fix (paths relative to the working directory) still resumes
+    store._update(lambda m: m["rounds"]["0"]["stages"]["tasks"].update(
+        outputs=["runs/x/round-0/tasks.parquet"]))
+    assert store.stage_done(0, "tasks", "i", "c")
+    p.unlink()
+    assert not store.stage_done(0, "tasks", "i", "c")
+
+
 def test_shards_resume_by_key(tmp_path):
     store = RunStore(tmp_path / "run")
     for i in (0, 2):

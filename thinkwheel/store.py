@@ -162,8 +162,24 @@ class RunStore:
             and e.get("status") == "done"
             and e.get("input_hash") == input_hash
             and e.get("config_hash") == config_hash
-            and all((self.root / p).exists() for p in e.get("outputs", []))
+            and all(self._output_exists(p) for p in e.get("outputs", []))
         )
+
+    def _relative(self, p: str | Path) -> str:
+        """An output's path inside the run directory, however the directory was named
+        (`--out runs/x` is relative to the working directory, the manifest must not be)."""
+        try:
+            return str(Path(p).resolve().relative_to(self.root.resolve()))
+        except ValueError:  # outside the run directory: kept as given
+            return str(p)
+
+    def _output_exists(self, p: str) -> bool:
+        if (self.root / p).exists():
+            return True
+        # manifests written before outputs were made root-relative hold `runs/x/round-0/...`,
+        # relative to the working directory the run was started from
+        q = Path(p)
+        return q.exists() and q.resolve().is_relative_to(self.root.resolve())
 
     def mark_stage(
         self,
@@ -179,7 +195,7 @@ class RunStore:
         **extra: Any,
     ) -> None:
         """Record a stage; call only after its outputs are on disk."""
-        outs = [str(Path(p).relative_to(self.root)) if Path(p).is_absolute() else str(p) for p in outputs]
+        outs = [self._relative(p) for p in outputs]
 
         def fn(m: dict[str, Any]) -> None:
             r = m["rounds"].setdefault(str(k), {"stages": {}})

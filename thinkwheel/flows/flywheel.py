@@ -91,13 +91,6 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     """generate -> sample -> verify -> filter -> export -> train -> eval, `rounds` times."""
     cfg = parse_config(config)
     store = RunStore.create(out, cfg)
-    for version, stages in store.stale_versions().items():
-        reporter().message(
-            f"[yellow]{out}: {len(stages)} finished stage(s) ({', '.join(stages[:3])}"
-            f"{', ...' if len(stages) > 3 else ''}) were made by "
-            f"{'an earlier thinkwheel' if version == 'unknown' else 'thinkwheel ' + version}, this "
-            f"is {__version__}; they are reused as they are. Use a new --out to remake them.[/]"
-        )
     engines = _Engines(cfg)
     from thinkwheel.engines.factory import resolve_model
 
@@ -118,6 +111,18 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
             model = train_task(store, cfg, k, start)
         eval_task(store, cfg, k, model, engines)
         rows.append(steps.funnel_row(store, k))
+    # after the rounds: a stage re-run by this version no longer counts, only what was reused
+    this_run = {"base", *(f"round-{k}" for k in range(cfg.rounds))}
+    for version, stages in store.stale_versions().items():
+        stages = [s for s in stages if s.split("/")[0] in this_run]
+        if not stages:
+            continue
+        reporter().message(
+            f"[yellow]{out}: {len(stages)} finished stage(s) ({', '.join(stages[:3])}"
+            f"{', ...' if len(stages) > 3 else ''}) were made by "
+            f"{'an earlier thinkwheel' if version == 'unknown' else 'thinkwheel ' + version}, this "
+            f"is {__version__}; this run reused them as they are. Use a new --out to remake them.[/]"
+        )
     summary = {"out": str(Path(out).resolve()), "base": base, "rounds": rows}
     store.set_run_info(summary={"base_accuracy": (base or {}).get("accuracy"), "rounds": rows})
     _write_report(store)
