@@ -218,11 +218,11 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     assert calls == [model] and store.stage_entry(0, "sample")["finished_at"] > before
 
 
-def _cli(cfg_path: Path, out: Path) -> subprocess.Popen:
+def _cli(cfg_path: Path, out: Path, cwd: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "thinkwheel", "run", "-c", str(cfg_path), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
         start_new_session=True,  # its own process group: SIGKILL takes Prefect's server too
     )
 
@@ -237,8 +237,8 @@ def test_sigkill_during_sampling_then_resume(tmp_path):
     }
     cfg_path = tmp_path / "kill.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "run"
-    proc = _cli(cfg_path, out)
+    out = tmp_path / "runs" / "kill"
+    proc = _cli(cfg_path, Path("runs/kill"), cwd=tmp_path)  # relative, like the CLI's default
     shards = out / "round-0" / "shards" / "sample"
     deadline = time.time() + 400
     seen: list[Path] = []
@@ -256,7 +256,7 @@ def test_sigkill_during_sampling_then_resume(tmp_path):
     total = store.read_table(0, "tasks").filter(pl.col("drop_reason").is_null()).height
     assert 3 <= len(survivors) < total
 
-    proc = _cli(cfg_path, out)
+    proc = _cli(cfg_path, Path("runs/kill"), cwd=tmp_path)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
     for p, mtime in survivors.items():
@@ -269,6 +269,14 @@ def test_sigkill_during_sampling_then_resume(tmp_path):
     assert cands.group_by("task_id").len()["len"].to_list() == [2] * total
     verdicts = store.read_table(0, "verdicts")
     assert sorted(verdicts["candidate_id"]) == sorted(cands["candidate_id"])
+
+    # a finished run re-run as is does nothing again: every stage is found done
+    before = {s: e["finished_at"] for s, e in store.manifest()["rounds"]["0"]["stages"].items()}
+    proc = _cli(cfg_path, Path("runs/kill"), cwd=tmp_path)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    after = {s: e["finished_at"] for s, e in store.manifest()["rounds"]["0"]["stages"].items()}
+    assert after == before
 
 
 def _children(pid: int) -> set[int]:
