@@ -332,12 +332,12 @@ def sample_records(
     if reason in ("kept", "dropped", "pending"):
         df = df.filter(pl.col("status") == reason)
     elif reason:
-        r = pl.col("drop_reason")
-        known = sorted(df["drop_reason"].drop_nulls().unique().to_list())
+        r, every = pl.col("drop_reason"), df
         df = df.filter(
             (r == reason) | r.str.starts_with(reason + ":") | (pl.col("drop_stage") == reason)
         )
         if df.height == 0:  # a typo must not read as "nothing was dropped for that"
+            known = sorted(every["drop_reason"].drop_nulls().unique().to_list())
             raise ValueError(
                 f"no record was dropped for {reason!r}; drop reasons here: "
                 f"{', '.join(known) or 'none'} (or a stage, kept, dropped)"

@@ -144,6 +144,18 @@ def make_tasks(
     return tasks
 
 
+def _consensus(
+    engine: Engine, tasks: pl.DataFrame, cfg: RunConfig, k: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """References by consensus with the run's consensus, verify and sampling settings."""
+    from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
+
+    return consensus_references(
+        engine, tasks, cfg.generate.consensus, registry_verify_fn(**verifier_settings(cfg)),
+        params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
+    )
+
+
 def _references(
     store: RunStore, cfg: RunConfig, k: int, tasks: pl.DataFrame, engine: Callable[[], Engine],
     *, key: str,
@@ -153,8 +165,6 @@ def _references(
 
     Sharded like sampling (`consensus.samples` generations a row can be hours for a large
     file): a crash loses at most the shard in flight, and a re-run labels only what is left."""
-    from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
-
     schema = {**records.TASKS, "drop_reason": pl.Utf8}
     size = cfg.sampling.shard_size
     n_shards = (tasks.height + size - 1) // size
@@ -166,10 +176,7 @@ def _references(
         rep.advance(min(len(done) * size, tasks.height))
         for i in todo:
             shard = tasks.slice(i * size, size)
-            kept, drop = consensus_references(
-                made, shard, cfg.generate.consensus, registry_verify_fn(**verifier_settings(cfg)),
-                params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
-            )
+            kept, drop = _consensus(made, shard, cfg, k)
             kept = kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))
             out = pl.concat([records.conform(kept, schema), records.conform(drop, schema)],
                             how="diagonal_relaxed")
@@ -185,7 +192,6 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
     """Self-Instruct / Evol-Instruct tasks through the engine; references by consensus.
 
     Every generated row is kept in the table: the ones that failed a rule carry drop_reason."""
-    from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
     from thinkwheel.generators.evol_instruct import evol_instruct
     from thinkwheel.generators.self_instruct import default_params, self_instruct
 
@@ -202,11 +208,7 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
         dropped.append(drop)
     made = [m for m in made if m.height]
     if made:
-        kept, drop = consensus_references(
-            engine, pl.concat(made, how="diagonal_relaxed"), g.consensus,
-            registry_verify_fn(**verifier_settings(cfg)),
-            params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
-        )
+        kept, drop = _consensus(engine, pl.concat(made, how="diagonal_relaxed"), cfg, k)
         made = [kept.with_columns(pl.lit(None, dtype=pl.Utf8).alias("drop_reason"))]
         dropped.append(drop)
     out = [records.conform(m, records.TASKS) for m in made]

@@ -58,19 +58,26 @@ def clean(answer: str) -> str:
     return s.strip()
 
 
+def _marked(text: str) -> tuple[bool, str | None]:
+    """(whether `text` marks a final answer, that answer): the last `\\boxed{}`, else the last
+    hit of the first cue that occurs; a marker with nothing after it marks no answer."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return True, clean(boxed) or None
+    for cue in _CUES:
+        hits = cue.findall(text)
+        if hits:
+            line = hits[-1].strip().splitlines()[0] if hits[-1].strip() else ""
+            return True, clean(line) or None
+    return False, None
+
+
 def marked_answer(text: str) -> str | None:
     """The answer a worked solution marks as final (`\\boxed{}`, "####", "final answer is",
     "answer:"), or None. For references: GSM8K's answers end `#### 72` and MATH's solutions box
     theirs. Unlike `extract_answer` it never guesses a trailing number, since a reference the
     verifier misreads would mark right answers wrong."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return clean(boxed) or None
-    for cue in _CUES:
-        hits = cue.findall(text)
-        if hits and hits[-1].strip():
-            return clean(hits[-1].strip().splitlines()[0]) or None
-    return None
+    return _marked(text)[1]
 
 
 def extract_answer(completion: str) -> str | None:
@@ -85,14 +92,9 @@ def extract_answer(completion: str) -> str | None:
     answer = answer.strip()
     if not answer:
         return None
-    boxed = last_boxed(answer)
-    if boxed is not None:
-        return clean(boxed) or None
-    for cue in _CUES:
-        hits = cue.findall(answer)
-        if hits:
-            line = hits[-1].strip().splitlines()[0] if hits[-1].strip() else ""
-            return clean(line) or None
+    marked, value = _marked(answer)
+    if marked:
+        return value
     if len(answer) <= _SHORT and "\n" not in answer:
         return clean(answer) or None
     spans = _MATH_SPAN.findall(answer)
