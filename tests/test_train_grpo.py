@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from thinkwheel.config import GRPOTrainConfig  # noqa: E402
+from thinkwheel.train import chat_template  # noqa: E402
 from thinkwheel.train import grpo as grpo_mod  # noqa: E402
 
 try:  # the tiny-model builder lives with the SFT tests
@@ -135,8 +136,8 @@ def test_plain_template_passes_completions_through(plain_model, tmp_path):
 def test_generation_prefill_detection(plain_model, prefill_model):
     from transformers import AutoTokenizer
 
-    assert grpo_mod.generation_prefill(AutoTokenizer.from_pretrained(prefill_model)) == "<think>"
-    assert grpo_mod.generation_prefill(AutoTokenizer.from_pretrained(plain_model)) == ""
+    assert chat_template.generation_prefill(AutoTokenizer.from_pretrained(prefill_model)) == "<think>"
+    assert chat_template.generation_prefill(AutoTokenizer.from_pretrained(plain_model)) == ""
 
 
 def test_prefill_wrapper_text_chat_and_async():

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from thinkwheel.config import SFTConfig  # noqa: E402
+from thinkwheel.train import chat_template  # noqa: E402
 from thinkwheel.train import sft as sft_mod  # noqa: E402
 
 # Assistant turns are wrapped in {% generation %} so TRL can mask everything else.
@@ -28,6 +29,17 @@ TEMPLATE_MARKED = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 TEMPLATE_PLAIN = TEMPLATE_MARKED.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+# DeepSeek-R1-Distill's habits: a finished assistant turn keeps only the text after </think>,
+# and the generation prompt pre-fills "<think>\n".
+TEMPLATE_R1 = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}"
+    "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+    "{{ '<|assistant|>\\n' + c + '<|end|>' }}"
+    "{% else %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n<think>\\n' }}{% endif %}"
+)
 SPECIAL = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
@@ -104,6 +116,11 @@ def plain_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_model(tmp_path_factory.mktemp("plain"), TEMPLATE_PLAIN)
 
 
+@pytest.fixture(scope="module")
+def r1_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("r1"), TEMPLATE_R1)
+
+
 def labelled_tokens(model_path: str, cfg: SFTConfig, tmp_path: Path) -> tuple[str, str]:
     """Decode (trained tokens, masked tokens) of the first collated training example."""
     model, tok = sft_mod.load_hf(model_path)
@@ -134,6 +151,85 @@ def test_full_loss_when_assistant_only_disabled(marked_model, tmp_path):
         marked_model, SFTConfig(max_steps=1, batch_size=2, assistant_only_loss=False), tmp_path
     )
     assert "What is 0 + 7?" in trained and "plus" in trained
+
+
+def test_reasoning_is_trained_through_a_template_that_strips_it(r1_model, tmp_path):
+    """TRL renders a finished turn through the template, which here keeps only "7": the model
+    would learn to answer without thinking. We train what the model writes after the prompt
+    the engine renders, which already opens the thought."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(r1_model)
+    assert sft_mod.loss_mode(tok, SFTConfig()) == "completion_only"
+    trained, masked = labelled_tokens(r1_model, SFTConfig(max_steps=1, batch_size=2), tmp_path)
+    assert trained == "0 plus 7</think>\n7<|end|>"
+    msgs = sft_frame(1)["messages"][0].to_list()
+    assert masked == chat_template.render_prompt(tok, msgs[:2])  # the sampling-time prompt
+    assert masked.endswith("<|assistant|>\n<think>\n")
+
+    full, _ = labelled_tokens(r1_model, SFTConfig(max_steps=1, assistant_only_loss=False), tmp_path)
+    assert full.endswith("<|assistant|>\n<think>\n0 plus 7</think>\n7<|end|>")
+
+
+def test_marked_template_that_strips_reasoning_falls_back(tmp_path):
+    from transformers import AutoTokenizer
+
+    stripping_marked = TEMPLATE_R1.replace(
+        "{{ '<|assistant|>\\n' + c + '<|end|>' }}",
+        "{{ '<|assistant|>\\n' }}{% generation %}{{ c + '<|end|>' }}{% endgeneration %}",
+    )
+    assert "generation" in stripping_marked
+    tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", stripping_marked))
+    assert chat_template.has_generation_markers(tok) and not chat_template.keeps_reasoning(tok)
+    assert sft_mod.loss_mode(tok, SFTConfig()) == "completion_only"
+
+
+def test_template_probes(plain_model, r1_model):
+    from transformers import AutoTokenizer
+
+    plain, r1 = AutoTokenizer.from_pretrained(plain_model), AutoTokenizer.from_pretrained(r1_model)
+    assert chat_template.keeps_reasoning(plain) and not chat_template.keeps_reasoning(r1)
+    assert chat_template.end_of_turn(plain) == "<|end|>\n" and chat_template.end_of_turn(r1) == "<|end|>"
+    assert chat_template.generation_prefill(r1) == "<think>\n"
+    assert chat_template.completion_text("<think>\nr</think>a", "<think>\n") == "r</think>a"
+    assert chat_template.completion_text("<think>r</think>a", "<think>\n") == "r</think>a"
+    assert chat_template.completion_text("<think>r</think>a", "") == "<think>r</think>a"
+    with pytest.raises(ValueError, match="assistant turn"):
+        chat_template.inference_tokens(plain, [{"role": "user", "content": "x"}], prefill="", eot="")
+
+
+def test_dpo_pairs_keep_reasoning_through_a_template_that_strips_it(r1_model, tmp_path):
+    from thinkwheel.config import DPOTrainConfig
+    from thinkwheel.train import dpo as dpo_mod
+
+    msgs = sft_frame(1)["messages"][0].to_list()
+    pairs = pl.DataFrame(
+        {
+            "prompt": [msgs[:2]],
+            "chosen": [[msgs[2]]],
+            "rejected": [[{"role": "assistant", "content": "<think>0 plus 7 is 8</think>\n8"}]],
+        }
+    )
+    model, tok = sft_mod.load_hf(r1_model)
+    cfg = DPOTrainConfig(max_steps=1, batch_size=1)
+    trainer = dpo_mod.build_dpo_trainer(model, tok, dpo_mod.dpo_dataset(pairs), cfg, str(tmp_path))
+    row = trainer.train_dataset[0]
+    assert tok.decode(row["prompt_ids"]) == chat_template.render_prompt(tok, msgs[:2])
+    assert tok.decode(row["chosen_ids"]) == "0 plus 7</think>\n7<|end|>"
+    assert tok.decode(row["rejected_ids"]) == "0 plus 7 is 8</think>\n8<|end|>"
+
+
+def test_self_added_bos_is_found(plain_model):
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(plain_model)
+    assert chat_template.self_added_bos(tok) == ""
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)]
+    )
+    assert tok("x")["input_ids"][0] == tok.bos_token_id
+    assert chat_template.self_added_bos(tok) == "<s>"
 
 
 def test_train_sft_writes_model_and_curves(marked_model, tmp_path):

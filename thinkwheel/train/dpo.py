@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.config import DPOTrainConfig
+from thinkwheel.train import chat_template
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
@@ -43,6 +44,29 @@ def dpo_dataset(dpo: pl.DataFrame) -> Any:
     return datasets.Dataset.from_polars(dpo.select(COLUMNS))
 
 
+def as_text_pairs(dataset: Any, tokenizer: Any) -> Any:
+    """Prompt, chosen and rejected as text, the prompt rendered as at sampling time.
+
+    Only for a template that drops the `<think>` block from finished assistant turns
+    (DeepSeek-R1-Distill's): TRL renders conversational pairs through it, and DPO would then
+    compare bare answers while the model is sampled thinking.
+    """
+    prefill = chat_template.generation_prefill(tokenizer)
+    stop = chat_template.stop_text(tokenizer)
+    bos = chat_template.self_added_bos(tokenizer)
+
+    def reply(turns: list[dict[str, str]]) -> str:
+        return chat_template.completion_text(turns[-1]["content"], prefill) + stop
+
+    def convert(row: dict[str, Any]) -> dict[str, str]:
+        prompt = chat_template.render_prompt(tokenizer, row["prompt"])
+        if bos and prompt.startswith(bos):
+            prompt = prompt[len(bos) :]
+        return {"prompt": prompt, "chosen": reply(row["chosen"]), "rejected": reply(row["rejected"])}
+
+    return dataset.map(convert)
+
+
 def train_dpo(
     model_path: str,
     dpo: pl.DataFrame,
@@ -54,17 +78,33 @@ def train_dpo(
     """Run DPO from `model_path` (also the frozen reference); write the model to `out_dir`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from trl import DPOConfig, DPOTrainer
-
     dataset = dpo_dataset(dpo)
     if len(dataset) == 0:
         raise ValueError("the DPO set is empty: no task had both a kept and a failed sample")
     tmp = staging_dir(out_dir)
     model, tokenizer = load_hf(model_path)
+    trainer = build_dpo_trainer(model, tokenizer, dataset, cfg, tmp, callbacks=callbacks)
+    return train_and_publish(trainer, tokenizer, tmp, out_dir, n_pairs=len(dataset), lora=cfg.lora)
+
+
+def build_dpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    cfg: DPOTrainConfig,
+    output_dir: str,
+    *,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """The configured DPOTrainer (not yet trained); tests inspect its tokenized pairs."""
+    from trl import DPOConfig, DPOTrainer
+
+    if not chat_template.keeps_reasoning(tokenizer):
+        dataset = as_text_pairs(dataset, tokenizer)
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]}
     with quiet_deprecations():
         args = DPOConfig(
-            output_dir=tmp,
+            output_dir=output_dir,
             max_steps=cfg.max_steps,
             learning_rate=cfg.learning_rate,
             beta=cfg.beta,
@@ -81,7 +121,7 @@ def train_dpo(
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(cfg) if cfg.lora else None,
-            callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
+            callbacks=[jsonl_log_callback(Path(output_dir, "train_log.jsonl")), *callbacks],
         )
     quiet(trainer)
-    return train_and_publish(trainer, tokenizer, tmp, out_dir, n_pairs=len(dataset), lora=cfg.lora)
+    return trainer

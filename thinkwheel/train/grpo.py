@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.config import GRPOTrainConfig
+from thinkwheel.train.chat_template import THINK_OPEN, generation_prefill
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
@@ -31,7 +32,6 @@ from thinkwheel.train.sft import (
     train_and_publish,
 )
 
-THINK_OPEN = "<think>"
 RewardFn = Callable[..., list[float | None]]
 
 
@@ -112,23 +112,6 @@ def grpo_dataset(grpo: pl.DataFrame) -> Any:
         else:
             row["prompt"] = [{"role": m["role"], "content": m["content"]} for m in p]
     return datasets.Dataset.from_list(rows)
-
-
-def generation_prefill(tokenizer: Any) -> str:
-    """What the chat template writes after the assistant header, when that opens `<think>`.
-
-    Returns e.g. "<think>\\n" for a template that pre-fills the think block, else "".
-    """
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False
-        )
-    except Exception:  # a template that can't render a bare user turn has no pre-fill we can see
-        return ""
-    at = text.rfind(THINK_OPEN)
-    if at == -1 or text[at + len(THINK_OPEN) :].strip():
-        return ""
-    return text[at:]
 
 
 def with_prefill(fn: RewardFn, prefill: str) -> RewardFn:

@@ -1,9 +1,11 @@
 """Cold-start SFT on the curated `<think>` chat set: TRL's SFTTrainer, or Unsloth on a GPU.
 
 Loss falls on assistant tokens only. With a chat template that marks the assistant turn with
-`{% generation %}` TRL masks it directly (`assistant_only_loss`); without the markers the
-conversations become prompt/completion pairs and TRL's completion-only loss gives the same
-mask. The result is a plain `save_pretrained` folder (LoRA merged in) with the tokenizer and
+`{% generation %}` (and keeps its `<think>` block) TRL masks it directly (`assistant_only_loss`).
+Otherwise we tokenize each conversation as the engine will see it, the prompt rendered with the
+generation prompt then the model's reply (`chat_template.inference_tokens`), and TRL's
+completion-only loss masks the prompt: through a template that strips reasoning from assistant
+turns (DeepSeek-R1-Distill's), TRL's own rendering would train on the answers alone. The result is a plain `save_pretrained` folder (LoRA merged in) with the tokenizer and
 its chat template, so the next round's engine loads it like the base model.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -23,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from thinkwheel.config import DPOTrainConfig, SFTConfig
+from thinkwheel.train import chat_template
 
 if TYPE_CHECKING:
     import datasets
 
-GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -184,22 +185,16 @@ def as_dataset(sft: pl.DataFrame | datasets.Dataset) -> datasets.Dataset:
     return sft.select_columns(["messages"])
 
 
-def has_generation_markers(tokenizer: Any) -> bool:
-    template = tokenizer.chat_template or ""
-    if isinstance(template, dict):
-        template = template.get("default", "")
-    return GENERATION_TAG.search(template) is not None
+def tokenize_for_inference(dataset: datasets.Dataset, tokenizer: Any) -> datasets.Dataset:
+    """`input_ids` + `completion_mask` per conversation; only the last assistant turn is trained."""
+    prefill = chat_template.generation_prefill(tokenizer)
+    eot = chat_template.end_of_turn(tokenizer)
 
-
-def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Split each conversation before its last assistant turn: the completion is that turn."""
-
-    def split(row: dict[str, Any]) -> dict[str, Any]:
+    def encode(row: dict[str, Any]) -> dict[str, list[int]]:
         msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        return {"prompt": msgs[:last], "completion": msgs[last : last + 1]}
+        return chat_template.inference_tokens(tokenizer, msgs, prefill=prefill, eot=eot)
 
-    return dataset.map(split, remove_columns=dataset.column_names)
+    return dataset.map(encode, remove_columns=dataset.column_names)
 
 
 def train_steps(n_examples: int, cfg: SFTConfig) -> int:
@@ -224,7 +219,9 @@ def build_sft_trainer(
 
     mode = loss_mode(tokenizer, cfg)
     if mode == "completion_only":
-        dataset = to_prompt_completion(dataset)
+        dataset = tokenize_for_inference(dataset, tokenizer)
+    elif mode == "full" and not chat_template.keeps_reasoning(tokenizer):
+        dataset = tokenize_for_inference(dataset, tokenizer).remove_columns("completion_mask")
 
     gpu = device_is_gpu()
     with quiet_deprecations():  # TrainingArguments warns at construction
@@ -291,10 +288,12 @@ def quiet(trainer: Any) -> None:
 
 
 def loss_mode(tokenizer: Any, cfg: SFTConfig) -> str:
-    """assistant_only (template has generation markers), completion_only (fallback) or full."""
+    """assistant_only (the template marks assistant turns and keeps their reasoning),
+    completion_only (our tokenization, the fallback) or full."""
     if not cfg.assistant_only_loss:
         return "full"
-    return "assistant_only" if has_generation_markers(tokenizer) else "completion_only"
+    marked = chat_template.has_generation_markers(tokenizer)
+    return "assistant_only" if marked and chat_template.keeps_reasoning(tokenizer) else "completion_only"
 
 
 def device_is_gpu() -> bool:

@@ -1,0 +1,120 @@
+"""What a model's chat template does to a `<think>` conversation, found by rendering probes.
+
+Templates differ in ways that silently change what a trainer learns. DeepSeek-R1-Distill's
+keeps only the text after `</think>` in assistant turns, so SFT through it teaches answers
+without their reasoning. Some pre-fill `<think>` after the assistant header, so the model's
+own text starts inside the thought. Few mark the assistant turn with `{% generation %}`.
+SFT and GRPO ask these questions once per tokenizer and train on the tokens the engine sees.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_THOUGHT, _ANSWER = "probe-thought-7319", "probe-answer-4261"
+
+
+def has_generation_markers(tokenizer: Any) -> bool:
+    template = tokenizer.chat_template or ""
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    return GENERATION_TAG.search(template) is not None
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt text the engines generate from (`engines.hf.HFEngine.render`)."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def generation_prefill(tokenizer: Any) -> str:
+    """What the template writes after the assistant header, when that opens `<think>`.
+
+    Returns e.g. "<think>\\n" for a template that pre-fills the think block, else "".
+    """
+    try:
+        text = render_prompt(tokenizer, [{"role": "user", "content": "x"}])
+    except Exception:  # a template that can't render a bare user turn has no pre-fill we can see
+        return ""
+    at = text.rfind(THINK_OPEN)
+    if at == -1 or text[at + len(THINK_OPEN) :].strip():
+        return ""
+    return text[at:]
+
+
+def _rendered_reply(tokenizer: Any) -> str | None:
+    probe = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": f"{THINK_OPEN}{_THOUGHT}{THINK_CLOSE}\n{_ANSWER}"},
+    ]
+    try:
+        return tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:
+        return None
+
+
+def keeps_reasoning(tokenizer: Any) -> bool:
+    """False when rendering a finished assistant turn drops its `<think>` block."""
+    text = _rendered_reply(tokenizer)
+    return text is None or _THOUGHT in text
+
+
+def end_of_turn(tokenizer: Any) -> str:
+    """What the template writes after an assistant turn's text (e.g. "<|im_end|>\\n"): what the
+    model must learn to emit to stop. Falls back to the tokenizer's eos token."""
+    text = _rendered_reply(tokenizer)
+    at = -1 if text is None else text.rfind(_ANSWER)
+    tail = text[at + len(_ANSWER) :] if text is not None and at >= 0 else ""
+    return tail or (tokenizer.eos_token or "")
+
+
+def stop_text(tokenizer: Any) -> str:
+    """The end of turn cut just after the eos token it contains ("<|im_end|>\\n" -> "<|im_end|>"):
+    for trainers that append eos to a text completion unless it already ends with one."""
+    eot, eos = end_of_turn(tokenizer), tokenizer.eos_token or ""
+    at = eot.find(eos) if eos else -1
+    return eot[: at + len(eos)] if at >= 0 else eot
+
+
+def self_added_bos(tokenizer: Any) -> str:
+    """The bos text a tokenizer inserts on its own when encoding text; "" if it adds none. A
+    rendered prompt that starts with it must lose it before such encoding, or it gets two."""
+    bos_id = tokenizer.bos_token_id
+    ids = tokenizer("x")["input_ids"]
+    return tokenizer.bos_token if bos_id is not None and ids[:1] == [bos_id] else ""
+
+
+def completion_text(content: str, prefill: str) -> str:
+    """The assistant text the model itself writes: without what the template already pre-filled."""
+    if not prefill or not content.lstrip().startswith(THINK_OPEN):
+        return content
+    body = content.lstrip()[len(THINK_OPEN) :]
+    rest = prefill[len(THINK_OPEN) :]
+    return body[len(rest) :] if rest and body.startswith(rest) else body
+
+
+def inference_tokens(
+    tokenizer: Any, messages: list[dict[str, str]], *, prefill: str, eot: str
+) -> dict[str, list[int]]:
+    """`input_ids` and `completion_mask` for a conversation, built as the engine sees it.
+
+    The prompt (every turn before the last assistant turn) is rendered with the generation
+    prompt, exactly as at sampling time; the completion is the last assistant turn as the model
+    writes it (`prefill` from `generation_prefill`), then the end of turn (`eot`, from
+    `end_of_turn`). Prompt and completion are tokenized apart, as
+    generation does. Nothing depends on how the template renders a finished assistant turn,
+    so a template that strips reasoning or pre-fills `<think>` cannot change what is trained.
+    """
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    if last <= 0:
+        raise ValueError("each conversation needs an assistant turn after the prompt")
+    prompt = render_prompt(tokenizer, messages[:last])
+    reply = completion_text(messages[last]["content"], prefill)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(reply + eot, add_special_tokens=False)["input_ids"]
+    return {
+        "input_ids": prompt_ids + reply_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(reply_ids),
+    }
