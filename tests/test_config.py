@@ -65,6 +65,20 @@ def test_section_hash_changes_only_with_its_section():
     assert a.section_hash("sampling") != b.section_hash("sampling")
 
 
+def test_an_added_field_at_its_default_keeps_old_hashes():
+    """engine.extra_body came after runs were made: at its default it must not redo their stages."""
+    import hashlib
+    import json
+
+    cfg = RunConfig()
+    before = cfg.engine.model_dump(mode="json")
+    before.pop("extra_body")
+    old = hashlib.sha256(json.dumps({"engine": before}, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.section_hash("engine") == old
+    cfg.engine.extra_body = {"top_k": 20}
+    assert cfg.section_hash("engine") != old
+
+
 def test_starter_yaml_round_trips_to_defaults():
     text = starter_yaml()
     assert text.count("\n# ") >= 5  # commented sections

@@ -210,3 +210,61 @@ def test_cache_survives_a_torn_line(tmp_path: Path) -> None:
 
 def _user(text: str) -> dict[str, str]:
     return {"role": "user", "content": text}
+
+
+class _Scripted:
+    """Fixed completions: the split under test is the server's and the client's, not the model's."""
+
+    model_name = "scripted"
+    script = (
+        ("<think>3+4=7</think>\n7", "stop"),
+        ("<think>\n3+4=7\n</think>\n\n7", "stop"),
+        ("<think>3+4 is", "length"),  # the budget ran out inside the thought
+        ("7", "stop"),  # never opened: the parser files it all as thought
+    )
+
+    def generate(self, requests, params, progress=None):
+        return [
+            [Completion(text=t, finish_reason=f, n_tokens=4) for t, f in self.script[: params.n]]
+            for _ in requests
+        ]
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_thought_returned_apart_goes_back_into_think(field) -> None:
+    """`vllm serve --reasoning-parser` returns the thought in its own field and only the answer
+    as content; read naively, every sample would lose its <think> block and fail the format."""
+    from thinkwheel.records import split_think
+
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=1)
+    with LocalServer(_Scripted(), reasoning_field=field) as srv:
+        out = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?"], params)[0]
+    got = [(c.text, c.finish_reason) for c in out]
+    assert got[:3] == list(_Scripted.script[:3])
+    assert got[3] == ("<think>7", "stop")
+    assert split_think(got[0][0]) == ("3+4=7", "7")
+    with LocalServer(_Scripted()) as srv:  # no parser: the text as the model wrote it
+        plain = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?"], params)[0]
+    assert [(c.text, c.finish_reason) for c in plain] == list(_Scripted.script)
+
+
+def test_extra_body_reaches_the_server_and_the_cache_key(tmp_path: Path) -> None:
+    seen: list[dict] = []
+
+    class Recording(LocalServer):
+        def complete(self, body: dict, fault: str):
+            seen.append(body)
+            return super().complete(body, fault)
+
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=8, seed=1)
+    extra = {"top_k": 20, "chat_template_kwargs": {"enable_thinking": True}}
+    with Recording(_Scripted()) as srv:
+        OpenAIEngine(srv.base_url, "m", extra_body=extra).generate(["q"], params)
+    assert seen[0]["top_k"] == 20 and seen[0]["chat_template_kwargs"] == {"enable_thinking": True}
+    msgs = [{"role": "user", "content": "q"}]
+    assert request_key("m", msgs, params, {}) == request_key("m", msgs, params)
+    assert request_key("m", msgs, params, extra) != request_key("m", msgs, params)
+    cfg = EngineConfig(kind="openai", extra_body=extra)
+    from thinkwheel.engines.factory import make_engine
+
+    assert make_engine(cfg).extra_body == extra

@@ -23,6 +23,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A field added with a default that keeps the old behaviour: left at that default, it stays out
+# of its section's hash, so upgrading does not redo finished stages of a run. Only for a field
+# when it is added; marking an existing field changes the hashes of runs already made.
+ADDITIVE: dict[str, Any] = {"additive": True}
+
+
+def _hashed(section: BaseModel) -> dict[str, Any]:
+    data = section.model_dump(mode="json")
+    for name, field in type(section).model_fields.items():
+        extra = field.json_schema_extra
+        additive = isinstance(extra, dict) and extra.get("additive")
+        if additive and getattr(section, name) == field.get_default(call_default_factory=True):
+            data.pop(name, None)
+    return data
+
+
 class EngineConfig(_Section):
     kind: Literal["hf", "vllm", "openai"] = "hf"
     model: str = "bundled"  # "bundled" = thinkwheel/assets/model; else a local path or model id
@@ -44,6 +60,9 @@ class EngineConfig(_Section):
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     server_supports_n: bool = True
+    # merged into every request body: server options the sampling section has no key for, e.g.
+    # {chat_template_kwargs: {enable_thinking: true}, top_k: 20, repetition_penalty: 1.05}
+    extra_body: dict[str, Any] = Field(default_factory=dict, json_schema_extra=ADDITIVE)
 
 
 Level = Annotated[int, Field(ge=1, le=5)]
@@ -387,7 +406,7 @@ class RunConfig(_Section):
 
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections: a stage re-runs only when its own config changed."""
-        data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        data = {s: _hashed(getattr(self, s)) for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

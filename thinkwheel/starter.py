@@ -14,7 +14,9 @@ SECTION_NOTES = {
     "engine": (
         "LLM backend. kind: hf (transformers, CPU ok) | vllm (GPU, `pip install thinkwheel[gpu]`)"
         " | openai (any OpenAI-compatible server; the key comes from the env var api_key_env;"
-        " a served model is not retrained in place, so set train.sft/grpo.enabled: false)."
+        " a served model is not retrained in place, so set train.sft/grpo.enabled: false;"
+        " a thought returned apart by a reasoning parser goes back into <think>; extra_body is"
+        " merged into each request, e.g. {top_k: 20})."
         " model: 'bundled' = the small model shipped in the package, or a local path / model id."
     ),
     "generate": (

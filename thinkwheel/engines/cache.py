@@ -21,10 +21,16 @@ from thinkwheel.engines.base import Completion, SamplingParams
 FILE_NAME = "completions.jsonl"
 
 
-def request_key(model: str, messages: Sequence[dict[str, str]], params: SamplingParams) -> str:
+def request_key(
+    model: str,
+    messages: Sequence[dict[str, str]],
+    params: SamplingParams,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """Hash of everything that decides a sample except `n`: asking for more samples later
-    reuses the ones already paid for (samples are cached by index under this key)."""
-    blob = {
+    reuses the ones already paid for (samples are cached by index under this key). `extra` is
+    the rest of the request body (`engine.extra_body`); left empty, old keys stay valid."""
+    blob: dict[str, Any] = {
         "model": model,
         "messages": [dict(m) for m in messages],
         "temperature": params.temperature,
@@ -33,6 +39,8 @@ def request_key(model: str, messages: Sequence[dict[str, str]], params: Sampling
         "stop": list(params.stop),
         "seed": params.seed,
     }
+    if extra:
+        blob["extra"] = extra
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

@@ -71,5 +71,6 @@ def make_engine(
             timeout_s=cfg.timeout_s,
             server_supports_n=cfg.server_supports_n,
             cache_dir=cache_dir,
+            extra_body=cfg.extra_body,
         )
     raise ValueError(f"unknown engine.kind {cfg.kind!r}")

@@ -117,8 +117,10 @@ class LocalServer:
         port: int = 0,
         batch_window_s: float = 0.005,
         api_key: str | None = None,
+        reasoning_field: str | None = None,
     ) -> None:
         self.engine = engine
+        self.reasoning_field = reasoning_field
         self.api_key = api_key
         self.faults = faults or FaultPlan()
         self.supports_n = supports_n
@@ -183,10 +185,25 @@ class LocalServer:
             comps = comps[:1]
         with self._lock:
             self.stats.samples_served += len(comps)
-        return 200, response_body(comps, str(body.get("model", self.engine.model_name)))
+        model = str(body.get("model", self.engine.model_name))
+        return 200, response_body(comps, model, self.reasoning_field)
 
 
-def response_body(completions: Sequence[Completion], model: str) -> bytes:
+def parsed_message(text: str, reasoning_field: str | None) -> dict[str, str | None]:
+    """The assistant message, split as vLLM's deepseek_r1 reasoning parser splits it when a
+    field name is given ("reasoning", or "reasoning_content" before vLLM 0.11): the thought in
+    that field, the text after `</think>` as content, and all of it the thought when the model
+    never closed it."""
+    if reasoning_field is None:
+        return {"role": "assistant", "content": text}
+    head, _, tail = text.partition("</think>")
+    thought = head.split("<think>", 1)[-1]
+    return {"role": "assistant", reasoning_field: thought or None, "content": tail or None}
+
+
+def response_body(
+    completions: Sequence[Completion], model: str, reasoning_field: str | None = None
+) -> bytes:
     """A chat.completion body for these samples."""
     return json.dumps(
         {
@@ -197,7 +214,7 @@ def response_body(completions: Sequence[Completion], model: str) -> bytes:
             "choices": [
                 {
                     "index": k,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": parsed_message(c.text, reasoning_field),
                     "finish_reason": c.finish_reason,
                 }
                 for k, c in enumerate(completions)
@@ -298,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--faults", default="ok", help=f"comma-separated cycle of {FAULTS}")
     ap.add_argument("--no-n", action="store_true", help="ignore n, as some servers do")
+    ap.add_argument(
+        "--reasoning-field",
+        choices=("reasoning", "reasoning_content"),
+        help="return the <think> block apart in this field, as `vllm serve --reasoning-parser`",
+    )
     args = ap.parse_args(argv)
     from thinkwheel.engines.hf import HFEngine
 
@@ -307,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         faults=FaultPlan(script=tuple(args.faults.split(","))),
         supports_n=not args.no_n,
         port=args.port,
+        reasoning_field=args.reasoning_field,
     )
     print(f"serving {engine.model_name} at {srv.base_url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

@@ -104,7 +104,7 @@ class OpenAIEngine:
         self, requests: Sequence[Request], params: SamplingParams, progress: Progress | None = None
     ) -> list[list[Completion]]:
         messages = [as_messages(r) for r in requests]
-        keys = [request_key(self.model_name, m, params) for m in messages]
+        keys = [request_key(self.model_name, m, params, self.extra_body) for m in messages]
         unique = dict(zip(keys, messages, strict=True))  # identical requests are sent once
         cache = self.cache
         done: dict[str, dict[int, Completion]] = {}
@@ -251,7 +251,7 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
     try:
         body = resp.json()
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-        texts = [c["message"]["content"] or "" for c in choices]
+        texts = [_with_reasoning(c["message"]) for c in choices]
         reasons = [c.get("finish_reason") for c in choices]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise _Retryable("malformed") from err
@@ -265,6 +265,19 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
             text, reason = text[:cut], "stop"
         out.append(Completion(text=text, finish_reason=_finish(reason), n_tokens=n_tok))
     return out
+
+
+def _with_reasoning(message: dict[str, Any]) -> str:
+    """The completion as the model wrote it. A server run with a reasoning parser (`vllm serve
+    --reasoning-parser`, SGLang, DeepSeek's API) returns the thought apart, in `reasoning` (vLLM
+    since 0.11) or `reasoning_content`, and only the answer in `content`; it goes back into
+    `<think>` here. With no content the thought is left open: the parser gives everything to
+    `reasoning` when the model never closed it (cut by the budget, or never written)."""
+    content = message.get("content") or ""
+    thought = message.get("reasoning") or message.get("reasoning_content")
+    if not isinstance(thought, str) or not thought or "</think>" in content:
+        return content
+    return f"<think>{thought}</think>{content}" if content else f"<think>{thought}"
 
 
 def _finish(reason: Any) -> str:
