@@ -218,6 +218,15 @@ def test_dpo_pairs_keep_reasoning_through_a_template_that_strips_it(r1_model, tm
     assert tok.decode(row["chosen_ids"]) == "0 plus 7</think>\n7<|end|>"
     assert tok.decode(row["rejected_ids"]) == "0 plus 7 is 8</think>\n8<|end|>"
 
+    _, longest = sft_mod.over_length([msgs[:2] + pairs["rejected"][0].to_list()], tok, 0)
+    short = cfg.model_copy(update={"max_length": longest - 1})
+    res = dpo_mod.train_dpo(r1_model, pairs, str(tmp_path / "m"), short)
+    assert res["over_max_length"] == 1 and res["longest_tokens"] == longest
+    with pytest.raises(ValueError, match="every DPO prompt fills train.dpo.max_length"):
+        dpo_mod.train_dpo(r1_model, pairs, str(tmp_path / "m2"), cfg.model_copy(update={"max_length": 8}))
+    assert not list(tmp_path.glob("m2*"))  # refused before anything was written
+    assert "1 of 1 preference pairs" in sft_mod.length_warning(res, "train.dpo.max_length", "preference pairs")
+
 
 def test_self_added_bos_is_found(plain_model):
     from tokenizers import processors
@@ -271,6 +280,22 @@ def test_train_sft_lora_merges_into_plain_model(plain_model, tmp_path):
     assert not (out / "adapter_config.json").exists()  # merged: the engine loads it as-is
     model = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_examples_longer_than_max_length_are_counted_and_named(plain_model, tmp_path):
+    frame = sft_frame(6)
+    _, tok = sft_mod.load_hf(plain_model)
+    ds = sft_mod.as_dataset(frame)
+    _, longest = sft_mod.over_length(ds["messages"], tok, 10_000)
+    first = len(tok(tok.apply_chat_template(frame["messages"][0].to_list(), tokenize=False))["input_ids"])
+    assert longest >= first > 10  # the rendered example, give or take the boundary tokens
+    cfg = SFTConfig(trainer="trl", max_steps=1, batch_size=2, max_length=longest - 1)
+    res = sft_mod.train_sft(plain_model, frame, str(tmp_path / "m"), cfg)
+    assert 1 <= res["over_max_length"] <= 6 and res["longest_tokens"] == longest
+    warning = sft_mod.length_warning(res)
+    assert f"longer than train.sft.max_length ({longest - 1} tokens" in warning
+    assert f"at least {longest}" in warning
+    assert sft_mod.length_warning({**res, "over_max_length": 0}) is None
 
 
 def test_steps_follow_epochs_capped_by_max_steps():

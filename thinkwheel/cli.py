@@ -364,10 +364,13 @@ def train_sft_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Cold-start SFT on a curated <think> set (TRL on CPU, Unsloth on a GPU when installed)."""
-    from thinkwheel.train.sft import train_sft
+    from thinkwheel.train.sft import length_warning, train_sft
 
     cfg, sft, path = _train_inputs(data, "sft", model, config)
-    _show(train_sft(path, sft, str(out), cfg.train.sft))
+    metrics = train_sft(path, sft, str(out), cfg.train.sft)
+    _show(metrics)
+    if warning := length_warning(metrics):
+        console.print(warning)
 
 
 @train_app.command("dpo")
@@ -379,9 +382,16 @@ def train_dpo_cmd(
 ) -> None:
     """DPO on the curated preference pairs (a kept vs a failed sample of one task), TRL."""
     from thinkwheel.train.dpo import train_dpo
+    from thinkwheel.train.sft import length_warning
 
     cfg, dpo, path = _train_inputs(data, "dpo", model, config)
-    _show(train_dpo(path, dpo, str(out), cfg.train.dpo))
+    try:
+        metrics = train_dpo(path, dpo, str(out), cfg.train.dpo)
+    except ValueError as err:
+        fail(str(err))
+    _show(metrics)
+    if warning := length_warning(metrics, "train.dpo.max_length", "preference pairs"):
+        console.print(warning)
 
 
 @train_app.command("grpo")

@@ -436,7 +436,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
 
     "continue" fine-tunes the previous round's model, "from_base" the base model (STaR /
     ReST-EM); with `accumulate` the data is every round's curated set so far."""
-    from thinkwheel.train.sft import train_sft
+    from thinkwheel.train.sft import length_warning, train_sft
 
     model_dir = store.round_dir(k) / "model"
     rounds = range(k + 1) if cfg.train.accumulates() else [k]
@@ -454,6 +454,8 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     rep.start(f"round {k}: SFT on {sft.height} samples", None)
     metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=_callbacks())
     rep.finish()
+    if warning := length_warning(metrics):
+        rep.message(f"round {k}: {warning}")
     _keep_log(model_dir, store.round_dir(k) / "logs" / "sft.jsonl")
     if cfg.train.dpo.enabled:
         metrics["dpo"] = _dpo(store, cfg, k, rounds, str(model_dir))
@@ -483,6 +485,7 @@ def _dpo(
 ) -> dict[str, Any]:
     """DPO on the dpo split of the same rounds the SFT data came from."""
     from thinkwheel.train.dpo import train_dpo
+    from thinkwheel.train.sft import length_warning
 
     paths = [store.round_dir(r) / "curated" / "dpo.parquet" for r in rounds]
     parts = [pl.read_parquet(p) for p in paths if p.is_file()]
@@ -494,6 +497,8 @@ def _dpo(
     rep.start(f"round {k}: DPO on {pairs.height} pairs", None)
     out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=_callbacks())
     rep.finish()
+    if warning := length_warning(out, "train.dpo.max_length", "preference pairs"):
+        rep.message(f"round {k}: {warning}")
     return {key: v for key, v in out.items() if key != "log_history"}
 
 

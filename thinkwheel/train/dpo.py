@@ -23,6 +23,7 @@ from thinkwheel.train.sft import (
     jsonl_log_callback,
     load_hf,
     lora_config,
+    over_length,
     quiet,
     quiet_deprecations,
     runtime_args,
@@ -81,10 +82,26 @@ def train_dpo(
     dataset = dpo_dataset(dpo)
     if len(dataset) == 0:
         raise ValueError("the DPO set is empty: no task had both a kept and a failed sample")
-    tmp = staging_dir(out_dir)
     model, tokenizer = load_hf(model_path)
+    prompts = [chat_template.render_prompt(tokenizer, r) for r in dataset["prompt"]]
+    shortest = min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    if shortest >= cfg.max_length:  # TRL drops such pairs, then fails on an empty set
+        raise ValueError(
+            f"every DPO prompt fills train.dpo.max_length ({cfg.max_length} tokens; the shortest "
+            f"is {shortest}), leaving no room for the answers: raise train.dpo.max_length"
+        )
+    longer = ([*r["prompt"], *max(r["chosen"], r["rejected"], key=_chars)] for r in dataset)
+    over, longest = over_length(longer, tokenizer, cfg.max_length)
+    tmp = staging_dir(out_dir)
     trainer = build_dpo_trainer(model, tokenizer, dataset, cfg, tmp, callbacks=callbacks)
-    return train_and_publish(trainer, tokenizer, tmp, out_dir, n_pairs=len(dataset), lora=cfg.lora)
+    return train_and_publish(
+        trainer, tokenizer, tmp, out_dir, n_pairs=len(dataset), lora=cfg.lora,
+        over_max_length=over, longest_tokens=longest, max_length=cfg.max_length,
+    )
+
+
+def _chars(turns: list[dict[str, str]]) -> int:
+    return sum(len(t["content"]) for t in turns)
 
 
 def build_dpo_trainer(

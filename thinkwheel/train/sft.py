@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,12 +62,43 @@ def train_sft(
         model, tokenizer = load_hf(model_path)
         peft_config = lora_config(cfg) if cfg.lora else None
 
+    over, longest = over_length(dataset["messages"], tokenizer, cfg.max_length)
     trainer = build_sft_trainer(
         model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
     )
     return train_and_publish(
         trainer, tokenizer, tmp, out_dir,
         n_examples=len(dataset), loss_mode=loss_mode(tokenizer, cfg), trainer=kind, lora=cfg.lora,
+        over_max_length=over, longest_tokens=longest, max_length=cfg.max_length,
+    )
+
+
+def over_length(
+    conversations: Iterable[list[dict[str, str]]], tokenizer: Any, max_length: int
+) -> tuple[int, int]:
+    """(conversations longer than `max_length` tokens, the longest). The trainer cuts them
+    without a word, and a cut example trains on a thought with no answer and no end of turn."""
+    prefill = chat_template.generation_prefill(tokenizer)
+    eot = chat_template.end_of_turn(tokenizer)
+    lengths = [
+        len(chat_template.inference_tokens(tokenizer, msgs, prefill=prefill, eot=eot)["input_ids"])
+        for msgs in conversations
+    ]
+    return sum(n > max_length for n in lengths), max(lengths, default=0)
+
+
+def length_warning(
+    metrics: dict[str, Any], key: str = "train.sft.max_length", what: str = "SFT examples"
+) -> str | None:
+    """The message for `over_length`'s count, or None when nothing was cut."""
+    over = metrics.get("over_max_length") or 0
+    total = metrics.get("n_examples") or metrics.get("n_pairs") or 0
+    if not over:
+        return None
+    return (
+        f"[yellow]{over} of {total} {what} ({over / total:.0%}) are longer than {key} "
+        f"({metrics['max_length']} tokens; the longest is {metrics['longest_tokens']}) and were "
+        f"cut, losing their answers; raise {key} to at least {metrics['longest_tokens']}[/]"
     )
 
 
