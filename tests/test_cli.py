@@ -264,3 +264,53 @@ def test_eval_scores_a_model_as_the_flow_does(tmp_path):
     assert got["accuracy"] == want["accuracy"] and got["per_family"] == want["per_family"]
     r = runner.invoke(app, ["eval", "--model", str(tmp_path / "no-model")])
     assert r.exit_code == 2 and "--model: no such folder" in " ".join(r.output.split())
+
+
+def test_run_on_a_served_model_checks_the_server_before_starting(tmp_path, monkeypatch):
+    """A server that is down or refuses the key fails in a second, not after Prefect starts and
+    every retry backs off; a model the server does not list is a warning; a server that dies
+    mid-run ends in one line that says the answers so far are kept."""
+    import socket
+
+    import thinkwheel.flows.flywheel as fw
+    from thinkwheel.engines.local_server import LocalServer
+    from thinkwheel.engines.openai import EngineError
+
+    class Named:  # only /v1/models is asked for
+        model_name = "served-model"
+
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TW_KEY", raising=False)
+
+    def run_with(base_url: str, model: str = "served-model"):
+        p = tmp_path / "c.yaml"
+        p.write_text(
+            f"engine: {{kind: openai, model: {model}, base_url: '{base_url}', api_key_env: TW_KEY}}\n"
+            "train: {sft: {enabled: false}}\n"
+        )
+        return runner.invoke(app, ["run", "-c", str(p)])
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    r = run_with(f"http://127.0.0.1:{free}/v1")
+    assert r.exit_code == 2 and "nothing answers at" in " ".join(r.output.split())
+
+    with LocalServer(Named(), api_key="s3cret") as srv:
+        r = run_with(srv.base_url)
+        assert r.exit_code == 2 and "refused the API key from $TW_KEY (HTTP 401)" in " ".join(r.output.split())
+        monkeypatch.setenv("TW_KEY", "s3cret")
+        monkeypatch.setattr(fw, "run", lambda cfg, out: {"base": None, "rounds": []})
+        r = run_with(srv.base_url)
+        assert r.exit_code == 0 and "not among the models" not in r.output
+        r = run_with(srv.base_url, model="other-model")
+        assert r.exit_code == 0 and "other-model is not among the models" in " ".join(r.output.split())
+
+        def dies(cfg, out):
+            raise EngineError("3 of 9 requests failed: gave up after 7 attempts (last: 500)")
+
+        monkeypatch.setattr(fw, "run", dies)
+        r = run_with(srv.base_url)
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "3 of 9 requests failed" in out and "re-run the same command" in out

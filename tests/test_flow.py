@@ -355,3 +355,45 @@ def test_a_card_for_generated_data_is_apache(flow_run):
     out, _ = flow_run
     card = (out / "round-0" / "curated" / "README.md").read_text()
     assert yaml.safe_load(card.split("---")[1])["license"] == "apache-2.0"
+
+
+def test_served_run_resends_only_what_a_crash_lost(tmp_path):
+    """engine.kind openai: the server dies for good mid-shard (no retries left). The answers
+    that did come back are in the run's request cache, so the re-run asks only for the rest,
+    and the cache is emptied once the stage's samples are stored."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from thinkwheel.engines.factory import resolve_model
+    from thinkwheel.engines.hf import HFEngine
+    from thinkwheel.engines.local_server import FaultPlan, LocalServer
+    from thinkwheel.flows.flywheel import run
+
+    model = HFEngine(resolve_model(parse_config({}).engine), batch_size=64)
+    conf = {
+        **SMALL,
+        "name": "served",
+        "rounds": 1,
+        "sampling": {"n": 2, "shard_size": 1000, "max_tokens": 120},  # one shard
+        "train": {"sft": {"enabled": False}},
+    }
+    out, answered = tmp_path / "served", 12
+    with prefect_test_harness(server_startup_timeout=180):
+        dying = FaultPlan(("ok",) * answered + ("500",) * 10_000)
+        with LocalServer(model, faults=dying) as srv:
+            engine = {"kind": "openai", "base_url": srv.base_url, "max_retries": 0, "concurrency": 1}
+            with pytest.raises(Exception, match="failed"):
+                run(parse_config({**conf, "engine": engine}), out)
+        cache = out / "cache" / "requests" / "completions.jsonl"
+        assert len(cache.read_text().splitlines()) == answered * 2  # n=2 answers per request
+
+        with LocalServer(model) as srv:
+            engine = {"kind": "openai", "base_url": srv.base_url, "concurrency": 4}
+            run(parse_config({**conf, "engine": engine}), out)
+            asked = srv.stats.by_prompt
+    prompts = pl.read_parquet(out / "round-0" / "tasks.parquet").filter(
+        pl.col("drop_reason").is_null()
+    )["prompt"].to_list()
+    resent = sum(asked[p] for p in prompts)
+    assert resent == len(prompts) - answered
+    assert pl.read_parquet(out / "round-0" / "candidates.parquet").height == 2 * len(prompts)
+    assert cache.stat().st_size == 0  # emptied once the samples were stored

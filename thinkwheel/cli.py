@@ -4,6 +4,7 @@ pretrain. Errors a user can fix are one line on stderr with exit code 2, never a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -86,6 +87,35 @@ def unreachable_model(cfg: RunConfig) -> str | None:
     return None
 
 
+def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, str | None]:
+    """(why the served model cannot be used, a warning) for engine.kind openai. A server that is
+    down or refuses the key otherwise shows only after Prefect starts and every retry backs off."""
+    if cfg.engine.kind != "openai":
+        return None, None
+    import httpx
+
+    url = cfg.engine.base_url.rstrip("/") + "/models"
+    key = os.environ.get(cfg.engine.api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.get(url, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as err:
+        return f"engine.base_url: nothing answers at {cfg.engine.base_url} ({err}); start the " \
+               "server (e.g. `vllm serve <model>`) or fix engine.base_url", None
+    if resp.status_code in (401, 403):
+        return f"engine.base_url: the server refused the API key from ${cfg.engine.api_key_env} " \
+               f"(HTTP {resp.status_code})", None
+    try:
+        served = [m["id"] for m in resp.json()["data"]] if resp.status_code == 200 else []
+    except (ValueError, KeyError, TypeError):
+        served = []  # not every server lists its models; the requests will tell
+    if served and cfg.engine.model not in served:
+        shown = ", ".join(served[:5]) + (", ..." if len(served) > 5 else "")
+        return None, f"[yellow]engine.model {cfg.engine.model} is not among the models " \
+                     f"{cfg.engine.base_url} lists ({shown})[/]"
+    return None, None
+
+
 def unreadable_tasks(cfg: RunConfig) -> str | None:
     """Why the task files the config names (`generate.tasks`, `eval.tasks`) cannot be used, or
     None: a missing file, a row without a prompt, an unknown verifier (there or in
@@ -131,8 +161,11 @@ def run(
     cfg = _config(config or DEFAULT_RUN, rounds=rounds)
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
-    if problem := unreachable_model(cfg) or unreadable_tasks(cfg):
+    problem, warning = server_check(cfg)
+    if problem := problem or unreachable_model(cfg) or unreadable_tasks(cfg):
         fail(problem)
+    if warning:
+        console.print(warning)
     out = out or Path("runs") / cfg.name
     t0 = time.time()
     console.print(
@@ -141,6 +174,7 @@ def run(
     )
     console.print("starting Prefect (a temporary local server on first use) ...")
     _exit_cleanly_on_term()
+    from thinkwheel.engines.openai import EngineError
     from thinkwheel.flows.flywheel import run as run_flow
     from thinkwheel.flows.progress import RichReporter, use_reporter
 
@@ -149,6 +183,9 @@ def run(
             summary = run_flow(cfg, out)
     except (FileNotFoundError, ConfigError, ValueError) as e:
         fail(str(e))
+    except EngineError as e:
+        fail(f"{e}. Every answer that came back is kept in {out}: fix the server and re-run the "
+             "same command to resume")
     print_summary(summary)
     console.print(
         f"done in {time.time() - t0:.0f}s. Inspect: [bold]thinkwheel inspect {out}[/]; "

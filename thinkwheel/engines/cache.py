@@ -85,6 +85,11 @@ class RequestCache:
     def sync(self) -> None:
         os.fsync(self._fd)
 
+    def clear(self) -> None:
+        """Forget every sample: the caller has stored them elsewhere (a finished stage)."""
+        os.ftruncate(self._fd, 0)
+        self._entries.clear()
+
     def close(self) -> None:
         if self._fd >= 0:
             os.fsync(self._fd)

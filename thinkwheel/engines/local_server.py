@@ -254,7 +254,9 @@ def _handler_for(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
         def do_GET(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") == "/v1/models":
+            if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                self._send(401, b'{"error": {"message": "invalid api key"}}')
+            elif self.path.rstrip("/") == "/v1/models":
                 model = {"id": server.engine.model_name, "object": "model"}
                 self._send(200, json.dumps({"object": "list", "data": [model]}).encode())
             else:

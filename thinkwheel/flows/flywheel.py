@@ -45,10 +45,16 @@ _task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 class _Engines:
-    """Loads each model once per flow run (sampling, tasks and eval share it)."""
+    """Loads each model once per flow run (sampling, tasks and eval share it).
 
-    def __init__(self, cfg: RunConfig):
+    A served model's answers also go to an on-disk request cache under the run directory as
+    they arrive, so a crash inside a stage (Self-Instruct, a sampling shard, eval) loses no paid
+    request: the re-run sends only what had not come back. `settle` empties it once a stage's
+    outputs are stored, so the run does not keep every sample twice."""
+
+    def __init__(self, cfg: RunConfig, cache_dir: Path | None = None):
         self.cfg = cfg
+        self.cache_dir = cache_dir
         self._cache: dict[str, Any] = {}
 
     def __call__(self, model_dir: str):
@@ -56,8 +62,13 @@ class _Engines:
 
         if model_dir not in self._cache:
             self._cache.clear()  # one model resident at a time
-            self._cache[model_dir] = make_engine(self.cfg.engine, model_dir)
+            self._cache[model_dir] = make_engine(self.cfg.engine, model_dir, cache_dir=self.cache_dir)
         return self._cache[model_dir]
+
+    def settle(self) -> None:
+        for engine in self._cache.values():
+            if (cache := getattr(engine, "cache", None)) is not None:
+                cache.clear()
 
 
 tasks_task = _task(steps.make_tasks, name="generate-tasks")
@@ -91,7 +102,7 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     """generate -> sample -> verify -> filter -> export -> train -> eval, `rounds` times."""
     cfg = parse_config(config)
     store = RunStore.create(out, cfg)
-    engines = _Engines(cfg)
+    engines = _Engines(cfg, store.root / "cache" / "requests")
     from thinkwheel.engines.factory import resolve_model
 
     model = resolve_model(cfg.engine)
@@ -102,7 +113,9 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     rows = []
     for k in range(cfg.rounds):
         tasks_task(store, cfg, k, model, engines)
+        engines.settle()
         sample_task(store, cfg, k, model, engines)
+        engines.settle()
         verify_task(store, cfg, k)
         filter_task(store, cfg, k)
         export_task(store, cfg, k, model)
@@ -110,6 +123,7 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
         if cfg.train.sft.enabled:
             model = train_task(store, cfg, k, start)
         eval_task(store, cfg, k, model, engines)
+        engines.settle()
         rows.append(steps.funnel_row(store, k))
     # after the rounds: a stage re-run by this version no longer counts, only what was reused
     this_run = {"base", *(f"round-{k}" for k in range(cfg.rounds))}
