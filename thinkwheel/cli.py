@@ -174,6 +174,9 @@ def run(
     )
     console.print("starting Prefect (a temporary local server on first use) ...")
     _exit_cleanly_on_term()
+    # a failed stage reaches the user once, as our one-line error (or Python's traceback for
+    # the unexpected), not also as Prefect's task and flow failure logs with their tracebacks
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from thinkwheel.engines.openai import EngineError
     from thinkwheel.flows.flywheel import run as run_flow
     from thinkwheel.flows.progress import RichReporter, use_reporter
