@@ -98,7 +98,7 @@ def completion_text(content: str, prefill: str) -> str:
 def inference_tokens(
     tokenizer: Any, messages: list[dict[str, str]], *, prefill: str, eot: str
 ) -> dict[str, list[int]]:
-    """`input_ids` and `completion_mask` for a conversation, built as the engine sees it.
+    """`input_ids` and `labels` (-100 over the prompt) for a conversation, as the engine sees it.
 
     The prompt (every turn before the last assistant turn) is rendered with the generation
     prompt, exactly as at sampling time; the completion is the last assistant turn as the model
@@ -106,6 +106,8 @@ def inference_tokens(
     `end_of_turn`). Prompt and completion are tokenized apart, as
     generation does. Nothing depends on how the template renders a finished assistant turn,
     so a template that strips reasoning or pre-fills `<think>` cannot change what is trained.
+    Labels rather than a completion mask: TRL takes them as they are, and so does Unsloth,
+    whose trainer skips TRL's mask handling for a tokenized set.
     """
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last <= 0:
@@ -114,7 +116,4 @@ def inference_tokens(
     reply = completion_text(messages[last]["content"], prefill)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     reply_ids = tokenizer(reply + eot, add_special_tokens=False)["input_ids"]
-    return {
-        "input_ids": prompt_ids + reply_ids,
-        "completion_mask": [0] * len(prompt_ids) + [1] * len(reply_ids),
-    }
+    return {"input_ids": prompt_ids + reply_ids, "labels": [-100] * len(prompt_ids) + reply_ids}

@@ -3,10 +3,11 @@
 Loss falls on assistant tokens only. With a chat template that marks the assistant turn with
 `{% generation %}` (and keeps its `<think>` block) TRL masks it directly (`assistant_only_loss`).
 Otherwise we tokenize each conversation as the engine will see it, the prompt rendered with the
-generation prompt then the model's reply (`chat_template.inference_tokens`), and TRL's
-completion-only loss masks the prompt: through a template that strips reasoning from assistant
-turns (DeepSeek-R1-Distill's), TRL's own rendering would train on the answers alone. The result is a plain `save_pretrained` folder (LoRA merged in) with the tokenizer and
-its chat template, so the next round's engine loads it like the base model.
+generation prompt then the model's reply, with labels over the reply only
+(`chat_template.inference_tokens`): through a template that strips reasoning from assistant
+turns (DeepSeek-R1-Distill's), TRL's own rendering would train on the answers alone. The
+result is a plain `save_pretrained` folder (LoRA merged in) with the tokenizer and its chat
+template, so the next round's engine loads it like the base model.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def as_dataset(sft: pl.DataFrame | datasets.Dataset) -> datasets.Dataset:
 
 
 def tokenize_for_inference(dataset: datasets.Dataset, tokenizer: Any) -> datasets.Dataset:
-    """`input_ids` + `completion_mask` per conversation; only the last assistant turn is trained."""
+    """`input_ids` + `labels` per conversation; only the last assistant turn is trained."""
     prefill = chat_template.generation_prefill(tokenizer)
     eot = chat_template.end_of_turn(tokenizer)
 
@@ -252,7 +253,7 @@ def build_sft_trainer(
     if mode == "completion_only":
         dataset = tokenize_for_inference(dataset, tokenizer)
     elif mode == "full" and not chat_template.keeps_reasoning(tokenizer):
-        dataset = tokenize_for_inference(dataset, tokenizer).remove_columns("completion_mask")
+        dataset = tokenize_for_inference(dataset, tokenizer).remove_columns("labels")
 
     gpu = device_is_gpu()
     with quiet_deprecations():  # TrainingArguments warns at construction
@@ -266,7 +267,7 @@ def build_sft_trainer(
             warmup_steps=0,
             max_length=cfg.max_length,
             assistant_only_loss=mode == "assistant_only",
-            completion_only_loss=mode == "completion_only",
+            completion_only_loss=False,  # completion_only: the tokenized set carries its labels
             **runtime_args(gpu, cfg.seed),
         )
         trainer = SFTTrainer(
