@@ -214,8 +214,22 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     steps.sample(store, cfg, 0, model, engines)
     assert calls == [] and store.stage_entry(0, "sample")["finished_at"] == before
     cfg.export.system_prompt = "Answer briefly."
-    steps.sample(store, cfg, 0, model, engines)
+    from thinkwheel.flows.progress import Silent, use_reporter
+
+    class Recording(Silent):
+        def __init__(self):
+            self.steps = []
+
+        def advance(self, n=1):
+            self.steps.append(n)
+
+    cfg.engine.batch_size = 4  # a shard (4 tasks x 3 samples) takes three engine batches
+    with use_reporter(Recording()) as rec:
+        cands = steps.sample(store, cfg, 0, model, engines)
     assert calls == [model] and store.stage_entry(0, "sample")["finished_at"] > before
+    # the bar moves as the engine finishes batches, not once per shard, and ends at the total
+    shards = -(-cands.height // (cfg.sampling.shard_size * cfg.sampling.n))
+    assert sum(rec.steps) == cands.height and len([n for n in rec.steps if n]) > shards
 
 
 def _cli(cfg_path: Path, out: Path, cwd: Path | None = None) -> subprocess.Popen:

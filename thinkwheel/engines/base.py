@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,12 +35,16 @@ class Completion:
 
 @runtime_checkable
 class Engine(Protocol):
-    """`generate` returns, for each request, `params.n` completions in sample order."""
+    """`generate` returns, for each request, `params.n` completions in sample order, and calls
+    `progress` with the number of samples just finished, as they finish."""
 
     model_name: str
 
     def generate(
-        self, requests: Sequence[Request], params: SamplingParams
+        self,
+        requests: Sequence[Request],
+        params: SamplingParams,
+        progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]: ...
 
 

@@ -286,10 +286,11 @@ def sample(
     for i in todo:
         shard = tasks.slice(i * s.shard_size, s.shard_size)
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
-        outs = engine.generate(reqs, params)
+        ticks = _Ticks(rep)
+        outs = engine.generate(reqs, params, progress=ticks)
         rows = candidate_rows(shard, outs, model_name, params, k)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
-        rep.advance(shard.height * s.n)
+        rep.advance(max(0, shard.height * s.n - ticks.n))
     rep.finish()
     cands = records.conform(store.read_shards(k, "sample", key), records.CANDIDATES)
     cands = cands.unique("candidate_id", keep="first", maintain_order=True)
@@ -304,6 +305,18 @@ def sample(
         rep.message(truncation_warning(f"round {k}: candidates", cut, cands.height,
                                        "sampling.max_tokens", s.max_tokens))
     return cands
+
+
+class _Ticks:
+    """An engine's `progress` callback: samples move the bar as they finish, so a slow shard
+    on a remote server is not a frozen bar; the count lets the caller top up the rest."""
+
+    def __init__(self, rep: Any) -> None:
+        self.rep, self.n = rep, 0
+
+    def __call__(self, n: int) -> None:
+        self.n += n
+        self.rep.advance(n)
 
 
 TRUNCATION_WARNING = 0.05  # a share of outputs cut at max_tokens worth telling the user about
