@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -376,6 +378,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
 
 def _train_inputs(data: Path, split: str, model: str, config: Path | None):
     """(run config, the `split` table of a curated set, the resolved model path)."""
+    from thinkwheel.environment import quiet_libraries
+
+    quiet_libraries()  # before datasets / transformers load: our bar shows the steps
     from thinkwheel.curated.export import read_dataset
     from thinkwheel.engines.factory import resolve_model
 
@@ -396,6 +401,18 @@ def _show(metrics: dict) -> None:
     console.print({k: v for k, v in metrics.items() if k != "log_history"})
 
 
+@contextmanager
+def _training(label: str) -> Iterator[list]:
+    """A step counter for a training command; yields the trainer callbacks that drive it."""
+    from thinkwheel.flows.progress import RichReporter, use_reporter
+    from thinkwheel.flows.steps import step_callbacks
+
+    with RichReporter() as rep, use_reporter(rep):
+        rep.start(label, None)
+        yield step_callbacks()
+        rep.finish()
+
+
 @train_app.command("sft")
 def train_sft_cmd(
     data: Annotated[Path, typer.Argument(help="Curated folder or sft.parquet")],
@@ -407,7 +424,8 @@ def train_sft_cmd(
     from thinkwheel.train.sft import length_warning, train_sft
 
     cfg, sft, path = _train_inputs(data, "sft", model, config)
-    metrics = train_sft(path, sft, str(out), cfg.train.sft)
+    with _training(f"SFT on {sft.height} samples") as callbacks:
+        metrics = train_sft(path, sft, str(out), cfg.train.sft, callbacks=callbacks)
     _show(metrics)
     if warning := length_warning(metrics):
         console.print(warning)
@@ -426,7 +444,8 @@ def train_dpo_cmd(
 
     cfg, dpo, path = _train_inputs(data, "dpo", model, config)
     try:
-        metrics = train_dpo(path, dpo, str(out), cfg.train.dpo)
+        with _training(f"DPO on {dpo.height} pairs") as callbacks:
+            metrics = train_dpo(path, dpo, str(out), cfg.train.dpo, callbacks=callbacks)
     except ValueError as err:
         fail(str(err))
     _show(metrics)
@@ -446,7 +465,11 @@ def train_grpo_cmd(
     from thinkwheel.train.rewards import grpo_rewards
 
     cfg, grpo, path = _train_inputs(data, "grpo", model, config)
-    _show(train_grpo(path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo)))
+    with _training(f"GRPO on {grpo.height} prompts") as callbacks:
+        metrics = train_grpo(
+            path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo), callbacks=callbacks
+        )
+    _show(metrics)
 
 
 # ------------------------------------------------------------------ eval
@@ -466,11 +489,22 @@ def eval_cmd(
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
-    if problem := unreachable_model(cfg) or unreadable_tasks(cfg):
+    problem, warning = server_check(cfg)
+    if problem := problem or unreachable_model(cfg) or unreadable_tasks(cfg):
         fail(problem.replace("engine.model", "--model") if model else problem)
+    if warning:
+        console.print(warning)
+    from thinkwheel.engines.openai import EngineError
+    from thinkwheel.environment import quiet_libraries
+    from thinkwheel.flows.progress import RichReporter, use_reporter
+
+    quiet_libraries()
     t0 = time.time()
-    with console.status(f"scoring {cfg.engine.model} on the held-out tasks"):
-        result = score_model(cfg, make_engine(cfg.engine))
+    try:
+        with RichReporter() as rep, use_reporter(rep):
+            result = score_model(cfg, make_engine(cfg.engine), label=f"scoring {cfg.engine.model}")
+    except EngineError as e:
+        fail(str(e))
     result["model"] = cfg.engine.model
     if result["n"] and result["truncated"] / result["n"] > TRUNCATION_WARNING:
         console.print(truncation_warning("held-out answers", result["truncated"], result["n"],

@@ -465,7 +465,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         return start_model
     rep = reporter()
     rep.start(f"round {k}: SFT on {sft.height} samples", None)
-    metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=_callbacks())
+    metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=step_callbacks())
     rep.finish()
     if warning := length_warning(metrics):
         rep.message(f"round {k}: {warning}")
@@ -508,7 +508,7 @@ def _dpo(
         return {"skipped": "no pairs"}
     rep = reporter()
     rep.start(f"round {k}: DPO on {pairs.height} pairs", None)
-    out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=_callbacks())
+    out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=step_callbacks())
     rep.finish()
     if warning := length_warning(out, "train.dpo.max_length", "preference pairs"):
         rep.message(f"round {k}: {warning}")
@@ -526,12 +526,13 @@ def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, 
     rewards, weights = grpo_rewards(g)
     rep = reporter()
     rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
-    out = train_grpo(model_dir, grpo, model_dir, g, rewards, weights, callbacks=_callbacks())
+    out = train_grpo(model_dir, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks())
     rep.finish()
     return {key: v for key, v in out.items() if key != "log_history"}
 
 
-def _callbacks() -> list:
+def step_callbacks() -> list:
+    """Trainer callbacks that advance the reporter's bar once per optimizer step."""
     from transformers import TrainerCallback
 
     class Advance(TrainerCallback):
@@ -542,22 +543,32 @@ def _callbacks() -> list:
 
 
 # ------------------------------------------------------------------ eval
-def score_model(cfg: RunConfig, engine: Engine, held: pl.DataFrame | None = None) -> dict[str, Any]:
+def score_model(
+    cfg: RunConfig, engine: Engine, held: pl.DataFrame | None = None, *, label: str = "held-out eval"
+) -> dict[str, Any]:
     """The eval.json dict of `engine`'s model on the held-out tasks, with the run's eval,
-    verify and system-prompt settings: the flow's rounds and `thinkwheel eval` score alike."""
+    verify and system-prompt settings: the flow's rounds and `thinkwheel eval` score alike.
+    The reporter's bar counts the answers as the engine returns them."""
     from thinkwheel.train.evaluate import evaluate as run_eval
+    from thinkwheel.train.evaluate import samples_per_task
     from thinkwheel.verifiers import verify_frame
 
     e = cfg.eval
+    held = heldout(cfg) if held is None else held
 
     def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
         return verify_frame(tasks, cands, **verifier_settings(cfg))
 
-    return run_eval(
-        engine, heldout(cfg) if held is None else held, verify_fn, k=e.k,
-        max_tokens=e.max_tokens, seed=e.seed, temperature=e.temperature,
-        system_prompt=cfg.export.system_prompt,
-    )
+    rep = reporter()
+    rep.start(label, held.height * (1 + samples_per_task(e.k)))
+    try:
+        return run_eval(
+            engine, held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,
+            temperature=e.temperature, system_prompt=cfg.export.system_prompt,
+            progress=rep.advance,
+        )
+    finally:
+        rep.finish()
 
 
 def evaluate(
@@ -573,10 +584,9 @@ def evaluate(
         return store.read_json(rel)
     t0 = time.time()
     rep = reporter()
-    rep.start(f"{'round ' + str(key) if key != 'base' else 'base model'}: held-out eval", None)
-    result = score_model(cfg, engines(model_dir), held)
+    label = f"{'round ' + str(key) if key != 'base' else 'base model'}: held-out eval"
+    result = score_model(cfg, engines(model_dir), held, label=label)
     result["model"] = model_dir
-    rep.finish()
     if result["n"] and result["truncated"] / result["n"] > TRUNCATION_WARNING:
         label = f"round {key}" if key != "base" else "base model"
         rep.message(truncation_warning(f"{label}: held-out answers", result["truncated"],

@@ -39,6 +39,7 @@ from thinkwheel.engines.base import Completion, Engine, SamplingParams, request_
 from thinkwheel.filters.arithmetic import false_claims
 
 VerifyFn = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
+Progress = Callable[[int], None]  # samples just finished
 FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)```", re.DOTALL)
 METRICS = ("accuracy", "clean_accuracy", "pass_at_k", "maj_at_k")
 
@@ -67,6 +68,7 @@ def evaluate(
     temperature: float = 0.8,
     n: int | None = None,
     system_prompt: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate on `tasks`, verify with `verify_fn(tasks, candidates)`, return the eval.json dict.
 
@@ -83,8 +85,14 @@ def evaluate(
         temperature=temperature,
         n=n,
         system_prompt=system_prompt,
+        progress=progress,
     )
     return summarize(per_task, k)
+
+
+def samples_per_task(k: int, n: int | None = None) -> int:
+    """Samples drawn per task besides the greedy answer: none unless pass@k is asked for."""
+    return max(k, n or k) if k > 1 else 0
 
 
 def score_tasks(
@@ -98,6 +106,7 @@ def score_tasks(
     temperature: float = 0.8,
     n: int | None = None,
     system_prompt: str | None = None,
+    progress: Progress | None = None,
 ) -> pl.DataFrame:
     """One row per task: greedy verdict, samples drawn, samples correct, pass@k, maj@k."""
     tasks = records.conform(tasks, records.TASKS)
@@ -105,11 +114,12 @@ def score_tasks(
     cands = eval_candidates(
         engine,
         tasks,
-        n=max(k, n or k) if k > 1 else 0,
+        n=samples_per_task(k, n),
         max_tokens=max_tokens,
         seed=seed,
         temperature=temperature,
         system_prompt=system_prompt,
+        progress=progress,
     )
     verdict = verdict_by_candidate(verify_fn(tasks, cands.drop("eval_kind")), tasks, cands)
     by_task: dict[str, dict[str, list[dict]]] = {
@@ -155,6 +165,7 @@ def eval_candidates(
     seed: int,
     temperature: float,
     system_prompt: str | None,
+    progress: Progress | None = None,
 ) -> pl.DataFrame:
     """CANDIDATES rows: one greedy completion per task, plus `n` samples when n > 0.
 
@@ -162,11 +173,12 @@ def eval_candidates(
     """
     task_rows = tasks.to_dicts()
     requests = [request_for(t["prompt"], system_prompt) for t in task_rows]
+    kw = {"progress": progress} if progress is not None else {}
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed)
-    runs = [("greedy", greedy, engine.generate(requests, greedy))]
+    runs = [("greedy", greedy, engine.generate(requests, greedy, **kw))]
     if n:
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
-        runs.append(("sample", params, engine.generate(requests, params)))
+        runs.append(("sample", params, engine.generate(requests, params, **kw)))
     model = getattr(engine, "model_name", "model")
     rows = [
         candidate_row(task, i, model, params, comp, kind)
