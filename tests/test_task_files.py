@@ -66,6 +66,30 @@ def test_columns_map_domains_and_verifiers_are_inferred_and_nothing_is_lost(tmp_
                                                                  "reference": "answr"}))
 
 
+def test_an_rl_set_in_verl_format_reads_with_a_column_map(tmp_path):
+    """DAPO-Math / Eurus-style rows: the prompt as chat turns, the answer nested in
+    reward_model.ground_truth. System text stays in front of the question."""
+    rows = [
+        {"data_source": "dapo", "prompt": [{"role": "user", "content": "What is 6 * 7?"}],
+         "reward_model": {"style": "rule", "ground_truth": "42"}},
+        {"data_source": "eurus", "prompt": [
+            {"role": "system", "content": "Put the final answer after 'Answer:'."},
+            {"role": "user", "content": "What is 2 + 3?"}],
+         "reward_model": {"style": "rule", "ground_truth": 5}},
+    ]
+    f = _jsonl(tmp_path / "rl.jsonl", rows)
+    cfg = TaskFilesConfig(paths=[str(f)], columns={"reference": "reward_model.ground_truth"})
+    t = load_task_files(cfg)
+    assert t["prompt"].to_list() == [
+        "What is 6 * 7?", "Put the final answer after 'Answer:'.\n\nWhat is 2 + 3?"
+    ]
+    assert t["reference"].to_list() == ["42", "5"] and t["verifier"].to_list() == ["math", "math"]
+    assert json.loads(t["meta"][1])["data_source"] == "eurus"
+    typo = TaskFilesConfig(paths=[str(f)], columns={"reference": "reward_model.truth"})
+    with pytest.raises(ValueError, match=r"no column 'reward_model.truth' \(mapped to 'reference'\)"):
+        load_task_files(typo)
+
+
 def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
     def load(rows, **kw):
         return load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))]), **kw)
@@ -74,8 +98,14 @@ def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
         load([{"prompt": "What is 1 + 1?"}, {"prompt": "  "}])
     with pytest.raises(ValueError, match="t.jsonl: row 0: cannot infer a domain"):
         load([{"prompt": "Tell me a story."}])
-    with pytest.raises(ValueError, match="row 0: prompt is a list, not text"):
-        load([{"prompt": [{"role": "user", "content": "What is 1 + 1?"}]}])
+    with pytest.raises(ValueError, match=r"row 0: prompt turns are \['user', 'assistant', 'user'\]"):
+        load([{"prompt": [{"role": "user", "content": "What is 1 + 1?"},
+                          {"role": "assistant", "content": "2"},
+                          {"role": "user", "content": "And 2 + 2?"}]}])
+    with pytest.raises(ValueError, match="row 0: prompt is a list but not of"):
+        load([{"prompt": ["What is 1 + 1?"]}])
+    with pytest.raises(ValueError, match="row 0: prompt is a int, not text"):
+        load([{"prompt": 7}])
     with pytest.raises(ValueError, match="row 0: difficulty must be an integer, got 'hard'"):
         load([{"prompt": "What is 1 + 1?", "difficulty": "hard"}])
     io = load([{"prompt": "Write a Python program that doubles a number read from stdin.",

@@ -52,6 +52,21 @@ def _level(value: Any, i: int) -> int | None:
         raise ValueError(f"row {i}: difficulty must be an integer, got {value!r}") from None
 
 
+def chat_prompt(turns: list[Any], i: int) -> str:
+    """The task text of a prompt given as chat turns (RL sets in verl's format): one user turn,
+    after any system turns, whose text goes in front of it so their instructions stay."""
+    try:
+        roles = [t["role"] for t in turns]
+        texts = [str(t["content"]) for t in turns]
+    except (KeyError, TypeError):
+        raise ValueError(f"row {i}: prompt is a list but not of {{role, content}} turns") from None
+    if roles.count("user") != 1 or roles[-1] != "user" or set(roles) - {"system", "user"}:
+        raise ValueError(
+            f"row {i}: prompt turns are {roles}; a task is one user turn after any system turns"
+        )
+    return "\n\n".join(t.strip() for t in texts if t.strip())
+
+
 def seed_pool(
     rows: Iterable[Mapping[str, Any]], *, round: int = 0, family: str = "seed", source: str = "seed"
 ) -> pl.DataFrame:
@@ -60,7 +75,9 @@ def seed_pool(
     out = []
     for i, r in enumerate(rows):
         prompt = r.get("prompt")
-        if prompt is not None and not isinstance(prompt, str):  # e.g. a chat `messages` list
+        if isinstance(prompt, list):
+            prompt = chat_prompt(prompt, i)
+        if prompt is not None and not isinstance(prompt, str):
             raise ValueError(f"row {i}: prompt is a {type(prompt).__name__}, not text")
         prompt = (prompt or "").strip()
         if not prompt:

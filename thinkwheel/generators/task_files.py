@@ -55,17 +55,35 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     raise ValueError(f"{path}: expected one of {', '.join(SUFFIXES)} or a `datasets` folder")
 
 
+_MISSING = object()
+
+
+def _field(row: dict[str, Any], path: str) -> Any:
+    """`row[path]`, or for a dotted path a field inside nested objects (verl-style RL sets keep
+    the answer in `reward_model.ground_truth`); `_MISSING` when absent."""
+    if path in row:
+        return row[path]
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
 def _renamed(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
     """Your column names -> ours. A row may lack a value (sparse JSONL); a mapped column that
     no row has is a typo."""
     for ours, yours in columns.items():
-        if not any(yours in r for r in rows):
+        if all(_field(r, yours) is _MISSING for r in rows):
             seen = sorted({c for r in rows[:100] for c in r})
             raise ValueError(f"no column {yours!r} (mapped to {ours!r}); it has {seen}")
     renamed = []
     for r in rows:
         out = {k: v for k, v in r.items() if k not in columns.values()}
-        out.update({ours: r.get(yours) for ours, yours in columns.items()})
+        for ours, yours in columns.items():
+            value = _field(r, yours)
+            out[ours] = None if value is _MISSING else value
         renamed.append(out)
     return renamed
 
