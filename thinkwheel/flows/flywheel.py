@@ -44,7 +44,10 @@ class _Engines:
         from thinkwheel.engines.factory import make_engine
 
         if model_dir not in self._cache:
-            self._cache.clear()  # one model resident at a time
+            for engine in self._cache.values():  # one model resident at a time
+                if callable(close := getattr(engine, "close", None)):
+                    close()  # vLLM's GPU memory, the request cache's file
+            self._cache.clear()
             self._cache[model_dir] = make_engine(self.cfg.engine, model_dir, cache_dir=self.cache_dir)
         return self._cache[model_dir]
 
