@@ -121,11 +121,13 @@ def r1_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_model(tmp_path_factory.mktemp("r1"), TEMPLATE_R1)
 
 
-def labelled_tokens(model_path: str, cfg: SFTConfig, tmp_path: Path) -> tuple[str, str]:
+def labelled_tokens(
+    model_path: str, cfg: SFTConfig, tmp_path: Path, trainer: str = "trl"
+) -> tuple[str, str]:
     """Decode (trained tokens, masked tokens) of the first collated training example."""
     model, tok = sft_mod.load_hf(model_path)
     ds = sft_mod.as_dataset(sft_frame(4))
-    trainer = sft_mod.build_sft_trainer(model, tok, ds, cfg, str(tmp_path / "run"))
+    trainer = sft_mod.build_sft_trainer(model, tok, ds, cfg, str(tmp_path / "run"), trainer=trainer)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     trained = [t for t, lab in zip(ids, labels, strict=True) if lab != -100]
@@ -182,6 +184,30 @@ def test_marked_template_that_strips_reasoning_falls_back(tmp_path):
     tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", stripping_marked))
     assert chat_template.has_generation_markers(tok) and not chat_template.keeps_reasoning(tok)
     assert sft_mod.loss_mode(tok, SFTConfig()) == "completion_only"
+
+
+def test_unsloth_gets_a_tokenized_set_with_labels(marked_model, tmp_path):
+    """Unsloth's SFTTrainer (unsloth_zoo's _prepare_dataset) raises on a conversational set
+    without a formatting function, and collates a tokenized set without `labels` as plain
+    language modelling: every token trained. So it always gets input_ids + labels from us."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(marked_model)
+    assert sft_mod.loss_mode(tok, SFTConfig(), "trl") == "assistant_only"
+    assert sft_mod.loss_mode(tok, SFTConfig(), "unsloth") == "completion_only"
+    model, _ = sft_mod.load_hf(marked_model)
+    ds = sft_mod.as_dataset(sft_frame(4))
+    built = sft_mod.build_sft_trainer(model, tok, ds, SFTConfig(max_steps=1), str(tmp_path / "u"),
+                                      trainer="unsloth")
+    assert {"input_ids", "labels"} <= set(built.train_dataset.column_names)
+    assert "messages" not in built.train_dataset.column_names
+    trained, masked = labelled_tokens(marked_model, SFTConfig(max_steps=1), tmp_path, "unsloth")
+    assert trained.strip() == "<think>0 plus 7</think>\n7<|end|>" and "What is 0 + 7?" in masked
+    full = SFTConfig(max_steps=1, assistant_only_loss=False)
+    trained, _ = labelled_tokens(marked_model, full, tmp_path, "unsloth")
+    assert "What is 0 + 7?" in trained and "0 plus 7</think>" in trained
+    cut = sft_mod.tokenize_for_inference(ds, tok, max_length=9)
+    assert {len(ids) for ids in cut["input_ids"]} == {9} and len(cut["labels"][0]) == 9
 
 
 def test_template_probes(plain_model, r1_model):

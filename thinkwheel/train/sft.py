@@ -65,11 +65,13 @@ def train_sft(
 
     over, longest = over_length(dataset["messages"], tokenizer, cfg.max_length)
     trainer = build_sft_trainer(
-        model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks
+        model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks,
+        trainer=kind,
     )
     return train_and_publish(
         trainer, tokenizer, tmp, out_dir,
-        n_examples=len(dataset), loss_mode=loss_mode(tokenizer, cfg), trainer=kind, lora=cfg.lora,
+        n_examples=len(dataset), loss_mode=loss_mode(tokenizer, cfg, kind), trainer=kind,
+        lora=cfg.lora,
         over_max_length=over, longest_tokens=longest, max_length=cfg.max_length,
     )
 
@@ -217,14 +219,18 @@ def as_dataset(sft: pl.DataFrame | datasets.Dataset) -> datasets.Dataset:
     return sft.select_columns(["messages"])
 
 
-def tokenize_for_inference(dataset: datasets.Dataset, tokenizer: Any) -> datasets.Dataset:
-    """`input_ids` + `labels` per conversation; only the last assistant turn is trained."""
+def tokenize_for_inference(
+    dataset: datasets.Dataset, tokenizer: Any, max_length: int | None = None
+) -> datasets.Dataset:
+    """`input_ids` + `labels` per conversation, cut to `max_length` as TRL would cut them
+    (Unsloth takes a tokenized set as it is); only the last assistant turn is trained."""
     prefill = chat_template.generation_prefill(tokenizer)
     eot = chat_template.end_of_turn(tokenizer)
 
     def encode(row: dict[str, Any]) -> dict[str, list[int]]:
         msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        return chat_template.inference_tokens(tokenizer, msgs, prefill=prefill, eot=eot)
+        tokens = chat_template.inference_tokens(tokenizer, msgs, prefill=prefill, eot=eot)
+        return {k: v[:max_length] for k, v in tokens.items()}
 
     return dataset.map(encode, remove_columns=dataset.column_names)
 
@@ -244,16 +250,20 @@ def build_sft_trainer(
     *,
     peft_config: Any = None,
     callbacks: Sequence[Any] = (),
+    trainer: str = "trl",
 ) -> Any:
-    """The configured SFTTrainer (not yet trained); tests inspect its label mask."""
+    """The configured SFTTrainer (not yet trained); tests inspect its label mask.
+
+    Under Unsloth the set is always tokenized here: its trainer refuses a conversational set
+    without a formatting function, and trains every token of a tokenized set without labels."""
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    mode = loss_mode(tokenizer, cfg)
+    mode = loss_mode(tokenizer, cfg, trainer)
     if mode == "completion_only":
-        dataset = tokenize_for_inference(dataset, tokenizer)
-    elif mode == "full" and not chat_template.keeps_reasoning(tokenizer):
-        dataset = tokenize_for_inference(dataset, tokenizer).remove_columns("labels")
+        dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length)
+    elif mode == "full" and (trainer == "unsloth" or not chat_template.keeps_reasoning(tokenizer)):
+        dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length).remove_columns("labels")
 
     gpu = device_is_gpu()
     with quiet_deprecations():  # TrainingArguments warns at construction
@@ -319,13 +329,15 @@ def quiet(trainer: Any) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
-def loss_mode(tokenizer: Any, cfg: SFTConfig) -> str:
-    """assistant_only (the template marks assistant turns and keeps their reasoning),
-    completion_only (our tokenization, the fallback) or full."""
+def loss_mode(tokenizer: Any, cfg: SFTConfig, trainer: str = "trl") -> str:
+    """assistant_only (TRL, and the template marks assistant turns and keeps their reasoning),
+    completion_only (our tokenization with labels, the fallback) or full."""
     if not cfg.assistant_only_loss:
         return "full"
     marked = chat_template.has_generation_markers(tokenizer)
-    return "assistant_only" if marked and chat_template.keeps_reasoning(tokenizer) else "completion_only"
+    if trainer == "trl" and marked and chat_template.keeps_reasoning(tokenizer):
+        return "assistant_only"
+    return "completion_only"
 
 
 def device_is_gpu() -> bool:
