@@ -201,3 +201,16 @@ def test_real_verifier_rewards(prefill_model, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     names = {k.split("/")[1] for row in log for k in row if k.startswith("rewards/")}
     assert names == {"think_format_reward", "task_reward"}
+
+
+def test_a_base_model_without_a_chat_template_trains(tmp_path):
+    """No template: TRL cannot render conversational prompts, so they go in as the text the
+    transformers engine prompts such a model with, and our rewards score text completions."""
+    from thinkwheel.train.rewards import grpo_rewards
+
+    path = build_tiny_model(tmp_path / "base", None)
+    cfg = GRPOTrainConfig(max_steps=2, num_generations=4, max_completion_length=12, batch_size=4)
+    res = grpo_mod.train_grpo(path, grpo_frame(), str(tmp_path / "m"), cfg, *grpo_rewards(cfg))
+    assert res["global_step"] == 2 and res["prefill"] == ""
+    log = [json.loads(line) for line in open(tmp_path / "m" / "train_log.jsonl")]
+    assert any(k.startswith("rewards/") for row in log for k in row)

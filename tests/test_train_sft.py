@@ -210,6 +210,36 @@ def test_unsloth_gets_a_tokenized_set_with_labels(marked_model, tmp_path):
     assert {len(ids) for ids in cut["input_ids"]} == {9} and len(cut["labels"][0]) == 9
 
 
+def test_a_base_model_without_a_chat_template_trains_on_the_engines_prompt(tmp_path):
+    """Cold-start SFT often starts from a base model. The transformers engine prompts it with
+    the turns' text one per line; SFT trains on exactly that prompt, then the reply and eos."""
+    from thinkwheel.engines.hf import HFEngine
+
+    path = build_tiny_model(tmp_path / "base", None)
+    tok = sft_mod.load_hf(path)[1]
+    assert not tok.chat_template and sft_mod.loss_mode(tok, SFTConfig()) == "completion_only"
+    trained, masked = labelled_tokens(path, SFTConfig(max_steps=1), tmp_path)
+    msgs = sft_frame(1)["messages"][0].to_list()
+    assert masked == HFEngine(path).render(msgs[:2]) == "Think first.\nWhat is 0 + 7?\n"
+    assert trained == "<think>0 plus 7</think>\n7<|end|>"
+    full, _ = labelled_tokens(path, SFTConfig(max_steps=1, assistant_only_loss=False), tmp_path)
+    assert full == "Think first.\nWhat is 0 + 7?\n<think>0 plus 7</think>\n7<|end|>"
+    res = sft_mod.train_sft(path, sft_frame(4), str(tmp_path / "m"), SFTConfig(max_steps=1))
+    assert res["global_step"] == 1
+
+    from thinkwheel.config import DPOTrainConfig
+    from thinkwheel.train import dpo as dpo_mod
+
+    wrong = [{"role": "assistant", "content": "<think>0 plus 7 is 8</think>\n8"}]
+    pairs = pl.DataFrame({"prompt": [msgs[:2]], "chosen": [[msgs[2]]], "rejected": [wrong]})
+    model, _ = sft_mod.load_hf(path)
+    built = dpo_mod.build_dpo_trainer(model, tok, dpo_mod.dpo_dataset(pairs),
+                                      DPOTrainConfig(max_steps=1, batch_size=1), str(tmp_path / "d"))
+    row = built.train_dataset[0]
+    assert tok.decode(row["prompt_ids"]) == "Think first.\nWhat is 0 + 7?\n"
+    assert tok.decode(row["chosen_ids"]) == "<think>0 plus 7</think>\n7<|end|>"
+
+
 def test_template_probes(plain_model, r1_model):
     from transformers import AutoTokenizer
 

@@ -112,12 +112,9 @@ class HFEngine:
 
     def render(self, request: Request) -> str:
         """The prompt text a request turns into (chat template with the generation prompt)."""
-        messages = as_messages(request)
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        return "\n".join(m["content"] for m in messages) + "\n"
+        from thinkwheel.train.chat_template import render_prompt
+
+        return render_prompt(self.tokenizer, as_messages(request))
 
     def generate(
         self,

@@ -25,7 +25,10 @@ def has_generation_markers(tokenizer: Any) -> bool:
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The prompt text the engines generate from (`engines.hf.HFEngine.render`)."""
+    """The prompt text the transformers engine generates from: the chat template with the
+    generation prompt, or, for a base model without one, the turns' text one per line."""
+    if not tokenizer.chat_template:
+        return "\n".join(m["content"] for m in messages) + "\n"
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

@@ -48,9 +48,10 @@ def dpo_dataset(dpo: pl.DataFrame) -> Any:
 def as_text_pairs(dataset: Any, tokenizer: Any) -> Any:
     """Prompt, chosen and rejected as text, the prompt rendered as at sampling time.
 
-    Only for a template that drops the `<think>` block from finished assistant turns
+    For a template that drops the `<think>` block from finished assistant turns
     (DeepSeek-R1-Distill's): TRL renders conversational pairs through it, and DPO would then
-    compare bare answers while the model is sampled thinking.
+    compare bare answers while the model is sampled thinking. And for a base model with no
+    template, which TRL cannot render at all.
     """
     prefill = chat_template.generation_prefill(tokenizer)
     stop = chat_template.stop_text(tokenizer)
@@ -116,8 +117,8 @@ def build_dpo_trainer(
     """The configured DPOTrainer (not yet trained); tests inspect its tokenized pairs."""
     from trl import DPOConfig, DPOTrainer
 
-    if not chat_template.keeps_reasoning(tokenizer):
-        dataset = as_text_pairs(dataset, tokenizer)
+    if not tokenizer.chat_template or not chat_template.keeps_reasoning(tokenizer):
+        dataset = as_text_pairs(dataset, tokenizer)  # TRL would render through the template
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]}
     with quiet_deprecations():
         args = DPOConfig(

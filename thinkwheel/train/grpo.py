@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.config import GRPOTrainConfig
-from thinkwheel.train.chat_template import THINK_OPEN, generation_prefill
+from thinkwheel.train.chat_template import THINK_OPEN, generation_prefill, render_prompt
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
@@ -62,6 +62,8 @@ def train_grpo(
     tmp = staging_dir(out_dir)
 
     model, tokenizer = load_hf(model_path)
+    if not tokenizer.chat_template:  # a base model: TRL cannot render conversations
+        dataset = dataset.map(lambda row: {"prompt": render_prompt(tokenizer, row["prompt"])})
     prefill = generation_prefill(tokenizer)
     funcs = [with_prefill(f, prefill) for f in reward_funcs]
     gpu = device_is_gpu()

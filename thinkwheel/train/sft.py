@@ -262,7 +262,11 @@ def build_sft_trainer(
     mode = loss_mode(tokenizer, cfg, trainer)
     if mode == "completion_only":
         dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length)
-    elif mode == "full" and (trainer == "unsloth" or not chat_template.keeps_reasoning(tokenizer)):
+    elif mode == "full" and (
+        trainer == "unsloth"
+        or not tokenizer.chat_template  # a base model: TRL cannot render conversations
+        or not chat_template.keeps_reasoning(tokenizer)
+    ):
         dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length).remove_columns("labels")
 
     gpu = device_is_gpu()
