@@ -240,6 +240,30 @@ def test_a_base_model_without_a_chat_template_trains_on_the_engines_prompt(tmp_p
     assert tok.decode(row["chosen_ids"]) == "<think>0 plus 7</think>\n7<|end|>"
 
 
+def test_a_trained_model_stops_where_its_turns_end(tmp_path):
+    """Turns that end in a token the generation config does not stop at (a base model's
+    "<|endoftext|>" vs ChatML's "<|im_end|>"): after SFT the saved model stops at both."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    template = TEMPLATE_PLAIN.replace("m['content'] + '<|end|>' }}{{ '\\n' }}",
+                                      "m['content'] + '<|system|>' }}{{ '\\n' }}")
+    assert template != TEMPLATE_PLAIN
+    path = build_tiny_model(tmp_path / "m", template)
+    tok = AutoTokenizer.from_pretrained(path)
+    turn_end = tok.convert_tokens_to_ids("<|system|>")
+    assert chat_template.stop_token_id(tok) == turn_end != tok.eos_token_id
+    assert GenerationConfig.from_pretrained(path).eos_token_id == tok.eos_token_id
+    trained, _ = labelled_tokens(path, SFTConfig(max_steps=1), tmp_path)
+    assert trained.endswith("7<|system|>\n")
+    sft_mod.train_sft(path, sft_frame(4), str(tmp_path / "out"), SFTConfig(max_steps=1))
+    stops = GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id
+    assert stops == [tok.eos_token_id, turn_end]
+    # a template whose turns already end in eos leaves the generation config as it was
+    plain = build_tiny_model(tmp_path / "p", TEMPLATE_PLAIN)
+    sft_mod.train_sft(plain, sft_frame(4), str(tmp_path / "out2"), SFTConfig(max_steps=1))
+    assert GenerationConfig.from_pretrained(tmp_path / "out2").eos_token_id == tok.eos_token_id
+
+
 def test_template_probes(plain_model, r1_model):
     from transformers import AutoTokenizer
 

@@ -73,6 +73,15 @@ def end_of_turn(tokenizer: Any) -> str:
     return tail or (tokenizer.eos_token or "")
 
 
+def stop_token_id(tokenizer: Any) -> int | None:
+    """The token that closes an assistant turn ("<|im_end|>", "<|eot_id|>"), when the template
+    ends turns with a special or added token; else None."""
+    eot = end_of_turn(tokenizer).strip()
+    ids = tokenizer(eot, add_special_tokens=False)["input_ids"] if eot else []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    return ids[0] if ids and ids[0] in special else None
+
+
 def stop_text(tokenizer: Any) -> str:
     """The end of turn cut just after the eos token it contains ("<|im_end|>\\n" -> "<|im_end|>"):
     for trainers that append eos to a text completion unless it already ends with one."""

@@ -360,6 +360,29 @@ def save_model(model: Any, tokenizer: Any, out: str) -> None:
             model = model.merge_and_unload()
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    stop_on_end_of_turn(out, tokenizer)
+
+
+def stop_on_end_of_turn(out: str, tokenizer: Any) -> None:
+    """Make the saved model's generation stop where the trained turns end. A base model whose
+    generation config stops only at "<|endoftext|>", trained on ChatML turns that end in
+    "<|im_end|>", would otherwise sample every next round to the token budget (transformers and
+    vLLM both stop at the generation config's eos ids)."""
+    from transformers import GenerationConfig
+
+    stop = chat_template.stop_token_id(tokenizer)
+    if stop is None:
+        return
+    try:
+        gen = GenerationConfig.from_pretrained(out)
+    except OSError:  # no generation_config.json was written
+        gen = GenerationConfig()
+    eos = gen.eos_token_id
+    ids = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
+    ids = ids or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    if stop not in ids:
+        gen.eos_token_id = [*ids, stop]
+        gen.save_pretrained(out)
 
 
 def publish_dir(tmp: str, out_dir: str) -> None:
