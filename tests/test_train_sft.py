@@ -253,6 +253,9 @@ def test_a_trained_model_stops_where_its_turns_end(tmp_path):
     turn_end = tok.convert_tokens_to_ids("<|system|>")
     assert chat_template.stop_token_id(tok) == turn_end != tok.eos_token_id
     assert GenerationConfig.from_pretrained(path).eos_token_id == tok.eos_token_id
+    from thinkwheel.engines.hf import HFEngine
+
+    assert HFEngine(path).eos_ids == {tok.eos_token_id, turn_end}  # the base model stops too
     trained, _ = labelled_tokens(path, SFTConfig(max_steps=1), tmp_path)
     assert trained.endswith("7<|system|>\n")
     sft_mod.train_sft(path, sft_frame(4), str(tmp_path / "out"), SFTConfig(max_steps=1))

@@ -103,6 +103,10 @@ class HFEngine:
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
+        from thinkwheel.train.chat_template import stop_token_id
+
+        if (turn_end := stop_token_id(self.tokenizer)) is not None:
+            self.eos_ids.add(turn_end)  # a base model's config may not stop at "<|im_end|>"
         self.pad_id: int = self.tokenizer.pad_token_id
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
