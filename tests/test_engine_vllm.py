@@ -2,7 +2,7 @@
 
 vLLM cannot run on this CPU-only machine, so these tests install a fake `vllm` package (on
 sys.path and PYTHONPATH, so spawned data-parallel replicas see it too) that provides only
-what the engine touches: `vllm.LLM` (constructor + `chat`), `vllm.SamplingParams` and
+what the engine touches: `vllm.LLM` (constructor, `chat`, `get_tokenizer`), `vllm.SamplingParams` and
 `vllm.lora.request.LoRARequest`. Everything else (argument mapping, per-request seeds,
 ordering, greedy handling, stop truncation, LoRA, data-parallel replicas, the factory) is
 the real code. What is NOT tested here: that real vLLM accepts these arguments on a GPU.
@@ -28,9 +28,11 @@ def _log(kind, **data):
         fh.write(json.dumps({"kind": kind, "pid": os.getpid(), **data}) + "\\n")
 
 class SamplingParams:
-    def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop=None):
+    def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop=None,
+                 stop_token_ids=None):
         self.n, self.temperature, self.top_p = n, temperature, top_p
         self.max_tokens, self.seed, self.stop = max_tokens, seed, stop
+        self.stop_token_ids = stop_token_ids
 
 class _Sample:
     def __init__(self, index, text, token_ids, finish_reason):
@@ -47,11 +49,19 @@ class LLM:
             raise RuntimeError("no CUDA GPUs are available")
         _log("init", model=model, kwargs=kwargs, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
 
+    def get_tokenizer(self):  # the real model's tokenizer when a test names one
+        path = os.environ.get("FAKE_VLLM_TOKENIZER")
+        if path is None:
+            raise RuntimeError("no tokenizer in this fake")
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(path)
+
     def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None,
              add_generation_prompt=True, **kw):
         assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
         _log("chat", n_requests=len(messages), lora=getattr(lora_request, "lora_path", None),
-             add_generation_prompt=add_generation_prompt)
+             add_generation_prompt=add_generation_prompt,
+             stop_token_ids=sampling_params[0].stop_token_ids if sampling_params else None)
         outs = []
         for conv, sp in zip(messages, sampling_params):
             q = conv[-1]["content"]
@@ -185,3 +195,25 @@ def test_a_broken_vllm_install_is_a_clear_error(fake_vllm: Path, monkeypatch) ->
     monkeypatch.setitem(sys.modules, "vllm", None)  # an import that fails outright
     with pytest.raises(RuntimeError, match="needs a working vLLM install"):
         VLLMEngine("m")
+
+
+def test_the_template_turn_end_is_a_stop_id(fake_vllm: Path, tmp_path: Path, monkeypatch) -> None:
+    """A template that closes turns with a token the generation config does not stop at:
+    vLLM gets it as an extra stop id; a tokenizer that cannot be probed adds none."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    try:
+        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    from transformers import AutoTokenizer
+
+    template = TEMPLATE_PLAIN.replace("m['content'] + '<|end|>' }}{{ '\\n' }}",
+                                      "m['content'] + '<|system|>' }}{{ '\\n' }}")
+    path = build_tiny_model(tmp_path / "tok", template)
+    turn_end = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("<|system|>")
+    VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(max_tokens=4))
+    assert calls(fake_vllm, "chat")[-1]["stop_token_ids"] is None
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", path)
+    VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(max_tokens=4))
+    assert calls(fake_vllm, "chat")[-1]["stop_token_ids"] == [turn_end]

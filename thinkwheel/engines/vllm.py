@@ -45,6 +45,7 @@ class _Replica:
     def __init__(self, model: str, llm_kwargs: dict[str, Any], lora_path: str | None) -> None:
         self.vllm = import_vllm()
         self.llm = self.vllm.LLM(model=model, **llm_kwargs)
+        self.stop_ids = turn_end_ids(self.llm)
         self.lora = None
         if lora_path:
             from vllm.lora.request import LoRARequest
@@ -65,6 +66,7 @@ class _Replica:
                 max_tokens=params.max_tokens,
                 seed=sequence_seed(seed, msgs, 0),
                 stop=list(params.stop) or None,
+                stop_token_ids=self.stop_ids,
             )
             for msgs in messages
         ]
@@ -79,6 +81,20 @@ class _Replica:
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
         rows = [_completions(out, params, draws) for out in outputs]
         return [row * params.n for row in rows] if greedy else rows
+
+
+def turn_end_ids(llm: Any) -> list[int] | None:
+    """The token that closes the chat template's assistant turns, as an extra stop id: a base
+    model whose generation config stops only at "<|endoftext|>" would otherwise write past
+    "<|im_end|>" to the token budget (the transformers engine adds the same id). A tokenizer
+    we cannot probe (vLLM's Mistral tokenizer, say) adds none."""
+    from thinkwheel.train.chat_template import stop_token_id
+
+    try:
+        stop = stop_token_id(llm.get_tokenizer())
+    except Exception:
+        return None
+    return None if stop is None else [stop]
 
 
 def _completions(request_output: Any, params: SamplingParams, draws: int) -> list[Completion]:
