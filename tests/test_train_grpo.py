@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from thinkwheel import chat_template  # noqa: E402
 from thinkwheel.config import GRPOTrainConfig  # noqa: E402
-from thinkwheel.train import chat_template  # noqa: E402
 from thinkwheel.train import grpo as grpo_mod  # noqa: E402
 
 try:  # the tiny-model builder lives with the SFT tests

@@ -14,8 +14,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from thinkwheel import chat_template  # noqa: E402
 from thinkwheel.config import SFTConfig  # noqa: E402
-from thinkwheel.train import chat_template  # noqa: E402
 from thinkwheel.train import sft as sft_mod  # noqa: E402
 
 # Assistant turns are wrapped in {% generation %} so TRL can mask everything else.

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from thinkwheel.chat_template import render_prompt, stop_token_id
 from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
 
 _M32 = 0xFFFFFFFF
@@ -103,8 +104,6 @@ class HFEngine:
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
-        from thinkwheel.train.chat_template import stop_token_id
-
         if (turn_end := stop_token_id(self.tokenizer)) is not None:
             self.eos_ids.add(turn_end)  # a base model's config may not stop at "<|im_end|>"
         self.pad_id: int = self.tokenizer.pad_token_id
@@ -116,8 +115,6 @@ class HFEngine:
 
     def render(self, request: Request) -> str:
         """The prompt text a request turns into (chat template with the generation prompt)."""
-        from thinkwheel.train.chat_template import render_prompt
-
         return render_prompt(self.tokenizer, as_messages(request))
 
     def generate(

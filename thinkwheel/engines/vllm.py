@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from thinkwheel.chat_template import stop_token_id
 from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
 from thinkwheel.engines.hf import sequence_seed
 
@@ -88,8 +89,6 @@ def turn_end_ids(llm: Any) -> list[int] | None:
     model whose generation config stops only at "<|endoftext|>" would otherwise write past
     "<|im_end|>" to the token budget (the transformers engine adds the same id). A tokenizer
     we cannot probe (vLLM's Mistral tokenizer, say) adds none."""
-    from thinkwheel.train.chat_template import stop_token_id
-
     try:
         stop = stop_token_id(llm.get_tokenizer())
     except Exception:

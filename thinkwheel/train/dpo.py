@@ -16,8 +16,8 @@ from typing import Any
 
 import polars as pl
 
+from thinkwheel import chat_template
 from thinkwheel.config import DPOTrainConfig
-from thinkwheel.train import chat_template
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,

@@ -19,8 +19,8 @@ from typing import Any
 
 import polars as pl
 
+from thinkwheel.chat_template import THINK_OPEN, generation_prefill, render_prompt
 from thinkwheel.config import GRPOTrainConfig
-from thinkwheel.train.chat_template import THINK_OPEN, generation_prefill, render_prompt
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from thinkwheel import chat_template
 from thinkwheel.config import DPOTrainConfig, SFTConfig
-from thinkwheel.train import chat_template
 
 if TYPE_CHECKING:
     import datasets
