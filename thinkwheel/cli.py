@@ -118,6 +118,19 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, st
     return None, None
 
 
+def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:
+    """Every check a run or an eval makes before loading anything: missing extras, the server,
+    the model, the task files. One line and exit 2 on the first problem; warnings printed.
+    With `model_flag` the model came from --model, and the message says so."""
+    if missing := missing_extras(cfg):
+        fail("; ".join(missing))
+    problem, warning = server_check(cfg)
+    if problem := problem or unreachable_model(cfg) or unreadable_tasks(cfg):
+        fail(problem.replace("engine.model", "--model") if model_flag else problem)
+    if warning:
+        console.print(warning)
+
+
 def unreadable_tasks(cfg: RunConfig) -> str | None:
     """Why the task files the config names (`generate.tasks`, `eval.tasks`) cannot be used, or
     None: a missing file, a row without a prompt, an unknown verifier (there or in
@@ -161,13 +174,7 @@ def run(
 
     Without --config it runs the packaged CPU recipe, thinkwheel/configs/default.yaml."""
     cfg = _config(config or DEFAULT_RUN, rounds=rounds)
-    if missing := missing_extras(cfg):
-        fail("; ".join(missing))
-    problem, warning = server_check(cfg)
-    if problem := problem or unreachable_model(cfg) or unreadable_tasks(cfg):
-        fail(problem)
-    if warning:
-        console.print(warning)
+    preflight(cfg)
     out = out or Path("runs") / cfg.name
     t0 = time.time()
     console.print(
@@ -482,18 +489,12 @@ def eval_cmd(
     """Score a model on the held-out split (and eval.tasks files), as the flow scores each round:
     greedy pass@1 (pass@k and maj@k when eval.k > 1), per family."""
     from thinkwheel.engines.factory import make_engine
-    from thinkwheel.flows.steps import TRUNCATION_WARNING, score_model, truncation_warning
+    from thinkwheel.flows.steps import score_model
 
     cfg = _config(config)
     if model is not None:
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
-    if missing := missing_extras(cfg):
-        fail("; ".join(missing))
-    problem, warning = server_check(cfg)
-    if problem := problem or unreachable_model(cfg) or unreadable_tasks(cfg):
-        fail(problem.replace("engine.model", "--model") if model else problem)
-    if warning:
-        console.print(warning)
+    preflight(cfg, model_flag=model is not None)
     from thinkwheel.engines.openai import EngineError
     from thinkwheel.environment import quiet_libraries
     from thinkwheel.flows.progress import RichReporter, use_reporter
@@ -506,9 +507,6 @@ def eval_cmd(
     except EngineError as e:
         fail(str(e))
     result["model"] = cfg.engine.model
-    if result["n"] and result["truncated"] / result["n"] > TRUNCATION_WARNING:
-        console.print(truncation_warning("held-out answers", result["truncated"], result["n"],
-                                         "eval.max_tokens", cfg.eval.max_tokens))
     if out is not None:
         from thinkwheel.store import atomic_write_bytes
 

@@ -301,9 +301,9 @@ def sample(
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
         truncated=cut,
     )
-    if cands.height and cut / cands.height > TRUNCATION_WARNING:
-        rep.message(truncation_warning(f"round {k}: candidates", cut, cands.height,
-                                       "sampling.max_tokens", s.max_tokens))
+    if w := truncation_warning(f"round {k}: candidates", cut, cands.height,
+                               "sampling.max_tokens", s.max_tokens):
+        rep.message(w)
     return cands
 
 
@@ -322,9 +322,12 @@ class _Ticks:
 TRUNCATION_WARNING = 0.05  # a share of outputs cut at max_tokens worth telling the user about
 
 
-def truncation_warning(what: str, cut: int, total: int, key: str, limit: int) -> str:
-    """A cut-off output has no closed </think> or no answer and fails: when many do, the token
-    budget is setting the numbers, which a user bringing a bigger model must hear."""
+def truncation_warning(what: str, cut: int, total: int, key: str, limit: int) -> str | None:
+    """A cut-off output has no closed </think> or no answer and fails: when many do (more than
+    TRUNCATION_WARNING of them), the token budget is setting the numbers, which a user bringing
+    a bigger model must hear. None when few do."""
+    if not total or cut / total <= TRUNCATION_WARNING:
+        return None
     return (
         f"[yellow]{what}: {cut} of {total} ({cut / total:.0%}) stopped at {key} ({limit} "
         f"tokens) and count as failures; raise {key} if your model needs longer[/]"
@@ -544,11 +547,13 @@ def step_callbacks() -> list:
 
 # ------------------------------------------------------------------ eval
 def score_model(
-    cfg: RunConfig, engine: Engine, held: pl.DataFrame | None = None, *, label: str = "held-out eval"
+    cfg: RunConfig, engine: Engine, held: pl.DataFrame | None = None, *,
+    label: str = "held-out eval", who: str = "",
 ) -> dict[str, Any]:
     """The eval.json dict of `engine`'s model on the held-out tasks, with the run's eval,
     verify and system-prompt settings: the flow's rounds and `thinkwheel eval` score alike.
-    The reporter's bar counts the answers as the engine returns them."""
+    The reporter's bar counts the answers as the engine returns them; it is told when many
+    answers stopped at eval.max_tokens (`who` names the model in that message)."""
     from thinkwheel.train.evaluate import evaluate as run_eval
     from thinkwheel.train.evaluate import samples_per_task
     from thinkwheel.verifiers import verify_frame
@@ -562,13 +567,18 @@ def score_model(
     rep = reporter()
     rep.start(label, held.height * (1 + samples_per_task(e.k)))
     try:
-        return run_eval(
+        result = run_eval(
             engine, held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,
             temperature=e.temperature, system_prompt=cfg.export.system_prompt,
             progress=rep.advance,
         )
     finally:
         rep.finish()
+    what = f"{who}: held-out answers" if who else "held-out answers"
+    if w := truncation_warning(what, result["truncated"], result["n"], "eval.max_tokens",
+                               e.max_tokens):
+        rep.message(w)
+    return result
 
 
 def evaluate(
@@ -583,14 +593,9 @@ def evaluate(
     if store.stage_done(key, "eval", in_hash, cfg_hash):
         return store.read_json(rel)
     t0 = time.time()
-    rep = reporter()
-    label = f"{'round ' + str(key) if key != 'base' else 'base model'}: held-out eval"
-    result = score_model(cfg, engines(model_dir), held, label=label)
+    who = f"round {key}" if key != "base" else "base model"
+    result = score_model(cfg, engines(model_dir), held, label=f"{who}: held-out eval", who=who)
     result["model"] = model_dir
-    if result["n"] and result["truncated"] / result["n"] > TRUNCATION_WARNING:
-        label = f"round {key}" if key != "base" else "base model"
-        rep.message(truncation_warning(f"{label}: held-out answers", result["truncated"],
-                                       result["n"], "eval.max_tokens", cfg.eval.max_tokens))
     path = store.write_json(rel, result)
     store.mark_stage(
         key, "eval", input_hash=in_hash, config_hash=cfg_hash, count=result.get("n"),
