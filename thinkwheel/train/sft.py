@@ -63,7 +63,12 @@ def train_sft(
         model, tokenizer = load_hf(model_path)
         peft_config = lora_config(cfg) if cfg.lora else None
 
-    over, longest = over_length(dataset["messages"], tokenizer, cfg.max_length)
+    if tokenizes_here(tokenizer, cfg, kind):  # tokenize once: the lengths come from it
+        dataset = tokenize_for_inference(dataset, tokenizer)
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    else:
+        lengths = token_lengths(dataset["messages"], tokenizer)
+    over, longest = sum(n > cfg.max_length for n in lengths), max(lengths)
     trainer = build_sft_trainer(
         model, tokenizer, dataset, cfg, tmp, peft_config=peft_config, callbacks=callbacks,
         trainer=kind,
@@ -76,17 +81,22 @@ def train_sft(
     )
 
 
+def token_lengths(conversations: Iterable[list[dict[str, str]]], tokenizer: Any) -> list[int]:
+    """Tokens per conversation as SFT trains it (`chat_template.inference_tokens`)."""
+    prefill = chat_template.generation_prefill(tokenizer)
+    eot = chat_template.end_of_turn(tokenizer)
+    return [
+        len(chat_template.inference_tokens(tokenizer, msgs, prefill=prefill, eot=eot)["input_ids"])
+        for msgs in conversations
+    ]
+
+
 def over_length(
     conversations: Iterable[list[dict[str, str]]], tokenizer: Any, max_length: int
 ) -> tuple[int, int]:
     """(conversations longer than `max_length` tokens, the longest). The trainer cuts them
     without a word, and a cut example trains on a thought with no answer and no end of turn."""
-    prefill = chat_template.generation_prefill(tokenizer)
-    eot = chat_template.end_of_turn(tokenizer)
-    lengths = [
-        len(chat_template.inference_tokens(tokenizer, msgs, prefill=prefill, eot=eot)["input_ids"])
-        for msgs in conversations
-    ]
+    lengths = token_lengths(conversations, tokenizer)
     return sum(n > max_length for n in lengths), max(lengths, default=0)
 
 
@@ -260,14 +270,14 @@ def build_sft_trainer(
     from trl import SFTTrainer
 
     mode = loss_mode(tokenizer, cfg, trainer)
-    if mode == "completion_only":
-        dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length)
-    elif mode == "full" and (
-        trainer == "unsloth"
-        or not tokenizer.chat_template  # a base model: TRL cannot render conversations
-        or not chat_template.keeps_reasoning(tokenizer)
-    ):
-        dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length).remove_columns("labels")
+    if tokenizes_here(tokenizer, cfg, trainer):
+        if "input_ids" in dataset.column_names:  # tokenized by train_sft, not yet cut
+            cut = cfg.max_length
+            dataset = dataset.map(lambda row: {k: row[k][:cut] for k in ("input_ids", "labels")})
+        else:
+            dataset = tokenize_for_inference(dataset, tokenizer, cfg.max_length)
+        if mode == "full":
+            dataset = dataset.remove_columns("labels")
 
     gpu = device_is_gpu()
     with quiet_deprecations():  # TrainingArguments warns at construction
@@ -331,6 +341,17 @@ def quiet(trainer: Any) -> None:
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+
+
+def tokenizes_here(tokenizer: Any, cfg: SFTConfig, trainer: str = "trl") -> bool:
+    """Whether SFT tokenizes the set itself (`tokenize_for_inference`) rather than let TRL
+    render the conversations: always for the completion-only fallback and under Unsloth, and
+    for full loss when TRL's rendering would fail (no template) or drop the reasoning."""
+    mode = loss_mode(tokenizer, cfg, trainer)
+    if mode != "full":
+        return mode == "completion_only"
+    no_template = not tokenizer.chat_template  # a base model: TRL cannot render conversations
+    return trainer == "unsloth" or no_template or not chat_template.keeps_reasoning(tokenizer)
 
 
 def loss_mode(tokenizer: Any, cfg: SFTConfig, trainer: str = "trl") -> str:
