@@ -203,6 +203,30 @@ def test_verify_a_file(tmp_path):
     assert v["passed"].to_list() == [True, False]
 
 
+def test_a_plugin_beside_the_user_is_found_by_the_console_script(tmp_path):
+    """`verifier: "mychecks:fn"` with mychecks.py in the working directory: the installed
+    `thinkwheel` script puts its own folder on sys.path, not the working directory, so this
+    failed with "No module named 'mychecks'" unless the user set PYTHONPATH."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("thinkwheel")
+    (tmp_path / "mychecks.py").write_text(
+        "def is_four(completion, task):\n    return completion.split('</think>')[-1].strip() == '4'\n")
+    (tmp_path / "c.jsonl").write_text('{"completion": "<think>x</think> 4", "reference": "4"}\n'
+                                      '{"completion": "<think>x</think> 5", "reference": "4"}\n')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(script), "verify", "c.jsonl", "--verifier", "mychecks:is_four",
+                           "--workers", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert pl.read_parquet(tmp_path / "c.verdicts.parquet")["passed"].to_list() == [True, False]
+    done = subprocess.run([str(script), "verify", "c.jsonl", "--verifier", "nochecks:is_four"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "looked in the working directory" in done.stderr
+
+
 def test_train_dpo_on_a_curated_folder(run_dir, tmp_path):
     """`thinkwheel train dpo` end to end on the bundled model; a folder without pairs is a
     one-line error."""

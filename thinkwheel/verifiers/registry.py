@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -129,14 +131,33 @@ class UnknownVerifierError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def _import_user_module(mod: str) -> Any:
+    """Import a plugin's module; one beside the user (`mychecks.py` in the working directory)
+    is found too. The `thinkwheel` console script puts its own folder, not the working
+    directory, on `sys.path`, so `verifier: "mychecks:fn"` failed unless run as `python -m`.
+    The directory goes last, so it never shadows an installed package."""
+    try:
+        return importlib.import_module(mod)
+    except ModuleNotFoundError as err:
+        here = os.getcwd()
+        top = mod.split(".")[0]
+        if err.name != top or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(mod)
+
+
 def _resolve_spec(spec: str) -> Any:
     mod, _, attr = spec.partition(":")
     if not mod or not attr:
         raise UnknownVerifierError(f"verifier {spec!r}: expected 'module:callable'")
     try:
-        obj: Any = importlib.import_module(mod)
+        obj: Any = _import_user_module(mod)
     except ImportError as err:
-        raise UnknownVerifierError(f"verifier {spec!r}: cannot import {mod!r} ({err})") from err
+        hint = (" (looked in the working directory and on PYTHONPATH)"
+                if isinstance(err, ModuleNotFoundError) and err.name == mod.split(".")[0] else "")
+        raise UnknownVerifierError(
+            f"verifier {spec!r}: cannot import {mod!r} ({err}){hint}") from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UnknownVerifierError(f"verifier {spec!r}: {mod!r} has no {attr!r}")
