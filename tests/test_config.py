@@ -79,6 +79,23 @@ def test_an_added_field_at_its_default_keeps_old_hashes():
     assert cfg.section_hash("engine") != old
 
 
+def test_how_often_training_checkpoints_never_redoes_a_stage():
+    """train.checkpoint_minutes changes how training runs, not what it makes: the train
+    section's hash ignores it at any value (and was the same before the field existed)."""
+    import hashlib
+    import json
+
+    cfg = RunConfig()
+    before = cfg.train.model_dump(mode="json")
+    before.pop("checkpoint_minutes")
+    old = hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.section_hash("train") == old
+    cfg.train.checkpoint_minutes = 5
+    assert cfg.section_hash("train") == old
+    cfg.train.sft.learning_rate = 1e-5
+    assert cfg.section_hash("train") != old
+
+
 def test_starter_yaml_round_trips_to_defaults():
     text = starter_yaml()
     assert text.count("\n# ") >= 5  # commented sections

@@ -94,7 +94,7 @@ def test_continue_strategy_trains_on_this_rounds_curated_set(flow_run):
     assert store.stage_entry(1, "train")["count"] == sizes[1]
 
 
-def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path):
+def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path, monkeypatch):
     """DPO and GRPO on in the flow's train stage: SFT, then TRL's DPOTrainer on the round's dpo
     split, then GRPOTrainer on its GRPO prompts with the verifier rewards. Each stage
     republishes the model folder; every trainer's curves must survive and reach the report."""
@@ -129,15 +129,38 @@ def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path)
     )
     assert dpo.height >= 1
     dpo.write_parquet(curated / "dpo.parquet")
-    grpo = {"enabled": True, "max_steps": 2, "num_generations": 2, "batch_size": 2,
+    grpo = {"enabled": True, "max_steps": 3, "num_generations": 2, "batch_size": 2,
             "max_completion_length": 32}
     cfg = parse_config({**SMALL, "train": {
-        "sft": {"max_steps": 2, "batch_size": 8}, "grpo": grpo,
+        "sft": {"max_steps": 2, "batch_size": 8}, "grpo": grpo, "checkpoint_minutes": 0,
         "dpo": {"enabled": True, "max_steps": 2, "batch_size": 1, "nll_weight": 1.0},
     }})  # fmt: skip
 
+    # A crash in GRPO's second step: the re-run does not redo SFT and DPO, which had
+    # published the model, and GRPO resumes from its step-1 checkpoint.
+    from transformers import TrainerCallback
+
+    class CrashInGrpo(TrainerCallback):
+        def on_log(self, args, state, control, **kw):  # noqa: ANN001
+            if type(args).__name__ == "GRPOConfig" and state.global_step == 2:
+                raise KeyboardInterrupt("killed")
+
+    before = store.manifest()["rounds"]["0"]["stages"]
+    with monkeypatch.context() as m:
+        m.setattr(steps, "step_callbacks", lambda: [CrashInGrpo()])
+        with pytest.raises(KeyboardInterrupt):
+            steps.train(store, cfg, 0, str(MODEL_DIR))
+    done = store.manifest()["rounds"]["0"]["stages"]
+    assert done["train"] == before["train"]  # the flow's own run of the stage, not this one
+    assert {"train.sft", "train.dpo"} <= done.keys() and "train.grpo" not in done
+
     model = steps.train(store, cfg, 0, str(MODEL_DIR))
 
+    after = store.manifest()["rounds"]["0"]["stages"]
+    for trainer in ("train.sft", "train.dpo"):
+        assert after[trainer]["finished_at"] == done[trainer]["finished_at"]  # not redone
+    assert after["train.grpo"]["metrics"]["resumed_from_step"] == 1
+    assert after["train"]["steps"] == after["train.sft"]["metrics"]["global_step"] == 2
     assert model == str(run / "round-0" / "model") and (Path(model) / "config.json").is_file()
     logs = {s: read_train_log(run / "round-0" / "logs" / f"{s}.jsonl") for s in ("sft", "dpo", "grpo")}
     assert any("loss" in r for r in logs["sft"]) and not any("reward" in r for r in logs["sft"])

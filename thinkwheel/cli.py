@@ -432,7 +432,8 @@ def train_sft_cmd(
 
     cfg, sft, path = _train_inputs(data, "sft", model, config)
     with _training(f"SFT on {sft.height} samples") as callbacks:
-        metrics = train_sft(path, sft, str(out), cfg.train.sft, callbacks=callbacks)
+        metrics = train_sft(path, sft, str(out), cfg.train.sft, callbacks=callbacks,
+                            checkpoint_minutes=cfg.train.checkpoint_minutes)
     _show(metrics)
     if warning := length_warning(metrics):
         console.print(warning)
@@ -452,7 +453,8 @@ def train_dpo_cmd(
     cfg, dpo, path = _train_inputs(data, "dpo", model, config)
     try:
         with _training(f"DPO on {dpo.height} pairs") as callbacks:
-            metrics = train_dpo(path, dpo, str(out), cfg.train.dpo, callbacks=callbacks)
+            metrics = train_dpo(path, dpo, str(out), cfg.train.dpo, callbacks=callbacks,
+                                checkpoint_minutes=cfg.train.checkpoint_minutes)
     except ValueError as err:
         fail(str(err))
     _show(metrics)
@@ -474,7 +476,8 @@ def train_grpo_cmd(
     cfg, grpo, path = _train_inputs(data, "grpo", model, config)
     with _training(f"GRPO on {grpo.height} prompts") as callbacks:
         metrics = train_grpo(
-            path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo), callbacks=callbacks
+            path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo), callbacks=callbacks,
+            checkpoint_minutes=cfg.train.checkpoint_minutes,
         )
     _show(metrics)
 

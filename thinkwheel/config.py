@@ -27,14 +27,18 @@ class _Section(BaseModel):
 # of its section's hash, so upgrading does not redo finished stages of a run. Only for a field
 # when it is added; marking an existing field changes the hashes of runs already made.
 ADDITIVE: dict[str, Any] = {"additive": True}
+# A field that changes how a stage runs, never what it makes (how often training saves a
+# checkpoint): never hashed, so changing it does not redo finished stages.
+OPERATIONAL: dict[str, Any] = {"operational": True}
+CHECKPOINT_MINUTES = 30.0  # how often training saves a checkpoint to resume from
 
 
 def _hashed(section: BaseModel) -> dict[str, Any]:
     data = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
-        extra = field.json_schema_extra
-        additive = isinstance(extra, dict) and extra.get("additive")
-        if additive and getattr(section, name) == field.get_default(call_default_factory=True):
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        at_default = getattr(section, name) == field.get_default(call_default_factory=True)
+        if extra.get("operational") or (extra.get("additive") and at_default):
             data.pop(name, None)
     return data
 
@@ -334,6 +338,9 @@ class TrainConfig(_Section):
     # train on every round's curated data so far (replay), or on this round's only;
     # None = accumulate for from_base (STaR-style), not for continue (the measured default)
     accumulate: bool | None = None
+    # SFT, DPO and GRPO save a checkpoint this often (only the latest is kept), and a re-run
+    # of a crashed run resumes from it; None: never
+    checkpoint_minutes: float | None = Field(CHECKPOINT_MINUTES, ge=0, json_schema_extra=OPERATIONAL)
 
     def accumulates(self) -> bool:
         return self.strategy == "from_base" if self.accumulate is None else self.accumulate

@@ -45,7 +45,10 @@ SECTION_NOTES = {
         " one task): parquet, hf (datasets), jsonl. license: the dataset card's (unset:"
         " apache-2.0 for data our generators made, 'other' once generate.tasks brings yours)."
     ),
-    "train": "Cold-start SFT (TRL, or Unsloth on a GPU), then DPO and GRPO when enabled.",
+    "train": (
+        "Cold-start SFT (TRL, or Unsloth on a GPU), then DPO and GRPO when enabled. Each saves a"
+        " checkpoint every checkpoint_minutes; re-running a crashed run resumes from it."
+    ),
     "eval": (
         "The held-out procedural split (its seed is never used for training data; families: []"
         " for none), plus your own held-out files in tasks.paths (read like generate.tasks; each"

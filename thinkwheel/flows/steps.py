@@ -6,6 +6,7 @@ import Prefect themselves, so they run and test without a server.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -451,7 +452,9 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     model dir.
 
     "continue" fine-tunes the previous round's model, "from_base" the base model (STaR /
-    ReST-EM); with `accumulate` the data is every round's curated set so far."""
+    ReST-EM); with `accumulate` the data is every round's curated set so far. Each trainer is
+    recorded when it has published the model, so a re-run after a crash starts at the trainer
+    that was cut short, and that one from its last checkpoint."""
     from thinkwheel.train.sft import length_warning, train_sft
 
     model_dir = store.round_dir(k) / "model"
@@ -466,25 +469,54 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     if sft.height == 0:  # nothing verified: carry the model forward unchanged, say so
         reporter().message(f"round {k}: no curated samples; the model is carried forward")
         return start_model
-    rep = reporter()
-    rep.start(f"round {k}: SFT on {sft.height} samples", None)
-    metrics = train_sft(start_model, sft, str(model_dir), cfg.train.sft, callbacks=step_callbacks())
-    rep.finish()
-    if warning := length_warning(metrics):
-        rep.message(f"round {k}: {warning}")
-    _keep_log(model_dir, store.round_dir(k) / "logs" / "sft.jsonl")
+    minutes = cfg.train.checkpoint_minutes
+
+    def run_sft() -> dict[str, Any]:
+        rep = reporter()
+        rep.start(f"round {k}: SFT on {sft.height} samples", None)
+        out = train_sft(start_model, sft, str(model_dir), cfg.train.sft,
+                        callbacks=step_callbacks(), checkpoint_minutes=minutes)
+        rep.finish()
+        if warning := length_warning(out):
+            rep.message(f"round {k}: {warning}")
+        return out
+
+    once = _Trainers(store, k, in_hash, cfg_hash, model_dir)
+    metrics = once("sft", run_sft)
     if cfg.train.dpo.enabled:
-        metrics["dpo"] = _dpo(store, cfg, k, rounds, str(model_dir))
-        _keep_log(model_dir, store.round_dir(k) / "logs" / "dpo.jsonl")
+        metrics["dpo"] = once("dpo", lambda: _dpo(store, cfg, k, rounds, str(model_dir)))
     if cfg.train.grpo.enabled:
-        metrics["grpo"] = _grpo(store, cfg, k, str(model_dir))
-        _keep_log(model_dir, store.round_dir(k) / "logs" / "grpo.jsonl")
+        metrics["grpo"] = once("grpo", lambda: _grpo(store, cfg, k, str(model_dir)))
     store.mark_stage(
         k, "train", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
         seconds=time.time() - t0, outputs=[model_dir],
         loss=metrics.get("train_loss"), steps=metrics.get("global_step"),
     )
     return str(model_dir)
+
+
+class _Trainers:
+    """Runs the train stage's trainers once each: SFT, DPO and GRPO publish the round's model
+    in turn, and each is recorded in the manifest (`train.sft`, ...) with its metrics and
+    curves once it has, so a re-run skips those a crashed run finished."""
+
+    def __init__(self, store: RunStore, k: int, in_hash: str, cfg_hash: str, model_dir: Path):
+        self.store, self.k, self.in_hash, self.cfg_hash = store, k, in_hash, cfg_hash
+        self.model_dir = model_dir
+
+    def __call__(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        stage, h = f"train.{name}", _hash(self.in_hash, name)
+        if self.store.stage_done(self.k, stage, h, self.cfg_hash):
+            return dict(self.store.stage_entry(self.k, stage)["metrics"])
+        t0 = time.time()
+        out = {key: v for key, v in run().items() if key != "log_history"}
+        metrics = json.loads(json.dumps(out, default=str))  # as the manifest will hold them
+        _keep_log(self.model_dir, self.store.round_dir(self.k) / "logs" / f"{name}.jsonl")
+        self.store.mark_stage(
+            self.k, stage, input_hash=h, config_hash=self.cfg_hash, seconds=time.time() - t0,
+            outputs=[self.model_dir], metrics=metrics,
+        )
+        return metrics
 
 
 def _keep_log(model_dir: Path, dest: Path) -> None:
@@ -511,11 +543,12 @@ def _dpo(
         return {"skipped": "no pairs"}
     rep = reporter()
     rep.start(f"round {k}: DPO on {pairs.height} pairs", None)
-    out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=step_callbacks())
+    out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=step_callbacks(),
+                    checkpoint_minutes=cfg.train.checkpoint_minutes)
     rep.finish()
     if warning := length_warning(out, "train.dpo.max_length", "preference pairs"):
         rep.message(f"round {k}: {warning}")
-    return {key: v for key, v in out.items() if key != "log_history"}
+    return out
 
 
 def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
@@ -529,9 +562,10 @@ def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, 
     rewards, weights = grpo_rewards(g)
     rep = reporter()
     rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
-    out = train_grpo(model_dir, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks())
+    out = train_grpo(model_dir, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks(),
+                     checkpoint_minutes=cfg.train.checkpoint_minutes)
     rep.finish()
-    return {key: v for key, v in out.items() if key != "log_history"}
+    return out
 
 
 def step_callbacks() -> list:
@@ -539,6 +573,12 @@ def step_callbacks() -> list:
     from transformers import TrainerCallback
 
     class Advance(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            if state.global_step:  # resumed: count the steps the checkpoint holds
+                reporter().message(f"resuming from the checkpoint at step {state.global_step}"
+                                   f" of {state.max_steps}")
+                reporter().advance(state.global_step)
+
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             reporter().advance(1)
 

@@ -17,7 +17,8 @@ from typing import Any
 import polars as pl
 
 from thinkwheel import chat_template
-from thinkwheel.config import DPOTrainConfig
+from thinkwheel.config import CHECKPOINT_MINUTES, DPOTrainConfig
+from thinkwheel.train import checkpoints
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
@@ -27,7 +28,6 @@ from thinkwheel.train.sft import (
     quiet,
     quiet_deprecations,
     runtime_args,
-    staging_dir,
     train_and_publish,
 )
 
@@ -76,8 +76,10 @@ def train_dpo(
     cfg: DPOTrainConfig,
     *,
     callbacks: Sequence[Any] = (),
+    checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
 ) -> dict[str, Any]:
-    """Run DPO from `model_path` (also the frozen reference); write the model to `out_dir`."""
+    """Run DPO from `model_path` (also the frozen reference); write the model to `out_dir`,
+    resuming from the last checkpoint of the same run after a crash, as SFT does."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     dataset = dpo_dataset(dpo)
@@ -93,10 +95,10 @@ def train_dpo(
         )
     longer = ([*r["prompt"], *max(r["chosen"], r["rejected"], key=_chars)] for r in dataset)
     over, longest = over_length(longer, tokenizer, cfg.max_length)
-    tmp = staging_dir(out_dir)
+    tmp, resume = checkpoints.staging(out_dir, checkpoints.fingerprint("dpo", model_path, dataset, cfg))
     trainer = build_dpo_trainer(model, tokenizer, dataset, cfg, tmp, callbacks=callbacks)
     return train_and_publish(
-        trainer, tokenizer, tmp, out_dir, n_pairs=len(dataset), lora=cfg.lora,
+        trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes, n_pairs=len(dataset), lora=cfg.lora,
         over_max_length=over, longest_tokens=longest, max_length=cfg.max_length,
     )
 

@@ -20,7 +20,8 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.chat_template import THINK_OPEN, generation_prefill, render_prompt
-from thinkwheel.config import GRPOTrainConfig
+from thinkwheel.config import CHECKPOINT_MINUTES, GRPOTrainConfig
+from thinkwheel.train import checkpoints
 from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
@@ -28,7 +29,6 @@ from thinkwheel.train.sft import (
     quiet,
     quiet_deprecations,
     runtime_args,
-    staging_dir,
     train_and_publish,
 )
 
@@ -44,8 +44,10 @@ def train_grpo(
     reward_weights: Sequence[float],
     *,
     callbacks: Sequence[Any] = (),
+    checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
 ) -> dict[str, Any]:
-    """Run GRPO from `model_path`; write the model atomically to `out_dir` with its curves.
+    """Run GRPO from `model_path`; write the model atomically to `out_dir` with its curves
+    (resuming from the last checkpoint of the same run after a crash, as SFT does).
 
     `train_log.jsonl` in `out_dir` holds every log row: reward mean/std (overall and per
     reward function), kl (when beta > 0), completion lengths, clip ratios, loss, lr.
@@ -59,7 +61,9 @@ def train_grpo(
     dataset = grpo_dataset(grpo)
     if len(dataset) == 0:
         raise ValueError("the GRPO set is empty: no prompts to train on")
-    tmp = staging_dir(out_dir)
+    tmp, resume = checkpoints.staging(
+        out_dir, checkpoints.fingerprint("grpo", model_path, dataset, cfg)
+    )
 
     model, tokenizer = load_hf(model_path)
     if not tokenizer.chat_template:  # a base model: TRL cannot render conversations
@@ -92,7 +96,10 @@ def train_grpo(
             callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
         )
     quiet(trainer)
-    return train_and_publish(trainer, tokenizer, tmp, out_dir, n_prompts=len(dataset), prefill=prefill)
+    return train_and_publish(
+        trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes,
+        n_prompts=len(dataset), prefill=prefill,
+    )
 
 
 def group_batch_size(batch_size: int, num_generations: int) -> int:

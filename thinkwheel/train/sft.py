@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from thinkwheel import chat_template
-from thinkwheel.config import DPOTrainConfig, SFTConfig
+from thinkwheel.config import CHECKPOINT_MINUTES, DPOTrainConfig, SFTConfig
+from thinkwheel.train import checkpoints
 
 if TYPE_CHECKING:
     import datasets
@@ -40,11 +41,13 @@ def train_sft(
     cfg: SFTConfig,
     *,
     callbacks: Sequence[Any] = (),
+    checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
 ) -> dict[str, Any]:
     """Fine-tune `model_path` on the `messages` column; write the model to `out_dir` atomically.
 
     Trains into `out_dir + ".tmp"` and renames it only when the model, tokenizer and
-    `train_log.jsonl` are on disk, so a crash never leaves a half-written model behind.
+    `train_log.jsonl` are on disk, so a crash never leaves a half-written model behind; the
+    same call after a crash resumes from the last checkpoint there (`checkpoints`).
     `callbacks` are extra transformers TrainerCallbacks (e.g. a progress bar for the CLI).
     Returns the final metrics plus the full log history.
     """
@@ -54,7 +57,7 @@ def train_sft(
     if len(dataset) == 0:
         raise ValueError("the SFT set is empty: nothing to train on")
     kind = pick_trainer(cfg.trainer)
-    tmp = staging_dir(out_dir)
+    tmp, resume = checkpoints.staging(out_dir, checkpoints.fingerprint(kind, model_path, dataset, cfg))
 
     if kind == "unsloth":
         model, tokenizer = load_unsloth(model_path, cfg)
@@ -74,7 +77,7 @@ def train_sft(
         trainer=kind,
     )
     return train_and_publish(
-        trainer, tokenizer, tmp, out_dir,
+        trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes,
         n_examples=len(dataset), loss_mode=loss_mode(tokenizer, cfg, kind), trainer=kind,
         lora=cfg.lora,
         over_max_length=over, longest_tokens=longest, max_length=cfg.max_length,
@@ -115,22 +118,21 @@ def length_warning(
     )
 
 
-def staging_dir(out_dir: str) -> str:
-    """An empty `<out_dir>.tmp` to train and save into; `publish_dir` swaps it in when done."""
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    Path(tmp).mkdir(parents=True)
-    return tmp
-
-
 def train_and_publish(
-    trainer: Any, tokenizer: Any, tmp: str, out_dir: str, /, **extra: Any
+    trainer: Any, tokenizer: Any, tmp: str, out_dir: str, resume: str | None,
+    checkpoint_minutes: float | None, /, **extra: Any,
 ) -> dict[str, Any]:
-    """Train, save model and metrics into `tmp`, then swap it in as `out_dir` (SFT and GRPO)."""
+    """Train (from `resume`, a checkpoint, when given) with a checkpoint every
+    `checkpoint_minutes`, save model and metrics into `tmp`, then swap it in as `out_dir`."""
+    for callback in checkpoints.every(checkpoint_minutes):
+        trainer.add_callback(callback)
     with quiet_deprecations():
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=resume)
+    checkpoints.clear(tmp)
     save_model(trainer.model, tokenizer, tmp)
     metrics = {**result.metrics, "global_step": trainer.state.global_step, **extra}
+    if resume:
+        metrics["resumed_from_step"] = checkpoints.checkpoint_step(Path(resume))
     Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     publish_dir(tmp, out_dir)
     return {**metrics, "log_history": trainer.state.log_history}
@@ -319,13 +321,15 @@ def quiet_deprecations() -> Iterator[None]:
 
 
 def runtime_args(gpu: bool, seed: int) -> dict[str, Any]:
-    """Trainer arguments SFT and GRPO share: CPU-safe precision, no checkpoints, no loggers."""
+    """Trainer arguments SFT, DPO and GRPO share: CPU-safe precision, no loggers, and no
+    checkpoints but the one `checkpoints.every` asks for (the latest kept)."""
     return {
         # TRL turns checkpointing on by default: a win for big models on a GPU, pure cost for
         # small ones on CPU
         "gradient_checkpointing": gpu,
         "logging_steps": 1,
         "save_strategy": "no",
+        "save_total_limit": 1,
         "report_to": "none",
         "use_cpu": not gpu,
         "bf16": on_gpu_bf16(),

@@ -1,0 +1,155 @@
+"""A training run cut short resumes from its last checkpoint: real TRL runs on a tiny Llama,
+crashed by a callback after a checkpoint was saved, then run again with the same call."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from thinkwheel.config import GRPOTrainConfig, SFTConfig  # noqa: E402
+from thinkwheel.train import checkpoints  # noqa: E402
+from thinkwheel.train import grpo as grpo_mod  # noqa: E402
+from thinkwheel.train import sft as sft_mod  # noqa: E402
+
+try:
+    from test_train_grpo import grpo_frame
+    from test_train_sft import TEMPLATE_PLAIN, build_tiny_model, sft_frame
+except ImportError:  # tests/ imported as a package
+    from tests.test_train_grpo import grpo_frame
+    from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model, sft_frame
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step: int) -> object:
+    """A callback that kills training once step `step` is logged, before its checkpoint."""
+    from transformers import TrainerCallback
+
+    class CrashAt(TrainerCallback):
+        def on_log(self, args, state, control, **kw):  # noqa: ANN001
+            if state.global_step == step:
+                raise Crash(f"killed at step {step}")
+
+    return CrashAt()
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def steps_logged(folder: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_model(tmp_path_factory.mktemp("resume"), TEMPLATE_PLAIN)
+
+
+def test_sft_cut_short_resumes_to_the_same_model(tiny, tmp_path):
+    """Crashed after step 4 with a checkpoint at every step, the re-run starts at step 4's
+    checkpoint and ends with exactly the weights of a run that was never interrupted (optimizer,
+    schedule, RNG and data order restored), with each step's curve logged once."""
+    cfg = SFTConfig(trainer="trl", max_steps=6, epochs=100, batch_size=4, learning_rate=3e-3)
+    data = sft_frame(12)
+    whole = sft_mod.train_sft(tiny, data, str(tmp_path / "whole"), cfg, checkpoint_minutes=None)
+    assert "resumed_from_step" not in whole
+
+    out = tmp_path / "cut"
+    with pytest.raises(Crash):
+        sft_mod.train_sft(tiny, data, str(out), cfg, callbacks=[crash_at(5)], checkpoint_minutes=0)
+    staged = Path(f"{out}.tmp")
+    assert checkpoints.latest_checkpoint(staged).name == "checkpoint-4" and not out.exists()
+    assert steps_logged(staged) == [1, 2, 3, 4, 5]  # step 5 ran, but its checkpoint never came
+
+    res = sft_mod.train_sft(tiny, data, str(out), cfg, checkpoint_minutes=0)
+    assert res["resumed_from_step"] == 4 and res["global_step"] == 6
+    a, b = weights(tmp_path / "whole"), weights(out)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert [s for s in steps_logged(out) if s] == [1, 2, 3, 4, 5, 6, 6]  # the last: the summary
+    assert [r.get("loss") for r in res["log_history"]] == [r.get("loss") for r in whole["log_history"]]
+    # the published folder is a model, not a training run
+    leftovers = {"README.md", checkpoints.FINGERPRINT} | {p.name for p in out.glob("checkpoint-*")}
+    assert not leftovers & {p.name for p in out.iterdir()} and not staged.exists()
+
+
+def test_a_different_training_does_not_resume_anothers_checkpoint(tiny, tmp_path):
+    """Same output folder, changed learning rate (or data): the stale checkpoint is thrown
+    away and training starts from the model, not from a run it was not part of."""
+    cfg = SFTConfig(trainer="trl", max_steps=4, epochs=100, batch_size=4, learning_rate=3e-3)
+    out = tmp_path / "m"
+    with pytest.raises(Crash):
+        sft_mod.train_sft(tiny, sft_frame(12), str(out), cfg, callbacks=[crash_at(3)],
+                          checkpoint_minutes=0)
+    assert checkpoints.latest_checkpoint(Path(f"{out}.tmp")) is not None
+    changed = cfg.model_copy(update={"learning_rate": 1e-3})
+    res = sft_mod.train_sft(tiny, sft_frame(12), str(out), changed, checkpoint_minutes=0)
+    assert "resumed_from_step" not in res and steps_logged(out)[:4] == [1, 2, 3, 4]
+    with pytest.raises(Crash):
+        sft_mod.train_sft(tiny, sft_frame(12), str(out), cfg, callbacks=[crash_at(3)],
+                          checkpoint_minutes=0)
+    res = sft_mod.train_sft(tiny, sft_frame(8), str(out), cfg, checkpoint_minutes=0)
+    assert "resumed_from_step" not in res  # other data
+
+
+def test_a_half_written_checkpoint_is_passed_over(tmp_path):
+    """A kill while a checkpoint is being written leaves it without trainer_state.json
+    (transformers writes that last): the one before it is the one to resume from."""
+    fp = {"kind": "sft"}
+    tmp, resume = checkpoints.staging(str(tmp_path / "m"), fp)
+    assert resume is None and Path(tmp, checkpoints.FINGERPRINT).is_file()
+    for step, complete in ((2, True), (4, False)):
+        c = Path(tmp, f"checkpoint-{step}")
+        c.mkdir()
+        if complete:
+            (c / "trainer_state.json").write_text("{}")
+    Path(tmp, "train_log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    again, resume = checkpoints.staging(str(tmp_path / "m"), fp)
+    assert again == tmp and Path(resume).name == "checkpoint-2"
+    assert not Path(tmp, "checkpoint-4").exists() and steps_logged(Path(tmp)) == [1, 2]
+    _, resume = checkpoints.staging(str(tmp_path / "m"), {"kind": "grpo"})
+    assert resume is None and not Path(tmp, "checkpoint-2").exists()
+
+
+def test_grpo_cut_short_resumes(tiny, tmp_path):
+    cfg = GRPOTrainConfig(max_steps=3, num_generations=2, max_completion_length=8, batch_size=2,
+                          learning_rate=1e-3)
+
+    def reward(completions, **kw):  # noqa: ANN001, ANN003
+        return [float(len(c[0]["content"]) % 2) for c in completions]
+
+    out = tmp_path / "g"
+    with pytest.raises(Crash):
+        grpo_mod.train_grpo(tiny, grpo_frame(), str(out), cfg, [reward], [1.0],
+                            callbacks=[crash_at(2)], checkpoint_minutes=0)
+    res = grpo_mod.train_grpo(tiny, grpo_frame(), str(out), cfg, [reward], [1.0],
+                              checkpoint_minutes=0)
+    assert res["resumed_from_step"] == 1 and res["global_step"] == 3
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3]  # step 2 once, not twice
+
+
+def test_checkpoints_are_asked_for_only_when_due():
+    from transformers import TrainerControl, TrainerState
+
+    assert checkpoints.every(None) == []
+    (due,) = checkpoints.every(0)
+    (later,) = checkpoints.every(60)
+    state = TrainerState(global_step=3, max_steps=10)
+    for cb, expect in ((due, True), (later, False)):
+        control = TrainerControl()
+        cb.on_step_end(None, state, control)
+        assert control.should_save is expect
+    control, state.global_step = TrainerControl(), 10  # the last step: the model is saved anyway
+    due.on_step_end(None, state, control)
+    assert not control.should_save

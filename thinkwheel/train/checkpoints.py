@@ -1,0 +1,136 @@
+"""Training that survives a crash: checkpoints in the staging folder, resumed on a re-run.
+
+SFT, DPO and GRPO train into `<out>.tmp` and swap it in as `<out>` when done. Every
+`train.checkpoint_minutes` a callback has transformers save a checkpoint there (weights,
+optimizer, scheduler, RNG state and trainer state; only the latest is kept). A re-run of the
+same training (same trainer, model files, data and settings, recorded beside the
+checkpoints) resumes from it, so a crash five hours into a six-hour SFT costs minutes, not
+five hours. Anything else starts clean. A checkpoint is complete once its
+`trainer_state.json` is written (transformers writes it last); a half-written one is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+FINGERPRINT = "resume.json"
+_PREFIX = "checkpoint-"
+
+
+def fingerprint(kind: str, model_path: str, dataset: Any, cfg: BaseModel) -> dict[str, Any]:
+    """What a checkpoint was made from. `datasets` fingerprints a table by its content; a
+    dataset without one gets a fresh id, so it never resumes rather than resuming wrongly."""
+    data = getattr(dataset, "_fingerprint", None) or uuid.uuid4().hex
+    return _normal({"kind": kind, "model": model_identity(model_path), "data": data,
+                    "config": cfg.model_dump(mode="json")})
+
+
+def model_identity(model_path: str) -> Any:
+    """A local model folder by its files' names, sizes and mtimes (a round's model is
+    republished in place); anything else (a hub id) by its name."""
+    p = Path(model_path)
+    if not p.is_dir():
+        return model_path
+    files = sorted(f for f in p.iterdir() if f.is_file())
+    return [str(p.resolve()), [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]]
+
+
+def staging(out_dir: str, fp: dict[str, Any]) -> tuple[str, str | None]:
+    """(`<out>.tmp`, the checkpoint in it to resume from). The folder is kept only when it
+    holds a complete checkpoint of this same training; otherwise it is emptied and stamped
+    with `fp`. On resume the curves logged after the checkpoint are dropped: the trainer
+    logs those steps again."""
+    tmp = Path(out_dir.rstrip("/") + ".tmp")
+    last = latest_checkpoint(tmp)
+    if last is not None and _read(tmp / FINGERPRINT) == _normal(fp):
+        for partial in _checkpoints(tmp):
+            if partial != last and not (partial / "trainer_state.json").is_file():
+                shutil.rmtree(partial, ignore_errors=True)
+        _trim_log(tmp / "train_log.jsonl", checkpoint_step(last))
+        return str(tmp), str(last)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / FINGERPRINT).write_text(json.dumps(_normal(fp)))
+    return str(tmp), None
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in `folder`, if any."""
+    done = [c for c in _checkpoints(folder) if (c / "trainer_state.json").is_file()]
+    return max(done, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(_PREFIX):])
+
+
+def clear(folder: str) -> None:
+    """Remove the checkpoints and the fingerprint before the trained model is published, and
+    the model card TRL writes with each checkpoint ("a fine-tuned version of [None]")."""
+    for c in _checkpoints(Path(folder)):
+        shutil.rmtree(c, ignore_errors=True)
+    for name in (FINGERPRINT, "README.md"):
+        Path(folder, name).unlink(missing_ok=True)
+
+
+def every(minutes: float | None) -> list[Any]:
+    """A callback that asks the trainer for a checkpoint once `minutes` have passed since the
+    start or the last one (0: after every step; None: never). The final step is not saved:
+    the finished model is."""
+    if minutes is None:
+        return []
+    from transformers import TrainerCallback
+
+    class CheckpointEvery(TrainerCallback):
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.last = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            due = time.monotonic() - self.last >= minutes * 60
+            if due and state.global_step < state.max_steps:
+                control.should_save = True
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.last = time.monotonic()
+
+    return [CheckpointEvery()]
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [c for c in folder.iterdir()
+            if c.is_dir() and c.name.startswith(_PREFIX) and c.name[len(_PREFIX):].isdigit()]
+
+
+def _trim_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(r + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _normal(value: Any) -> Any:
+    """As it reads back from JSON, so a stored fingerprint compares equal to a fresh one."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
