@@ -305,7 +305,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory")]) -> No
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory")],
     out: Annotated[Path, typer.Option(help="Output folder")],
-    format: Annotated[str, typer.Option(help="parquet | jsonl | hf")] = "parquet",
+    format: Annotated[str, typer.Option(help="parquet | jsonl | hf | verl (the GRPO set)")] = "parquet",
     round: Annotated[int | None, typer.Option("--round", help="Round (default: last)")] = None,
     all_rounds: Annotated[bool, typer.Option("--all-rounds", help="Concatenate every round")] = False,
     push_to_hub: Annotated[str | None, typer.Option(help="Also push to this Hub repo")] = None,
@@ -313,10 +313,10 @@ def export(
     """Copy a round's curated SFT + GRPO sets (with the dataset card) to another format."""
     import polars as pl
 
-    from thinkwheel.curated.export import read_dataset, write_dataset
+    from thinkwheel.curated.export import FORMATS, read_dataset, write_dataset
 
-    if format not in ("parquet", "jsonl", "hf"):
-        fail(f"unknown format {format!r}: choose parquet, jsonl or hf")
+    if format not in FORMATS:
+        fail(f"unknown format {format!r}: choose {', '.join(FORMATS)}")
     store, rounds, _ = _load_run(run_dir)
     ks = [k for k in rounds if (store.round_dir(k) / "curated").exists()]
     if not ks:
@@ -336,7 +336,16 @@ def export(
     card_path = store.round_dir(pick[-1]) / "curated" / "README.md"
     card = card_path.read_text() if card_path.exists() else None
     info = write_dataset(sft, grpo, out, formats=(format,), card=card, dpo=dpo)
-    console.print(f"wrote {info['counts']} to {out}")
+    if format != "verl":
+        console.print(f"wrote {info['counts']} to {out}")
+    else:  # verl trains on the GRPO prompts; its SFT takes the parquet or jsonl format
+        from thinkwheel.train import verl_reward
+
+        console.print(f"wrote {info['counts']['grpo']} GRPO prompts to {out / 'verl'}")
+        console.print(
+            f"train it in verl with data.train_files={(out / 'verl' / 'train.parquet').resolve()} "
+            f"custom_reward_function.path={verl_reward.__file__} "
+            "custom_reward_function.name=compute_score", soft_wrap=True)
     if push_to_hub:
         from datasets import load_from_disk
 

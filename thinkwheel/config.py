@@ -266,7 +266,7 @@ class FilterConfig(_Section):
 
 class ExportConfig(_Section):
     system_prompt: str = "You are a careful assistant. Think inside <think></think>, then answer."
-    formats: list[Literal["parquet", "hf", "jsonl"]] = Field(default_factory=lambda: ["parquet", "hf"])
+    formats: list[Literal["parquet", "hf", "jsonl", "verl"]] = Field(default_factory=lambda: ["parquet", "hf"])
     verified_only: bool = True
     # DPO pairs per task (a kept sample vs a failed one of the same task); 0 = no dpo split
     dpo_pairs_per_task: int = Field(1, ge=0)

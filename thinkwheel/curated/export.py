@@ -12,8 +12,9 @@ and the next round's sampler read unchanged. A candidate without reasoning (no `
 gets an empty think block rather than being dropped here: dropping is the filters' job,
 and they record a `drop_reason`.
 
-`sft_frame`, `grpo_frame`, `dpo_frame` and `task_pass_rates` are pure; `write_dataset` and
-`read_dataset` are the I/O edge (parquet, JSONL and a `datasets` `save_to_disk` folder).
+`sft_frame`, `grpo_frame`, `dpo_frame`, `verl_frame` and `task_pass_rates` are pure;
+`write_dataset` and `read_dataset` are the I/O edge (parquet, JSONL, a `datasets`
+`save_to_disk` folder, and the GRPO set as verl's RL parquet).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ GRPO_COLUMNS = [
     "pass_rate",
     "meta",  # a plugin verifier reads its extras here, as it does in the flow's verify stage
 ]
-FORMATS = ("parquet", "hf", "jsonl")
+FORMATS = ("parquet", "hf", "jsonl", "verl")
 SPLITS = ("sft", "grpo", "dpo")
 
 
@@ -224,6 +225,29 @@ def grpo_frame(
     return df.sort("task_id").select(prompt, *GRPO_COLUMNS[1:])
 
 
+def verl_frame(grpo: pl.DataFrame) -> pl.DataFrame:
+    """The GRPO set in verl's RL data format (its `examples/data_preprocess` shape): a
+    `data_source` per family (verl reports validation scores per source), the chat `prompt`,
+    `ability`, `reward_model.ground_truth` (the reference) and, in `extra_info`, what our
+    verifiers need besides it (tests, verifier name, meta), which verl hands to the reward
+    function `thinkwheel.train.verl_reward.compute_score`."""
+    g = conform(grpo, _VERL_NEEDS).with_row_index("index")
+    return g.select(
+        ("thinkwheel/" + pl.col("family").fill_null("tasks")).alias("data_source"),
+        "prompt",
+        pl.col("domain").alias("ability"),
+        pl.struct(pl.lit("rule").alias("style"),
+                  pl.col("reference").fill_null("").alias("ground_truth")).alias("reward_model"),
+        pl.struct(pl.col("index").cast(pl.Int64), "task_id", "verifier", "tests", "meta",
+                  "family", "pass_rate").alias("extra_info"),
+    )
+
+
+_VERL_NEEDS = {"reference": pl.Utf8, "tests": pl.List(pl.Utf8), "verifier": pl.Utf8,
+               "task_id": pl.Utf8, "domain": pl.Utf8, "family": pl.Utf8, "pass_rate": pl.Float64,
+               "meta": pl.Utf8}
+
+
 def write_dataset(
     sft: pl.DataFrame,
     grpo: pl.DataFrame,
@@ -255,6 +279,9 @@ def write_dataset(
                 df.write_ndjson(tmp / f"{name}.jsonl")
         if "hf" in formats:
             _save_hf(frames, tmp / "hf")
+        if "verl" in formats:  # an RL set: verl trains on the GRPO prompts
+            (tmp / "verl").mkdir()
+            verl_frame(grpo).write_parquet(tmp / "verl" / "train.parquet")
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
         _replace_dir(tmp, out)
