@@ -267,3 +267,34 @@ def test_with_the_hf_engine_on_a_tiny_model(tmp_path):
     res = ev.summarize(per_task, k=2)
     assert set(res) >= {"accuracy", "per_family", "per_domain", "n", "pass_at_k", "maj_at_k", "k"}
     assert res["n"] == 2 and res["k"] == 2 and set(res["per_domain"]) == {"math"}
+
+
+def test_sampling_stop_reaches_the_engine_in_sampling_and_eval(tmp_path):
+    """`sampling.stop` ends generations in sampling, consensus and eval alike. The eval stage
+    re-runs when it is set, and keeps a finished eval's hash when it is not."""
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.config import RunConfig, parse_config
+    from thinkwheel.flows import steps
+    from thinkwheel.store import RunStore
+
+    class Recording:
+        model_name = "rec"
+
+        def __init__(self):
+            self.params: list[SamplingParams] = []
+
+        def generate(self, requests, params, progress=None):
+            self.params.append(params)
+            return [[Completion(text="<think>1+1=2</think>\n2")] * params.n for _ in requests]
+
+    small = {"eval": {"families": ["addition"], "per_family": 3}}
+    plain, stopped = parse_config(small), parse_config({**small, "sampling": {"stop": ["\nuser"]}})
+    assert steps.sampling_params(stopped, 1).stop == ("\nuser",)
+    assert steps.sampling_params(plain, 1).stop == ()
+    store = RunStore.create(tmp_path / "run", RunConfig(name="s"))
+    engine = Recording()
+    steps.evaluate(store, plain, "base", str(MODEL_DIR), lambda _: engine)
+    steps.evaluate(store, plain, "base", str(MODEL_DIR), lambda _: engine)  # done: skipped
+    assert [p.stop for p in engine.params] == [()]
+    steps.evaluate(store, stopped, "base", str(MODEL_DIR), lambda _: engine)
+    assert [p.stop for p in engine.params] == [(), ("\nuser",)]

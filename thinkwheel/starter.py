@@ -30,7 +30,8 @@ SECTION_NOTES = {
     ),
     "sampling": (
         "Rejection sampling: n candidates per task, keep at most keep_per_task verified ones;"
-        " GRPO prompts are tasks whose pass rate lies in grpo_pass_band."
+        " GRPO prompts are tasks whose pass rate lies in grpo_pass_band; stop: strings that end"
+        " a generation (sampling, consensus and eval)."
     ),
     "verify": (
         "Verifiers run in killable worker processes. percent_policy: fraction (50% == 0.5),"

@@ -256,7 +256,8 @@ def sampling_params(cfg: RunConfig, k: int) -> SamplingParams:
     long-reasoning model is not cut at the library's short default."""
     s = cfg.sampling
     return SamplingParams(
-        n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed + k
+        n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+        stop=tuple(s.stop), seed=s.seed + k,
     )
 
 
@@ -610,7 +611,7 @@ def score_model(
         result = run_eval(
             engine, held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,
             temperature=e.temperature, system_prompt=cfg.export.system_prompt,
-            progress=rep.advance,
+            stop=cfg.sampling.stop, progress=rep.advance,
         )
     finally:
         rep.finish()
@@ -630,6 +631,8 @@ def evaluate(
     rel = f"round-{key}/eval.json" if key != "base" else "eval-base.json"
     in_hash = _hash(model_hash(model_dir), ids_hash(held["task_id"]))
     cfg_hash = cfg.section_hash("eval", "verify")
+    if cfg.sampling.stop:  # eval stops where sampling does; no stop keeps older runs' hashes
+        cfg_hash = _hash(cfg_hash, cfg.sampling.stop)
     if store.stage_done(key, "eval", in_hash, cfg_hash):
         return store.read_json(rel)
     t0 = time.time()

@@ -68,6 +68,7 @@ def evaluate(
     temperature: float = 0.8,
     n: int | None = None,
     system_prompt: str | None = None,
+    stop: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate on `tasks`, verify with `verify_fn(tasks, candidates)`, return the eval.json dict.
@@ -85,6 +86,7 @@ def evaluate(
         temperature=temperature,
         n=n,
         system_prompt=system_prompt,
+        stop=stop,
         progress=progress,
     )
     return summarize(per_task, k)
@@ -106,6 +108,7 @@ def score_tasks(
     temperature: float = 0.8,
     n: int | None = None,
     system_prompt: str | None = None,
+    stop: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> pl.DataFrame:
     """One row per task: greedy verdict, samples drawn, samples correct, pass@k, maj@k."""
@@ -119,6 +122,7 @@ def score_tasks(
         seed=seed,
         temperature=temperature,
         system_prompt=system_prompt,
+        stop=stop,
         progress=progress,
     )
     verdict = verdict_by_candidate(verify_fn(tasks, cands.drop("eval_kind")), tasks, cands)
@@ -165,6 +169,7 @@ def eval_candidates(
     seed: int,
     temperature: float,
     system_prompt: str | None,
+    stop: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> pl.DataFrame:
     """CANDIDATES rows: one greedy completion per task, plus `n` samples when n > 0.
@@ -174,10 +179,11 @@ def eval_candidates(
     task_rows = tasks.to_dicts()
     requests = [request_for(t["prompt"], system_prompt) for t in task_rows]
     kw = {"progress": progress} if progress is not None else {}
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed)
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, stop=tuple(stop), seed=seed)
     runs = [("greedy", greedy, engine.generate(requests, greedy, **kw))]
     if n:
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens,
+                                stop=tuple(stop), seed=seed)
         runs.append(("sample", params, engine.generate(requests, params, **kw)))
     model = getattr(engine, "model_name", "model")
     rows = [
