@@ -337,18 +337,26 @@ def _cmdline(pid: int) -> bytes:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_sigterm_stops_prefects_server_too(tmp_path):
-    """A plain `kill PID` used to leave Prefect's temporary uvicorn server running, orphaned."""
+    """A plain `kill PID` used to leave Prefect's temporary uvicorn server running, orphaned.
+    Sent mid-SFT, it also leaves a checkpoint of the training so far (Prefect swaps in its own
+    SIGTERM handler for the flow; the trainer's must win while it trains)."""
     cfg_path = tmp_path / "term.yaml"
-    cfg_path.write_text(yaml.safe_dump({**SMALL, "name": "term", "rounds": 1}))
+    sft = {"max_steps": 400, "epochs": 1000, "batch_size": 4}
+    cfg_path.write_text(yaml.safe_dump({**SMALL, "name": "term", "rounds": 1, "train": {"sft": sft}}))
     proc = _cli(cfg_path, tmp_path / "run")
-    deadline = time.time() + 300
+    log = tmp_path / "run" / "round-0" / "model.tmp" / "train_log.jsonl"
+    deadline = time.time() + 400
     server: set[int] = set()
-    while time.time() < deadline and proc.poll() is None and not server:
-        server = {k for k in _children(proc.pid) if b"uvicorn" in _cmdline(k)}
+    while time.time() < deadline and proc.poll() is None and not (
+        server and log.is_file() and len(log.read_text().splitlines()) >= 3
+    ):
+        server = server or {k for k in _children(proc.pid) if b"uvicorn" in _cmdline(k)}
         time.sleep(0.1)
     assert server and proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGTERM)  # the main process only, not its group
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "SIGTERM: saving a training checkpoint" in proc.stdout.read()
+    assert list(log.parent.glob("checkpoint-*/trainer_state.json"))
     deadline = time.time() + 15
     while time.time() < deadline and any(Path(f"/proc/{k}").exists() for k in server):
         time.sleep(0.1)

@@ -153,3 +153,37 @@ def test_checkpoints_are_asked_for_only_when_due():
     control, state.global_step = TrainerControl(), 10  # the last step: the model is saved anyway
     due.on_step_end(None, state, control)
     assert not control.should_save
+
+
+def test_sigterm_mid_training_checkpoints_and_the_same_command_resumes(tiny, tmp_path):
+    """A preempted machine's SIGTERM: `thinkwheel train` finishes the step, saves a checkpoint,
+    exits 143; the same command then resumes from that step, not from step 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sft_frame(12).write_parquet(tmp_path / "sft.parquet")
+    (tmp_path / "c.yaml").write_text(
+        "train:\n  sft: {trainer: trl, max_steps: 600, epochs: 1000, batch_size: 4}\n")
+    out = tmp_path / "m"
+    cmd = [str(Path(sys.executable).with_name("thinkwheel")), "train", "sft",
+           str(tmp_path / "sft.parquet"), "--model", tiny, "--out", str(out), "-c",
+           str(tmp_path / "c.yaml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = Path(f"{out}.tmp") / "train_log.jsonl", time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: saving a training checkpoint" in err
+    step = checkpoints.checkpoint_step(checkpoints.latest_checkpoint(Path(f"{out}.tmp")))
+    assert 5 <= step < 600 and not out.exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the checkpoint at step {step} of 600" in again.stdout + again.stderr
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["resumed_from_step"] == step and metrics["global_step"] == 600

@@ -154,8 +154,9 @@ def unreadable_tasks(cfg: RunConfig) -> str | None:
 def _exit_cleanly_on_term() -> None:
     """SIGTERM and SIGHUP leave through Python's normal exit, so atexit stops Prefect's temporary
     server: it is a child process (uvicorn) and, under the default handlers, outlived us.
-    Finished shards are on disk either way; re-running the command resumes. SIGKILL cannot be
-    caught: kill the process group (`kill -- -PGID`) to take the server with it."""
+    Finished shards are on disk either way; re-running the command resumes (a trainer first
+    saves a checkpoint: `checkpoints.stoppable`). SIGKILL cannot be caught: kill the process
+    group (`kill -- -PGID`) to take the server with it."""
 
     def _exit(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)

@@ -7,6 +7,9 @@ same training (same trainer, model files, data and settings, recorded beside the
 checkpoints) resumes from it, so a crash five hours into a six-hour SFT costs minutes, not
 five hours. Anything else starts clean. A checkpoint is complete once its
 `trainer_state.json` is written (transformers writes it last); a half-written one is ignored.
+A SIGTERM (a preempted spot machine, `kill PID`) that arrives while a trainer runs is taken
+as "checkpoint now, then exit": the step finishes, the checkpoint is saved, and the process
+leaves with the signal's exit code (`stoppable`), so the re-run loses nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +89,41 @@ def clear(folder: str) -> None:
         Path(folder, name).unlink(missing_ok=True)
 
 
+_stop_code: int | None = None  # set by a SIGTERM while a trainer runs
+
+
+@contextmanager
+def stoppable(active: bool) -> Iterator[None]:
+    """While a trainer with checkpoints runs, SIGTERM and SIGHUP mean "save a checkpoint after
+    this step, then exit": the handler only takes note, and the checkpoint callback saves and
+    raises SystemExit with the signal's exit code. Installed here rather than by the CLI
+    because Prefect swaps in its own SIGTERM handler for a flow's run. Main thread only (where
+    Python delivers signals); the previous handlers come back afterwards."""
+    global _stop_code
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def take_note(signum: int, _frame: Any) -> None:
+        global _stop_code
+        _stop_code = 128 + signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: saving a training checkpoint after "
+                         "this step, then stopping; re-run the same command to resume from it\n")
+
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, take_note) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_code = None
+
+
 def every(minutes: float | None) -> list[Any]:
     """A callback that asks the trainer for a checkpoint once `minutes` have passed since the
-    start or the last one (0: after every step; None: never). The final step is not saved:
-    the finished model is."""
+    start or the last one (0: after every step; None: never), or at once after a SIGTERM
+    (`stoppable`), and then exits. The final step is not saved on schedule: the finished model is."""
     if minutes is None:
         return []
     from transformers import TrainerCallback
@@ -98,11 +137,13 @@ def every(minutes: float | None) -> list[Any]:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             due = time.monotonic() - self.last >= minutes * 60
-            if due and state.global_step < state.max_steps:
+            if (due and state.global_step < state.max_steps) or _stop_code is not None:
                 control.should_save = True
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.last = time.monotonic()
+            if _stop_code is not None:
+                raise SystemExit(_stop_code)
 
     return [CheckpointEvery()]
 

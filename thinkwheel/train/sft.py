@@ -124,9 +124,10 @@ def train_and_publish(
 ) -> dict[str, Any]:
     """Train (from `resume`, a checkpoint, when given) with a checkpoint every
     `checkpoint_minutes`, save model and metrics into `tmp`, then swap it in as `out_dir`."""
-    for callback in checkpoints.every(checkpoint_minutes):
+    saver = checkpoints.every(checkpoint_minutes)
+    for callback in saver:
         trainer.add_callback(callback)
-    with quiet_deprecations():
+    with quiet_deprecations(), checkpoints.stoppable(bool(saver)):
         result = trainer.train(resume_from_checkpoint=resume)
     checkpoints.clear(tmp)
     save_model(trainer.model, tokenizer, tmp)
