@@ -259,6 +259,32 @@ def test_verify_with_an_unknown_verifier_fails_naming_the_known_ones(tmp_path):
     assert r.exit_code == 2 and "the math verifier needs a 'reference' column" in " ".join(r.output.split())
 
 
+def test_train_sft_on_a_sharegpt_file_of_any_name(run_dir, tmp_path):
+    """A distilled set as most ship it (OpenThoughts: ShareGPT `conversations`, human/gpt), in
+    a file not named sft.*: it is the set to train on. Before, "holds no sft set"."""
+    msgs = pl.read_parquet(run_dir / "round-1" / "curated" / "sft.parquet")["messages"].to_list()
+    speaker = {"system": "system", "user": "human", "assistant": "gpt"}
+    rows = [{"conversations": [{"from": speaker[m["role"]], "value": m["content"]} for m in turns]}
+            for turns in msgs[:8]]
+    data = tmp_path / "distilled.jsonl"
+    pl.DataFrame(rows).write_ndjson(data)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  sft: {max_steps: 1, batch_size: 4}\n")
+    r = runner.invoke(app, ["train", "sft", str(data), "--out", str(tmp_path / "m"), "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "'n_examples': 8" in r.output and (tmp_path / "m" / "model.safetensors").is_file()
+
+    from thinkwheel.curated.export import chat_messages
+
+    assert chat_messages(pl.DataFrame(rows))["messages"].to_list() == msgs[:8]
+    odd = pl.DataFrame({"conversations": [[{"from": "narrator", "value": "x"}]]})
+    with pytest.raises(ValueError, match=r"speakers \['narrator'\]"):
+        chat_messages(odd)
+    (tmp_path / "bad.jsonl").write_text('{"text": "no turns here"}\n')
+    r = runner.invoke(app, ["train", "sft", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "n")])
+    assert r.exit_code == 2 and "needs `messages`" in r.output and "['text']" in r.output
+
+
 def test_train_fails_in_one_line_on_a_missing_dataset_or_model(run_dir, tmp_path):
     r = runner.invoke(app, ["train", "sft", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "no dataset at" in r.output and "Traceback" not in r.output

@@ -398,12 +398,16 @@ def _train_inputs(data: Path, split: str, model: str, config: Path | None):
     from thinkwheel.environment import quiet_libraries
 
     quiet_libraries()  # before datasets / transformers load: our bar shows the steps
-    from thinkwheel.curated.export import read_dataset
+    from thinkwheel.curated.export import chat_messages, read_dataset
     from thinkwheel.engines.factory import resolve_model
 
     cfg = _config(config)
     try:
         frames = read_dataset(data)
+        if data.is_file():  # one file is the set to train on, whatever its name
+            frames = {split: next(iter(frames.values()))}
+        if split == "sft" and split in frames:
+            frames[split] = chat_messages(frames[split])
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     if split not in frames:
@@ -432,7 +436,8 @@ def _training(label: str) -> Iterator[list]:
 
 @train_app.command("sft")
 def train_sft_cmd(
-    data: Annotated[Path, typer.Argument(help="Curated folder or sft.parquet")],
+    data: Annotated[Path, typer.Argument(
+        help="Curated folder, or one parquet / JSONL file of chat `messages` or ShareGPT `conversations`")],
     model: ModelOpt = "bundled",
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-sft"),
     config: ConfigOpt = None,
@@ -451,7 +456,7 @@ def train_sft_cmd(
 
 @train_app.command("dpo")
 def train_dpo_cmd(
-    data: Annotated[Path, typer.Argument(help="Curated folder or dpo.parquet")],
+    data: Annotated[Path, typer.Argument(help="Curated folder, or one parquet / JSONL file of pairs")],
     model: ModelOpt = "bundled",
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-dpo"),
     config: ConfigOpt = None,
@@ -474,7 +479,7 @@ def train_dpo_cmd(
 
 @train_app.command("grpo")
 def train_grpo_cmd(
-    data: Annotated[Path, typer.Argument(help="Curated folder or grpo.parquet")],
+    data: Annotated[Path, typer.Argument(help="Curated folder, or one parquet / JSONL file of prompts")],
     model: ModelOpt = "bundled",
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-grpo"),
     config: ConfigOpt = None,

@@ -315,6 +315,30 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                   "assistant": "assistant"}
+
+
+def chat_messages(sft: pl.DataFrame) -> pl.DataFrame:
+    """An SFT set with `messages` as chat turns (role/content): as it is when it has them;
+    from ShareGPT `conversations` (from/value, human/gpt), the shape OpenThoughts and most
+    distilled reasoning sets ship in, otherwise. Anything else is a ValueError naming both."""
+    if "messages" in sft.columns:
+        return sft
+    if "conversations" not in sft.columns:
+        raise ValueError(f"an SFT set needs `messages` (chat turns: role, content) or ShareGPT "
+                         f"`conversations` (from, value); this one has {sft.columns}")
+    turn = pl.element().struct
+    roles = sft["conversations"].explode().struct.field("from").drop_nulls().unique().to_list()
+    unknown = sorted(set(roles) - set(_SHAREGPT_ROLES))
+    if unknown:
+        raise ValueError(f"`conversations` has speakers {unknown}; known: {sorted(_SHAREGPT_ROLES)}")
+    return sft.with_columns(pl.col("conversations").list.eval(pl.struct(
+        turn.field("from").replace_strict(_SHAREGPT_ROLES, return_dtype=pl.Utf8).alias("role"),
+        turn.field("value").alias("content"),
+    )).alias("messages"))
+
+
 def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
     """Load an exported dataset (folder, `datasets` folder, parquet or JSONL file) by split name."""
     p = Path(path)
