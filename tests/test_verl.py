@@ -9,8 +9,10 @@ import sys
 
 import pandas as pd
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
+from thinkwheel.config import GRPOTrainConfig
 from thinkwheel.curated.export import grpo_frame, write_dataset
 from thinkwheel.records import TASKS, conform
 from thinkwheel.train import verl_reward
@@ -105,3 +107,42 @@ def test_export_command_writes_verl_and_says_how_to_train(tmp_path):
     assert "wrote 3 GRPO prompts" in said and "custom_reward_function.name=compute_score" in said
     assert f"custom_reward_function.path={verl_reward.__file__}" in r.output  # soft-wrapped
     assert pd.read_parquet(tmp_path / "v" / "verl" / "train.parquet").shape[0] == 3
+
+
+def test_grpo_reads_a_verl_set_and_refuses_one_it_cannot_reward(tmp_path):
+    """`thinkwheel train grpo` on a verl-format file used to train on the format reward alone:
+    the answer sat in reward_model.ground_truth, every correctness reward was None, and
+    nothing said so. Now the answer is read there, and a set with none is refused."""
+    from thinkwheel.train.grpo import verifiable_prompts
+    from thinkwheel.train.rewards import grpo_rewards
+
+    theirs = pl.DataFrame({
+        "data_source": ["x", "x"],
+        "prompt": [[{"role": "user", "content": "What is 10 + 3?"}],
+                   [{"role": "user", "content": "What is 2 + 2?"}]],
+        "reward_model": [{"style": "rule", "ground_truth": "13"}, {"style": "rule", "ground_truth": "4"}],
+    })
+    g = verifiable_prompts(theirs)
+    assert g["reference"].to_list() == ["13", "4"] and g["verifier"].to_list() == ["math", "math"]
+    (correct, _), _ = grpo_rewards(GRPOTrainConfig())
+    scores = correct(completions=["<think>10 + 3 = 13</think>\n13", "<think>2 + 2 = 5</think>\n5"],
+                     **{c: g[c].to_list() for c in ("reference", "tests", "verifier")})
+    assert scores == [1.0, 0.0]
+
+    # our own verl export round-trips: tests and verifier come back out of extra_info
+    ours = grpo_frame(tasks(), {})
+    write_dataset(ours.head(0), ours, tmp_path, formats=("verl",))
+    back = verifiable_prompts(pl.read_parquet(tmp_path / "verl" / "train.parquet"))
+    by_verifier = dict(zip(back["verifier"], back["tests"].to_list(), strict=True))
+    assert by_verifier["code"] == ["assert f(1) == 2", "assert f(-1) == 0"]
+
+    bare = theirs.drop("reward_model")
+    with pytest.raises(ValueError, match="no prompt in this GRPO set has a reference or tests"):
+        verifiable_prompts(bare)
+    bare.write_parquet(tmp_path / "bare.parquet")
+    from thinkwheel.cli import app
+
+    r = CliRunner().invoke(app, ["train", "grpo", str(tmp_path / "bare.parquet"), "--out",
+                                 str(tmp_path / "m")])
+    assert r.exit_code == 2 and "correctness reward would score nothing" in " ".join(r.output.split())
+    assert not (tmp_path / "m").exists()

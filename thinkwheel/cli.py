@@ -485,10 +485,14 @@ def train_grpo_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """GRPO with the verifiers as rewards (plus the format reward)."""
-    from thinkwheel.train.grpo import train_grpo
+    from thinkwheel.train.grpo import train_grpo, verifiable_prompts
     from thinkwheel.train.rewards import grpo_rewards
 
     cfg, grpo, path = _train_inputs(data, "grpo", model, config)
+    try:
+        grpo = verifiable_prompts(grpo)
+    except ValueError as err:
+        fail(str(err))
     with _training(f"GRPO on {grpo.height} prompts") as callbacks:
         metrics = train_grpo(
             path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo), callbacks=callbacks,

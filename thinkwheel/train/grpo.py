@@ -107,6 +107,41 @@ def group_batch_size(batch_size: int, num_generations: int) -> int:
     return num_generations * max(1, math.ceil(batch_size / num_generations))
 
 
+def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
+    """A GRPO prompt set whose rows the flow's correctness reward can check, from ours or from
+    verl's RL format (the answer in `reward_model.ground_truth`, our export's tests, verifier
+    and meta in `extra_info`). A row without a verifier gets the one its reference or tests
+    imply. A set with no checkable row is a ValueError: GRPO would otherwise train on the
+    format reward alone, every correctness reward None, and say nothing."""
+    if "prompt" not in grpo.columns:
+        raise ValueError(f"the GRPO set needs a `prompt` column; it has {grpo.columns}")
+    g = grpo
+    nested = {"reward_model": ("ground_truth",), "extra_info": ("tests", "verifier", "meta")}
+    for column, fields in nested.items():
+        if isinstance(g.schema.get(column), pl.Struct):
+            have = {f.name for f in g.schema[column].fields}
+            for field in fields:
+                ours = "reference" if field == "ground_truth" else field
+                if field in have and ours not in g.columns:
+                    g = g.with_columns(pl.col(column).struct.field(field).alias(ours))
+    for name, dtype in (("reference", pl.Utf8), ("tests", pl.List(pl.Utf8)), ("verifier", pl.Utf8)):
+        if name not in g.columns:
+            g = g.with_columns(pl.lit(None, dtype).alias(name))
+    has_tests = pl.col("tests").list.len().fill_null(0) > 0
+    g = g.with_columns(pl.col("reference").cast(pl.Utf8).replace("", None), pl.coalesce(
+        "verifier", pl.when(has_tests).then(pl.lit("code"))
+        .when(pl.col("reference").is_not_null() & (pl.col("reference") != "")).then(pl.lit("math")),
+    ).alias("verifier"))
+    checkable = pl.col("verifier").is_not_null() & (pl.col("reference").is_not_null() | has_tests)
+    if g.height and not g.select(checkable.any()).item():
+        raise ValueError(
+            "no prompt in this GRPO set has a reference or tests, so the correctness reward would "
+            f"score nothing (columns: {grpo.columns}); give each row a `reference` (math) or "
+            "`tests` (code), or verl's `reward_model.ground_truth`"
+        )
+    return g
+
+
 def grpo_dataset(grpo: pl.DataFrame) -> Any:
     """A `datasets.Dataset` with a conversational `prompt`; a bare string becomes a user turn."""
     import datasets
