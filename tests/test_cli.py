@@ -285,6 +285,34 @@ def test_train_sft_on_a_sharegpt_file_of_any_name(run_dir, tmp_path):
     assert r.exit_code == 2 and "needs `messages`" in r.output and "['text']" in r.output
 
 
+def test_train_dpo_on_trls_other_preference_shapes(tmp_path):
+    """Text pairs and implicit-prompt conversations (TRL's standard shapes, what most
+    preference sets ship as) train like ours; before, a string prompt broke the renderer."""
+    from thinkwheel.train.dpo import conversational_pairs
+
+    text = pl.DataFrame({"prompt": ["What is 2 + 2?"], "chosen": ["<think>2+2=4</think>\n4"],
+                         "rejected": ["<think>2+2=5</think>\n5"]})
+    u = [{"role": "user", "content": "What is 2 + 2?"}]
+    implicit = pl.DataFrame({
+        "chosen": [[*u, {"role": "assistant", "content": "<think>2+2=4</think>\n4"}]],
+        "rejected": [[*u, {"role": "assistant", "content": "<think>2+2=5</think>\n5"}]],
+    })
+    a, b = conversational_pairs(text).to_dicts(), conversational_pairs(implicit).to_dicts()
+    assert a == b and a[0]["prompt"] == u and a[0]["chosen"][0]["role"] == "assistant"
+    broken = pl.DataFrame({"chosen": implicit["chosen"],
+                           "rejected": [[{"role": "user", "content": "other"}]]})
+    with pytest.raises(ValueError, match="differ only in their last turn"):
+        conversational_pairs(broken)
+
+    pl.concat([text] * 4).write_ndjson(tmp_path / "prefs.jsonl")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  dpo: {max_steps: 1, batch_size: 2}\n")
+    r = runner.invoke(app, ["train", "dpo", str(tmp_path / "prefs.jsonl"), "--out",
+                            str(tmp_path / "m"), "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "'n_pairs': 4" in r.output and (tmp_path / "m" / "model.safetensors").is_file()
+
+
 def test_train_fails_in_one_line_on_a_missing_dataset_or_model(run_dir, tmp_path):
     r = runner.invoke(app, ["train", "sft", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "no dataset at" in r.output and "Traceback" not in r.output

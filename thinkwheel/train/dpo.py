@@ -39,10 +39,36 @@ def dpo_dataset(dpo: pl.DataFrame) -> Any:
     DPOTrainer tokenizes every column it is given)."""
     import datasets
 
-    missing = [c for c in COLUMNS if c not in dpo.columns]
-    if missing:
-        raise ValueError(f"the DPO set needs columns {list(COLUMNS)}; missing {missing}")
-    return datasets.Dataset.from_polars(dpo.select(COLUMNS))
+    return datasets.Dataset.from_polars(conversational_pairs(dpo).select(COLUMNS))
+
+
+def conversational_pairs(dpo: pl.DataFrame) -> pl.DataFrame:
+    """Preference pairs as chat turns, from any of TRL's standard shapes: ours (turns), text
+    (`prompt` a string, `chosen` / `rejected` the replies), or an implicit prompt (`chosen` and
+    `rejected` whole conversations that share every turn but the last). The trainer renders
+    turns itself (see `as_text_pairs`), so every shape is brought to turns here."""
+    if "chosen" not in dpo.columns or "rejected" not in dpo.columns:
+        raise ValueError(f"the DPO set needs `chosen` and `rejected` (and a `prompt`, unless they "
+                         f"are whole conversations); it has {dpo.columns}")
+    rows = dpo.select(c for c in COLUMNS if c in dpo.columns).to_dicts()
+    out = []
+    for n, row in enumerate(rows):
+        chosen, rejected = _turns(row["chosen"], "assistant"), _turns(row["rejected"], "assistant")
+        prompt = row.get("prompt")
+        if prompt is None:  # implicit prompt: the turns both conversations share
+            if len(chosen) < 2 or chosen[:-1] != rejected[:-1]:
+                raise ValueError(f"DPO row {n}: without a `prompt`, `chosen` and `rejected` must be "
+                                 "conversations that differ only in their last turn")
+            prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
+        out.append({"prompt": _turns(prompt, "user"), "chosen": chosen, "rejected": rejected})
+    schema = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
+    return pl.DataFrame(out, schema={c: schema for c in COLUMNS})
+
+
+def _turns(value: Any, role: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
 
 
 def as_text_pairs(dataset: Any, tokenizer: Any) -> Any:
