@@ -161,6 +161,22 @@ def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path,
         assert after[trainer]["finished_at"] == done[trainer]["finished_at"]  # not redone
     assert after["train.grpo"]["metrics"]["resumed_from_step"] == 1
     assert after["train"]["steps"] == after["train.sft"]["metrics"]["global_step"] == 2
+
+    # GRPO's settings change after it finished. When its model replaced DPO's (made certain
+    # here: a few GRPO steps on a tiny set may leave the weights as they were), DPO's model is
+    # gone, so the chain is redone from SFT rather than GRPO stacked on the old GRPO's model.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(Path(model) / "model.safetensors")
+    first = next(iter(weights))
+    weights[first] = weights[first] + 0.01
+    save_file(weights, Path(model) / "model.safetensors", metadata={"format": "pt"})
+    regrpo = cfg.model_copy(deep=True)
+    regrpo.train.grpo.learning_rate = 2e-5
+    steps.train(store, regrpo, 0, str(MODEL_DIR))
+    again = store.manifest()["rounds"]["0"]["stages"]
+    assert all(again[t]["finished_at"] > after[t]["finished_at"] for t in ("train.sft", "train.grpo"))
+    assert "resumed_from_step" not in again["train.grpo"]["metrics"]
     assert model == str(run / "round-0" / "model") and (Path(model) / "config.json").is_file()
     logs = {s: read_train_log(run / "round-0" / "logs" / f"{s}.jsonl") for s in ("sft", "dpo", "grpo")}
     assert any("loss" in r for r in logs["sft"]) and not any("reward" in r for r in logs["sft"])

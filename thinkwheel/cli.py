@@ -157,10 +157,12 @@ def _exit_cleanly_on_term() -> None:
     Finished shards are on disk either way; re-running the command resumes (a trainer first
     saves a checkpoint: `checkpoints.stoppable`). SIGKILL cannot be caught: kill the process
     group (`kill -- -PGID`) to take the server with it."""
+    from thinkwheel.train.checkpoints import checkpoint_on_signals
 
     def _exit(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    checkpoint_on_signals()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit)
 
@@ -428,6 +430,7 @@ def _training(label: str) -> Iterator[list]:
     from thinkwheel.flows.progress import RichReporter, use_reporter
     from thinkwheel.flows.steps import step_callbacks
 
+    _exit_cleanly_on_term()  # and a SIGTERM mid-training saves a checkpoint first
     with RichReporter() as rep, use_reporter(rep):
         rep.start(label, None)
         yield step_callbacks()

@@ -33,7 +33,8 @@ OPERATIONAL: dict[str, Any] = {"operational": True}
 CHECKPOINT_MINUTES = 30.0  # how often training saves a checkpoint to resume from
 
 
-def _hashed(section: BaseModel) -> dict[str, Any]:
+def hashed(section: BaseModel) -> dict[str, Any]:
+    """What of `section` a stage's config hash covers (additive and operational fields aside)."""
     data = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
@@ -416,7 +417,7 @@ class RunConfig(_Section):
 
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections: a stage re-runs only when its own config changed."""
-        data = {s: _hashed(getattr(self, s)) for s in sections}
+        data = {s: hashed(getattr(self, s)) for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel
 
 from thinkwheel import records
-from thinkwheel.config import DecontamConfig, RunConfig
+from thinkwheel.config import DecontamConfig, RunConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
 from thinkwheel.store import RunStore, atomic_write_bytes, ids_hash, model_hash
@@ -482,11 +483,13 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
             rep.message(f"round {k}: {warning}")
         return out
 
-    once = _Trainers(store, k, in_hash, cfg_hash, model_dir)
+    t = cfg.train
+    plan = [("sft", t.sft)] + [(n, c) for n, c in (("dpo", t.dpo), ("grpo", t.grpo)) if c.enabled]
+    once = _Trainers(store, k, in_hash, model_dir, plan)
     metrics = once("sft", run_sft)
-    if cfg.train.dpo.enabled:
+    if t.dpo.enabled:
         metrics["dpo"] = once("dpo", lambda: _dpo(store, cfg, k, rounds, str(model_dir)))
-    if cfg.train.grpo.enabled:
+    if t.grpo.enabled:
         metrics["grpo"] = once("grpo", lambda: _grpo(store, cfg, k, str(model_dir)))
     store.mark_stage(
         k, "train", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
@@ -497,25 +500,41 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
 
 
 class _Trainers:
-    """Runs the train stage's trainers once each: SFT, DPO and GRPO publish the round's model
-    in turn, and each is recorded in the manifest (`train.sft`, ...) with its metrics and
-    curves once it has, so a re-run skips those a crashed run finished."""
+    """Runs the train stage's trainers once each. SFT, DPO and GRPO publish the round's model
+    in turn, and each is recorded in the manifest (`train.sft`, ...) with its metrics, curves
+    and the model it left, keyed by its own settings and what it started from: a re-run after
+    a crash skips the trainers that had finished (the GRPO that ran out of memory can be re-run
+    with a smaller batch without redoing hours of SFT). Only while the model folder still holds
+    the last finished one's model, though: once a later trainer has replaced it, the earlier
+    ones' models are gone and the chain starts over."""
 
-    def __init__(self, store: RunStore, k: int, in_hash: str, cfg_hash: str, model_dir: Path):
-        self.store, self.k, self.in_hash, self.cfg_hash = store, k, in_hash, cfg_hash
-        self.model_dir = model_dir
+    def __init__(self, store: RunStore, k: int, in_hash: str, model_dir: Path,
+                 plan: list[tuple[str, BaseModel]]):
+        self.store, self.k, self.model_dir = store, k, model_dir
+        self.keys: dict[str, tuple[str, str]] = {}
+        chain = in_hash
+        for name, settings in plan:
+            key = (_hash(chain, name), _hash(hashed(settings)))
+            self.keys[name], chain = key, _hash(*key)
+        done: list[str] = []
+        for name, _ in plan:
+            if not store.stage_done(k, f"train.{name}", *self.keys[name]):
+                break
+            done.append(name)
+        left = done and store.stage_entry(k, f"train.{done[-1]}").get("model")
+        self.done = set(done) if left == model_hash(model_dir) else set()
 
     def __call__(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        stage, h = f"train.{name}", _hash(self.in_hash, name)
-        if self.store.stage_done(self.k, stage, h, self.cfg_hash):
+        stage, (in_hash, cfg_hash) = f"train.{name}", self.keys[name]
+        if name in self.done:
             return dict(self.store.stage_entry(self.k, stage)["metrics"])
         t0 = time.time()
         out = {key: v for key, v in run().items() if key != "log_history"}
         metrics = json.loads(json.dumps(out, default=str))  # as the manifest will hold them
         _keep_log(self.model_dir, self.store.round_dir(self.k) / "logs" / f"{name}.jsonl")
         self.store.mark_stage(
-            self.k, stage, input_hash=h, config_hash=self.cfg_hash, seconds=time.time() - t0,
-            outputs=[self.model_dir], metrics=metrics,
+            self.k, stage, input_hash=in_hash, config_hash=cfg_hash, seconds=time.time() - t0,
+            outputs=[self.model_dir], metrics=metrics, model=model_hash(self.model_dir),
         )
         return metrics
 

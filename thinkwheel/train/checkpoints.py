@@ -90,17 +90,27 @@ def clear(folder: str) -> None:
 
 
 _stop_code: int | None = None  # set by a SIGTERM while a trainer runs
+_on_signals = False  # the process asked for it: `checkpoint_on_signals`
+
+
+def checkpoint_on_signals() -> None:
+    """Make SIGTERM and SIGHUP during training mean "save a checkpoint after this step, then
+    exit". The `thinkwheel` commands ask for it; a library caller's process keeps its own
+    signal handling."""
+    global _on_signals
+    _on_signals = True
 
 
 @contextmanager
 def stoppable(active: bool) -> Iterator[None]:
-    """While a trainer with checkpoints runs, SIGTERM and SIGHUP mean "save a checkpoint after
-    this step, then exit": the handler only takes note, and the checkpoint callback saves and
-    raises SystemExit with the signal's exit code. Installed here rather than by the CLI
-    because Prefect swaps in its own SIGTERM handler for a flow's run. Main thread only (where
-    Python delivers signals); the previous handlers come back afterwards."""
+    """While a trainer with checkpoints runs (and the process asked for it), a SIGTERM or SIGHUP
+    only takes note; the checkpoint callback then saves and raises SystemExit with the signal's
+    exit code. Installed around the training rather than once by the CLI because Prefect swaps
+    in its own SIGTERM handler for a flow's run. Main thread only (where Python delivers
+    signals); the previous handlers come back afterwards."""
     global _stop_code
-    if not active or threading.current_thread() is not threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if not (active and _on_signals and main):
         yield
         return
 
