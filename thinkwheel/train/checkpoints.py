@@ -7,9 +7,10 @@ same training (same trainer, model files, data and settings, recorded beside the
 checkpoints) resumes from it, so a crash five hours into a six-hour SFT costs minutes, not
 five hours. Anything else starts clean. A checkpoint is complete once its
 `trainer_state.json` is written (transformers writes it last); a half-written one is ignored.
-A SIGTERM (a preempted spot machine, `kill PID`) that arrives while a trainer runs is taken
-as "checkpoint now, then exit": the step finishes, the checkpoint is saved, and the process
-leaves with the signal's exit code (`stoppable`), so the re-run loses nothing.
+In the `thinkwheel` commands, a SIGTERM (a preempted spot machine, `kill PID`) that arrives
+while a trainer runs is taken as "checkpoint now, then exit": the step finishes, the
+checkpoint is saved, and the process leaves with the signal's exit code (`stoppable`), so the
+re-run loses nothing.
 """
 
 from __future__ import annotations
