@@ -43,7 +43,8 @@ SECTION_NOTES = {
     ),
     "export": (
         "Curated <think> chat SFT set, GRPO prompt set and DPO pairs (kept vs failed samples of"
-        " one task): parquet, hf (datasets), jsonl. license: the dataset card's (unset:"
+        " one task): parquet, hf (datasets), jsonl, verl (the GRPO set as verl's RL parquet)."
+        " license: the dataset card's (unset:"
         " apache-2.0 for data our generators made, 'other' once generate.tasks brings yours)."
     ),
     "train": (
