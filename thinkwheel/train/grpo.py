@@ -21,6 +21,7 @@ import polars as pl
 
 from thinkwheel.chat_template import THINK_OPEN, generation_prefill, render_prompt
 from thinkwheel.config import CHECKPOINT_MINUTES, GRPOTrainConfig
+from thinkwheel.generators.self_instruct import VERIFIER_OF_DOMAIN
 from thinkwheel.train import checkpoints
 from thinkwheel.train.sft import (
     device_is_gpu,
@@ -110,8 +111,7 @@ def group_batch_size(batch_size: int, num_generations: int) -> int:
 def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
     """A GRPO prompt set whose rows the flow's correctness reward can check, from ours or from
     verl's RL format (the answer in `reward_model.ground_truth`, our export's tests, verifier
-    and meta in `extra_info`). A row without a verifier gets the one its reference or tests
-    imply. A set with no checkable row is a ValueError: GRPO would otherwise train on the
+    and meta in `extra_info`). A row without a verifier gets `implied_verifier`'s. A set with no checkable row is a ValueError: GRPO would otherwise train on the
     format reward alone, every correctness reward None, and say nothing."""
     if "prompt" not in grpo.columns:
         raise ValueError(f"the GRPO set needs a `prompt` column; it has {grpo.columns}")
@@ -124,15 +124,18 @@ def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
                 ours = "reference" if field == "ground_truth" else field
                 if field in have and ours not in g.columns:
                     g = g.with_columns(pl.col(column).struct.field(field).alias(ours))
-    for name, dtype in (("reference", pl.Utf8), ("tests", pl.List(pl.Utf8)), ("verifier", pl.Utf8)):
+    if "domain" not in g.columns and "ability" in g.columns:  # verl's name for it
+        g = g.with_columns(pl.col("ability").alias("domain"))
+    for name, dtype in (("reference", pl.Utf8), ("tests", pl.List(pl.Utf8)), ("verifier", pl.Utf8),
+                        ("domain", pl.Utf8)):
         if name not in g.columns:
             g = g.with_columns(pl.lit(None, dtype).alias(name))
-    has_tests = pl.col("tests").list.len().fill_null(0) > 0
-    g = g.with_columns(pl.col("reference").cast(pl.Utf8).replace("", None), pl.coalesce(
-        "verifier", pl.when(has_tests).then(pl.lit("code"))
-        .when(pl.col("reference").is_not_null() & (pl.col("reference") != "")).then(pl.lit("math")),
+    g = g.with_columns(pl.col("reference").cast(pl.Utf8).replace("", None))
+    g = g.with_columns(pl.struct("verifier", "domain", "tests").map_elements(
+        lambda r: r["verifier"] or implied_verifier(r["domain"], r["tests"]), return_dtype=pl.Utf8,
     ).alias("verifier"))
-    checkable = pl.col("verifier").is_not_null() & (pl.col("reference").is_not_null() | has_tests)
+    has_tests = pl.col("tests").list.len().fill_null(0) > 0
+    checkable = pl.col("reference").is_not_null() | has_tests
     if g.height and not g.select(checkable.any()).item():
         raise ValueError(
             "no prompt in this GRPO set has a reference or tests, so the correctness reward would "
@@ -140,6 +143,12 @@ def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
             "`tests` (code), or verl's `reward_model.ground_truth`"
         )
     return g
+
+
+def implied_verifier(domain: str | None, tests: Sequence[str] | None) -> str:
+    """The verifier of a row that names none: its domain's, as task files infer it; without a
+    domain, code for a row with tests and math otherwise."""
+    return VERIFIER_OF_DOMAIN.get(domain or "") or ("code" if tests else "math")
 
 
 def grpo_dataset(grpo: pl.DataFrame) -> Any:

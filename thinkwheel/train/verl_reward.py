@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from thinkwheel.chat_template import THINK_CLOSE, THINK_OPEN
+from thinkwheel.train.grpo import implied_verifier
 
 _EXTRA_COLUMNS = ("tests", "verifier", "meta", "task_id")
 
@@ -65,7 +66,8 @@ def _columns(ground_truths: list[Any], extras: list[Any]) -> dict[str, list[Any]
     columns: dict[str, list[Any]] = {"reference": [_plain(g) for g in ground_truths]}
     for key in _EXTRA_COLUMNS:
         columns[key] = [_plain(info.get(key)) for info in infos]
-    columns["verifier"] = [v or "math" for v in columns["verifier"]]
+    columns["verifier"] = [v or implied_verifier(None, t)
+                           for v, t in zip(columns["verifier"], columns["tests"], strict=True)]
     columns["meta"] = [m if isinstance(m, str) or m is None else json.dumps(m) for m in columns["meta"]]
     return columns
 
