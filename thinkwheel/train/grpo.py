@@ -21,7 +21,6 @@ import polars as pl
 
 from thinkwheel.chat_template import THINK_OPEN, generation_prefill, render_prompt
 from thinkwheel.config import CHECKPOINT_MINUTES, GRPOTrainConfig
-from thinkwheel.generators.self_instruct import VERIFIER_OF_DOMAIN
 from thinkwheel.train import checkpoints
 from thinkwheel.train.sft import (
     device_is_gpu,
@@ -148,6 +147,10 @@ def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
 def implied_verifier(domain: str | None, tests: Sequence[str] | None) -> str:
     """The verifier of a row that names none: its domain's, as task files infer it; without a
     domain, code for a row with tests and math otherwise."""
+    # imported here, not at the top: self_instruct's imports set warning filters, and importing
+    # the trainers must leave the process's filters alone
+    from thinkwheel.generators.self_instruct import VERIFIER_OF_DOMAIN
+
     return VERIFIER_OF_DOMAIN.get(domain or "") or ("code" if tests else "math")
 
 
