@@ -177,6 +177,15 @@ def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path,
     again = store.manifest()["rounds"]["0"]["stages"]
     assert all(again[t]["finished_at"] > after[t]["finished_at"] for t in ("train.sft", "train.grpo"))
     assert "resumed_from_step" not in again["train.grpo"]["metrics"]
+
+    # Only the GRPO prompts change (a new export.grpo band, say): same SFT data, same settings,
+    # and still GRPO trains on the new prompts; the stage used to be keyed by the SFT ids alone.
+    grpo_frame(tasks.head(3), task_pass_rates(verdicts)).write_parquet(curated / "grpo.parquet")
+    steps.train(store, regrpo, 0, str(MODEL_DIR))
+    third = store.manifest()["rounds"]["0"]["stages"]
+    assert third["train"]["finished_at"] > again["train"]["finished_at"]
+    assert third["train.grpo"]["finished_at"] > again["train.grpo"]["finished_at"]
+    assert third["train.grpo"]["metrics"]["global_step"] == 3
     assert model == str(run / "round-0" / "model") and (Path(model) / "config.json").is_file()
     logs = {s: read_train_log(run / "round-0" / "logs" / f"{s}.jsonl") for s in ("sft", "dpo", "grpo")}
     assert any("loss" in r for r in logs["sft"]) and not any("reward" in r for r in logs["sft"])

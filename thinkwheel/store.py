@@ -90,6 +90,12 @@ def ids_hash(values: Iterable[Any]) -> str:
     return h.hexdigest()[:16]
 
 
+def frame_hash(df: pl.DataFrame) -> str:
+    """Hash of a table's content, row order included: the identity of the data a trainer sees,
+    which ids alone miss (the same samples under a new system prompt are new training data)."""
+    return hashlib.sha256(df.write_ndjson().encode()).hexdigest()[:16]
+
+
 def file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -19,7 +19,7 @@ from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
-from thinkwheel.store import RunStore, atomic_write_bytes, ids_hash, model_hash
+from thinkwheel.store import RunStore, atomic_write_bytes, frame_hash, ids_hash, model_hash
 
 EngineFactory = Callable[[str], Engine]  # model dir -> engine
 
@@ -461,9 +461,13 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
 
     model_dir = store.round_dir(k) / "model"
     rounds = range(k + 1) if cfg.train.accumulates() else [k]
-    parts = [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet") for r in rounds]
-    sft = pl.concat(parts, how="diagonal_relaxed")
-    in_hash = _hash(ids_hash(sft["candidate_id"]), model_hash(start_model))
+    sft = _curated(store, rounds, "sft")
+    t = cfg.train
+    data = {"sft": sft, "dpo": _curated(store, rounds, "dpo") if t.dpo.enabled else None,
+            "grpo": _curated(store, [k], "grpo") if t.grpo.enabled else None}
+    plan = [("sft", t.sft)] + [(n, c) for n, c in (("dpo", t.dpo), ("grpo", t.grpo)) if c.enabled]
+    seen = {name: frame_hash(data[name]) for name, _ in plan}
+    in_hash = _hash(model_hash(start_model), seen)
     cfg_hash = cfg.section_hash("train")
     if store.stage_done(k, "train", in_hash, cfg_hash):
         return str(model_dir)
@@ -471,26 +475,24 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     if sft.height == 0:  # nothing verified: carry the model forward unchanged, say so
         reporter().message(f"round {k}: no curated samples; the model is carried forward")
         return start_model
-    minutes = cfg.train.checkpoint_minutes
+    minutes = t.checkpoint_minutes
 
     def run_sft() -> dict[str, Any]:
         rep = reporter()
         rep.start(f"round {k}: SFT on {sft.height} samples", None)
-        out = train_sft(start_model, sft, str(model_dir), cfg.train.sft,
+        out = train_sft(start_model, sft, str(model_dir), t.sft,
                         callbacks=step_callbacks(), checkpoint_minutes=minutes)
         rep.finish()
         if warning := length_warning(out):
             rep.message(f"round {k}: {warning}")
         return out
 
-    t = cfg.train
-    plan = [("sft", t.sft)] + [(n, c) for n, c in (("dpo", t.dpo), ("grpo", t.grpo)) if c.enabled]
-    once = _Trainers(store, k, in_hash, model_dir, plan)
+    once = _Trainers(store, k, _hash(model_hash(start_model)), model_dir, plan, seen)
     metrics = once("sft", run_sft)
     if t.dpo.enabled:
-        metrics["dpo"] = once("dpo", lambda: _dpo(store, cfg, k, rounds, str(model_dir)))
+        metrics["dpo"] = once("dpo", lambda: _dpo(data["dpo"], cfg, k, str(model_dir)))
     if t.grpo.enabled:
-        metrics["grpo"] = once("grpo", lambda: _grpo(store, cfg, k, str(model_dir)))
+        metrics["grpo"] = once("grpo", lambda: _grpo(data["grpo"], cfg, k, str(model_dir)))
     store.mark_stage(
         k, "train", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
         seconds=time.time() - t0, outputs=[model_dir],
@@ -499,22 +501,29 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     return str(model_dir)
 
 
+def _curated(store: RunStore, rounds: range | list[int], split: str) -> pl.DataFrame:
+    """A curated split of these rounds, concatenated (empty when no round wrote it)."""
+    paths = [store.round_dir(r) / "curated" / f"{split}.parquet" for r in rounds]
+    parts = [pl.read_parquet(p) for p in paths if p.is_file()]
+    return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+
 class _Trainers:
     """Runs the train stage's trainers once each. SFT, DPO and GRPO publish the round's model
     in turn, and each is recorded in the manifest (`train.sft`, ...) with its metrics, curves
-    and the model it left, keyed by its own settings and what it started from: a re-run after
-    a crash skips the trainers that had finished (the GRPO that ran out of memory can be re-run
-    with a smaller batch without redoing hours of SFT). Only while the model folder still holds
-    the last finished one's model, though: once a later trainer has replaced it, the earlier
-    ones' models are gone and the chain starts over."""
+    and the model it left, keyed by its own data and settings and what it started from: a
+    re-run after a crash skips the trainers that had finished (the GRPO that ran out of memory
+    can be re-run with a smaller batch without redoing hours of SFT). Only while the model
+    folder still holds the last finished one's model, though: once a later trainer has
+    replaced it, the earlier ones' models are gone and the chain starts over."""
 
-    def __init__(self, store: RunStore, k: int, in_hash: str, model_dir: Path,
-                 plan: list[tuple[str, BaseModel]]):
+    def __init__(self, store: RunStore, k: int, start: str, model_dir: Path,
+                 plan: list[tuple[str, BaseModel]], data: dict[str, str]):
         self.store, self.k, self.model_dir = store, k, model_dir
         self.keys: dict[str, tuple[str, str]] = {}
-        chain = in_hash
+        chain = start
         for name, settings in plan:
-            key = (_hash(chain, name), _hash(hashed(settings)))
+            key = (_hash(chain, name, data[name]), _hash(hashed(settings)))
             self.keys[name], chain = key, _hash(*key)
         done: list[str] = []
         for name, _ in plan:
@@ -548,16 +557,11 @@ def _keep_log(model_dir: Path, dest: Path) -> None:
         atomic_write_bytes(dest, src.read_bytes())
 
 
-def _dpo(
-    store: RunStore, cfg: RunConfig, k: int, rounds: range | list[int], model_dir: str
-) -> dict[str, Any]:
+def _dpo(pairs: pl.DataFrame, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
     """DPO on the dpo split of the same rounds the SFT data came from."""
     from thinkwheel.train.dpo import train_dpo
     from thinkwheel.train.sft import length_warning
 
-    paths = [store.round_dir(r) / "curated" / "dpo.parquet" for r in rounds]
-    parts = [pl.read_parquet(p) for p in paths if p.is_file()]
-    pairs = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
     if pairs.height == 0:
         reporter().message(f"round {k}: no DPO pairs (export.dpo_pairs_per_task 0?); DPO skipped")
         return {"skipped": "no pairs"}
@@ -571,11 +575,10 @@ def _dpo(
     return out
 
 
-def _grpo(store: RunStore, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
+def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
     from thinkwheel.train.grpo import train_grpo
     from thinkwheel.train.rewards import grpo_rewards
 
-    grpo = pl.read_parquet(store.round_dir(k) / "curated" / "grpo.parquet")
     if grpo.height == 0:
         return {"skipped": "no prompts in the pass-rate band"}
     g = cfg.train.grpo
