@@ -94,6 +94,27 @@ def test_continue_strategy_trains_on_this_rounds_curated_set(flow_run):
     assert store.stage_entry(1, "train")["count"] == sizes[1]
 
 
+def test_new_verdicts_redo_filter_and_export(flow_run, tmp_path):
+    """Re-verifying under new settings (verify.format_weight, a plugin) keeps every candidate id
+    and changes who passed: filter and export must see it. They were keyed by ids alone, so a
+    re-run kept training on the old verdicts."""
+    import shutil
+
+    from thinkwheel.flows import steps
+
+    out, _ = flow_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    store, cfg = RunStore(run), parse_config(SMALL)
+    assert store.read_table(0, "filtered")["drop_reason"].is_null().any()
+    verdicts = store.read_table(0, "verdicts").with_columns(passed=pl.lit(False))
+    store.write_table(0, "verdicts", verdicts)
+    filtered = steps.filter_and_select(store, cfg, 0)
+    assert filtered["drop_reason"].is_not_null().all()
+    assert steps.export(store, cfg, 0, "m")["sft"] == 0
+    assert pl.read_parquet(run / "round-0" / "curated" / "sft.parquet").height == 0
+
+
 def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path, monkeypatch):
     """DPO and GRPO on in the flow's train stage: SFT, then TRL's DPOTrainer on the round's dpo
     split, then GRPOTrainer on its GRPO prompts with the verifier rewards. Each stage

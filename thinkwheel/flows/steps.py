@@ -28,6 +28,14 @@ def _hash(*parts: Any) -> str:
     return records.content_id(*parts)
 
 
+def _content(table: pl.DataFrame) -> str:
+    """A round table's content as a stage input: ids alone miss a re-verified candidate that
+    now fails, or a task file's new verifier for the same prompt. Timings are left out, so a
+    stage is not redone for a re-run that decided the same."""
+    key = table.columns[0]  # task_id / candidate_id
+    return frame_hash(table.drop("seconds", strict=False).sort(key, maintain_order=True))
+
+
 def _kept(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("drop_reason").is_null()) if "drop_reason" in df.columns else df
 
@@ -342,7 +350,7 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     from thinkwheel.verifiers import verify_frame
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
-    in_hash = _hash(ids_hash(cands["candidate_id"]))
+    in_hash = _hash(ids_hash(cands["candidate_id"]), _content(tasks))
     cfg_hash = cfg.section_hash("verify")
     if store.stage_done(k, "verify", in_hash, cfg_hash):
         return store.read_table(k, "verdicts")
@@ -371,7 +379,7 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
 
     tasks = store.read_table(k, "tasks")
     cands, verdicts = store.read_table(k, "candidates"), store.read_table(k, "verdicts")
-    in_hash = _hash(ids_hash(cands["candidate_id"]), ids_hash(verdicts["candidate_id"]))
+    in_hash = _hash(ids_hash(cands["candidate_id"]), _content(verdicts))
     cfg_hash = cfg.section_hash("filters", "sampling", "export")
     if store.stage_done(k, "filter", in_hash, cfg_hash):
         return store.read_table(k, "filtered")
@@ -412,7 +420,8 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
     verdicts, filtered = store.read_table(k, "verdicts"), store.read_table(k, "filtered")
-    in_hash = _hash(ids_hash(filtered.filter(pl.col("drop_reason").is_null())["candidate_id"]))
+    in_hash = _hash(ids_hash(filtered.filter(pl.col("drop_reason").is_null())["candidate_id"]),
+                    _content(verdicts), _content(tasks))
     cfg_hash = cfg.section_hash("export", "sampling")
     out_dir = store.round_dir(k) / "curated"
     if store.stage_done(k, "export", in_hash, cfg_hash):
