@@ -271,7 +271,7 @@ def test_with_the_hf_engine_on_a_tiny_model(tmp_path):
 
 def test_sampling_stop_reaches_the_engine_in_sampling_and_eval(tmp_path):
     """`sampling.stop` ends generations in sampling, consensus and eval alike. The eval stage
-    re-runs when it is set, and keeps a finished eval's hash when it is not."""
+    re-runs when it is set, or when the system prompt changes."""
     from thinkwheel.assets import MODEL_DIR
     from thinkwheel.config import RunConfig, parse_config
     from thinkwheel.flows import steps
@@ -298,3 +298,8 @@ def test_sampling_stop_reaches_the_engine_in_sampling_and_eval(tmp_path):
     assert [p.stop for p in engine.params] == [()]
     steps.evaluate(store, stopped, "base", str(MODEL_DIR), lambda _: engine)
     assert [p.stop for p in engine.params] == [(), ("\nuser",)]
+    # the eval prompts carry the system prompt: a new one is a new eval, it was skipped
+    prompted = stopped.model_copy(deep=True)
+    prompted.export.system_prompt = "Answer in French."
+    steps.evaluate(store, prompted, "base", str(MODEL_DIR), lambda _: engine)
+    assert len(engine.params) == 3

@@ -660,10 +660,9 @@ def evaluate(
 
     held = heldout(cfg)
     rel = f"round-{key}/eval.json" if key != "base" else "eval-base.json"
-    in_hash = _hash(model_hash(model_dir), ids_hash(held["task_id"]))
-    cfg_hash = cfg.section_hash("eval", "verify")
-    if cfg.sampling.stop:  # eval stops where sampling does; no stop keeps older runs' hashes
-        cfg_hash = _hash(cfg_hash, cfg.sampling.stop)
+    in_hash = _hash(model_hash(model_dir), _content(held))
+    # the eval prompts carry the system prompt, and stop where sampling does
+    cfg_hash = _hash(cfg.section_hash("eval", "verify"), cfg.export.system_prompt, cfg.sampling.stop)
     if store.stage_done(key, "eval", in_hash, cfg_hash):
         return store.read_json(rel)
     t0 = time.time()
