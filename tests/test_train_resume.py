@@ -138,6 +138,17 @@ def test_grpo_cut_short_resumes(tiny, tmp_path):
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3]  # step 2 once, not twice
 
+    def length_reward(completions, **kw):  # noqa: ANN001, ANN003
+        return [len(c[0]["content"]) / 8 for c in completions]
+
+    # the rewards are the objective: a run with other rewards is another training
+    with pytest.raises(Crash):
+        grpo_mod.train_grpo(tiny, grpo_frame(), str(out), cfg, [reward], [1.0],
+                            callbacks=[crash_at(2)], checkpoint_minutes=0)
+    res = grpo_mod.train_grpo(tiny, grpo_frame(), str(out), cfg, [length_reward], [1.0],
+                              checkpoint_minutes=0)
+    assert "resumed_from_step" not in res and res["global_step"] == 3
+
 
 def test_checkpoints_are_asked_for_only_when_due():
     from transformers import TrainerControl, TrainerState

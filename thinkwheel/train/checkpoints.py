@@ -34,12 +34,24 @@ FINGERPRINT = "resume.json"
 _PREFIX = "checkpoint-"
 
 
-def fingerprint(kind: str, model_path: str, dataset: Any, cfg: BaseModel) -> dict[str, Any]:
+def fingerprint(
+    kind: str, model_path: str, dataset: Any, cfg: BaseModel, **extra: Any
+) -> dict[str, Any]:
     """What a checkpoint was made from. `datasets` fingerprints a table by its content; a
-    dataset without one gets a fresh id, so it never resumes rather than resuming wrongly."""
+    dataset without one gets a fresh id, so it never resumes rather than resuming wrongly.
+    `extra` holds what the trainer takes besides its config (GRPO's reward functions)."""
     data = getattr(dataset, "_fingerprint", None) or uuid.uuid4().hex
     return _normal({"kind": kind, "model": model_identity(model_path), "data": data,
-                    "config": cfg.model_dump(mode="json")})
+                    "config": cfg.model_dump(mode="json"), **extra})
+
+
+def callable_name(fn: Any) -> str:
+    """`module.qualname` of a function, partial or callable object: the same code under the
+    same name in every process."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    name = (getattr(inner, "__qualname__", None) or getattr(inner, "__name__", None)
+            or type(inner).__qualname__)
+    return f"{inner.__module__}.{name}"
 
 
 def model_identity(model_path: str) -> Any:

@@ -61,8 +61,10 @@ def train_grpo(
     dataset = grpo_dataset(grpo)
     if len(dataset) == 0:
         raise ValueError("the GRPO set is empty: no prompts to train on")
+    rewards = {"rewards": [checkpoints.callable_name(f) for f in reward_funcs],
+               "weights": list(reward_weights)}
     tmp, resume = checkpoints.staging(
-        out_dir, checkpoints.fingerprint("grpo", model_path, dataset, cfg)
+        out_dir, checkpoints.fingerprint("grpo", model_path, dataset, cfg, **rewards)
     )
 
     model, tokenizer = load_hf(model_path)
