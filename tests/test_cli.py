@@ -92,11 +92,14 @@ def test_report_writes_html(run_dir):
 def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path):
     p = tmp_path / "tw.yaml"
     assert runner.invoke(app, ["init", str(p)]).exit_code == 0
-    from thinkwheel.config import load_config
+    from thinkwheel.config import DEFAULT_RUN, load_config
 
-    assert load_config(p) == RunConfig()
+    # init, edit, run starts from what `thinkwheel run` runs, not from defaults no one ran
+    assert load_config(p) == load_config(DEFAULT_RUN) != RunConfig()
     r = runner.invoke(app, ["init", str(p)])
     assert r.exit_code == 2 and "--force" in r.output
+    assert runner.invoke(app, ["init", str(p), "--force", "--defaults"]).exit_code == 0
+    assert load_config(p) == RunConfig()
 
 
 def test_run_with_bad_config_is_one_line(tmp_path):

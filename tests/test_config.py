@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thinkwheel.config import ConfigError, RunConfig, load_config, parse_config
+from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, load_config, parse_config
 from thinkwheel.starter import starter_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +96,11 @@ def test_how_often_training_checkpoints_never_redoes_a_stage():
     assert cfg.section_hash("train") != old
 
 
-def test_starter_yaml_round_trips_to_defaults():
-    text = starter_yaml()
+def test_starter_yaml_round_trips():
+    text = starter_yaml(RunConfig())
     assert text.count("\n# ") >= 5  # commented sections
     assert parse_config(yaml.safe_load(text)) == RunConfig()
+    assert parse_config(yaml.safe_load(starter_yaml())) == load_config(DEFAULT_RUN)
 
 
 def test_procedural_difficulty_is_a_level_or_a_list_of_levels():
@@ -119,6 +120,9 @@ def test_procedural_mix_replaces_the_single_budget():
     assert RunConfig().generate.procedural.plan() == [(["all"], 32, 1), (["all"], 32, 2)]
     with pytest.raises(ConfigError, match=r"generate.procedural.mix.0.per_famly"):
         parse_config({"generate": {"procedural": {"mix": [{"per_famly": 3}]}}})
+    # `per_family: 0` (your tasks only) under a mix would be ignored: it is an error instead
+    with pytest.raises(ConfigError, match=r"generate.procedural.*mix replaces per_family"):
+        parse_config({"generate": {"procedural": {"per_family": 0, "mix": [{"per_family": 3}]}}})
 
 
 def test_accumulate_defaults_follow_the_strategy():

@@ -554,13 +554,15 @@ def init(
         "thinkwheel.yaml"
     ),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+    defaults: Annotated[bool, typer.Option(
+        "--defaults", help="The library defaults instead of the recipe `thinkwheel run` runs")] = False,
 ) -> None:
-    """Write a commented starter config with every default spelled out."""
+    """Write a commented starter config: the recipe `thinkwheel run` runs, every key spelled out."""
     from thinkwheel.starter import starter_yaml
 
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite")
-    path.write_text(starter_yaml())
+    path.write_text(starter_yaml(RunConfig() if defaults else None))
     console.print(f"wrote {path}; run it with: thinkwheel run --config {path}")
 
 

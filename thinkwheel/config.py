@@ -91,6 +91,19 @@ class ProceduralConfig(ProceduralMix):
     mix: list[ProceduralMix] = Field(default_factory=list)
     seed: int = 1234
 
+    @model_validator(mode="after")
+    def _mix_or_single_budget(self) -> ProceduralConfig:
+        """A key that mix overrides must not be silently ignored (`per_family: 0` for your
+        tasks only, under a mix, would still generate the mix)."""
+        default = ProceduralConfig.model_construct()
+        moved = [k for k in ("families", "per_family", "difficulty")
+                 if getattr(self, k) != getattr(default, k)]
+        if self.mix and moved:
+            raise ValueError(
+                f"mix replaces {' / '.join(moved)}: set the budget in mix (mix: [] for none), "
+                "or drop mix")
+        return self
+
     def plan(self) -> list[tuple[list[str], int, int]]:
         """(families, per_family, level) triples, in generation order."""
         slices = self.mix or [self]

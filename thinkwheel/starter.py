@@ -1,4 +1,6 @@
-"""The commented starter config `thinkwheel init` writes: every default, spelled out."""
+"""The commented starter config `thinkwheel init` writes: the recipe `thinkwheel run` runs with
+no --config, every key spelled out, so editing it starts from a run that was measured rather
+than from library defaults no one ran (16 samples of 32 tasks per family and level)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from thinkwheel.config import RunConfig
+from thinkwheel.config import DEFAULT_RUN, RunConfig, load_config
 
 SECTION_NOTES = {
     "name": "Run name: the run directory is runs/<name> unless --out is given.",
@@ -25,8 +27,9 @@ SECTION_NOTES = {
         " names, e.g. {prompt: question, reference: answer}; domain / verifier fill rows that do"
         " not say; a row without a reference gets one"
         " by consensus; a row's verifier may be a 'module:callable' plugin), procedural families"
-        " (exact references; per_family: 0 for yours only), plus Self-Instruct and Evol-Instruct"
-        " through the engine when enabled."
+        " (exact references; procedural.mix is a budget per family group, or with mix: [] one"
+        " budget of per_family tasks per family and difficulty level; mix: [] and per_family: 0"
+        " for yours only), plus Self-Instruct and Evol-Instruct through the engine when enabled."
     ),
     "sampling": (
         "Rejection sampling: n candidates per task, keep at most keep_per_task verified ones;"
@@ -67,9 +70,21 @@ def _enabled_first(value: Any) -> Any:
     return {"enabled": ordered.pop("enabled")} | ordered if "enabled" in ordered else ordered
 
 
-def starter_yaml() -> str:
-    data = _enabled_first(RunConfig().model_dump(mode="json"))
-    lines = ["# thinkwheel run config. Every key is optional; unknown keys are errors.", ""]
+def starter_yaml(cfg: RunConfig | None = None) -> str:
+    """`cfg` spelled out with a note per section; by default the packaged CPU recipe."""
+    cfg = load_config(DEFAULT_RUN) if cfg is None else cfg
+    data = _enabled_first(cfg.model_dump(mode="json"))
+    procedural = data["generate"]["procedural"]
+    if procedural["mix"]:  # mix replaces the single budget: its keys would only mislead
+        for key in ("families", "per_family", "difficulty"):
+            procedural.pop(key)
+    lines = [
+        "# thinkwheel run config: what `thinkwheel run` runs with no --config (the CPU recipe,",
+        "# bundled model), every key spelled out. Every key is optional: one you delete takes",
+        "# the library default (`thinkwheel init --defaults` writes those). Unknown keys are",
+        "# errors.",
+        "",
+    ]
     for key, value in data.items():
         note = SECTION_NOTES.get(key)
         if note:
