@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import polars as pl
@@ -68,9 +69,19 @@ def content_id(*parts: Any, length: int = 16) -> str:
     """Stable id from content: the same inputs give the same id in every process and run."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(_json(p).encode())
         h.update(b"\x1f")
     return h.hexdigest()[:length]
+
+
+def _json(value: Any) -> str:
+    """`json.dumps(value, sort_keys=True, default=str)`, without building an encoder for the
+    text and None parts that every task id hashes (a third of reading a large task file)."""
+    if type(value) is str:
+        return encode_basestring_ascii(value)
+    if value is None:
+        return "null"
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def task_id(domain: str, prompt: str, reference: str | None) -> str:

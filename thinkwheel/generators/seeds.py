@@ -68,7 +68,8 @@ def chat_prompt(turns: list[Any], i: int) -> str:
 
 
 def seed_pool(
-    rows: Iterable[Mapping[str, Any]], *, round: int = 0, family: str = "seed", source: str = "seed"
+    rows: Iterable[Mapping[str, Any]], *, round: int | None = 0, family: str = "seed",
+    source: str = "seed",
 ) -> pl.DataFrame:
     """User rows -> TASKS rows, inferring domain and verifier; columns outside the schema go into
     `meta`, so nothing a user's row carried is lost."""
