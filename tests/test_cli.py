@@ -364,10 +364,10 @@ def test_run_on_a_served_model_checks_the_server_before_starting(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TW_KEY", raising=False)
 
-    def run_with(base_url: str, model: str = "served-model"):
+    def run_with(base_url: str | list[str], model: str = "served-model"):
         p = tmp_path / "c.yaml"
         p.write_text(
-            f"engine: {{kind: openai, model: {model}, base_url: '{base_url}', api_key_env: TW_KEY}}\n"
+            f"engine: {{kind: openai, model: {model}, base_url: {json.dumps(base_url)}, api_key_env: TW_KEY}}\n"
             "train: {sft: {enabled: false}}\n"
         )
         return runner.invoke(app, ["run", "-c", str(p)])
@@ -387,6 +387,11 @@ def test_run_on_a_served_model_checks_the_server_before_starting(tmp_path, monke
         assert r.exit_code == 0 and "not among the models" not in r.output
         r = run_with(srv.base_url, model="other-model")
         assert r.exit_code == 0 and "other-model is not among the models" in " ".join(r.output.split())
+        # of several servers, one that is down is a warning: the others take its calls
+        r = run_with([f"http://127.0.0.1:{free}/v1", srv.base_url])
+        out = " ".join(r.output.split())
+        assert r.exit_code == 0 and f"nothing answers at http://127.0.0.1:{free}/v1" in out
+        assert "its calls go to the 1 other server(s)" in out
 
         def dies(cfg, out):
             raise EngineError("3 of 9 requests failed: gave up after 7 attempts (last: 500)")

@@ -96,6 +96,27 @@ def test_how_often_training_checkpoints_never_redoes_a_stage():
     assert cfg.section_hash("train") != old
 
 
+def test_where_the_servers_are_never_redoes_a_stage():
+    """More servers, a higher concurrency, a longer timeout, more verify workers: how the calls
+    are made, not what comes back. The hashes stay what they were before these were known to be
+    operational, for runs made then."""
+    import hashlib
+    import json
+
+    cfg = RunConfig()
+    before = {s: getattr(cfg, s).model_dump(mode="json") for s in ("engine", "verify")}
+    before["engine"].pop("extra_body")  # additive: left out at its default, as before
+    old = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.section_hash("engine", "verify") == old
+    cfg.engine.base_url = ["http://a:8000/v1", "http://b:8000/v1"]
+    cfg.engine.concurrency, cfg.engine.timeout_s, cfg.verify.workers = 64, 600.0, 8
+    assert cfg.section_hash("engine", "verify") == old
+    cfg.engine.model = "Qwen/Qwen3-1.7B"
+    assert cfg.section_hash("engine", "verify") != old
+    with pytest.raises(ConfigError, match="engine.*base_url"):
+        parse_config({"engine": {"base_url": []}})
+
+
 def test_starter_yaml_round_trips():
     text = starter_yaml(RunConfig())
     assert text.count("\n# ") >= 5  # commented sections

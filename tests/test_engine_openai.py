@@ -155,6 +155,42 @@ def test_crash_then_resume_sends_only_unfinished(hf_engine, clean, tmp_path: Pat
     assert again == out
 
 
+def test_replicas_share_the_load_and_a_dead_one_costs_nothing(hf_engine, clean) -> None:
+    """Several servers of one model (`vllm serve` on each node) are one engine: the calls
+    spread over them, and a server that is down from the start, or dies mid-run, costs retries
+    on the others, not the run nor a single sample."""
+    refused = LocalServer(hf_engine)  # bound, never served, then closed: connections refused
+    dead_url = refused.base_url
+    refused.httpd.server_close()
+
+    class DiesAfter(LocalServer):
+        def next_fault(self, prompt: str) -> str:  # after two answers, its backend is gone:
+            fault = super().next_fault(prompt)  # every connection is dropped unanswered
+            return fault if self.stats.requests <= 2 else "drop"
+
+    with LocalServer(hf_engine) as a, LocalServer(hf_engine) as b:
+        eng = OpenAIEngine([a.base_url, b.base_url], "tiny", concurrency=2)
+        assert texts(eng.generate(REQUESTS, PARAMS)) == texts(clean)
+        assert a.stats.requests > 2 and b.stats.requests > 2
+        assert a.stats.requests + b.stats.requests == len(REQUESTS)
+    with LocalServer(hf_engine) as live:
+        eng = OpenAIEngine([dead_url, live.base_url], "tiny", concurrency=4, backoff_s=0.05)
+        assert texts(eng.generate(REQUESTS, PARAMS)) == texts(clean)
+        assert live.stats.requests == len(REQUESTS)
+        # its 4 workers' first calls, then one probe at a time, not a share of every call
+        assert 4 <= eng.stats[f"calls:{dead_url}"] <= 6
+        assert any(k.startswith("retry:transport") for k in eng.stats)
+        before = eng.stats[f"calls:{dead_url}"]  # the flow's next shard: no new burst
+        assert texts(eng.generate(REQUESTS[:6], PARAMS)) == texts(clean[:6])
+        assert eng.stats[f"calls:{dead_url}"] - before <= 1
+    with LocalServer(hf_engine) as live, DiesAfter(hf_engine).start() as dying:
+        eng = OpenAIEngine([dying.base_url, live.base_url], "tiny", concurrency=1, backoff_s=0.05)
+        assert texts(eng.generate(REQUESTS, PARAMS)) == texts(clean)
+        assert dying.stats.requests > 2 and live.stats.requests == len(REQUESTS) - 2
+        assert any(k.startswith("retry:transport") for k in eng.stats)  # it did go away
+    assert eng.stats["fetched_samples"] == len(REQUESTS) * PARAMS.n  # none twice
+
+
 def test_api_key_comes_from_the_environment(hf_engine, monkeypatch) -> None:
     from thinkwheel.engines.factory import make_engine
 

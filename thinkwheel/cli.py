@@ -91,31 +91,38 @@ def unreachable_model(cfg: RunConfig) -> str | None:
 
 def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, str | None]:
     """(why the served model cannot be used, a warning) for engine.kind openai. A server that is
-    down or refuses the key otherwise shows only after Prefect starts and every retry backs off."""
+    down or refuses the key otherwise shows only after Prefect starts and every retry backs off.
+    Of several servers, one that is down is a warning: the others take its calls."""
     if cfg.engine.kind != "openai":
         return None, None
     import httpx
 
-    url = cfg.engine.base_url.rstrip("/") + "/models"
     key = os.environ.get(cfg.engine.api_key_env)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        resp = httpx.get(url, headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as err:
-        return f"engine.base_url: nothing answers at {cfg.engine.base_url} ({err}); start the " \
-               "server (e.g. `vllm serve <model>`) or fix engine.base_url", None
-    if resp.status_code in (401, 403):
-        return f"engine.base_url: the server refused the API key from ${cfg.engine.api_key_env} " \
-               f"(HTTP {resp.status_code})", None
-    try:
-        served = [m["id"] for m in resp.json()["data"]] if resp.status_code == 200 else []
-    except (ValueError, KeyError, TypeError):
-        served = []  # not every server lists its models; the requests will tell
-    if served and cfg.engine.model not in served:
-        shown = ", ".join(served[:5]) + (", ..." if len(served) > 5 else "")
-        return None, f"[yellow]engine.model {cfg.engine.model} is not among the models " \
-                     f"{cfg.engine.base_url} lists ({shown})[/]"
-    return None, None
+    urls, down, warnings = cfg.engine.base_urls(), [], []
+    for base in urls:
+        try:
+            resp = httpx.get(base.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as err:
+            down.append(f"nothing answers at {base} ({err})")
+            continue
+        if resp.status_code in (401, 403):
+            return f"engine.base_url: {base} refused the API key from ${cfg.engine.api_key_env} " \
+                   f"(HTTP {resp.status_code})", None
+        try:
+            served = [m["id"] for m in resp.json()["data"]] if resp.status_code == 200 else []
+        except (ValueError, KeyError, TypeError):
+            served = []  # not every server lists its models; the requests will tell
+        if served and cfg.engine.model not in served:
+            shown = ", ".join(served[:5]) + (", ..." if len(served) > 5 else "")
+            warnings.append(f"engine.model {cfg.engine.model} is not among the models {base} "
+                            f"lists ({shown})")
+    if len(down) == len(urls):
+        return f"engine.base_url: {'; '.join(down)}; start the server (e.g. `vllm serve " \
+               "<model>`) or fix engine.base_url", None
+    warnings += [f"engine.base_url: {d}; its calls go to the {len(urls) - len(down)} other "
+                 "server(s)" for d in down]
+    return None, "\n".join(f"[yellow]{w}[/]" for w in warnings) or None
 
 
 def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:

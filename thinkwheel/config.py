@@ -30,6 +30,10 @@ ADDITIVE: dict[str, Any] = {"additive": True}
 # A field that changes how a stage runs, never what it makes (how often training saves a
 # checkpoint): never hashed, so changing it does not redo finished stages.
 OPERATIONAL: dict[str, Any] = {"operational": True}
+# An operational field that stage hashes covered before it was found to be one (where the
+# servers are, how many calls are in flight): hashed as its default whatever its value, so runs
+# made before keep their hashes and adding a server to a run in progress redoes nothing.
+SERVING: dict[str, Any] = {"operational": "as_default"}
 CHECKPOINT_MINUTES = 30.0  # how often training saves a checkpoint to resume from
 
 
@@ -38,8 +42,10 @@ def hashed(section: BaseModel) -> dict[str, Any]:
     data = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        at_default = getattr(section, name) == field.get_default(call_default_factory=True)
-        if extra.get("operational") or (extra.get("additive") and at_default):
+        default = field.get_default(call_default_factory=True)
+        if extra.get("operational") == "as_default":
+            data[name] = default
+        elif extra.get("operational") or (extra.get("additive") and getattr(section, name) == default):
             data.pop(name, None)
     return data
 
@@ -58,13 +64,23 @@ class EngineConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int | None = None
     lora_path: str | None = None
-    # openai
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var, never from the file
-    concurrency: int = Field(16, ge=1)
-    max_retries: int = Field(6, ge=0)
-    timeout_s: float = Field(120.0, gt=0)
+    # openai: one server, or several serving the same model (calls spread over them; one that
+    # fails is retried on the others). The key is read from api_key_env, never from the file.
+    base_url: str | list[str] = Field("http://127.0.0.1:8000/v1", json_schema_extra=SERVING)
+    api_key_env: str = Field("OPENAI_API_KEY", json_schema_extra=SERVING)
+    concurrency: int = Field(16, ge=1, json_schema_extra=SERVING)  # calls in flight per server
+    max_retries: int = Field(6, ge=0, json_schema_extra=SERVING)
+    timeout_s: float = Field(120.0, gt=0, json_schema_extra=SERVING)
     server_supports_n: bool = True
+
+    @model_validator(mode="after")
+    def _some_server(self) -> EngineConfig:
+        if not self.base_urls():
+            raise ValueError("base_url: give one server URL or a list of them")
+        return self
+
+    def base_urls(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
     # merged into every request body: server options the sampling section has no key for, e.g.
     # {chat_template_kwargs: {enable_thinking: true}, top_k: 20, repetition_penalty: 1.05}
     extra_body: dict[str, Any] = Field(default_factory=dict, json_schema_extra=ADDITIVE)
@@ -224,7 +240,7 @@ class SamplingConfig(_Section):
 class VerifyConfig(_Section):
     math_timeout_s: float = Field(5.0, gt=0)
     code_timeout_s: float = Field(10.0, gt=0)
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, json_schema_extra=SERVING)
     percent_policy: Literal["fraction", "number", "either"] = "fraction"
     plugins: list[str] = Field(default_factory=list)  # "module:callable"
     format_weight: float = 0.0  # >0 also requires the <think> format to count as passed

@@ -18,7 +18,8 @@ SECTION_NOTES = {
         " | openai (any OpenAI-compatible server; the key comes from the env var api_key_env;"
         " a served model is not retrained in place, so set train.sft/grpo.enabled: false;"
         " a thought returned apart by a reasoning parser goes back into <think>; extra_body is"
-        " merged into each request, e.g. {top_k: 20})."
+        " merged into each request, e.g. {top_k: 20}; base_url may list several servers of the"
+        " same model: calls spread over them, and one that fails is retried on the others)."
         " model: 'bundled' = the small model shipped in the package, or a local path / model id."
     ),
     "generate": (

@@ -5,6 +5,13 @@ timeouts, dropped connections and malformed bodies; `n` samples per request, fan
 single-sample calls when the server does not honour `n` (or returns fewer choices); every
 finished sample goes to the on-disk cache first, so a re-run after a crash sends only what
 had not come back. The API key comes from the environment, never from the config file.
+
+Several replicas of one model (`vllm serve` on each node) are one engine: calls wait in one
+queue, and each server has `concurrency` workers taking the next one, so a faster server takes
+more. A server that fails cools down (its call goes back to the queue, where another server's
+worker takes it at once), then one worker probes it while the others wait: a dead node costs a
+few retries, not the run. This is the scale-out for generation: the servers batch on their
+GPUs, the client only spreads the load.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ import concurrent.futures
 import hashlib
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -46,12 +56,39 @@ def sample_seed(seed: int | None, idx: int) -> int | None:
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
+@dataclass(eq=False)
+class _Health:
+    """A replica's record, kept across `generate` calls (a flow calls once per shard): a server
+    found dead in one shard is not sent a burst of calls again in the next."""
+
+    fails: int = 0  # consecutive failed calls
+    down_until: float = 0.0  # time.monotonic() before which its workers take no call
+
+
+@dataclass(eq=False)
+class _Server:
+    """One replica: `concurrency` workers take calls from the shared queue while it is up."""
+
+    url: str
+    client: httpx.AsyncClient
+    health: _Health
+    probe: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(eq=False)
+class _Call:
+    payload: dict[str, Any]
+    result: asyncio.Future[list[Completion]]
+    attempts: int = 0
+
+
 class OpenAIEngine:
-    """Chat completions over HTTP; `generate` is sync, `agenerate` is the async core."""
+    """Chat completions over HTTP; `generate` is sync, `agenerate` is the async core.
+    `base_url` may list several servers of the same model."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         *,
         api_key: str | None = None,
@@ -64,7 +101,11 @@ class OpenAIEngine:
         max_backoff_s: float = 30.0,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url: no server given")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
         self.model_name = model
         self.api_key = api_key
         self.concurrency = concurrency
@@ -76,6 +117,7 @@ class OpenAIEngine:
         self.max_backoff_s = max_backoff_s
         self.extra_body = dict(extra_body or {})
         self.stats: Counter[str] = Counter()  # calls, retries by reason, cached/fetched samples
+        self.health = {url: _Health() for url in self.base_urls}
         self._cache: RequestCache | None = None
 
     @property
@@ -118,11 +160,18 @@ class OpenAIEngine:
         limits = httpx.Limits(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
-        sem = asyncio.Semaphore(self.concurrency)
+        queue: asyncio.Queue[_Call] = asyncio.Queue()
         try:
-            async with httpx.AsyncClient(
-                base_url=self.base_url, headers=headers, timeout=self.timeout_s, limits=limits
-            ) as client:
+            async with AsyncExitStack() as stack:
+                servers = [
+                    _Server(url, await stack.enter_async_context(httpx.AsyncClient(
+                        base_url=url, headers=headers, timeout=self.timeout_s, limits=limits)),
+                        self.health[url])
+                    for url in self.base_urls
+                ]
+                workers = [asyncio.create_task(self._work(srv, queue, len(servers) > 1))
+                           for srv in servers for _ in range(self.concurrency)]
+                stack.push_async_callback(_stop, workers)
 
                 def record(key: str, idx: int, comp: Completion) -> None:
                     done[key][idx] = comp
@@ -133,7 +182,7 @@ class OpenAIEngine:
                         progress(1)
 
                 jobs = [
-                    self._fill(client, sem, key, msgs, params, done[key], record)
+                    self._fill(queue, key, msgs, params, done[key], record)
                     for key, msgs in unique.items()
                 ]
                 outcomes = await asyncio.gather(*jobs, return_exceptions=True)
@@ -147,8 +196,7 @@ class OpenAIEngine:
 
     async def _fill(
         self,
-        client: httpx.AsyncClient,
-        sem: asyncio.Semaphore,
+        queue: asyncio.Queue[_Call],
         key: str,
         messages: list[dict[str, str]],
         params: SamplingParams,
@@ -159,7 +207,7 @@ class OpenAIEngine:
         if not self.server_supports_n:
             missing = [j for j in range(params.n) if j not in have]
             outcomes = await asyncio.gather(
-                *(self._fetch_one(client, sem, key, messages, params, j, record) for j in missing),
+                *(self._fetch_one(queue, key, messages, params, j, record) for j in missing),
                 return_exceptions=True,  # let the other samples finish (and be cached) first
             )
             for outcome in outcomes:
@@ -170,7 +218,7 @@ class OpenAIEngine:
             payload = self._payload(
                 messages, params, len(missing), sample_seed(params.seed, missing[0])
             )
-            choices = await self._call(client, sem, payload)
+            choices = await self._call(queue, payload)
             if len(choices) < len(missing):
                 self.stats["short_responses"] += 1  # the server ignored n: ask again for the rest
             for j, comp in zip(missing, choices, strict=False):
@@ -178,8 +226,7 @@ class OpenAIEngine:
 
     async def _fetch_one(
         self,
-        client: httpx.AsyncClient,
-        sem: asyncio.Semaphore,
+        queue: asyncio.Queue[_Call],
         key: str,
         messages: list[dict[str, str]],
         params: SamplingParams,
@@ -187,7 +234,7 @@ class OpenAIEngine:
         record: Callable[[str, int, Completion], None],
     ) -> None:
         payload = self._payload(messages, params, 1, sample_seed(params.seed, idx))
-        record(key, idx, (await self._call(client, sem, payload))[0])
+        record(key, idx, (await self._call(queue, payload))[0])
 
     def _payload(
         self, messages: list[dict[str, str]], params: SamplingParams, n: int, seed: int | None
@@ -208,30 +255,71 @@ class OpenAIEngine:
             body["seed"] = seed
         return body
 
-    async def _call(
-        self, client: httpx.AsyncClient, sem: asyncio.Semaphore, payload: dict[str, Any]
-    ) -> list[Completion]:
-        """POST with retries; returns at least one parsed choice or raises EngineError."""
-        stop = tuple(payload.get("stop", ()))
-        for attempt in range(self.max_retries + 1):
-            try:
-                async with sem:
-                    self.stats["calls"] += 1
-                    resp = await client.post("/chat/completions", json=payload)
-                return _parse(resp, stop)
-            except _Retryable as err:
-                reason, retry_after = err.reason, err.retry_after
-            except httpx.TimeoutException:
-                reason, retry_after = "timeout", None
-            except httpx.TransportError as err:  # refused, reset, dropped mid-response
-                reason, retry_after = f"transport:{type(err).__name__}", None
-            self.stats[f"retry:{reason}"] += 1
-            if attempt == self.max_retries:
-                raise EngineError(f"gave up after {attempt + 1} attempts (last: {reason})")
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: retries don't stampede
-            await asyncio.sleep(max(delay, min(retry_after or 0.0, self.max_backoff_s)))
-        raise AssertionError("unreachable")
+    async def _call(self, queue: asyncio.Queue[_Call], payload: dict[str, Any]) -> list[Completion]:
+        """At least one parsed choice, from whichever server's worker takes the call, or
+        EngineError once it has failed max_retries + 1 times."""
+        call = _Call(payload, asyncio.get_running_loop().create_future())
+        queue.put_nowait(call)
+        return await call.result
+
+    async def _work(self, server: _Server, queue: asyncio.Queue[_Call], several: bool) -> None:
+        """One of a server's workers: serve calls while the server is up. A failure puts the
+        call back in the queue, where another server's worker takes it at once, and cools the
+        server down (exponential backoff with jitter, or the server's Retry-After); after that
+        one worker probes it with one call while the others wait."""
+        while True:
+            if (wait := server.health.down_until - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+                continue
+            if not server.health.fails:
+                await self._serve(server, queue, several)
+                continue
+            async with server.probe:
+                if server.health.down_until <= time.monotonic():
+                    await self._serve(server, queue, several)
+
+    async def _serve(self, server: _Server, queue: asyncio.Queue[_Call], several: bool) -> None:
+        call = await queue.get()
+        if call.result.done():  # its caller is gone
+            return
+        payload = call.payload
+        try:
+            self.stats["calls"] += 1
+            self.stats[f"calls:{server.url}"] += 1
+            resp = await server.client.post("/chat/completions", json=payload)
+            out = _parse(resp, tuple(payload.get("stop", ())))
+        except EngineError as err:  # not worth retrying anywhere
+            call.result.set_exception(err)
+            return
+        except _Retryable as err:
+            reason, retry_after = err.reason, err.retry_after
+        except httpx.TimeoutException:
+            reason, retry_after = "timeout", None
+        except httpx.TransportError as err:  # refused, reset, dropped mid-response
+            reason, retry_after = f"transport:{type(err).__name__}", None
+        else:
+            server.health.fails = 0
+            call.result.set_result(out)
+            return
+        self.stats[f"retry:{reason}"] += 1
+        call.attempts += 1
+        if call.attempts > self.max_retries:
+            where = f" from {server.url}" if several else ""
+            call.result.set_exception(
+                EngineError(f"gave up after {call.attempts} attempts (last: {reason}{where})"))
+        else:
+            queue.put_nowait(call)
+        delay = min(self.max_backoff_s, self.backoff_s * 2**server.health.fails)
+        delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: retries don't stampede
+        server.health.fails += 1
+        server.health.down_until = max(server.health.down_until, time.monotonic() + max(
+            delay, min(retry_after or 0.0, self.max_backoff_s)))
+
+
+async def _stop(workers: list[asyncio.Task[None]]) -> None:
+    for w in workers:
+        w.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
 
 
 def _loop_running() -> bool:

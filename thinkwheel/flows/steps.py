@@ -307,11 +307,16 @@ def sample(
     cands = cands.unique("candidate_id", keep="first", maintain_order=True)
     path = store.write_table(k, "candidates", cands)
     cut = int((cands["finish_reason"] == "length").sum())
+    calls = dict(getattr(engine, "stats", None) or {})  # a served model's calls per server
     store.mark_stage(
         k, "sample", input_hash=in_hash, config_hash=cfg_hash, count=cands.height,
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
-        truncated=cut,
+        truncated=cut, **({"calls": calls} if calls else {}),
     )
+    if retried := {r.split(":", 1)[1]: n for r, n in calls.items() if r.startswith("retry:")}:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(retried.items(), key=lambda x: -x[1]))
+        rep.message(f"round {k}: {sum(retried.values())} of {calls.get('calls', 0)} calls were "
+                    f"retried ({why}); the manifest's sample stage has the calls per server")
     if w := truncation_warning(f"round {k}: candidates", cut, cands.height,
                                "sampling.max_tokens", s.max_tokens):
         rep.message(w)
