@@ -6,18 +6,20 @@ single-sample calls when the server does not honour `n` (or returns fewer choice
 finished sample goes to the on-disk cache first, so a re-run after a crash sends only what
 had not come back. The API key comes from the environment, never from the config file.
 
-Several replicas of one model (`vllm serve` on each node) are one engine: calls wait in one
-queue, and each server has `concurrency` workers taking the next one, so a faster server takes
-more. A server that fails cools down (its call goes back to the queue, where another server's
-worker takes it at once), then one worker probes it while the others wait: a dead node costs a
-few retries, not the run. This is the scale-out for generation: the servers batch on their
-GPUs, the client only spreads the load.
+Several replicas of one model (`vllm serve` on each node) are one engine: each call goes to
+the server with the fewest calls in flight (at most `concurrency` each), so a faster server
+takes more. A server that fails cools down with exponential backoff while the call is retried
+at once on another, and once the cooldown is over one call probes it; with every server down,
+calls retry on their own backoff as with one server, and fail when their retries are spent.
+This is the scale-out for generation: the servers batch on their GPUs, the client only spreads
+the load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import random
@@ -25,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -62,24 +64,60 @@ class _Health:
     found dead in one shard is not sent a burst of calls again in the next."""
 
     fails: int = 0  # consecutive failed calls
-    down_until: float = 0.0  # time.monotonic() before which its workers take no call
+    down_until: float = 0.0  # time.monotonic() before which it gets no call while others are up
 
 
 @dataclass(eq=False)
 class _Server:
-    """One replica: `concurrency` workers take calls from the shared queue while it is up."""
-
     url: str
     client: httpx.AsyncClient
     health: _Health
-    probe: asyncio.Lock = field(default_factory=asyncio.Lock)
+    load: int = 0  # calls in flight
 
 
-@dataclass(eq=False)
-class _Call:
-    payload: dict[str, Any]
-    result: asyncio.Future[list[Completion]]
-    attempts: int = 0
+class _Servers:
+    """Hands each call the server to send it to, least-loaded first, at most `concurrency`
+    calls in flight on each."""
+
+    def __init__(self, servers: list[_Server], concurrency: int, backoff_s: float,
+                 max_backoff_s: float) -> None:
+        self.servers, self.concurrency = servers, concurrency
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.changed = asyncio.Condition()
+
+    def up(self, now: float | None = None) -> list[_Server]:
+        """Servers past their cooldown; one that failed last takes one call (a probe) at a time."""
+        now = time.monotonic() if now is None else now
+        return [s for s in self.servers
+                if s.health.down_until <= now and (not s.health.fails or not s.load)]
+
+    async def acquire(self) -> _Server:
+        async with self.changed:
+            while True:
+                now = time.monotonic()
+                # none up: the first back, so calls fail and back off as with a single server
+                pool = self.up(now) or [min(self.servers, key=lambda s: s.health.down_until)]
+                server = min(pool, key=lambda s: s.load)
+                if server.load < self.concurrency:
+                    server.load += 1
+                    return server
+                back = [s.health.down_until - now for s in self.servers if s.health.down_until > now]
+                with contextlib.suppress(asyncio.TimeoutError):  # a cooldown ends, or a call does
+                    await asyncio.wait_for(self.changed.wait(), timeout=min(back, default=1.0))
+
+    async def release(self, server: _Server, failed: bool, retry_after: float | None) -> None:
+        async with self.changed:
+            server.load -= 1
+            h = server.health
+            if failed:
+                cool = min(self.max_backoff_s, self.backoff_s * 2**h.fails)
+                cool = cool / 2 + random.uniform(0, cool / 2)
+                h.fails += 1
+                h.down_until = max(h.down_until, time.monotonic() + max(
+                    cool, min(retry_after or 0.0, self.max_backoff_s)))
+            else:
+                h.fails = 0
+            self.changed.notify_all()
 
 
 class OpenAIEngine:
@@ -160,18 +198,14 @@ class OpenAIEngine:
         limits = httpx.Limits(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
-        queue: asyncio.Queue[_Call] = asyncio.Queue()
         try:
             async with AsyncExitStack() as stack:
-                servers = [
+                servers = _Servers([
                     _Server(url, await stack.enter_async_context(httpx.AsyncClient(
                         base_url=url, headers=headers, timeout=self.timeout_s, limits=limits)),
                         self.health[url])
                     for url in self.base_urls
-                ]
-                workers = [asyncio.create_task(self._work(srv, queue, len(servers) > 1))
-                           for srv in servers for _ in range(self.concurrency)]
-                stack.push_async_callback(_stop, workers)
+                ], self.concurrency, self.backoff_s, self.max_backoff_s)
 
                 def record(key: str, idx: int, comp: Completion) -> None:
                     done[key][idx] = comp
@@ -182,7 +216,7 @@ class OpenAIEngine:
                         progress(1)
 
                 jobs = [
-                    self._fill(queue, key, msgs, params, done[key], record)
+                    self._fill(servers, key, msgs, params, done[key], record)
                     for key, msgs in unique.items()
                 ]
                 outcomes = await asyncio.gather(*jobs, return_exceptions=True)
@@ -196,7 +230,7 @@ class OpenAIEngine:
 
     async def _fill(
         self,
-        queue: asyncio.Queue[_Call],
+        servers: _Servers,
         key: str,
         messages: list[dict[str, str]],
         params: SamplingParams,
@@ -207,7 +241,7 @@ class OpenAIEngine:
         if not self.server_supports_n:
             missing = [j for j in range(params.n) if j not in have]
             outcomes = await asyncio.gather(
-                *(self._fetch_one(queue, key, messages, params, j, record) for j in missing),
+                *(self._fetch_one(servers, key, messages, params, j, record) for j in missing),
                 return_exceptions=True,  # let the other samples finish (and be cached) first
             )
             for outcome in outcomes:
@@ -218,7 +252,7 @@ class OpenAIEngine:
             payload = self._payload(
                 messages, params, len(missing), sample_seed(params.seed, missing[0])
             )
-            choices = await self._call(queue, payload)
+            choices = await self._call(servers, payload)
             if len(choices) < len(missing):
                 self.stats["short_responses"] += 1  # the server ignored n: ask again for the rest
             for j, comp in zip(missing, choices, strict=False):
@@ -226,7 +260,7 @@ class OpenAIEngine:
 
     async def _fetch_one(
         self,
-        queue: asyncio.Queue[_Call],
+        servers: _Servers,
         key: str,
         messages: list[dict[str, str]],
         params: SamplingParams,
@@ -234,7 +268,7 @@ class OpenAIEngine:
         record: Callable[[str, int, Completion], None],
     ) -> None:
         payload = self._payload(messages, params, 1, sample_seed(params.seed, idx))
-        record(key, idx, (await self._call(queue, payload))[0])
+        record(key, idx, (await self._call(servers, payload))[0])
 
     def _payload(
         self, messages: list[dict[str, str]], params: SamplingParams, n: int, seed: int | None
@@ -255,71 +289,41 @@ class OpenAIEngine:
             body["seed"] = seed
         return body
 
-    async def _call(self, queue: asyncio.Queue[_Call], payload: dict[str, Any]) -> list[Completion]:
-        """At least one parsed choice, from whichever server's worker takes the call, or
-        EngineError once it has failed max_retries + 1 times."""
-        call = _Call(payload, asyncio.get_running_loop().create_future())
-        queue.put_nowait(call)
-        return await call.result
-
-    async def _work(self, server: _Server, queue: asyncio.Queue[_Call], several: bool) -> None:
-        """One of a server's workers: serve calls while the server is up. A failure puts the
-        call back in the queue, where another server's worker takes it at once, and cools the
-        server down (exponential backoff with jitter, or the server's Retry-After); after that
-        one worker probes it with one call while the others wait."""
-        while True:
-            if (wait := server.health.down_until - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-                continue
-            if not server.health.fails:
-                await self._serve(server, queue, several)
-                continue
-            async with server.probe:
-                if server.health.down_until <= time.monotonic():
-                    await self._serve(server, queue, several)
-
-    async def _serve(self, server: _Server, queue: asyncio.Queue[_Call], several: bool) -> None:
-        call = await queue.get()
-        if call.result.done():  # its caller is gone
-            return
-        payload = call.payload
-        try:
-            self.stats["calls"] += 1
-            self.stats[f"calls:{server.url}"] += 1
-            resp = await server.client.post("/chat/completions", json=payload)
-            out = _parse(resp, tuple(payload.get("stop", ())))
-        except EngineError as err:  # not worth retrying anywhere
-            call.result.set_exception(err)
-            return
-        except _Retryable as err:
-            reason, retry_after = err.reason, err.retry_after
-        except httpx.TimeoutException:
-            reason, retry_after = "timeout", None
-        except httpx.TransportError as err:  # refused, reset, dropped mid-response
-            reason, retry_after = f"transport:{type(err).__name__}", None
-        else:
-            server.health.fails = 0
-            call.result.set_result(out)
-            return
-        self.stats[f"retry:{reason}"] += 1
-        call.attempts += 1
-        if call.attempts > self.max_retries:
-            where = f" from {server.url}" if several else ""
-            call.result.set_exception(
-                EngineError(f"gave up after {call.attempts} attempts (last: {reason}{where})"))
-        else:
-            queue.put_nowait(call)
-        delay = min(self.max_backoff_s, self.backoff_s * 2**server.health.fails)
-        delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: retries don't stampede
-        server.health.fails += 1
-        server.health.down_until = max(server.health.down_until, time.monotonic() + max(
-            delay, min(retry_after or 0.0, self.max_backoff_s)))
-
-
-async def _stop(workers: list[asyncio.Task[None]]) -> None:
-    for w in workers:
-        w.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
+    async def _call(self, servers: _Servers, payload: dict[str, Any]) -> list[Completion]:
+        """POST with retries; returns at least one parsed choice or raises EngineError. A failed
+        call is retried at once when another server is up, else after a backoff."""
+        stop = tuple(payload.get("stop", ()))
+        for attempt in range(self.max_retries + 1):
+            server = await servers.acquire()
+            retry_after: float | None = None
+            try:
+                self.stats["calls"] += 1
+                self.stats[f"calls:{server.url}"] += 1
+                resp = await server.client.post("/chat/completions", json=payload)
+                out = _parse(resp, stop)
+            except _Retryable as err:
+                reason, retry_after = err.reason, err.retry_after
+            except httpx.TimeoutException:
+                reason = "timeout"
+            except httpx.TransportError as err:  # refused, reset, dropped mid-response
+                reason = f"transport:{type(err).__name__}"
+            except BaseException:  # a 4xx, or cancelled: not the server's health
+                await servers.release(server, False, None)
+                raise
+            else:
+                await servers.release(server, False, None)
+                return out
+            await servers.release(server, True, retry_after)
+            self.stats[f"retry:{reason}"] += 1
+            if attempt == self.max_retries:
+                where = f" from {server.url}" if len(servers.servers) > 1 else ""
+                raise EngineError(f"gave up after {attempt + 1} attempts (last: {reason}{where})")
+            if servers.up():
+                continue  # another server is up: no reason to wait
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: retries don't stampede
+            await asyncio.sleep(max(delay, min(retry_after or 0.0, self.max_backoff_s)))
+        raise AssertionError("unreachable")
 
 
 def _loop_running() -> bool:
