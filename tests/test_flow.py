@@ -94,6 +94,44 @@ def test_continue_strategy_trains_on_this_rounds_curated_set(flow_run):
     assert store.stage_entry(1, "train")["count"] == sizes[1]
 
 
+def test_verify_resumes_from_its_finished_shards(flow_run, tmp_path, monkeypatch):
+    """A crash mid-verify loses at most the shard in flight: the re-run checks only the
+    shards that had not been written, and the verdicts are those of one uninterrupted pass."""
+    import shutil
+
+    import thinkwheel.verifiers as verifiers
+    from thinkwheel.flows import steps
+
+    out, _ = flow_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    store, cfg = RunStore(run), parse_config(SMALL)
+    whole = store.read_table(0, "verdicts")
+    cands = store.read_table(0, "candidates")
+    # as if verified for the first time
+    store.mark_stage(0, "verify", input_hash="x", config_hash="x", count=0, seconds=0, outputs=[])
+    monkeypatch.setattr(steps, "VERIFY_SHARD", 10)
+    real, checked = verifiers.verify_frame, []
+
+    def crash_on_third(tasks, shard, **kw):
+        if len(checked) == 2:
+            raise KeyboardInterrupt("killed")
+        checked.append(shard.height)
+        return real(tasks, shard, **kw)
+
+    monkeypatch.setattr(verifiers, "verify_frame", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        steps.verify(store, cfg, 0)
+    checked.clear()
+    monkeypatch.setattr(verifiers, "verify_frame",
+                        lambda tasks, shard, **kw: checked.append(shard.height) or real(tasks, shard, **kw))
+    again = steps.verify(store, cfg, 0)
+    shards = (cands.height + 9) // 10
+    assert len(checked) == shards - 2 and sum(checked) == cands.height - 20
+    assert store.stage_entry(0, "verify")["shards_reused"] == 2
+    assert again.drop("seconds").equals(whole.drop("seconds"))
+
+
 def test_new_verdicts_redo_filter_and_export(flow_run, tmp_path):
     """Re-verifying under new settings (verify.format_weight, a plugin) keeps every candidate id
     and changes who passed: filter and export must see it. They were keyed by ids alone, so a

@@ -351,7 +351,12 @@ def truncation_warning(what: str, cut: int, total: int, key: str, limit: int) ->
 
 
 # ------------------------------------------------------------------ verify
+VERIFY_SHARD = 2048  # candidates per verify shard: a crash loses at most one
+
+
 def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
+    """Verdicts, written shard by shard: code checks run at ~100 a second, so 100k candidates
+    are a quarter of an hour, and a crash loses at most the shard in flight."""
     from thinkwheel.verifiers import verify_frame
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
@@ -360,16 +365,26 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     if store.stage_done(k, "verify", in_hash, cfg_hash):
         return store.read_table(k, "verdicts")
     t0 = time.time()
+    size = VERIFY_SHARD
+    key = _hash(in_hash, cfg_hash, size)  # shards cut to another size are not these
+    n_shards = (cands.height + size - 1) // size
+    done = store.done_shards(k, "verify", key)
     rep = reporter()
     rep.start(f"round {k}: verifying", cands.height)
-    v = cfg.verify
-    verdicts = verify_frame(tasks, cands, **verifier_settings(cfg), plugins=v.plugins)
+    rep.advance(min(len(done) * size, cands.height))
+    for i in (i for i in range(n_shards) if i not in done):
+        shard = cands.slice(i * size, size)
+        mine = tasks.filter(pl.col("task_id").is_in(shard["task_id"].unique().implode()))
+        verdicts = verify_frame(mine, shard, **verifier_settings(cfg), plugins=cfg.verify.plugins)
+        store.write_shard(k, "verify", key, i, verdicts)
+        rep.advance(shard.height)
     rep.finish()
+    verdicts = records.conform(store.read_shards(k, "verify", key), records.VERDICTS)
     path = store.write_table(k, "verdicts", verdicts)
     passed = int(verdicts["passed"].fill_null(False).sum())
     store.mark_stage(
         k, "verify", input_hash=in_hash, config_hash=cfg_hash, count=passed,
-        seconds=time.time() - t0, outputs=[path],
+        seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
     )
     return verdicts
 
