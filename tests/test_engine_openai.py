@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -159,9 +160,9 @@ def test_replicas_share_the_load_and_a_dead_one_costs_nothing(hf_engine, clean) 
     """Several servers of one model (`vllm serve` on each node) are one engine: the calls
     spread over them, and a server that is down from the start, or dies mid-run, costs retries
     on the others, not the run nor a single sample."""
-    refused = LocalServer(hf_engine)  # bound, never served, then closed: connections refused
-    dead_url = refused.base_url
-    refused.httpd.server_close()
+    with socket.socket() as s:  # a port that was free: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
 
     class DiesAfter(LocalServer):
         def next_fault(self, prompt: str) -> str:  # after two answers, its backend is gone:
@@ -183,7 +184,7 @@ def test_replicas_share_the_load_and_a_dead_one_costs_nothing(hf_engine, clean) 
         before = eng.stats[f"calls:{dead_url}"]  # the flow's next shard: no new burst
         assert texts(eng.generate(REQUESTS[:6], PARAMS)) == texts(clean[:6])
         assert eng.stats[f"calls:{dead_url}"] - before <= 1
-    with LocalServer(hf_engine) as live, DiesAfter(hf_engine).start() as dying:
+    with LocalServer(hf_engine) as live, DiesAfter(hf_engine) as dying:
         eng = OpenAIEngine([dying.base_url, live.base_url], "tiny", concurrency=1, backoff_s=0.05)
         assert texts(eng.generate(REQUESTS, PARAMS)) == texts(clean)
         assert dying.stats.requests > 2 and live.stats.requests == len(REQUESTS) - 2

@@ -146,6 +146,10 @@ class LocalServer:
             return fault
 
     def start(self) -> LocalServer:
+        """Idempotent: a second serve_forever loop outlives stop() and spins on the closed
+        socket at 100% of a core (`with srv.start():` did that, and slowed a whole test run)."""
+        if self._thread is not None:
+            return self
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
