@@ -138,6 +138,7 @@ def test_a_file_is_parsed_once_while_unchanged_and_read_again_once_changed(tmp_p
     parsed once, each call still gets its own round, and an edited file is read anew."""
     import os
 
+    from thinkwheel.flows.steps import task_files as read_cached
     from thinkwheel.generators import task_files
 
     f = _jsonl(tmp_path / "t.jsonl", ROWS[:2] + [{"question": "What is 1 + 1?", "answer": 2,
@@ -146,17 +147,17 @@ def test_a_file_is_parsed_once_while_unchanged_and_read_again_once_changed(tmp_p
     parsed = []
     monkeypatch.setattr(task_files, "seed_pool",
                         lambda rows, **kw: parsed.append(1) or seed_pool(rows, **kw))
-    first = load_task_files(cfg, round=0)
-    again = load_task_files(cfg, round=3)
+    first = read_cached(cfg, 0)
+    again = read_cached(cfg, 3)
     assert len(parsed) == 1 and first.drop("round").equals(again.drop("round"))
     assert first["round"].to_list() == [0, 0, 7] and again["round"].to_list() == [3, 3, 7]
     _jsonl(f, ROWS[:1])
     os.utime(f, ns=(1, 1))  # a new mtime even on a coarse clock
-    assert load_task_files(cfg, round=3)["prompt"].to_list() == [ROWS[0]["question"]]
+    assert read_cached(cfg, 3)["prompt"].to_list() == [ROWS[0]["question"]]
     assert len(parsed) == 2
     f.unlink()
     with pytest.raises(ValueError, match="no such file"):
-        load_task_files(cfg, round=3)
+        read_cached(cfg, 3)
 
 
 def test_per_round_draw_is_seeded_fresh_each_round_and_keeps_file_order():

@@ -145,14 +145,14 @@ def unreadable_tasks(cfg: RunConfig) -> str | None:
     not a round in."""
     if not (cfg.generate.tasks.paths or cfg.eval.tasks.paths or cfg.verify.plugins):
         return None
-    from thinkwheel.generators.task_files import load_task_files
+    from thinkwheel.flows.steps import task_files
     from thinkwheel.verifiers import UnknownVerifierError, resolve
 
     try:
         for spec in cfg.verify.plugins:
             resolve(spec)
-        load_task_files(cfg.generate.tasks)
-        load_task_files(cfg.eval.tasks, held_out=True)
+        task_files(cfg.generate.tasks)  # parsed once: the run's stages reuse them
+        task_files(cfg.eval.tasks, held_out=True)
     except (ValueError, UnknownVerifierError) as err:
         return str(err) if isinstance(err, ValueError) else f"verify.plugins: {err}"
     return None

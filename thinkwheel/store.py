@@ -96,6 +96,15 @@ def frame_hash(df: pl.DataFrame) -> str:
     return hashlib.sha256(df.write_ndjson().encode()).hexdigest()[:16]
 
 
+def file_stamps(path: str | Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of a file, or of every file under a folder: what tells a changed
+    model folder or task file from the one seen before, without reading it."""
+    p = Path(path).expanduser()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [(str(f.relative_to(p)) if p.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in files]
+
+
 def file_hash(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

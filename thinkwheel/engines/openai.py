@@ -26,7 +26,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,7 +198,7 @@ class OpenAIEngine:
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
         try:
-            async with AsyncExitStack() as stack:
+            async with contextlib.AsyncExitStack() as stack:
                 servers = _Servers([
                     _Server(url, await stack.enter_async_context(httpx.AsyncClient(
                         base_url=url, headers=headers, timeout=self.timeout_s, limits=limits)),

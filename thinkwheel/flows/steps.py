@@ -16,10 +16,17 @@ import polars as pl
 from pydantic import BaseModel
 
 from thinkwheel import records
-from thinkwheel.config import DecontamConfig, RunConfig, hashed
+from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
-from thinkwheel.store import RunStore, atomic_write_bytes, frame_hash, ids_hash, model_hash
+from thinkwheel.store import (
+    RunStore,
+    atomic_write_bytes,
+    file_stamps,
+    frame_hash,
+    ids_hash,
+    model_hash,
+)
 
 EngineFactory = Callable[[str], Engine]  # model dir -> engine
 
@@ -40,13 +47,33 @@ def _kept(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("drop_reason").is_null()) if "drop_reason" in df.columns else df
 
 
+def task_files(files: TaskFilesConfig, k: int = 0, *, held_out: bool = False) -> pl.DataFrame:
+    """`load_task_files`, parsed once per process while the files are unchanged (name, size,
+    mtime): a run reads them before it starts and again in every round's tasks and eval stages,
+    and a large set took seconds each time. Rows that do not say get round `k`."""
+    from thinkwheel.generators.task_files import load_task_files
+
+    stamps = [file_stamps(p) if Path(p).expanduser().exists() else None for p in files.paths]
+    key = (tuple(map(str, stamps)), files.model_dump_json(), held_out)
+    if None in stamps:  # a missing file: read (and fail) every time
+        return load_task_files(files, round=k, held_out=held_out)
+    if (tasks := _READ.get(key)) is None:
+        tasks = load_task_files(files, round=None, held_out=held_out)
+        while len(_READ) >= 4:  # a run's training files and eval files, with room to spare
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = tasks
+    return tasks.with_columns(pl.col("round").fill_null(k))
+
+
+_READ: dict[tuple, pl.DataFrame] = {}
+
+
 def heldout(cfg: RunConfig) -> pl.DataFrame:
     """The procedural held-out split plus the eval files you bring."""
-    from thinkwheel.generators.task_files import load_task_files
     from thinkwheel.train.evaluate import heldout_tasks
 
     e = cfg.eval
-    yours = load_task_files(e.tasks, held_out=True)
+    yours = task_files(e.tasks, held_out=True)
     held = heldout_tasks(e) if e.families else yours.head(0)
     return pl.concat([held, yours], how="diagonal_relaxed").unique(
         "task_id", keep="first", maintain_order=True
@@ -55,10 +82,10 @@ def heldout(cfg: RunConfig) -> pl.DataFrame:
 
 def user_tasks(cfg: RunConfig, k: int) -> pl.DataFrame:
     """Round k's share of the tasks you bring (`generate.tasks`)."""
-    from thinkwheel.generators.task_files import draw, load_task_files
+    from thinkwheel.generators.task_files import draw
 
     t = cfg.generate.tasks
-    return draw(load_task_files(t, round=k), t.per_round, t.seed, k)
+    return draw(task_files(t, k), t.per_round, t.seed, k)
 
 
 def heldout_decontam(cfg: RunConfig) -> DecontamConfig:
@@ -496,7 +523,8 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
             "grpo": _curated(store, [k], "grpo") if t.grpo.enabled else None}
     plan = [("sft", t.sft)] + [(n, c) for n, c in (("dpo", t.dpo), ("grpo", t.grpo)) if c.enabled]
     seen = {name: frame_hash(data[name]) for name, _ in plan}
-    in_hash = _hash(model_hash(start_model), seen)
+    start = model_hash(start_model)  # reads the weights: once
+    in_hash = _hash(start, seen)
     cfg_hash = cfg.section_hash("train")
     if store.stage_done(k, "train", in_hash, cfg_hash):
         return str(model_dir)
@@ -516,7 +544,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
             rep.message(f"round {k}: {warning}")
         return out
 
-    once = _Trainers(store, k, _hash(model_hash(start_model)), model_dir, plan, seen)
+    once = _Trainers(store, k, _hash(start), model_dir, plan, seen)
     metrics = once("sft", run_sft)
     if t.dpo.enabled:
         metrics["dpo"] = once("dpo", lambda: _dpo(data["dpo"], cfg, k, str(model_dir)))

@@ -8,7 +8,6 @@ that all came back unverified.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,36 +96,12 @@ def unverifiable() -> pl.Expr:
     )
 
 
-def load_task_files(cfg: TaskFilesConfig, *, round: int = 0, held_out: bool = False) -> pl.DataFrame:
+def load_task_files(
+    cfg: TaskFilesConfig, *, round: int | None = 0, held_out: bool = False
+) -> pl.DataFrame:
     """TASKS rows from every file in `cfg.paths` (source "seed"; family defaults to the file's
     name). `held_out` rows must be verifiable as given. Duplicate tasks keep their first row.
-
-    A run reads the same files before it starts and again in every round's tasks and eval
-    stages: the rows are kept in memory while the files are unchanged (name, size, mtime), so
-    a large set is parsed once per process."""
-    key = (tuple(_stat(p) for p in cfg.paths), cfg.model_dump_json(), held_out)
-    if (tasks := _READ.get(key)) is None:  # a missing file reads (and fails) every time
-        tasks = _load(cfg, held_out)
-        while len(_READ) >= 4:  # a run's training files and eval files, with room to spare
-            _READ.pop(next(iter(_READ)))
-        _READ[key] = tasks
-    return tasks.with_columns(pl.col("round").fill_null(round))
-
-
-_READ: dict[tuple, pl.DataFrame] = {}
-
-
-def _stat(path: str) -> tuple:
-    """What tells a changed file (or `datasets` folder) from the one read before."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        return (str(p), uuid.uuid4().hex)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    return (str(p.resolve()), *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-def _load(cfg: TaskFilesConfig, held_out: bool) -> pl.DataFrame:
-    """The rows, checked; a row's round is null unless it says (the caller's round fills it)."""
+    A row's own `round` is kept; the others get `round` (None leaves them null)."""
     frames = []
     for path in cfg.paths:
         try:
@@ -136,7 +111,7 @@ def _load(cfg: TaskFilesConfig, held_out: bool) -> pl.DataFrame:
             rows = _renamed(rows, cfg.columns)
             defaults = {"domain": cfg.domain, "verifier": cfg.verifier}
             rows = [{**r, **{k: v for k, v in defaults.items() if v and not r.get(k)}} for r in rows]
-            tasks = seed_pool(rows, round=None, family=Path(path).stem)
+            tasks = seed_pool(rows, round=round, family=Path(path).stem)
             for name in tasks["verifier"].unique().sort():
                 resolve(name)
         except (ValueError, UnknownVerifierError) as err:

@@ -57,11 +57,10 @@ def callable_name(fn: Any) -> str:
 def model_identity(model_path: str) -> Any:
     """A local model folder by its files' names, sizes and mtimes (a round's model is
     republished in place); anything else (a hub id) by its name."""
+    from thinkwheel.store import file_stamps
+
     p = Path(model_path)
-    if not p.is_dir():
-        return model_path
-    files = sorted(f for f in p.iterdir() if f.is_file())
-    return [str(p.resolve()), [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]]
+    return [str(p.resolve()), file_stamps(p)] if p.is_dir() else model_path
 
 
 def staging(out_dir: str, fp: dict[str, Any]) -> tuple[str, str | None]:
