@@ -214,3 +214,25 @@ def test_a_base_model_without_a_chat_template_trains(tmp_path):
     assert res["global_step"] == 2 and res["prefill"] == ""
     log = [json.loads(line) for line in open(tmp_path / "m" / "train_log.jsonl")]
     assert any(k.startswith("rewards/") for row in log for k in row)
+
+
+def test_lora_grpo_merges_its_update_into_a_plain_model(plain_model, tmp_path):
+    """`lora: true` trains adapters and saves a merged model the engines load as-is; the
+    weights moved, so the adapters were what GRPO trained (a no-op would leave them equal)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def length(prompts, completions, **kw):  # varies within a group: a non-zero advantage
+        return [float(len(c[0]["content"])) for c in completions]
+
+    cfg = GRPOTrainConfig(max_steps=2, num_generations=4, max_completion_length=12, batch_size=4,
+                          learning_rate=1e-2, lora=True, lora_r=4)
+    out = tmp_path / "m"
+    res = grpo_mod.train_grpo(plain_model, grpo_frame(), str(out), cfg, [length], [1.0])
+    assert res["lora"] and res["global_step"] == 2
+    assert not (out / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(plain_model)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(), strict=True)]
+    assert any(moved) and not all(moved)  # the adapted linears moved; embeddings and norms did not

@@ -331,7 +331,11 @@ class SFTConfig(_LoRA):
     load_in_4bit: bool = True  # unsloth + lora only: QLoRA-style 4-bit base weights
 
 
-class GRPOTrainConfig(_Section):
+class GRPOTrainConfig(_LoRA):
+    """GRPO after SFT. With `lora`, the policy trains adapters (merged into the saved model);
+    RL's few bits per episode fit in a low rank, at about 10x full fine-tuning's learning rate
+    (Schulman et al. 2025, "LoRA Without Regret")."""
+
     enabled: bool = False
     max_steps: int = Field(20, ge=1)
     learning_rate: float = 1e-5

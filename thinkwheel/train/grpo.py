@@ -26,6 +26,7 @@ from thinkwheel.train.sft import (
     device_is_gpu,
     jsonl_log_callback,
     load_hf,
+    lora_config,
     quiet,
     quiet_deprecations,
     runtime_args,
@@ -95,12 +96,13 @@ def train_grpo(
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
+            peft_config=lora_config(cfg) if cfg.lora else None,
             callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
         )
     quiet(trainer)
     return train_and_publish(
         trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes,
-        n_prompts=len(dataset), prefill=prefill,
+        n_prompts=len(dataset), prefill=prefill, lora=cfg.lora,
     )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from thinkwheel import chat_template
-from thinkwheel.config import CHECKPOINT_MINUTES, DPOTrainConfig, SFTConfig
+from thinkwheel.config import CHECKPOINT_MINUTES, DPOTrainConfig, GRPOTrainConfig, SFTConfig
 from thinkwheel.train import checkpoints
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def load_unsloth(model_path: str, cfg: SFTConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def lora_config(cfg: SFTConfig | DPOTrainConfig) -> Any:
+def lora_config(cfg: SFTConfig | DPOTrainConfig | GRPOTrainConfig) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
