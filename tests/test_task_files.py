@@ -294,6 +294,7 @@ def test_consensus_labelling_resumes_after_a_crash(tmp_path):
     assert sorted(set(asked)) == ["What is 10 + 2?", "What is 11 + 2?"]  # shard 0, on disk
     asked.clear()
     resumed = make_tasks(store, cfg, 0, "m", lambda m: Crashing(None))
+    assert not (tmp_path / "run" / "round-0" / "shards").exists()  # labels stored: no copy left
     assert sorted(set(asked)) == ["What is 12 + 2?", "What is 13 + 2?", "What is 14 + 2?"]
     fresh = make_tasks(RunStore.create(tmp_path / "fresh", cfg), cfg, 0, "m",
                        lambda m: Crashing(None))

@@ -11,6 +11,7 @@ same input and config hashes* and its outputs exist; anything else re-runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -290,6 +291,14 @@ class RunStore:
     def done_shards(self, k: int, stage: str, key: str) -> set[int]:
         d = self.shard_dir(k, stage, key)
         return {int(p.stem.split("-")[1]) for p in d.glob("shard-*.parquet")}
+
+    def drop_shards(self, k: int, stage: str) -> None:
+        """Once a stage's output is stored and recorded its shards are a second copy (several
+        times the output's size, as many small files); shards under other keys are from
+        settings this run has replaced."""
+        shutil.rmtree(self.round_dir(k) / "shards" / stage, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last stage's: no empty folder left behind
+            (self.round_dir(k) / "shards").rmdir()
 
     def read_shards(self, k: int, stage: str, key: str) -> pl.DataFrame:
         files = sorted(self.shard_dir(k, stage, key).glob("shard-*.parquet"))

@@ -178,6 +178,7 @@ def make_tasks(
         k, "tasks", input_hash=in_hash, config_hash=cfg_hash, count=_kept(tasks).height,
         seconds=time.time() - t0, outputs=[path], generated=tasks.height,
     )
+    store.drop_shards(k, "consensus")
     return tasks
 
 
@@ -301,7 +302,8 @@ def sample(
     store: RunStore, cfg: RunConfig, k: int, model_dir: str, engines: EngineFactory
 ) -> pl.DataFrame:
     """Rejection sampling, sharded: each finished shard is on disk before the next starts, so a
-    crash loses at most the shard in flight and a re-run regenerates only missing shards."""
+    crash loses at most the shard in flight and a re-run regenerates only missing shards. The
+    shards go once the candidates are stored."""
     tasks = _kept(store.read_table(k, "tasks"))
     s, params = cfg.sampling, sampling_params(cfg, k)
     model = model_hash(model_dir)
@@ -340,6 +342,7 @@ def sample(
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
         truncated=cut, **({"calls": calls} if calls else {}),
     )
+    store.drop_shards(k, "sample")
     if retried := {r.split(":", 1)[1]: n for r, n in calls.items() if r.startswith("retry:")}:
         why = ", ".join(f"{n} {r}" for r, n in sorted(retried.items(), key=lambda x: -x[1]))
         rep.message(f"round {k}: {sum(retried.values())} of {calls.get('calls', 0)} calls were "
@@ -413,6 +416,7 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
         k, "verify", input_hash=in_hash, config_hash=cfg_hash, count=passed,
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
     )
+    store.drop_shards(k, "verify")
     return verdicts
 
 
