@@ -124,18 +124,26 @@ def dpo(model_dir: str, pairs: pl.DataFrame, out_dir: str, *, steps: int, lr: fl
     return {"pairs": pairs.height, "pair_accuracy": last["rewards/accuracies"]}
 
 
-def grpo(model_dir: str, prompts: pl.DataFrame, out_dir: str, cfg: RunConfig, lr: float) -> dict:
+def grpo(
+    model_dir: str, prompts: pl.DataFrame, out_dir: str, cfg: RunConfig, lr: float, *,
+    steps: int = 60, **over: Any,
+) -> dict:
     from thinkwheel.train.grpo import train_grpo
     from thinkwheel.train.rewards import grpo_rewards
 
     g = cfg.train.grpo.model_copy(
-        update={"enabled": True, "max_steps": 60, "batch_size": 64, "learning_rate": lr}
+        update={"enabled": True, "max_steps": steps, "batch_size": 64, "learning_rate": lr, **over}
     )
     rewards, weights = grpo_rewards(g)
     out = train_grpo(model_dir, prompts.sample(fraction=1.0, shuffle=True, seed=0), out_dir, g,
                      rewards, weights)
     curve = [h["reward"] for h in out.get("log_history", []) if "reward" in h]
-    return {"prompts": prompts.height, "reward_first_last": [curve[:5], curve[-5:]]}
+    task = [h["rewards/task_reward/mean"] for h in out.get("log_history", [])
+            if "rewards/task_reward/mean" in h]
+    window = min(30, len(task))  # the task reward's mean over the first and last steps
+    return {"prompts": prompts.height, "reward_first_last": [curve[:5], curve[-5:]],
+            "task_reward_first_last": [round(sum(task[:window]) / max(1, window), 3),
+                                       round(sum(task[-window:]) / max(1, window), 3)]}
 
 
 # ------------------------------------------------------------------ the bench
@@ -194,6 +202,13 @@ def main() -> None:
         return go
 
     grpo_prompts = pl.read_parquet(store.round_dir(args.round) / "curated" / "grpo.parquet")
+    # every round's GRPO prompts so far, as the flow's from_base strategy accumulates them
+    grpo_all = pl.concat(
+        [pl.read_parquet(store.round_dir(r) / "curated" / "grpo.parquet") for r in rounds],
+        how="diagonal_relaxed",
+    )
+    # RL needs little capacity: LoRA at ~10x full fine-tuning's rate (Schulman et al. 2025)
+    lora = {"lora": True, "lora_r": 32, "lora_alpha": 64}
     variants: dict[str, Variant] = {
         "as run": sft_variant("as-run", lambda: sft),
         "as run, SFT seed 1": sft_variant("seed-1", lambda: sft, seed=sft_cfg.seed + 1),
@@ -231,6 +246,16 @@ def main() -> None:
         ),
         "+ GRPO, 60 steps, lr 1e-3": second_stage(
             "grpo-lr", lambda src, dst: grpo(src, grpo_prompts, dst, cfg, 1e-3)
+        ),
+        "+ GRPO LoRA r=32, 150 steps, lr 1e-3": second_stage(
+            "grpo-lora", lambda src, dst: grpo(src, grpo_all, dst, cfg, 1e-3, steps=150, **lora)
+        ),
+        "+ GRPO LoRA r=32, 150 steps, lr 1e-3, GRPO seed 1": second_stage(
+            "grpo-lora-s1",
+            lambda src, dst: grpo(src, grpo_all, dst, cfg, 1e-3, steps=150, seed=1, **lora),
+        ),
+        "+ GRPO LoRA r=32, 150 steps, lr 2e-3": second_stage(
+            "grpo-lora-lr", lambda src, dst: grpo(src, grpo_all, dst, cfg, 2e-3, steps=150, **lora)
         ),
     }
     if args.round > 0:  # strategy: continue starts from the previous round's model
