@@ -129,6 +129,34 @@ def test_run_with_a_gpu_setting_and_no_gpu_extras_fails_before_starting(tmp_path
     assert "engine.kind: vllm needs vllm (pip install 'thinkwheel[gpu]'" in out
     assert "train.sft.trainer: unsloth needs unsloth" in out
 
+def test_a_misspelt_name_fails_before_prefect_starts(tmp_path, monkeypatch):
+    """A task family, evol operator or benchmark field the run would only meet mid-flow (the
+    families after the base model's eval, a benchmark field as a KeyError traceback) is one
+    line naming its key, before anything loads."""
+    import thinkwheel.flows.flywheel as fw
+
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    (tmp_path / "bench.jsonl").write_text('{"question": "What is 1 + 1?"}\n')
+
+    def run_with(text: str) -> tuple[int, str]:
+        p = tmp_path / "c.yaml"
+        p.write_text(text)
+        r = runner.invoke(app, ["run", "-c", str(p)])
+        return r.exit_code, " ".join(r.output.split())
+
+    code, out = run_with("generate: {procedural: {families: [math, adition]}}\n")
+    assert code == 2 and "generate.procedural.families: unknown task family 'adition'" in out
+    code, out = run_with("generate: {procedural: {mix: [{families: [code]}, {families: [mat]}]}}\n")
+    assert code == 2 and "generate.procedural.mix[1].families: unknown task family 'mat'" in out
+    code, out = run_with("eval: {families: [count_chars]}\n")
+    assert code == 2 and "eval.families: unknown task family 'count_chars'" in out
+    code, out = run_with("generate: {evol_instruct: {enabled: true, operators: [deepen, widen]}}\n")
+    assert code == 2 and "generate.evol_instruct.operators: unknown ['widen']" in out
+    bench = tmp_path / "bench.jsonl"
+    code, out = run_with(f"filters: {{decontam: {{benchmarks: [{{name: b, path: '{bench}'}}]}}}}\n")
+    assert code == 2 and "has no field 'prompt' (has ['question'])" in out
+
+
 def test_run_with_a_model_it_cannot_load_fails_before_starting(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -184,6 +212,21 @@ def test_run_without_config_runs_the_packaged_cpu_recipe(tmp_path, monkeypatch):
     assert cfg.generate.procedural.plan()[0] == (["math"], 640, 1)
     assert cfg != RunConfig(name="default", rounds=1)
     assert str(seen["out"]) == "runs/default"
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
+    """The installed `thinkwheel` script is the typer app itself: a Ctrl-C used to reach click,
+    which printed "Aborted!" and exited 1, and the resume hint never showed."""
+    import thinkwheel.flows.flywheel as fw
+
+    def interrupted(cfg, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fw, "run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["run", "--rounds", "1"])
+    assert r.exit_code == 130 and "re-run the same command to resume" in r.output
+    assert "Aborted" not in r.output
 
 
 def test_verifiers_lists_builtins():

@@ -38,6 +38,8 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
         ("engine:\n  kind: openai\n", "set train.sft.enabled: false"),
         ("eval:\n  per_family: 50\n", "eval.per_family is at most 40"),
         ("eval:\n  seed: 1\n", "keep their defaults"),
+        ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, dpo: {enabled: true}}\n",
+         "set train.dpo.enabled: false"),
         ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, grpo: {enabled: true}}\n",
          "train.grpo.enabled: false"),
     ],

@@ -20,8 +20,9 @@ from thinkwheel.config import EngineConfig
 from thinkwheel.engines.base import SamplingParams
 
 FAKE_VLLM = """
-import json, os
+import json, os, weakref
 LOG = os.environ["FAKE_VLLM_LOG"]
+ALIVE = weakref.WeakSet()  # the LLMs not yet freed
 
 def _log(kind, **data):
     with open(LOG, "a") as fh:
@@ -48,6 +49,7 @@ class LLM:
         if os.environ.get("FAKE_VLLM_FAIL"):
             raise RuntimeError("no CUDA GPUs are available")
         _log("init", model=model, kwargs=kwargs, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        ALIVE.add(self)
 
     def get_tokenizer(self):  # the real model's tokenizer when a test names one
         path = os.environ.get("FAKE_VLLM_TOKENIZER")
@@ -79,6 +81,14 @@ class LoRARequest:
     def __init__(self, lora_name, lora_int_id, lora_path=""):
         self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
 """
+DISTRIBUTED = """
+import json, os
+
+def cleanup_dist_env_and_memory(shutdown_ray=False):
+    import vllm
+    with open(os.environ["FAKE_VLLM_LOG"], "a") as fh:
+        fh.write(json.dumps({"kind": "cleanup", "llms_alive": len(vllm.ALIVE)}) + "\\n")
+"""
 REQUESTS = ["What is 1 + 1?", "What is 2 + 2?", [{"role": "user", "content": "What is 3 + 3?"}]]
 
 
@@ -90,6 +100,8 @@ def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (root / "vllm" / "__init__.py").write_text(FAKE_VLLM)
     (root / "vllm" / "lora" / "__init__.py").write_text("")
     (root / "vllm" / "lora" / "request.py").write_text(LORA)
+    (root / "vllm" / "distributed").mkdir()
+    (root / "vllm" / "distributed" / "__init__.py").write_text(DISTRIBUTED)
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
     monkeypatch.syspath_prepend(str(root))
@@ -217,3 +229,16 @@ def test_the_template_turn_end_is_a_stop_id(fake_vllm: Path, tmp_path: Path, mon
     monkeypatch.setenv("FAKE_VLLM_TOKENIZER", path)
     VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(max_tokens=4))
     assert calls(fake_vllm, "chat")[-1]["stop_token_ids"] == [turn_end]
+
+
+def test_close_frees_the_in_process_llm(fake_vllm: Path) -> None:
+    """The flow closes the engine before training: the in-process `LLM` must be gone when
+    vLLM's cleanup runs, or its GPU memory stays reserved through SFT and GRPO."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine("m")
+    engine.generate(REQUESTS[:1], SamplingParams(max_tokens=4))
+    engine.close()
+    assert calls(fake_vllm, "cleanup") == [{"kind": "cleanup", "llms_alive": 0}]
+    engine.close()  # twice is harmless: nothing left to free
+    assert len(calls(fake_vllm, "cleanup")) == 1

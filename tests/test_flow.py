@@ -154,6 +154,65 @@ def test_new_verdicts_redo_filter_and_export(flow_run, tmp_path):
     assert pl.read_parquet(run / "round-0" / "curated" / "sft.parquet").height == 0
 
 
+def test_an_export_without_parquet_still_feeds_training(flow_run, tmp_path):
+    """`export.formats: [verl]` (or [jsonl], [hf]) is extra copies: the parquet the trainers read
+    is written anyway. It was not, and SFT found no data, carried the model forward and said
+    only "no curated samples" while the funnel showed hundreds kept."""
+    import shutil
+
+    from thinkwheel.flows import steps
+
+    out, _ = flow_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    store = RunStore(run)
+    curated = run / "round-0" / "curated"
+    kept = pl.read_parquet(curated / "sft.parquet").height
+    if kept == 0:
+        pytest.skip("round 0 kept no sample, so nothing to train on")
+    shutil.rmtree(curated)
+    cfg = parse_config({**SMALL, "export": {"formats": ["verl"]}})
+    assert steps.export(store, cfg, 0, "m")["sft"] == kept
+    assert (curated / "verl").is_dir() and not (curated / "hf").exists()
+    assert steps._curated(store, [0], "sft").height == kept
+    (curated / "sft.parquet").unlink()  # a run an older version exported this way: redone
+    assert steps.export(store, cfg, 0, "m")["sft"] == kept and (curated / "sft.parquet").is_file()
+
+
+def test_grpo_runs_without_sft_from_the_rounds_start_model(flow_run, tmp_path):
+    """`train.sft.enabled: false` with GRPO on (RL straight on an instruct model): GRPO trains
+    from the round's start model. The flow used to skip the train stage whenever SFT was off,
+    so GRPO never ran, and nothing said so."""
+    import shutil
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.curated.export import grpo_frame, task_pass_rates
+    from thinkwheel.flows import steps
+
+    out, _ = flow_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    store = RunStore(run)
+    shutil.rmtree(run / "round-0" / "model", ignore_errors=True)
+    curated = run / "round-0" / "curated"
+    tasks, verdicts = store.read_table(0, "tasks"), store.read_table(0, "verdicts")
+    grpo = {"enabled": True, "max_steps": 2, "num_generations": 2, "batch_size": 2,
+            "max_completion_length": 16}
+    cfg = parse_config({**SMALL, "train": {"sft": {"enabled": False}, "grpo": grpo}})
+    assert [n for n, _ in cfg.train.trainers()] == ["grpo"]
+
+    grpo_frame(tasks.head(0), task_pass_rates(verdicts)).write_parquet(curated / "grpo.parquet")
+    assert steps.train(store, cfg, 0, str(MODEL_DIR)) == str(MODEL_DIR)  # no prompts: no model
+    assert not (run / "round-0" / "model").exists()
+
+    grpo_frame(tasks.head(4), task_pass_rates(verdicts)).write_parquet(curated / "grpo.parquet")
+    model = steps.train(store, cfg, 0, str(MODEL_DIR))
+    stages = store.manifest()["rounds"]["0"]["stages"]
+    assert model == str(run / "round-0" / "model") and Path(model, "config.json").is_file()
+    assert stages["train.grpo"]["metrics"]["global_step"] == 2 and stages["train"]["steps"] == 2
+    assert stages["train.grpo"]["published"] and (run / "round-0" / "logs" / "grpo.jsonl").is_file()
+
+
 def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path, monkeypatch):
     """DPO and GRPO on in the flow's train stage: SFT, then TRL's DPOTrainer on the round's dpo
     split, then GRPOTrainer on its GRPO prompts with the verifier rewards. Each stage

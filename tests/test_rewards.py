@@ -62,6 +62,22 @@ def test_grpo_rewards_follow_the_config() -> None:
     assert loose[0](completions=[lucky], **cols) == [1.0]
 
 
+def test_grpo_rewards_judge_with_the_runs_verify_settings() -> None:
+    """`verify.percent_policy: number` reads "50%" as 50 in the verify stage and eval; GRPO's
+    reward used the library default and scored the same answer 0."""
+    from thinkwheel.config import GRPOTrainConfig, VerifyConfig
+    from thinkwheel.train.rewards import grpo_rewards
+
+    def task_reward(verify: VerifyConfig | None) -> list[float | None]:
+        (correct, _), _ = grpo_rewards(GRPOTrainConfig(), verify)
+        return correct(prompts=["q"], completions=["<think>half of 100</think>\n50%"],
+                       reference=["50"], verifier=["math"])
+
+    assert task_reward(VerifyConfig(percent_policy="number")) == [1.0]
+    assert task_reward(VerifyConfig(percent_policy="fraction")) == [0.0]
+    assert task_reward(None) == [0.0]  # no run: the library default, fraction
+
+
 def test_a_plugin_verifier_sees_the_same_task_in_grpo_as_in_the_verify_stage(tmp_path):
     """A user's row carries an extra field (kept in `meta`); the plugin that judged the flow's
     samples with it must get it again as a GRPO reward, through the exported grpo set."""

@@ -80,6 +80,25 @@ def test_verify_frame_with_plugin(plugin_module: types.ModuleType) -> None:
     assert out["passed"].to_list() == [True, None]
 
 
+def test_format_weight_requires_the_think_format() -> None:
+    """`verify.format_weight` > 0: a right answer outside the <think> format fails (it used to
+    be a config key nothing read), a formatted one keeps passing, an unverifiable stays None."""
+    tasks = records.frame([{"task_id": "t", "domain": "math", "reference": "12", "verifier": "math"},
+                           {"task_id": "u", "reference": "1", "verifier": "no_such_verifier"}],
+                          records.TASKS)
+    texts = {"ok": "<think>5+7=12</think>\n12", "bare": "12", "wrong": "<think>5+7=13</think>\n13",
+             "none": "<think>x</think>\n1"}
+    cands = records.frame([{"candidate_id": c, "task_id": "u" if c == "none" else "t",
+                            "completion": t, "answer": t.split("\n")[-1]} for c, t in texts.items()],
+                          records.CANDIDATES)
+    plain = verify_frame(tasks, cands, workers=1)
+    assert plain["passed"].to_list() == [True, True, False, None]
+    strict = verify_frame(tasks, cands, workers=1, format_weight=0.2)
+    assert strict["passed"].to_list() == [True, False, False, None]
+    assert strict["reason"][1] == "bad_format" and strict["score"].to_list()[:3] == pytest.approx(
+        [1.0, 0.8, 0.2])
+
+
 def test_entry_point_plugin(plugin_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     ep = EntryPoint(name="tw_ep_exact", value="tw_test_plugins:exact", group=reg.GROUP)
     monkeypatch.setattr(reg, "_entry_points", lambda: {"tw_ep_exact": ep})

@@ -90,6 +90,14 @@ def test_verls_reward_managers_get_our_verifiers(tmp_path):
     )
     assert [s["correct"] for s in batch] == [1.0, 1.0, 0.0]
 
+    # a run's own reward settings, through verl's reward_kwargs: its config file
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("train: {grpo: {format_weight: 0.5, check_arithmetic: false}}\n")
+    lucky = dict(data_source=rows["m1"]["data_source"], solution_str="<think>7 + 6 = 12, so 13</think>\n13",
+                 ground_truth=rows["m1"]["reward_model"]["ground_truth"], extra_info=rows["m1"]["extra_info"])
+    assert compute_score(**lucky)["score"] == 0.2  # the defaults: no credit for a false step
+    assert compute_score(**lucky, config=str(cfg))["score"] == 1.5
+
 
 def test_export_command_writes_verl_and_says_how_to_train(tmp_path):
     from thinkwheel.cli import app
@@ -106,6 +114,8 @@ def test_export_command_writes_verl_and_says_how_to_train(tmp_path):
     said = " ".join(r.output.split())
     assert "wrote 3 GRPO prompts" in said and "custom_reward_function.name=compute_score" in said
     assert f"custom_reward_function.path={verl_reward.__file__}" in r.output  # soft-wrapped
+    config = (store.root / "config.yaml").resolve()
+    assert f"+custom_reward_function.reward_kwargs.config={config}" in r.output
     assert pd.read_parquet(tmp_path / "v" / "verl" / "train.parquet").shape[0] == 3
 
 

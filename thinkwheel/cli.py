@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,10 +131,38 @@ def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
     problem, warning = server_check(cfg)
-    if problem := problem or unreachable_model(cfg) or unreadable_tasks(cfg):
+    if problem := problem or unknown_names(cfg) or unreachable_model(cfg) or unreadable_tasks(cfg):
         fail(problem.replace("engine.model", "--model") if model_flag else problem)
     if warning:
         console.print(warning)
+
+
+def unknown_names(cfg: RunConfig) -> str | None:
+    """A task family, evol operator or benchmark the run would only trip over once Prefect is
+    up (the families after the base model's eval), named by its config key; or None."""
+    from thinkwheel.generators.evol_instruct import OPERATORS
+    from thinkwheel.generators.procedural import resolve_families
+
+    p, g = cfg.generate.procedural, cfg.generate
+    keys = ([(f"generate.procedural.mix[{i}].families", m.families) for i, m in enumerate(p.mix)]
+            or [("generate.procedural.families", p.families)])
+    try:
+        for key, families in [*keys, ("eval.families", cfg.eval.families)]:
+            try:
+                resolve_families(families)
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
+        if g.evol_instruct.enabled and (bad := [o for o in g.evol_instruct.operators
+                                                if o not in OPERATORS]):
+            raise ValueError(f"generate.evol_instruct.operators: unknown {bad}; known: "
+                             f"{', '.join(OPERATORS)}")
+        if cfg.filters.decontam.enabled:
+            from thinkwheel.filters.decontam import load_benchmarks
+
+            load_benchmarks(cfg.filters.decontam.benchmarks)
+    except (ValueError, FileNotFoundError) as err:
+        return str(err)
+    return None
 
 
 def unreadable_tasks(cfg: RunConfig) -> str | None:
@@ -174,6 +201,17 @@ def _exit_cleanly_on_term() -> None:
         signal.signal(sig, _exit)
 
 
+@contextmanager
+def _resumable() -> Iterator[None]:
+    """Ctrl-C in a long command: say how to go on and exit 130. Left to click, the installed
+    `thinkwheel` script printed "Aborted!" and exited 1."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print("interrupted; re-run the same command to resume")
+        raise typer.Exit(130) from None
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config")] = None,
@@ -201,7 +239,7 @@ def run(
     from thinkwheel.flows.progress import RichReporter, use_reporter
 
     try:
-        with RichReporter() as rep, use_reporter(rep):
+        with _resumable(), RichReporter() as rep, use_reporter(rep):
             summary = run_flow(cfg, out)
     except (FileNotFoundError, ConfigError, ValueError) as e:
         fail(str(e))
@@ -355,7 +393,10 @@ def export(
         console.print(
             f"train it in verl with data.train_files={(out / 'verl' / 'train.parquet').resolve()} "
             f"custom_reward_function.path={verl_reward.__file__} "
-            "custom_reward_function.name=compute_score", soft_wrap=True)
+            "custom_reward_function.name=compute_score "
+            # the run's own GRPO reward settings (train.grpo, verify), not the defaults
+            f"+custom_reward_function.reward_kwargs.config={(run_dir / 'config.yaml').resolve()}",
+            soft_wrap=True)
     if push_to_hub:
         from datasets import load_from_disk
 
@@ -438,7 +479,7 @@ def _training(label: str) -> Iterator[list]:
     from thinkwheel.flows.steps import step_callbacks
 
     _exit_cleanly_on_term()  # and a SIGTERM mid-training saves a checkpoint first
-    with RichReporter() as rep, use_reporter(rep):
+    with _resumable(), RichReporter() as rep, use_reporter(rep):
         rep.start(label, None)
         yield step_callbacks()
         rep.finish()
@@ -505,7 +546,7 @@ def train_grpo_cmd(
         fail(str(err))
     with _training(f"GRPO on {grpo.height} prompts") as callbacks:
         metrics = train_grpo(
-            path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo), callbacks=callbacks,
+            path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo, cfg.verify), callbacks=callbacks,
             checkpoint_minutes=cfg.train.checkpoint_minutes,
         )
     _show(metrics)
@@ -591,8 +632,4 @@ def pretrain(
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m thinkwheel`
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted; re-run the same command to resume")
-        sys.exit(130)
+    app()

@@ -243,7 +243,15 @@ class VerifyConfig(_Section):
     workers: int = Field(2, ge=1, json_schema_extra=SERVING)
     percent_policy: Literal["fraction", "number", "either"] = "fraction"
     plugins: list[str] = Field(default_factory=list)  # "module:callable"
-    format_weight: float = 0.0  # >0 also requires the <think> format to count as passed
+    # > 0: a candidate passes only in the <think> format too (verify, GRPO pass rates, eval), and
+    # its score is (1 - w) * the verifier's + w * the format's; filters.quality.require_think
+    # drops the badly formatted from the SFT set either way
+    format_weight: float = Field(0.0, ge=0, le=1)
+
+    def options(self) -> dict[str, Any]:
+        """What every verifier call of a run gets (verify stage, consensus, eval, GRPO rewards)."""
+        return {"workers": self.workers, "math_timeout_s": self.math_timeout_s,
+                "code_timeout_s": self.code_timeout_s, "percent_policy": self.percent_policy}
 
 
 class DedupConfig(_Section):
@@ -299,6 +307,7 @@ class FilterConfig(_Section):
 
 class ExportConfig(_Section):
     system_prompt: str = "You are a careful assistant. Think inside <think></think>, then answer."
+    # parquet is written whatever this says (the trainers and `inspect` read it); the rest are copies
     formats: list[Literal["parquet", "hf", "jsonl", "verl"]] = Field(default_factory=lambda: ["parquet", "hf"])
     verified_only: bool = True
     # DPO pairs per task (a kept sample vs a failed one of the same task); 0 = no dpo split
@@ -379,6 +388,11 @@ class TrainConfig(_Section):
     # of a crashed run resumes from it; None: never
     checkpoint_minutes: float | None = Field(CHECKPOINT_MINUTES, ge=0, json_schema_extra=OPERATIONAL)
 
+    def trainers(self) -> list[tuple[str, _Section]]:
+        """The trainers a round runs, in order, each on the last one's model."""
+        return [(n, c) for n, c in (("sft", self.sft), ("dpo", self.dpo), ("grpo", self.grpo))
+                if c.enabled]
+
     def accumulates(self) -> bool:
         return self.strategy == "from_base" if self.accumulate is None else self.accumulate
 
@@ -439,10 +453,10 @@ class RunConfig(_Section):
     def _served_model_is_not_retrained(self) -> RunConfig:
         """Round k+1 samples from round k's trained model, which a remote server cannot load:
         say so at load time, not after the first round's training."""
-        if self.engine.kind == "openai" and (self.train.sft.enabled or self.train.grpo.enabled):
+        if self.engine.kind == "openai" and (on := [n for n, _ in self.train.trainers()]):
             raise ValueError(
                 "engine.kind 'openai' samples from a served model, which the flow cannot swap for "
-                "a round's trained model: set train.sft.enabled: false and train.grpo.enabled: "
+                f"a round's trained model: set {', '.join(f'train.{n}.enabled' for n in on)}: "
                 "false (then `thinkwheel train sft <run>/round-0/curated`), or use engine.kind "
                 "vllm or hf"
             )

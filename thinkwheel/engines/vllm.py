@@ -16,6 +16,7 @@ requests between them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -215,6 +216,19 @@ class VLLMEngine:
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
+        """Free the GPU: replicas exit; the in-process LLM is dropped and vLLM's own cleanup
+        (`cleanup_dist_env_and_memory`, what its tests run between models) releases its
+        memory, which deleting the object alone leaves reserved. The flow closes the engine
+        before training, which needs that memory."""
+        if self._local is not None:
+            self._local = None
+            gc.collect()
+            try:
+                from vllm.distributed import cleanup_dist_env_and_memory
+            except ImportError:  # an older vLLM: the collection above is what it had
+                pass
+            else:
+                cleanup_dist_env_and_memory()
         for proc, conn in self._workers:
             try:
                 conn.send(None)

@@ -266,7 +266,7 @@ def load_benchmark(path: str, field: str = "prompt") -> list[str]:
     texts = []
     for row in _read_rows(p):
         if field not in row:
-            raise KeyError(f"benchmark {path!r} has no field {field!r} (has {sorted(row)})")
+            raise ValueError(f"benchmark {path!r} has no field {field!r} (has {sorted(row)})")
         texts.append(str(row[field] or ""))
     return texts
 

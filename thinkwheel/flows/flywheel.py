@@ -44,12 +44,17 @@ class _Engines:
         from thinkwheel.engines.factory import make_engine
 
         if model_dir not in self._cache:
-            for engine in self._cache.values():  # one model resident at a time
-                if callable(close := getattr(engine, "close", None)):
-                    close()  # vLLM's GPU memory, the request cache's file
-            self._cache.clear()
+            self.release()  # one model resident at a time: vLLM's GPU memory, the cache's file
             self._cache[model_dir] = make_engine(self.cfg.engine, model_dir, cache_dir=self.cache_dir)
         return self._cache[model_dir]
+
+    def release(self) -> None:
+        """Close every engine: training needs the GPU memory a vLLM engine holds, and the
+        next stage samples from the model training makes."""
+        for engine in self._cache.values():
+            if callable(close := getattr(engine, "close", None)):
+                close()
+        self._cache.clear()
 
     def settle(self) -> None:
         for engine in self._cache.values():
@@ -94,7 +99,8 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     model = resolve_model(cfg.engine)
     base_model = model
     base = None
-    if cfg.engine.kind == "hf":  # a served model's base accuracy is the server's business
+    # the round-0 gain needs the base model's score; a served model's is the server's business
+    if cfg.engine.kind != "openai":
         base = eval_task(store, cfg, "base", model, engines)
     rows = []
     for k in range(cfg.rounds):
@@ -106,7 +112,8 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
         filter_task(store, cfg, k)
         export_task(store, cfg, k, model)
         start = base_model if cfg.train.strategy == "from_base" else model
-        if cfg.train.sft.enabled:
+        if cfg.train.trainers():
+            engines.release()
             model = train_task(store, cfg, k, start)
         eval_task(store, cfg, k, model, engines)
         engines.settle()

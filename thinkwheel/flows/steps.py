@@ -6,6 +6,7 @@ import Prefect themselves, so they run and test without a server.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -283,9 +284,7 @@ def candidate_rows(
 
 def verifier_settings(cfg: RunConfig) -> dict[str, Any]:
     """The `verify` settings every verifier call in a run uses (verify stage, consensus, eval)."""
-    v = cfg.verify
-    return {"workers": v.workers, "math_timeout_s": v.math_timeout_s,
-            "code_timeout_s": v.code_timeout_s, "percent_policy": v.percent_policy}
+    return {**cfg.verify.options(), "format_weight": cfg.verify.format_weight}
 
 
 def sampling_params(cfg: RunConfig, k: int) -> SamplingParams:
@@ -475,7 +474,10 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
                     _content(verdicts), _content(tasks))
     cfg_hash = cfg.section_hash("export", "sampling")
     out_dir = store.round_dir(k) / "curated"
-    if store.stage_done(k, "export", in_hash, cfg_hash):
+    # parquet is always written: it is what the trainers, `inspect` and `thinkwheel export` read
+    # (an export of `formats: [verl]` alone used to leave SFT nothing to train on, silently)
+    formats = ("parquet", *(f for f in cfg.export.formats if f != "parquet"))
+    if store.stage_done(k, "export", in_hash, cfg_hash) and (out_dir / "sft.parquet").is_file():
         return store.stage_entry(k, "export")
     t0 = time.time()
     kept_ids = filtered.filter(pl.col("drop_reason").is_null())["candidate_id"].to_list()
@@ -499,7 +501,7 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
             {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
         ),
     )
-    write_dataset(sft, grpo, out_dir, formats=tuple(cfg.export.formats), card=card, dpo=dpo)
+    write_dataset(sft, grpo, out_dir, formats=formats, card=card, dpo=dpo)
     store.mark_stage(
         k, "export", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
         seconds=time.time() - t0, outputs=[out_dir], sft=sft.height, grpo=grpo.height,
@@ -511,7 +513,8 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
 # ------------------------------------------------------------------ train
 def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     """Cold-start SFT on this round's curated set, then DPO and GRPO when enabled; returns the
-    model dir.
+    model dir. With SFT off, the first enabled trainer starts from `start_model` (GRPO on an
+    instruct model).
 
     "continue" fine-tunes the previous round's model, "from_base" the base model (STaR /
     ReST-EM); with `accumulate` the data is every round's curated set so far. Each trainer is
@@ -521,11 +524,11 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
 
     model_dir = store.round_dir(k) / "model"
     rounds = range(k + 1) if cfg.train.accumulates() else [k]
-    sft = _curated(store, rounds, "sft")
     t = cfg.train
-    data = {"sft": sft, "dpo": _curated(store, rounds, "dpo") if t.dpo.enabled else None,
+    data = {"sft": _curated(store, rounds, "sft") if t.sft.enabled else None,
+            "dpo": _curated(store, rounds, "dpo") if t.dpo.enabled else None,
             "grpo": _curated(store, [k], "grpo") if t.grpo.enabled else None}
-    plan = [("sft", t.sft)] + [(n, c) for n, c in (("dpo", t.dpo), ("grpo", t.grpo)) if c.enabled]
+    plan = t.trainers()
     seen = {name: frame_hash(data[name]) for name, _ in plan}
     start = model_hash(start_model)  # reads the weights: once
     in_hash = _hash(start, seen)
@@ -533,7 +536,8 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     if store.stage_done(k, "train", in_hash, cfg_hash):
         return str(model_dir)
     t0 = time.time()
-    if sft.height == 0:  # nothing verified: carry the model forward unchanged, say so
+    sft = data["sft"]
+    if sft is not None and sft.height == 0:  # nothing verified: carry the model forward, say so
         reporter().message(f"round {k}: no curated samples; the model is carried forward")
         return start_model
     minutes = t.checkpoint_minutes
@@ -549,15 +553,20 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         return out
 
     once = _Trainers(store, k, _hash(start), model_dir, plan, seen)
-    metrics = once("sft", run_sft)
-    if t.dpo.enabled:
-        metrics["dpo"] = once("dpo", lambda: _dpo(data["dpo"], cfg, k, str(model_dir)))
-    if t.grpo.enabled:
-        metrics["grpo"] = once("grpo", lambda: _grpo(data["grpo"], cfg, k, str(model_dir)))
+    runs = {"sft": lambda src: run_sft(),
+            "dpo": lambda src: _dpo(data["dpo"], cfg, k, src, str(model_dir)),
+            "grpo": lambda src: _grpo(data["grpo"], cfg, k, src, str(model_dir))}
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, _ in plan:  # each trainer goes on from the last one's model
+        src = str(model_dir) if once.published else start_model
+        metrics[name] = once(name, functools.partial(runs[name], src))
+    if not once.published:  # every trainer skipped for want of data
+        return start_model
+    first = metrics[plan[0][0]]  # SFT's loss and steps when it ran
     store.mark_stage(
-        k, "train", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
+        k, "train", input_hash=in_hash, config_hash=cfg_hash, count=0 if sft is None else sft.height,
         seconds=time.time() - t0, outputs=[model_dir],
-        loss=metrics.get("train_loss"), steps=metrics.get("global_step"),
+        loss=first.get("train_loss"), steps=first.get("global_step"),
     )
     return str(model_dir)
 
@@ -593,6 +602,9 @@ class _Trainers:
             done.append(name)
         left = done and store.stage_entry(k, f"train.{done[-1]}").get("model")
         self.done = set(done) if left == model_hash(model_dir) else set()
+        # whether model_dir holds this chain's model yet (a trainer without data writes none)
+        self.published = any(store.stage_entry(k, f"train.{n}").get("published", True)
+                             for n in self.done)
 
     def __call__(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         stage, (in_hash, cfg_hash) = f"train.{name}", self.keys[name]
@@ -601,10 +613,14 @@ class _Trainers:
         t0 = time.time()
         out = {key: v for key, v in run().items() if key != "log_history"}
         metrics = json.loads(json.dumps(out, default=str))  # as the manifest will hold them
-        _keep_log(self.model_dir, self.store.round_dir(self.k) / "logs" / f"{name}.jsonl")
+        wrote = "skipped" not in out
+        self.published = self.published or wrote
+        if wrote:
+            _keep_log(self.model_dir, self.store.round_dir(self.k) / "logs" / f"{name}.jsonl")
         self.store.mark_stage(
             self.k, stage, input_hash=in_hash, config_hash=cfg_hash, seconds=time.time() - t0,
             outputs=[self.model_dir], metrics=metrics, model=model_hash(self.model_dir),
+            published=wrote,
         )
         return metrics
 
@@ -618,7 +634,7 @@ def _keep_log(model_dir: Path, dest: Path) -> None:
         atomic_write_bytes(dest, src.read_bytes())
 
 
-def _dpo(pairs: pl.DataFrame, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
+def _dpo(pairs: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) -> dict[str, Any]:
     """DPO on the dpo split of the same rounds the SFT data came from."""
     from thinkwheel.train.dpo import train_dpo
     from thinkwheel.train.sft import length_warning
@@ -628,7 +644,7 @@ def _dpo(pairs: pl.DataFrame, cfg: RunConfig, k: int, model_dir: str) -> dict[st
         return {"skipped": "no pairs"}
     rep = reporter()
     rep.start(f"round {k}: DPO on {pairs.height} pairs", None)
-    out = train_dpo(model_dir, pairs, model_dir, cfg.train.dpo, callbacks=step_callbacks(),
+    out = train_dpo(src, pairs, model_dir, cfg.train.dpo, callbacks=step_callbacks(),
                     checkpoint_minutes=cfg.train.checkpoint_minutes)
     rep.finish()
     if warning := length_warning(out, "train.dpo.max_length", "preference pairs"):
@@ -636,17 +652,17 @@ def _dpo(pairs: pl.DataFrame, cfg: RunConfig, k: int, model_dir: str) -> dict[st
     return out
 
 
-def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, model_dir: str) -> dict[str, Any]:
+def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) -> dict[str, Any]:
     from thinkwheel.train.grpo import train_grpo
     from thinkwheel.train.rewards import grpo_rewards
 
     if grpo.height == 0:
         return {"skipped": "no prompts in the pass-rate band"}
     g = cfg.train.grpo
-    rewards, weights = grpo_rewards(g)
+    rewards, weights = grpo_rewards(g, cfg.verify)
     rep = reporter()
     rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
-    out = train_grpo(model_dir, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks(),
+    out = train_grpo(src, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks(),
                      checkpoint_minutes=cfg.train.checkpoint_minutes)
     rep.finish()
     return out

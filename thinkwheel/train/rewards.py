@@ -12,10 +12,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from thinkwheel.config import GRPOTrainConfig
+from thinkwheel.config import GRPOTrainConfig, VerifyConfig
 from thinkwheel.filters.arithmetic import false_claims
 from thinkwheel.records import split_think
 from thinkwheel.verifiers.base import Verdict, Verifier
+from thinkwheel.verifiers.batch import verifier_options
 from thinkwheel.verifiers.registry import get_verifier
 
 _TASK_COLUMNS = ("reference", "tests", "verifier", "domain", "meta", "task_id", "prompt")
@@ -61,16 +62,18 @@ def _clean(text: str) -> bool:
 
 class _Reward:
     def __init__(self, verifier: Verifier | str | None, weight: float, opts: dict[str, Any],
-                 check_arithmetic: bool = False) -> None:
+                 check_arithmetic: bool = False, settings: dict[str, Any] | None = None) -> None:
         self.fixed = get_verifier(verifier, **opts) if isinstance(verifier, str) else verifier
         self.weight, self.opts, self.check_arithmetic = weight, opts, check_arithmetic
+        self.settings = settings
         self.cache: dict[str, Verifier] = {}
         label = verifier if isinstance(verifier, str) else getattr(verifier, "name", "task")
         self.__name__ = f"{str(label).replace(':', '_').replace('.', '_')}_reward"
 
     def _verifier(self, name: str) -> Verifier:
-        if name not in self.cache:
-            self.cache[name] = get_verifier(name, **self.opts)
+        if name not in self.cache:  # with a run's verify settings, each verifier gets its own
+            opts = self.opts if self.settings is None else verifier_options(name, **self.settings)
+            self.cache[name] = get_verifier(name, **opts)
         return self.cache[name]
 
     def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
@@ -109,9 +112,15 @@ def as_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
     return _Reward(verifier, weight, opts, check_arithmetic)
 
 
-def grpo_rewards(cfg: GRPOTrainConfig) -> tuple[list[Callable[..., Any]], list[float]]:
-    """The flywheel's GRPO rewards and weights: each row's own verifier, plus the format."""
-    correct = as_reward(None, check_arithmetic=cfg.check_arithmetic)
+def grpo_rewards(
+    cfg: GRPOTrainConfig, verify: VerifyConfig | None = None
+) -> tuple[list[Callable[..., Any]], list[float]]:
+    """The flywheel's GRPO rewards and weights: each row's own verifier, plus the format.
+
+    `verify` (the run's) gives the verifiers the options the verify stage gives them
+    (percent_policy, timeouts), so GRPO rewards what the run counts as passed."""
+    settings = None if verify is None else verify.options()
+    correct = _Reward(None, 1.0, {}, cfg.check_arithmetic, settings)
     return [correct, as_reward("think_format")], [1.0, cfg.format_weight]
 
 

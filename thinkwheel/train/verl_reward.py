@@ -7,9 +7,13 @@ For users who run GRPO at scale in verl on a set `thinkwheel export --format ver
 
 verl loads this file by path and calls `compute_score(data_source=, solution_str=,
 ground_truth=, extra_info=)` per rollout (its naive reward manager) or with the plural
-keywords per batch (its batch manager). The reward is the flow's own GRPO reward at its
-defaults (`grpo_rewards`): the row's verifier, 0 when the reasoning states false arithmetic,
-plus 0.2 x the `<think>` format. verl decodes without the prompt, so a response whose template
+keywords per batch (its batch manager). The reward is the flow's own GRPO reward
+(`grpo_rewards`): the row's verifier, 0 when the reasoning states false arithmetic, plus
+0.2 x the `<think>` format, at its defaults, or with a run's `train.grpo` and `verify`
+settings when verl passes that run's config file:
+
+    +custom_reward_function.reward_kwargs.config=RUN/config.yaml
+ verl decodes without the prompt, so a response whose template
 pre-filled `<think>` gets the tag back before the format check, as GRPO in TRL does. verl has
 no "could not verify": such a rollout scores 0, and `correct` says -1 for it.
 """
@@ -37,18 +41,21 @@ def compute_score(
     solution_strs: Sequence[str] | None = None,
     ground_truths: Sequence[Any] | None = None,
     extra_infos: Sequence[dict[str, Any] | None] | None = None,
+    config: str | None = None,
     **_: Any,
 ) -> dict[str, float] | list[dict[str, float]]:
-    """{"score", "correct", "format"} for one rollout, or a list of them for a batch."""
+    """{"score", "correct", "format"} for one rollout, or a list of them for a batch;
+    `config` (verl's reward_kwargs) is a run's config file, whose GRPO reward this is."""
     if solution_strs is not None:
         n = len(solution_strs)
         return score_batch(list(solution_strs), list(ground_truths or [None] * n),
-                           list(extra_infos if extra_infos is not None else [None] * n))
-    return score_batch([solution_str or ""], [ground_truth], [extra_info])[0]
+                           list(extra_infos if extra_infos is not None else [None] * n), config)
+    return score_batch([solution_str or ""], [ground_truth], [extra_info], config)[0]
 
 
-def score_batch(texts: list[str], ground_truths: list[Any], extras: list[Any]) -> list[dict[str, float]]:
-    correct_fn, format_fn, format_weight = _rewards()
+def score_batch(texts: list[str], ground_truths: list[Any], extras: list[Any],
+                config: str | None = None) -> list[dict[str, float]]:
+    correct_fn, format_fn, format_weight = _rewards(config)
     texts = [THINK_OPEN + t if THINK_CLOSE in t and THINK_OPEN not in t else t for t in texts]
     columns = _columns(ground_truths, extras)
     correct = correct_fn(completions=texts, **columns)
@@ -80,9 +87,13 @@ def _plain(value: Any) -> Any:
 
 
 @functools.cache
-def _rewards() -> tuple[Any, Any, float]:
-    from thinkwheel.config import GRPOTrainConfig
+def _rewards(config: str | None = None) -> tuple[Any, Any, float]:
+    from thinkwheel.config import GRPOTrainConfig, load_config
     from thinkwheel.train.rewards import grpo_rewards
 
-    (correct, fmt), (_, format_weight) = grpo_rewards(GRPOTrainConfig())
+    if config is None:
+        (correct, fmt), (_, format_weight) = grpo_rewards(GRPOTrainConfig())
+    else:
+        cfg = load_config(config)
+        (correct, fmt), (_, format_weight) = grpo_rewards(cfg.train.grpo, cfg.verify)
     return correct, fmt, format_weight

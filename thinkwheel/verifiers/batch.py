@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -34,13 +35,16 @@ def verify_frame(
     code_timeout_s: float = 10.0,
     percent_policy: str = "fraction",
     plugins: Sequence[str] = (),
+    format_weight: float = 0.0,
 ) -> pl.DataFrame:
     """records.VERDICTS rows, one per candidate (in candidate order).
 
     Candidates are grouped by their task's verifier and each group is checked in one batch
     call (the math pool and the code sandboxes run `workers` checks at a time). A task
     without a verifier falls back to its domain's; a missing task or unknown verifier gives
-    passed=None rather than an exception.
+    passed=None rather than an exception. With `format_weight` > 0 a candidate passes only in
+    the `<think>` format as well (`think_format`, tolerant of a pre-filled tag), and its score
+    is (1 - w) * the verifier's + w * the format's.
     """
     load_plugins(list(plugins))
     task_cols = [c for c in ("task_id", "domain", "prompt", "reference", "tests", "verifier", "meta")
@@ -69,6 +73,8 @@ def verify_frame(
             out = [error_verdict(err, time.perf_counter() - start)] * len(idxs)
         for i, v in zip(idxs, out, strict=True):
             verdicts[i] = v
+    if format_weight > 0:
+        verdicts = _with_format(verdicts, cand_rows, format_weight)
     rows = [
         {"candidate_id": c.get("candidate_id"), "task_id": c.get("task_id"), "verifier": n,
          "passed": v.passed, "score": float(v.score), "reason": v.reason, "detail": v.detail,
@@ -77,3 +83,21 @@ def verify_frame(
         if v is not None
     ]
     return records.frame(rows, records.VERDICTS)
+
+
+def _with_format(verdicts: list[Verdict | None], cands: list[dict[str, Any]],
+                 weight: float) -> list[Verdict | None]:
+    """Each verdict, failed when its completion is not in the `<think>` format."""
+    from thinkwheel.verifiers.think_format import check_format
+
+    out: list[Verdict | None] = []
+    for v, cand in zip(verdicts, cands, strict=True):
+        if v is None:
+            out.append(v)
+            continue
+        ok, why = check_format(str(cand.get("completion") or ""))
+        score = (1 - weight) * v.score + weight * float(ok)
+        if v.passed and not ok:
+            v = replace(v, passed=False, reason="bad_format", detail=why)
+        out.append(replace(v, score=score))
+    return out
