@@ -79,7 +79,7 @@ def test_loaders_jsonl_parquet_and_builtin(tmp_path) -> None:
     pl.DataFrame(rows).write_parquet(pq)
     assert decontam.load_benchmark(str(jl), "question") == [ITEM, OTHER]
     assert decontam.load_benchmark(str(pq), "question") == [ITEM, OTHER]
-    with pytest.raises(KeyError, match="prompt"):
+    with pytest.raises(ValueError, match="prompt"):
         decontam.load_benchmark(str(jl), "prompt")
     src = [config.BenchmarkSource(name="mine", path=str(jl), field="question")]
     assert decontam.load_benchmarks(src) == {"mine": [ITEM, OTHER]}
