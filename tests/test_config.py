@@ -37,6 +37,7 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
         ("- 1\n- 2\n", "mapping"),
         ("engine:\n  kind: openai\n", "set train.sft.enabled: false"),
         ("eval:\n  per_family: 50\n", "eval.per_family is at most 40"),
+        ("train: {grpo: {loss_type: dr-grpo}}\n", "'train.grpo.loss_type'"),
         ("eval:\n  seed: 1\n", "keep their defaults"),
         ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, dpo: {enabled: true}}\n",
          "set train.dpo.enabled: false"),

@@ -350,7 +350,9 @@ class GRPOTrainConfig(_LoRA):
     learning_rate: float = 1e-5
     num_generations: int = Field(8, ge=2)
     max_completion_length: int = 160
-    loss_type: str = "dapo"
+    # TRL 1.16's loss formulations (an older TRL knows fewer): a typo is a config error at load,
+    # not TRL's "Unknown loss type" at the first GRPO step, a round of sampling and SFT later
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
     beta: float = 0.0
     batch_size: int = 8
     temperature: float = 1.0
