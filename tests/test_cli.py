@@ -15,6 +15,14 @@ from thinkwheel.store import RunStore
 runner = CliRunner()
 
 
+def run_config(text: str, where) -> tuple[int, str]:  # noqa: ANN001
+    """`thinkwheel run -c <where>/c.yaml` with this config text: (exit code, output on one line)."""
+    p = where / "c.yaml"
+    p.write_text(text)
+    r = runner.invoke(app, ["run", "-c", str(p)])
+    return r.exit_code, " ".join(r.output.split())
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     rounds, manifest, evals, _ = demo_run(tasks_per_round=24, samples=3, rounds=2)
@@ -139,10 +147,7 @@ def test_a_misspelt_name_fails_before_prefect_starts(tmp_path, monkeypatch):
     (tmp_path / "bench.jsonl").write_text('{"question": "What is 1 + 1?"}\n')
 
     def run_with(text: str) -> tuple[int, str]:
-        p = tmp_path / "c.yaml"
-        p.write_text(text)
-        r = runner.invoke(app, ["run", "-c", str(p)])
-        return r.exit_code, " ".join(r.output.split())
+        return run_config(text, tmp_path)
 
     code, out = run_with("generate: {procedural: {families: [math, adition]}}\n")
     assert code == 2 and "generate.procedural.families: unknown task family 'adition'" in out

@@ -5,12 +5,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
 from thinkwheel.config import GenerateTasksConfig, TaskFilesConfig, parse_config
 from thinkwheel.generators.seeds import seed_pool
 from thinkwheel.generators.task_files import draw, load_task_files, read_rows
 from thinkwheel.store import RunStore
+
+try:  # the CLI runner helper lives with the CLI tests
+    from test_cli import run_config
+except ImportError:  # tests/ imported as a package
+    from tests.test_cli import run_config
 
 ROWS = [
     {"question": "What is 12 + 30?", "answer": 42, "id": "q1"},
@@ -236,7 +240,6 @@ def _model() -> str:
 
 def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkeypatch):
     import thinkwheel.flows.flywheel as fw
-    from thinkwheel.cli import app
 
     monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
     monkeypatch.chdir(tmp_path)
@@ -244,9 +247,7 @@ def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkey
     _jsonl(tmp_path / "e.jsonl", [{"prompt": "What is 2 + 2?"}])
 
     def run_with(text: str):
-        (tmp_path / "c.yaml").write_text(text)
-        r = CliRunner().invoke(app, ["run", "-c", "c.yaml"])
-        return r.exit_code, " ".join(r.output.split())
+        return run_config(text, tmp_path)
 
     code, out = run_with("generate: {tasks: {paths: [missing.jsonl]}}\n")
     assert code == 2 and "missing.jsonl: no such file or folder" in out

@@ -146,22 +146,21 @@ def unknown_names(cfg: RunConfig) -> str | None:
     p, g = cfg.generate.procedural, cfg.generate
     keys = ([(f"generate.procedural.mix[{i}].families", m.families) for i, m in enumerate(p.mix)]
             or [("generate.procedural.families", p.families)])
-    try:
-        for key, families in [*keys, ("eval.families", cfg.eval.families)]:
-            try:
-                resolve_families(families)
-            except ValueError as err:
-                raise ValueError(f"{key}: {err}") from None
-        if g.evol_instruct.enabled and (bad := [o for o in g.evol_instruct.operators
-                                                if o not in OPERATORS]):
-            raise ValueError(f"generate.evol_instruct.operators: unknown {bad}; known: "
-                             f"{', '.join(OPERATORS)}")
-        if cfg.filters.decontam.enabled:
-            from thinkwheel.filters.decontam import load_benchmarks
+    for key, families in [*keys, ("eval.families", cfg.eval.families)]:
+        try:
+            resolve_families(families)
+        except ValueError as err:
+            return f"{key}: {err}"
+    if g.evol_instruct.enabled and (bad := [o for o in g.evol_instruct.operators
+                                            if o not in OPERATORS]):
+        return f"generate.evol_instruct.operators: unknown {bad}; known: {', '.join(OPERATORS)}"
+    if cfg.filters.decontam.enabled:
+        from thinkwheel.filters.decontam import load_benchmarks
 
+        try:
             load_benchmarks(cfg.filters.decontam.benchmarks)
-    except (ValueError, FileNotFoundError) as err:
-        return str(err)
+        except (ValueError, FileNotFoundError) as err:
+            return str(err)
     return None
 
 

@@ -190,7 +190,7 @@ def _consensus(
     from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
 
     return consensus_references(
-        engine, tasks, cfg.generate.consensus, registry_verify_fn(**verifier_settings(cfg)),
+        engine, tasks, cfg.generate.consensus, registry_verify_fn(**cfg.verify.options()),
         params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
     )
 
@@ -283,7 +283,8 @@ def candidate_rows(
 
 
 def verifier_settings(cfg: RunConfig) -> dict[str, Any]:
-    """The `verify` settings every verifier call in a run uses (verify stage, consensus, eval)."""
+    """The `verify` settings the verify stage and the eval judge with (consensus labelling takes
+    `cfg.verify.options()`: agreement is on answers, the format is the filter's)."""
     return {**cfg.verify.options(), "format_weight": cfg.verify.format_weight}
 
 
@@ -542,10 +543,10 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         return start_model
     minutes = t.checkpoint_minutes
 
-    def run_sft() -> dict[str, Any]:
+    def run_sft(src: str, out_dir: str) -> dict[str, Any]:
         rep = reporter()
         rep.start(f"round {k}: SFT on {sft.height} samples", None)
-        out = train_sft(start_model, sft, str(model_dir), t.sft,
+        out = train_sft(src, sft, out_dir, t.sft,
                         callbacks=step_callbacks(), checkpoint_minutes=minutes)
         rep.finish()
         if warning := length_warning(out):
@@ -553,13 +554,12 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         return out
 
     once = _Trainers(store, k, _hash(start), model_dir, plan, seen)
-    runs = {"sft": lambda src: run_sft(),
-            "dpo": lambda src: _dpo(data["dpo"], cfg, k, src, str(model_dir)),
-            "grpo": lambda src: _grpo(data["grpo"], cfg, k, src, str(model_dir))}
+    runs = {"sft": run_sft, "dpo": functools.partial(_dpo, data["dpo"], cfg, k),
+            "grpo": functools.partial(_grpo, data["grpo"], cfg, k)}
     metrics: dict[str, dict[str, Any]] = {}
     for name, _ in plan:  # each trainer goes on from the last one's model
         src = str(model_dir) if once.published else start_model
-        metrics[name] = once(name, functools.partial(runs[name], src))
+        metrics[name] = once(name, functools.partial(runs[name], src, str(model_dir)))
     if not once.published:  # every trainer skipped for want of data
         return start_model
     first = metrics[plan[0][0]]  # SFT's loss and steps when it ran

@@ -62,8 +62,7 @@ def registry_verify_fn(**settings: Any) -> VerifyFn:
     """A `VerifyFn` over the verifier registry (`get_verifier`): each name is built once, on
     first use, with the options the verify stage would give it from the `verify` settings
     (workers, math_timeout_s, code_timeout_s, percent_policy); an unknown name gives
-    passed=None. `format_weight` is ignored: agreement is on answers, the format is the filter's."""
-    settings.pop("format_weight", None)
+    passed=None."""
     built: dict[str, Verifier | None] = {}
 
     def get(name: str) -> Verifier | None:
