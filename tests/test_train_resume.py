@@ -83,6 +83,28 @@ def test_sft_cut_short_resumes_to_the_same_model(tiny, tmp_path):
     assert not leftovers & {p.name for p in out.iterdir()} and not staged.exists()
 
 
+def test_a_crash_while_saving_the_model_resumes_from_the_checkpoint(tiny, tmp_path, monkeypatch):
+    """Saving a large merged model takes minutes: a crash then resumes from the last
+    checkpoint. The checkpoints used to be deleted before the save, so it started over."""
+    cfg = SFTConfig(trainer="trl", max_steps=3, epochs=100, batch_size=4, learning_rate=3e-3)
+    out = tmp_path / "m"
+    save = sft_mod.save_model
+
+    def killed(*args, **kw):
+        raise Crash("killed while saving")
+
+    monkeypatch.setattr(sft_mod, "save_model", killed)
+    with pytest.raises(Crash):
+        sft_mod.train_sft(tiny, sft_frame(12), str(out), cfg, checkpoint_minutes=0)
+    last = checkpoints.latest_checkpoint(Path(f"{out}.tmp"))
+    assert last is not None and checkpoints.checkpoint_step(last) == 2  # every step but the last
+    monkeypatch.setattr(sft_mod, "save_model", save)
+    res = sft_mod.train_sft(tiny, sft_frame(12), str(out), cfg, checkpoint_minutes=0)
+    assert res["resumed_from_step"] == 2 and res["global_step"] == 3
+    assert (out / "model.safetensors").is_file()
+    assert not list(out.glob("checkpoint-*"))
+
+
 def test_a_different_training_does_not_resume_anothers_checkpoint(tiny, tmp_path):
     """Same output folder, changed learning rate (or data): the stale checkpoint is thrown
     away and training starts from the model, not from a run it was not part of."""

@@ -123,18 +123,21 @@ def train_and_publish(
     checkpoint_minutes: float | None, /, **extra: Any,
 ) -> dict[str, Any]:
     """Train (from `resume`, a checkpoint, when given) with a checkpoint every
-    `checkpoint_minutes`, save model and metrics into `tmp`, then swap it in as `out_dir`."""
+    `checkpoint_minutes`, save model and metrics into `tmp`, then swap it in as `out_dir`.
+
+    The checkpoints go only once the model is saved: saving a merged large model takes
+    minutes, and a crash then must resume from the last checkpoint, not start over."""
     saver = checkpoints.every(checkpoint_minutes)
     for callback in saver:
         trainer.add_callback(callback)
     with quiet_deprecations(), checkpoints.stoppable(bool(saver)):
         result = trainer.train(resume_from_checkpoint=resume)
-    checkpoints.clear(tmp)
     save_model(trainer.model, tokenizer, tmp)
     metrics = {**result.metrics, "global_step": trainer.state.global_step, **extra}
     if resume:
         metrics["resumed_from_step"] = checkpoints.checkpoint_step(Path(resume))
     Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    checkpoints.clear(tmp)
     publish_dir(tmp, out_dir)
     return {**metrics, "log_history": trainer.state.log_history}
 
