@@ -358,8 +358,9 @@ def test_rerun_skips_finished_stages(flow_run):
 
 
 def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
-    """Switching formats or verified_only re-filters and re-exports, never re-samples; a new
-    system prompt changes what the model sees, so it does re-sample."""
+    """Switching formats, verified_only or keep_per_task re-filters and re-exports, never
+    re-samples; a new system prompt changes what the model sees, so it does re-sample, and
+    verify then judges the new text."""
     import shutil
 
     from thinkwheel.engines.factory import make_engine, resolve_model
@@ -368,6 +369,7 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(flow_run[0], out)
     store = RunStore(out)
+    first = store.read_table(0, "candidates").sort("candidate_id")
     cfg = parse_config(SMALL)
     model = resolve_model(cfg.engine)
     calls = []
@@ -378,6 +380,8 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
 
     before = store.stage_entry(0, "sample")["finished_at"]
     cfg.export.verified_only, cfg.export.formats = False, ["jsonl"]
+    # and the curation settings under `sampling`, which only the filter and export read
+    cfg.sampling.keep_per_task, cfg.sampling.grpo_pass_band = 1, (0.1, 0.9)
     steps.sample(store, cfg, 0, model, engines)
     assert calls == [] and store.stage_entry(0, "sample")["finished_at"] == before
     cfg.export.system_prompt = "Answer briefly."
@@ -397,6 +401,139 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     # the bar moves as the engine finishes batches, not once per shard, and ends at the total
     shards = -(-cands.height // (cfg.sampling.shard_size * cfg.sampling.n))
     assert sum(rec.steps) == cands.height and len([n for n in rec.steps if n]) > shards
+
+    # the new text keeps its candidate ids (task, model, sampling settings): verify is keyed
+    # by the text it judges, so it re-judges; it used to be keyed by the ids and kept the old
+    # verdicts, and filter and export then curated the new text as the old text had passed
+    old = store.read_table(0, "verdicts")
+    judged = store.stage_entry(0, "verify")["finished_at"]
+    new = cands.sort("candidate_id")
+    assert new["candidate_id"].equals(first["candidate_id"])
+    assert not new["completion"].equals(first["completion"])
+    steps.verify(store, cfg, 0)
+    assert store.stage_entry(0, "verify")["finished_at"] > judged
+    assert set(store.read_table(0, "verdicts")["candidate_id"]) == set(old["candidate_id"])
+
+
+def test_reordered_tasks_do_not_reuse_sample_shards(flow_run, tmp_path):
+    """Shard i is the i-th slice of the tasks in their order: after a crash, the same tasks in
+    another order (a reordered mix or task file) must not take the old shards for other rows.
+    The shard key was order-free, so some tasks got no samples and others two sets."""
+    import shutil
+
+    from thinkwheel.engines.factory import make_engine, resolve_model
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store, cfg = RunStore(out), parse_config(SMALL)
+    model = resolve_model(cfg.engine)
+    store.mark_stage(0, "sample", input_hash="x", config_hash="x", outputs=[])  # as if new
+    shards = []
+
+    class CrashAfterOneShard:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def generate(self, reqs, params, progress=None):
+            if shards:
+                raise KeyboardInterrupt("killed")
+            shards.append(len(reqs))
+            return self.engine.generate(reqs, params, progress=progress)
+
+    def crashing(model_dir):
+        return CrashAfterOneShard(make_engine(cfg.engine, model_dir))
+
+    with pytest.raises(KeyboardInterrupt):
+        steps.sample(store, cfg, 0, model, crashing)
+    tasks = store.read_table(0, "tasks")
+    store.write_table(0, "tasks", tasks.reverse())  # the same tasks, reordered
+    cands = steps.sample(store, cfg, 0, model, lambda m: make_engine(cfg.engine, m))
+    assert store.stage_entry(0, "sample")["shards_reused"] == 0
+    per_task = cands.group_by("task_id").len()["len"]
+    live = tasks.filter(pl.col("drop_reason").is_null()).height
+    assert per_task.len() == live and (per_task == cfg.sampling.n).all()
+
+
+def test_a_train_stage_whose_model_was_replaced_is_redone(flow_run, tmp_path):
+    """A finished train stage counts only while the model folder holds its model: a trainer
+    of another config (cut short, then the config reverted) may have republished the folder.
+    The stage was "done" whenever the folder existed, and the round went on with that model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store, cfg = RunStore(out), parse_config(SMALL)
+    before = store.stage_entry(0, "train")
+    if before is None:
+        pytest.skip("round 0 kept no sample, so it trained nothing")
+    model = out / "round-0" / "model"
+    assert before["model"] == model_hash(model)
+    assert steps.train(store, cfg, 0, str(MODEL_DIR)) == str(model)
+    assert store.stage_entry(0, "train")["finished_at"] == before["finished_at"]  # done
+    weights = load_file(model / "model.safetensors")
+    first = next(iter(weights))
+    weights[first] = weights[first] + 0.01  # another trainer's model in the folder
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    steps.train(store, cfg, 0, str(MODEL_DIR))
+    after = store.stage_entry(0, "train")
+    assert after["finished_at"] > before["finished_at"] and after["model"] == model_hash(model)
+
+
+def test_a_benchmark_edited_in_place_redoes_decontamination(flow_run, tmp_path):
+    """Benchmarks are keyed by their content, not their path: a test set edited in place (or
+    a relative path read from another folder) must be decontaminated against again."""
+    import json as _json
+    import shutil
+
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    kept = store.read_table(0, "filtered").filter(pl.col("drop_reason").is_null())
+    if kept.height == 0:
+        pytest.skip("round 0 kept no sample")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(_json.dumps({"prompt": "an unrelated benchmark question about prime numbers"}) + "\n")
+    cfg = parse_config({**SMALL, "filters": {"decontam": {
+        "benchmarks": [{"name": "mine", "path": str(bench)}], "min_item_words": 1}}})
+    first = steps.filter_and_select(store, cfg, 0)
+    assert (first["drop_reason"] == "contaminated").sum() == 0
+    tasks = store.read_table(0, "tasks")
+    prompt = tasks.filter(pl.col("task_id") == kept["task_id"][0])["prompt"].item()
+    bench.write_text(_json.dumps({"prompt": prompt}) + "\n")
+    again = steps.filter_and_select(store, cfg, 0)
+    was_kept = kept.filter(pl.col("task_id") == kept["task_id"][0])["candidate_id"]
+    hit = again.filter(pl.col("candidate_id").is_in(was_kept.implode()))["drop_reason"]
+    assert hit.len() and hit.to_list() == ["contaminated"] * hit.len()
+
+
+def test_new_engine_settings_redo_the_eval(flow_run, tmp_path):
+    """The engine answers the held-out tasks: its settings (dtype, extra_body such as
+    enable_thinking) are part of the eval's key, as they are of sampling's."""
+    import shutil
+
+    from thinkwheel.engines.factory import make_engine
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store, cfg = RunStore(out), parse_config(SMALL)
+    model = str(out / "round-0" / "model")
+    if not Path(model).is_dir():
+        pytest.skip("round 0 trained nothing")
+    before = store.stage_entry(0, "eval")["finished_at"]
+    steps.evaluate(store, cfg, 0, model, lambda m: make_engine(cfg.engine, m))
+    assert store.stage_entry(0, "eval")["finished_at"] == before
+    cfg.engine.dtype = "float32" if cfg.engine.dtype != "float32" else "bfloat16"
+    steps.evaluate(store, cfg, 0, model, lambda m: make_engine(cfg.engine, m))
+    assert store.stage_entry(0, "eval")["finished_at"] > before
 
 
 def _cli(cfg_path: Path, out: Path, cwd: Path | None = None) -> subprocess.Popen:

@@ -138,3 +138,45 @@ def test_manifest_is_valid_json_after_many_updates(tmp_path):
         store.mark_stage(0, f"s{i}", count=i)
     m = json.loads(store.manifest_path.read_text())
     assert len(m["rounds"]["0"]["stages"]) == 20
+
+
+def test_model_hash_sees_what_shapes_generation_not_training_records(tmp_path):
+    """A model is its weights in any format, config, generation config, tokenizer and chat
+    template: editing the template in place, or swapping `.bin` weights, is a new model (it
+    used to read only *.safetensors and config.json, and stages reused the old model's work).
+    The trainer's records beside it are not the model."""
+    from thinkwheel.store import model_hash
+
+    m = tmp_path / "m"
+    m.mkdir()
+    for name, text in (("config.json", "{}"), ("pytorch_model.bin", "w1"),
+                       ("chat_template.jinja", "t1"), ("tokenizer.json", "{}")):
+        (m / name).write_text(text)
+    first = model_hash(m)
+    (m / "train_metrics.json").write_text('{"train_runtime": 12.5}')
+    (m / "train_log.jsonl").write_text("{}\n")
+    assert model_hash(m) == first
+    (m / "chat_template.jinja").write_text("t2")
+    second = model_hash(m)
+    assert second != first
+    (m / "pytorch_model.bin").write_text("w2")
+    assert model_hash(m) not in (first, second)
+    assert model_hash("org/served-model") == model_hash("org/served-model") != first
+
+
+def test_path_hash_follows_content_not_name(tmp_path):
+    from thinkwheel.store import path_hash
+
+    f = tmp_path / "bench.jsonl"
+    f.write_text('{"prompt": "a"}\n')
+    before = path_hash(f)
+    f.write_text('{"prompt": "b"}\n')
+    assert path_hash(f) != before
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "part.arrow").write_text("x")
+    folder = path_hash(d)
+    (d / "part.arrow").write_text("y")
+    assert path_hash(d) != folder
+    assert path_hash(tmp_path / "missing") == path_hash(tmp_path / "missing")
+

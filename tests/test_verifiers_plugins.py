@@ -121,3 +121,16 @@ def test_unknown_verifier_raises_keyerror() -> None:
 def test_think_format(text: str, tolerant: bool, ok: bool) -> None:
     assert check_format(text, tolerant)[0] is ok
     assert get_verifier("think_format", tolerant=tolerant).verify(text, {}).passed is ok
+
+
+def test_code_fingerprint_follows_a_plugins_source(tmp_path, monkeypatch) -> None:
+    """Stage keys hold the plugin's source: a fixed plugin re-verifies instead of leaving the
+    buggy one's verdicts in place. Built-ins are left to the recorded version."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    src = tmp_path / "fp_plugin_mod.py"
+    src.write_text("def check(completion, task):\n    return True\n")
+    first = reg.code_fingerprint(["fp_plugin_mod:check", "math", None])
+    assert set(first) == {"fp_plugin_mod:check"}
+    src.write_text("def check(completion, task):\n    return 'x' in completion\n")
+    assert reg.code_fingerprint(["fp_plugin_mod:check"]) != first
+    assert reg.code_fingerprint(["math", "code", "think_format"]) == {}

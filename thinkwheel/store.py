@@ -114,11 +114,34 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+# what a trainer leaves in a model folder beside the model: records of the training, which
+# differ between two runs that made the same weights
+_NOT_MODEL = frozenset({"train_metrics.json", "trainer_state.json", "training_args.bin"})
+
+
 def model_hash(model_dir: str | Path) -> str:
-    """Identity of a model folder: its weights and config (not its path)."""
+    """Identity of a model folder: every file that shapes what it generates (weights in any
+    format, config, generation config with its stop ids, tokenizer, chat template), not its
+    path. A name that is no local folder (a served model) is its own identity."""
     d = Path(model_dir)
-    parts = [file_hash(p) for p in sorted(d.glob("*.safetensors")) + [d / "config.json"] if p.is_file()]
+    files = sorted(
+        f for f in (d.iterdir() if d.is_dir() else ())
+        if f.is_file() and not f.name.startswith(".") and f.name not in _NOT_MODEL
+        and f.suffix not in (".md", ".jsonl")
+    )
+    parts = [(f.name, file_hash(f)) for f in files]
     return records.content_id("model", parts) if parts else records.content_id("model", str(d))
+
+
+def path_hash(path: str | Path) -> str:
+    """Content hash of a file, or of every file under a folder: the identity of a benchmark or
+    a template named by path (editing it in place, or a relative path read from another
+    folder, is new input). A missing path hashes as its name; the stage that reads it fails."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return records.content_id([(str(f.relative_to(p)), file_hash(f)) for f in files])
+    return file_hash(p) if p.is_file() else records.content_id("missing", str(path))
 
 
 class RunStore:

@@ -27,6 +27,7 @@ from thinkwheel.store import (
     frame_hash,
     ids_hash,
     model_hash,
+    path_hash,
 )
 
 EngineFactory = Callable[[str], Engine]  # model dir -> engine
@@ -42,6 +43,46 @@ def _content(table: pl.DataFrame) -> str:
     stage is not redone for a re-run that decided the same."""
     key = table.columns[0]  # task_id / candidate_id
     return frame_hash(table.drop("seconds", strict=False).sort(key, maintain_order=True))
+
+
+def _order(ids: pl.Series) -> str:
+    """The order of a stage's rows: shard i is rows i*size.. in it, so the same set reordered
+    (a reordered mix or task file) must not reuse the old shards for other rows."""
+    return records.content_id(ids.to_list())
+
+
+def _files(*paths: str | None) -> str:
+    """The content of the files a stage reads by path (benchmarks, templates): an edit in
+    place, or a relative path read from another folder, is new input."""
+    return _hash([path_hash(p) for p in paths if p and not p.startswith("builtin:")])
+
+
+def _benchmarks(cfg: RunConfig) -> list[str]:
+    d = cfg.filters.decontam
+    return [b.path for b in d.benchmarks] if d.enabled else []
+
+
+def _plugin_code(*frames: pl.DataFrame | None, plugins: list[str] | tuple = ()) -> str:
+    """The source of the plugin verifiers these rows name (and `verify.plugins`): a fixed
+    plugin must re-judge, not leave its old verdicts in place."""
+    from thinkwheel.verifiers.registry import code_fingerprint
+
+    names = [*plugins]
+    for f in frames:
+        if f is not None and "verifier" in f.columns:
+            names += f["verifier"].drop_nulls().unique().to_list()
+    return _hash(code_fingerprint(names))
+
+
+# sampling settings that only the filter and export read: changing them must not re-sample
+_CURATION = ("keep_per_task", "grpo_pass_band")
+
+
+def _generation(cfg: RunConfig) -> str:
+    """What shapes a generated text: the sampling and engine settings, and the system prompt
+    (the only part of `export` a model sees; switching formats must not throw samples away)."""
+    shaping = {k: v for k, v in hashed(cfg.sampling).items() if k not in _CURATION}
+    return _hash(shaping, cfg.section_hash("engine"), cfg.export.system_prompt)
 
 
 def _kept(df: pl.DataFrame) -> pl.DataFrame:
@@ -120,9 +161,14 @@ def make_tasks(
     in_hash = _hash(
         k, ids_hash(held["prompt"]), model_hash(model_dir) if llm else "",
         records.content_id(yours.to_dicts()) if yours.height else "",
+        _files(*_benchmarks(cfg), g.self_instruct.template, g.evol_instruct.template_dir,
+               g.consensus.tests_template),
     )
-    # consensus references sample with the sampling settings
-    cfg_hash = cfg.section_hash("generate", "filters", *(("sampling",) if llm else ()))
+    cfg_hash = cfg.section_hash("generate", "filters")
+    if llm:  # the model writes and labels tasks: with the engine and sampling settings, under
+        # the system prompt, and consensus judges agreement with the verify settings and plugins
+        cfg_hash = _hash(cfg_hash, _generation(cfg), cfg.section_hash("verify"),
+                         _plugin_code(unlabeled))
     if store.stage_done(k, "tasks", in_hash, cfg_hash):
         return store.read_table(k, "tasks")
     t0 = time.time()
@@ -308,13 +354,11 @@ def sample(
     s, params = cfg.sampling, sampling_params(cfg, k)
     model = model_hash(model_dir)
     in_hash = _hash(ids_hash(tasks["task_id"]), model)
-    # the system prompt is the only part of `export` that shapes a candidate: switching
-    # formats or verified_only must not throw the samples away
-    cfg_hash = _hash(cfg.section_hash("sampling", "engine"), cfg.export.system_prompt)
+    cfg_hash = _generation(cfg)
     if store.stage_done(k, "sample", in_hash, cfg_hash):
         return store.read_table(k, "candidates")
     t0 = time.time()
-    key = _hash(in_hash, cfg_hash)
+    key = _hash(in_hash, cfg_hash, _order(tasks["task_id"]))
     n_shards = (tasks.height + s.shard_size - 1) // s.shard_size
     done = store.done_shards(k, "sample", key)
     todo = [i for i in range(n_shards) if i not in done]
@@ -386,17 +430,23 @@ VERIFY_SHARD = 2048  # candidates per verify shard: a crash loses at most one
 
 def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     """Verdicts, written shard by shard: code checks run at ~100 a second, so 100k candidates
-    are a quarter of an hour, and a crash loses at most the shard in flight."""
+    are a quarter of an hour, and a crash loses at most the shard in flight.
+
+    Keyed by the candidates' text, not their ids: an id names a task, model and sampling
+    settings, and a re-sample under another system prompt or engine setting writes new text
+    under the same ids, which the old verdicts did not judge."""
     from thinkwheel.verifiers import verify_frame
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
-    in_hash = _hash(ids_hash(cands["candidate_id"]), _content(tasks))
+    in_hash = _hash(_content(cands), _content(tasks),
+                    _plugin_code(tasks, plugins=cfg.verify.plugins))
     cfg_hash = cfg.section_hash("verify")
     if store.stage_done(k, "verify", in_hash, cfg_hash):
         return store.read_table(k, "verdicts")
     t0 = time.time()
     size = VERIFY_SHARD
-    key = _hash(in_hash, cfg_hash, size)  # shards cut to another size are not these
+    # shards cut to another size, or from candidates in another order, are not these
+    key = _hash(in_hash, cfg_hash, size, _order(cands["candidate_id"]))
     n_shards = (cands.height + size - 1) // size
     done = store.done_shards(k, "verify", key)
     rep = reporter()
@@ -430,7 +480,8 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
 
     tasks = store.read_table(k, "tasks")
     cands, verdicts = store.read_table(k, "candidates"), store.read_table(k, "verdicts")
-    in_hash = _hash(ids_hash(cands["candidate_id"]), _content(verdicts))
+    in_hash = _hash(_content(cands), _content(verdicts), _content(tasks),
+                    _files(*_benchmarks(cfg)))
     cfg_hash = cfg.section_hash("filters", "sampling", "export")
     if store.stage_done(k, "filter", in_hash, cfg_hash):
         return store.read_table(k, "filtered")
@@ -472,7 +523,7 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
     verdicts, filtered = store.read_table(k, "verdicts"), store.read_table(k, "filtered")
     in_hash = _hash(ids_hash(filtered.filter(pl.col("drop_reason").is_null())["candidate_id"]),
-                    _content(verdicts), _content(tasks))
+                    _content(verdicts), _content(tasks), _content(cands))
     cfg_hash = cfg.section_hash("export", "sampling")
     out_dir = store.round_dir(k) / "curated"
     # parquet is always written: it is what the trainers, `inspect` and `thinkwheel export` read
@@ -531,10 +582,16 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
             "grpo": _curated(store, [k], "grpo") if t.grpo.enabled else None}
     plan = t.trainers()
     seen = {name: frame_hash(data[name]) for name, _ in plan}
+    if "grpo" in seen:  # GRPO's correctness reward judges as the verify stage does
+        seen["grpo"] = _hash(seen["grpo"], cfg.verify.options(), _plugin_code(data["grpo"]))
     start = model_hash(start_model)  # reads the weights: once
     in_hash = _hash(start, seen)
     cfg_hash = cfg.section_hash("train")
-    if store.stage_done(k, "train", in_hash, cfg_hash):
+    # the model folder must still hold this stage's model: a trainer of another config (or
+    # one cut short) may have republished it since
+    entry = store.stage_entry(k, "train") or {}
+    if (store.stage_done(k, "train", in_hash, cfg_hash)
+            and entry.get("model") == model_hash(model_dir)):
         return str(model_dir)
     t0 = time.time()
     sft = data["sft"]
@@ -565,7 +622,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     first = metrics[plan[0][0]]  # SFT's loss and steps when it ran
     store.mark_stage(
         k, "train", input_hash=in_hash, config_hash=cfg_hash, count=0 if sft is None else sft.height,
-        seconds=time.time() - t0, outputs=[model_dir],
+        seconds=time.time() - t0, outputs=[model_dir], model=model_hash(model_dir),
         loss=first.get("train_loss"), steps=first.get("global_step"),
     )
     return str(model_dir)
@@ -728,9 +785,11 @@ def evaluate(
 
     held = heldout(cfg)
     rel = f"round-{key}/eval.json" if key != "base" else "eval-base.json"
-    in_hash = _hash(model_hash(model_dir), _content(held))
-    # the eval prompts carry the system prompt, and stop where sampling does
-    cfg_hash = _hash(cfg.section_hash("eval", "verify"), cfg.export.system_prompt, cfg.sampling.stop)
+    in_hash = _hash(model_hash(model_dir), _content(held), _plugin_code(held))
+    # the eval prompts carry the system prompt, stop where sampling does, and are answered by
+    # the engine with its settings (dtype, extra_body such as enable_thinking, ...)
+    cfg_hash = _hash(cfg.section_hash("eval", "verify", "engine"), cfg.export.system_prompt,
+                     cfg.sampling.stop)
     if store.stage_done(key, "eval", in_hash, cfg_hash):
         return store.read_json(rel)
     t0 = time.time()

@@ -9,12 +9,13 @@ A plugin may be a Verifier class/factory, a Verifier instance, or a plain functi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -211,3 +212,26 @@ def list_verifiers() -> list[tuple[str, str]]:
     for name, ep in _entry_points().items():
         rows.setdefault(name, f"entry-point:{ep.value}")
     return sorted(rows.items())
+
+
+def code_fingerprint(names: Iterable[str | None]) -> dict[str, str]:
+    """{name: hash of the source file its callable is defined in} for each verifier that is
+    not built in (built-ins change with thinkwheel's version, which the manifest records).
+    Stage keys hold it, so a fixed plugin re-verifies instead of leaving the old verdicts in
+    place; a plugin's helpers imported from other modules are not followed."""
+    out: dict[str, str] = {}
+    for name in sorted({n for n in names if n}):
+        obj, origin = resolve(name)
+        if origin == "builtin":
+            continue
+        target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
+        try:
+            source = inspect.getsourcefile(target) or ""
+        except TypeError:  # a builtin type or an object without a file
+            source = ""
+        if source and os.path.isfile(source):
+            with open(source, "rb") as f:
+                out[name] = hashlib.sha256(f.read()).hexdigest()[:16]
+        else:
+            out[name] = origin
+    return out
