@@ -180,3 +180,14 @@ def test_path_hash_follows_content_not_name(tmp_path):
     assert path_hash(d) != folder
     assert path_hash(tmp_path / "missing") == path_hash(tmp_path / "missing")
 
+
+
+def test_rounds_beyond_the_configured_count_are_an_earlier_runs(tmp_path):
+    """Re-running with fewer `rounds` leaves the later rounds' folders: inspect and the report
+    must not show them as this run's."""
+    store = RunStore.create(tmp_path / "run", RunConfig(rounds=3))
+    for k in range(3):
+        store.write_table(k, "tasks", pl.DataFrame({"a": [k]}))
+    assert store.rounds() == [0, 1, 2]
+    RunStore.create(tmp_path / "run", RunConfig(rounds=1))
+    assert store.rounds() == [0]

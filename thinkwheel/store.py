@@ -281,8 +281,12 @@ class RunStore:
         return pl.read_parquet(p) if p.exists() else None
 
     def rounds(self) -> list[int]:
-        ks = [int(p.name.split("-", 1)[1]) for p in self.root.glob("round-*") if p.is_dir()]
-        return sorted(ks)
+        """The rounds on disk that the run's config has: after a re-run with fewer `rounds`, the
+        later rounds' folders are an earlier run's, and inspect and the report leave them out."""
+        ks = sorted(int(p.name.split("-", 1)[1]) for p in self.root.glob("round-*") if p.is_dir())
+        cfg_path = self.root / "config.yaml"
+        n = (yaml.safe_load(cfg_path.read_text()) or {}).get("rounds") if cfg_path.is_file() else None
+        return [k for k in ks if not isinstance(n, int) or k < n]
 
     def load_round(self, k: int) -> dict[str, pl.DataFrame]:
         out = {}
