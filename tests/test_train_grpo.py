@@ -236,3 +236,56 @@ def test_lora_grpo_merges_its_update_into_a_plain_model(plain_model, tmp_path):
     assert not any("lora" in name for name, _ in model.named_parameters())
     moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(), strict=True)]
     assert any(moved) and not all(moved)  # the adapted linears moved; embeddings and norms did not
+
+
+def test_sampling_stops_end_grpo_completions(plain_model, tmp_path):
+    """GRPO stops where sampling does: TRL's transformers path cannot take stop strings, so a
+    one-token stop becomes an end-of-sequence id (the completion, and its mask, end there), and
+    the saved model keeps its own stop ids. It used to run on past every `sampling.stop`."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(plain_model)
+    stop = [c for c in "0123456789abcdefghijklmnopqrstuvwxyz+ "
+            if len(tok.encode(c, add_special_tokens=False)) == 1]
+    stop_ids = {tok.encode(c, add_special_tokens=False)[0] for c in stop}
+    assert len(stop_ids) > 20
+    rec = Recorder()
+    cfg = GRPOTrainConfig(max_steps=2, num_generations=4, max_completion_length=12, batch_size=4,
+                          learning_rate=1e-3)
+    out = tmp_path / "m"
+    grpo_mod.train_grpo(plain_model, grpo_frame(), str(out), cfg, [rec.think_format, rec.math_only],
+                        [0.2, 1.0], stop=stop)
+    ids = [list(i) for call in rec.seen for i in call["ids"]]
+    assert all(not stop_ids & set(i[:-1]) for i in ids)  # nothing after a stop
+    assert sum(bool(i) and i[-1] in stop_ids for i in ids) > len(ids) // 2  # most stopped there
+    saved = GenerationConfig.from_pretrained(out).eos_token_id
+    assert not stop_ids & set([saved] if isinstance(saved, int) else saved)
+
+
+def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(plain_model)
+    one = next(c for c in "+ x" if len(tok.encode(c, add_special_tokens=False)) == 1)
+    longer = "\nuser said"
+    assert len(tok.encode(longer, add_special_tokens=False)) > 1
+    ids, in_rewards, kwargs = grpo_mod.stop_settings(tok, [one, longer], use_vllm=False)
+    assert ids == tok.encode(one, add_special_tokens=False) and in_rewards == [longer]
+    assert kwargs is None
+    assert grpo_mod.stop_settings(tok, [one, longer], use_vllm=True) == ([], [], {"stop": [one, longer]})
+
+    def score(completions, **kw):
+        return [float(len(c if isinstance(c, str) else c[0]["content"])) for c in completions]
+
+    cut = grpo_mod.with_stop(score, [longer, "STOP"])
+    assert cut.__name__ == "score"
+    texts = ["abc\nuser said more", "abSTOPc\nuser said", "plain"]
+    assert cut(completions=texts) == [3.0, 2.0, 5.0]
+    chat = [[{"role": "assistant", "content": t}] for t in texts]
+    assert cut(completions=chat) == [3.0, 2.0, 5.0]
+
+    async def ascore(completions, **kw):
+        return score(completions)
+
+    assert asyncio.run(grpo_mod.with_stop(ascore, ["STOP"])(completions=texts)) == [18.0, 2.0, 5.0]
+    assert grpo_mod.with_stop(score, []) is score

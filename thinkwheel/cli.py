@@ -546,7 +546,7 @@ def train_grpo_cmd(
     with _training(f"GRPO on {grpo.height} prompts") as callbacks:
         metrics = train_grpo(
             path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo, cfg.verify), callbacks=callbacks,
-            checkpoint_minutes=cfg.train.checkpoint_minutes,
+            checkpoint_minutes=cfg.train.checkpoint_minutes, stop=cfg.sampling.stop,
         )
     _show(metrics)
 

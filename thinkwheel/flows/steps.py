@@ -582,8 +582,9 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
             "grpo": _curated(store, [k], "grpo") if t.grpo.enabled else None}
     plan = t.trainers()
     seen = {name: frame_hash(data[name]) for name, _ in plan}
-    if "grpo" in seen:  # GRPO's correctness reward judges as the verify stage does
-        seen["grpo"] = _hash(seen["grpo"], cfg.verify.options(), _plugin_code(data["grpo"]))
+    if "grpo" in seen:  # GRPO's reward judges as the verify stage does, cut where sampling stops
+        seen["grpo"] = _hash(seen["grpo"], cfg.verify.options(), _plugin_code(data["grpo"]),
+                             *([cfg.sampling.stop] if cfg.sampling.stop else []))
     start = model_hash(start_model)  # reads the weights: once
     in_hash = _hash(start, seen)
     cfg_hash = cfg.section_hash("train")
@@ -720,8 +721,11 @@ def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) 
     rep = reporter()
     rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
     out = train_grpo(src, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks(),
-                     checkpoint_minutes=cfg.train.checkpoint_minutes)
+                     checkpoint_minutes=cfg.train.checkpoint_minutes, stop=cfg.sampling.stop)
     rep.finish()
+    if longer := out.get("stop_in_rewards_only"):
+        rep.message(f"round {k}: GRPO without vLLM stops only at one-token strings; the rewards "
+                    f"scored the text before {longer}, but the tokens after it trained too")
     return out
 
 

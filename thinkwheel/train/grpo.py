@@ -9,11 +9,12 @@ that pre-fill from the template and put it back in front of each completion befo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,12 @@ def train_grpo(
     *,
     callbacks: Sequence[Any] = (),
     checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
+    stop: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run GRPO from `model_path`; write the model atomically to `out_dir` with its curves
     (resuming from the last checkpoint of the same run after a crash, as SFT does).
 
+    `stop` ends completions where sampling's `stop` ends them (see `stop_settings`).
     `train_log.jsonl` in `out_dir` holds every log row: reward mean/std (overall and per
     reward function), kl (when beta > 0), completion lengths, clip ratios, loss, lr.
     """
@@ -63,7 +66,7 @@ def train_grpo(
     if len(dataset) == 0:
         raise ValueError("the GRPO set is empty: no prompts to train on")
     rewards = {"rewards": [checkpoints.callable_name(f) for f in reward_funcs],
-               "weights": list(reward_weights)}
+               "weights": list(reward_weights), **({"stop": list(stop)} if stop else {})}
     tmp, resume = checkpoints.staging(
         out_dir, checkpoints.fingerprint("grpo", model_path, dataset, cfg, **rewards)
     )
@@ -72,7 +75,8 @@ def train_grpo(
     if not tokenizer.chat_template:  # a base model: TRL cannot render conversations
         dataset = dataset.map(lambda row: {"prompt": render_prompt(tokenizer, row["prompt"])})
     prefill = generation_prefill(tokenizer)
-    funcs = [with_prefill(f, prefill) for f in reward_funcs]
+    eos_ids, in_rewards, generation_kwargs = stop_settings(tokenizer, stop, cfg.use_vllm)
+    funcs = [with_stop(with_prefill(f, prefill), in_rewards) for f in reward_funcs]
     gpu = device_is_gpu()
     with quiet_deprecations():
         args = GRPOConfig(
@@ -88,22 +92,64 @@ def train_grpo(
             reward_weights=list(reward_weights),
             use_vllm=cfg.use_vllm,
             vllm_mode="colocate",
+            generation_kwargs=generation_kwargs,
             **runtime_args(gpu, cfg.seed),
         )
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=funcs,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg) if cfg.lora else None,
-            callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
-        )
+        with extra_eos(model, eos_ids):  # TRL reads them once, when it is built
+            trainer = GRPOTrainer(
+                model=model,
+                reward_funcs=funcs,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=lora_config(cfg) if cfg.lora else None,
+                callbacks=[jsonl_log_callback(Path(tmp, "train_log.jsonl")), *callbacks],
+            )
     quiet(trainer)
     return train_and_publish(
         trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes,
         n_prompts=len(dataset), prefill=prefill, lora=cfg.lora,
+        **({"stop_in_rewards_only": in_rewards} if in_rewards else {}),
     )
+
+
+def stop_settings(
+    tokenizer: Any, stop: Sequence[str], use_vllm: bool
+) -> tuple[list[int], list[str], dict[str, Any] | None]:
+    """(extra end-of-sequence ids, stops applied in the rewards only, TRL generation_kwargs).
+
+    vLLM stops at any string. TRL's transformers path calls `generate` without a tokenizer,
+    which stop strings need, so a stop that is one token becomes an end-of-sequence id (the
+    completion ends there, and its mask with it), and a longer one is applied where it can be:
+    the rewards score the text before it, as sampling and the eval would have cut it."""
+    if not stop:
+        return [], [], None
+    if use_vllm:
+        return [], [], {"stop": list(stop)}
+    ids: list[int] = []
+    longer: list[str] = []
+    for s in stop:
+        tokens = tokenizer.encode(s, add_special_tokens=False)
+        if len(tokens) == 1:
+            ids.append(tokens[0])
+        else:
+            longer.append(s)
+    return ids, longer, None
+
+
+@contextlib.contextmanager
+def extra_eos(model: Any, ids: Sequence[int]) -> Iterator[None]:
+    """The model's generation config stops at `ids` too while the trainer reads it; the saved
+    model keeps its own stop ids."""
+    gen = model.generation_config
+    before = gen.eos_token_id
+    if ids:
+        have = [] if before is None else [before] if isinstance(before, int) else list(before)
+        gen.eos_token_id = [*have, *(i for i in ids if i not in have)]
+    try:
+        yield
+    finally:
+        gen.eos_token_id = before
 
 
 def group_batch_size(batch_size: int, num_generations: int) -> int:
@@ -176,35 +222,57 @@ def grpo_dataset(grpo: pl.DataFrame) -> Any:
 
 def with_prefill(fn: RewardFn, prefill: str) -> RewardFn:
     """Wrap a TRL reward function so it scores `prefill + completion` (sync or async)."""
-    if not prefill:
-        return fn
-    name = getattr(fn, "__name__", type(fn).__name__)  # TRL keys its reward metrics by name
+    return _on_completions(fn, lambda cs: prefilled(cs, prefill)) if prefill else fn
+
+
+def with_stop(fn: RewardFn, stop: Sequence[str]) -> RewardFn:
+    """Wrap a TRL reward function so it scores each completion up to its first stop string."""
+    return _on_completions(fn, lambda cs: cut_at_stop(cs, stop)) if stop else fn
+
+
+def prefilled(completions: list, prefill: str) -> list:
+    """Prepend the pre-fill to each completion (text, or conversational assistant turn)."""
+    return _map_text(completions, lambda t: t if t.lstrip().startswith(THINK_OPEN) else prefill + t)
+
+
+def cut_at_stop(completions: list, stop: Sequence[str]) -> list:
+    """Each completion (text or assistant turn) up to the first of the stop strings."""
+
+    def cut(text: str) -> str:
+        return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+
+    return _map_text(completions, cut)
+
+
+def _map_text(completions: list, change: Callable[[str], str]) -> list:
+    out = []
+    for c in completions:
+        if isinstance(c, str):
+            out.append(change(c))
+            continue
+        turns = [dict(m) for m in c]
+        if turns:
+            turns[0]["content"] = change(str(turns[0].get("content") or ""))
+        out.append(turns)
+    return out
+
+
+def _on_completions(fn: RewardFn, change: Callable[[list], list]) -> RewardFn:
+    """`fn` (sync or async) called on `change(completions)`, under its own name (TRL keys its
+    reward metrics by name)."""
+    name = getattr(fn, "__name__", type(fn).__name__)
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
 
         @functools.wraps(fn)
         async def async_reward(*, completions: list, **kw: Any) -> list[float | None]:
-            return await fn(completions=prefilled(completions, prefill), **kw)
+            return await fn(completions=change(completions), **kw)
 
         async_reward.__name__ = name
         return async_reward
 
     @functools.wraps(fn)
     def reward(*, completions: list, **kw: Any) -> list[float | None]:
-        return fn(completions=prefilled(completions, prefill), **kw)
+        return fn(completions=change(completions), **kw)
 
     reward.__name__ = name
     return reward
-
-
-def prefilled(completions: list, prefill: str) -> list:
-    """Prepend the pre-fill to each completion (text, or conversational assistant turn)."""
-    out = []
-    for c in completions:
-        if isinstance(c, str):
-            out.append(c if c.lstrip().startswith(THINK_OPEN) else prefill + c)
-            continue
-        turns = [dict(m) for m in c]
-        if turns and not str(turns[0].get("content") or "").lstrip().startswith(THINK_OPEN):
-            turns[0]["content"] = prefill + str(turns[0].get("content") or "")
-        out.append(turns)
-    return out
