@@ -191,3 +191,26 @@ def test_rounds_beyond_the_configured_count_are_an_earlier_runs(tmp_path):
     assert store.rounds() == [0, 1, 2]
     RunStore.create(tmp_path / "run", RunConfig(rounds=1))
     assert store.rounds() == [0]
+
+
+def test_written_files_are_as_readable_as_the_umask_allows(tmp_path):
+    """Temp files are 0600: renamed into place, a run's report, manifest and tables were
+    unreadable to teammates and web servers whatever the umask."""
+    import stat
+
+    from thinkwheel import store as store_mod
+    from thinkwheel.curated.report import write_report
+    from thinkwheel.store import atomic_dir, atomic_write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert store_mod._UMASK == umask
+    store = RunStore.create(tmp_path / "run", RunConfig())
+    paths = [store.write_table(0, "tasks", pl.DataFrame({"a": [1]})), store.manifest_path,
+             store.root / "config.yaml", write_report("<html></html>", store.root / "r.html")]
+    atomic_write_text(tmp_path / "t.json", "{}")
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("x")
+    paths += [tmp_path / "t.json"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {0o666 & ~umask}
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask

@@ -343,6 +343,10 @@ def test_train_sft_writes_model_and_curves(marked_model, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(out)
     assert "generation" in tok.chat_template  # the chat template travels with the model
+    # readable as the umask allows: transformers wrote the weights 0600 (through a temp file)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o666 & ~umask}
     model = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(marked_model)
     assert any(

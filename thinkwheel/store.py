@@ -32,6 +32,17 @@ from thinkwheel.config import RunConfig
 
 TABLES = ("tasks", "candidates", "verdicts", "filtered")
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def shareable(path: str | Path) -> None:
+    """Give a file (or folder) the permissions a plain write would have under the umask: temp
+    files are made 0600 (and temp folders 0700), so a renamed-into-place report, manifest or
+    model was unreadable to teammates and web servers."""
+    mode = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, mode & ~_UMASK)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,6 +71,7 @@ def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
         df.write_parquet(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        shareable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,6 +83,7 @@ def atomic_dir(path: Path):
     """Yield a temp directory beside `path`; on success it replaces `path` whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    shareable(tmp)
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")

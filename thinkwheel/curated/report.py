@@ -14,8 +14,6 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -288,16 +286,10 @@ def _stage_rows(stages: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def write_report(html_text: str, path: str | Path) -> Path:
     """Write atomically (temp file + rename): a reader never sees half a report."""
+    from thinkwheel.store import atomic_write_text
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html_text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(p, html_text)
     return p
 
 

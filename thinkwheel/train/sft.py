@@ -26,6 +26,7 @@ import polars as pl
 
 from thinkwheel import chat_template
 from thinkwheel.config import CHECKPOINT_MINUTES, DPOTrainConfig, GRPOTrainConfig, SFTConfig
+from thinkwheel.store import shareable
 from thinkwheel.train import checkpoints
 
 if TYPE_CHECKING:
@@ -390,6 +391,9 @@ def save_model(model: Any, tokenizer: Any, out: str) -> None:
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     stop_on_end_of_turn(out, tokenizer)
+    for f in Path(out).iterdir():  # transformers writes the weights through a 0600 temp file
+        if f.is_file():
+            shareable(f)
 
 
 def stop_on_end_of_turn(out: str, tokenizer: Any) -> None:
