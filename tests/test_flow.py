@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -536,12 +537,13 @@ def test_new_engine_settings_redo_the_eval(flow_run, tmp_path):
     assert store.stage_entry(0, "eval")["finished_at"] > before
 
 
-def _cli(cfg_path: Path, out: Path, cwd: Path | None = None) -> subprocess.Popen:
+def _cli(cfg_path: Path, out: Path, cwd: Path | None = None, **popen: Any) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "thinkwheel", "run", "-c", str(cfg_path), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
         start_new_session=True,  # its own process group: SIGKILL takes Prefect's server too
+        **popen,
     )
 
 
@@ -620,6 +622,28 @@ def _cmdline(pid: int) -> bytes:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_ctrl_c_in_a_terminal_stops_the_run_in_seconds(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, Prefect's server and the verifier
+    workers too. The run used to hang for over a minute in Prefect's retries to reach its dead
+    server, then exit 1 with ConnectError and KeyboardInterrupt tracebacks; it says how to
+    resume and exits 130."""
+    cfg_path = tmp_path / "int.yaml"
+    cfg_path.write_text(yaml.safe_dump({**SMALL, "name": "int", "rounds": 1}))
+    proc = _cli(cfg_path, tmp_path / "run",
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    shards = tmp_path / "run" / "round-0" / "shards" / "sample"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(shards.glob("*/shard-*")):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
+    t0 = time.time()
+    code = proc.wait(timeout=90)
+    out = proc.stdout.read()
+    assert code == 130 and time.time() - t0 < 45, out
+    assert "re-run the same command to resume" in out and "Traceback" not in out, out
+
+
 def test_sigterm_stops_prefects_server_too(tmp_path):
     """A plain `kill PID` used to leave Prefect's temporary uvicorn server running, orphaned.
     Sent mid-SFT, it also leaves a checkpoint of the training so far (Prefect swaps in its own

@@ -203,12 +203,35 @@ def _exit_cleanly_on_term() -> None:
 @contextmanager
 def _resumable() -> Iterator[None]:
     """Ctrl-C in a long command: say how to go on and exit 130. Left to click, the installed
-    `thinkwheel` script printed "Aborted!" and exited 1."""
+    `thinkwheel` script printed "Aborted!" and exited 1.
+
+    A terminal's Ctrl-C reaches the whole process group, Prefect's temporary server too: it
+    stops, and Prefect's crash handling then fails to reach it (a ConnectError, after
+    retries). That is still the interrupt, not an error, so whatever ends the command after a
+    Ctrl-C ends it as one. A second Ctrl-C quits at once."""
+    hit: list[bool] = []
+    ours = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not when ignored
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if hit:
+            err.print("interrupted")
+            os._exit(130)
+        hit.append(True)
+        err.print("interrupted: stopping (Ctrl-C again to quit at once) ...")
+        raise KeyboardInterrupt
+
+    if ours:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not (hit or isinstance(e, KeyboardInterrupt)) or isinstance(e, (typer.Exit, SystemExit)):
+            raise
         err.print("interrupted; re-run the same command to resume")
         raise typer.Exit(130) from None
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @app.command()
@@ -233,6 +256,9 @@ def run(
     # a failed stage reaches the user once, as our one-line error (or Python's traceback for
     # the unexpected), not also as Prefect's task and flow failure logs with their tracebacks
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    # the server is a local child process: when it is gone (a Ctrl-C reaches it too), Prefect's
+    # five retries with exponential backoff held the exit for over a minute
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
     from thinkwheel.engines.openai import EngineError
     from thinkwheel.flows.flywheel import run as run_flow
     from thinkwheel.flows.progress import RichReporter, use_reporter

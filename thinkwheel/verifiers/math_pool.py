@@ -13,6 +13,7 @@ import atexit
 import importlib
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,9 @@ def _resolve(spec: str) -> Callable[[Any], Any]:
 
 
 def _worker_main(rx: Connection, tx: Connection, spec: str) -> None:
+    # a terminal's Ctrl-C reaches the whole process group: the parent decides when its
+    # workers stop (it closes their pipes), and each would otherwise print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fn = _resolve(spec)
     warm_up = getattr(importlib.import_module(spec.partition(":")[0]), "warm_up", None)
     if warm_up is not None:
