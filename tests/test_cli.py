@@ -448,3 +448,17 @@ def test_run_on_a_served_model_checks_the_server_before_starting(tmp_path, monke
         r = run_with(srv.base_url)
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "3 of 9 requests failed" in out and "re-run the same command" in out
+
+
+def test_an_empty_jsonl_is_one_line_not_a_traceback(tmp_path):
+    """polars cannot infer the columns of an empty file: verify, inspect and the trainers
+    reached users with its ComputeError traceback; `run` already said "no rows"."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    for args in (["verify", str(empty)], ["inspect", str(empty)],
+                 ["train", "sft", str(empty), "--out", str(tmp_path / "m")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "no rows" in r.output, (args, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
+    r = runner.invoke(app, ["inspect", str(empty), "--samples", "-3"])  # was a polars traceback
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit)

@@ -310,7 +310,7 @@ def _load_run(path: Path):
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A run directory, an export folder or a parquet file")],
-    samples: Annotated[int, typer.Option(help="Show this many sample records")] = 0,
+    samples: Annotated[int, typer.Option(min=0, help="Show this many sample records")] = 0,
     where: Annotated[str | None, typer.Option(help="Filter: SQL (family = 'addition') or polars")] = None,
     reason: Annotated[str | None, typer.Option(help="Drop reason, stage, 'kept' or 'dropped'")] = None,
     round: Annotated[int | None, typer.Option("--round", help="Only this round")] = None,
@@ -436,7 +436,7 @@ def export(
 def verify(
     file: Annotated[Path, typer.Argument(help="JSONL or parquet of completion, reference[, tests]")],
     verifier: Annotated[str, typer.Option(help="Verifier name or module:callable")] = "math",
-    out: Annotated[Path | None, typer.Option(help="Verdicts file (default FILE.verdicts.parquet)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Verdicts file (default: beside FILE, <name>.verdicts.parquet)")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
 ) -> None:
     """Verify a file of completions and write verdicts plus a summary."""

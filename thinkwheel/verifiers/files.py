@@ -24,7 +24,7 @@ def _read(path: Path) -> pl.DataFrame:
     if path.suffix in (".parquet", ".pq"):
         return pl.read_parquet(path)
     if path.suffix in (".jsonl", ".ndjson", ".json"):
-        return pl.read_ndjson(path, infer_schema_length=None)
+        return records.read_jsonl(path, infer_schema_length=None)
     raise ValueError(f"{path}: expected .jsonl or .parquet")
 
 
