@@ -134,3 +134,19 @@ def test_code_fingerprint_follows_a_plugins_source(tmp_path, monkeypatch) -> Non
     src.write_text("def check(completion, task):\n    return 'x' in completion\n")
     assert reg.code_fingerprint(["fp_plugin_mod:check"]) != first
     assert reg.code_fingerprint(["math", "code", "think_format"]) == {}
+
+
+def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleType) -> None:
+    """A plugin that raises on every candidate read as "passed 0" in the run, its error only in
+    verdicts.parquet: the verify stage now says which verifier raised and the first error."""
+    from thinkwheel.flows.steps import verifier_errors
+
+    tasks = records.frame([{"task_id": "t", "reference": "5", "verifier": "tw_test_plugins:boom"},
+                           {"task_id": "u", "reference": "5", "verifier": "math"}], records.TASKS)
+    cands = records.frame([{"candidate_id": c, "task_id": t, "completion": "<think>x</think> 5"}
+                           for c, t in (("a", "t"), ("b", "t"), ("c", "u"))], records.CANDIDATES)
+    verdicts = verify_frame(tasks, cands)
+    note = verifier_errors(verdicts)
+    assert note is not None and note.startswith("2 of 3 candidates could not be verified")
+    assert "tw_test_plugins:boom raised on 2 (first: RuntimeError: plugin exploded)" in note
+    assert verifier_errors(verdicts.filter(verdicts["verifier"] == "math")) is None

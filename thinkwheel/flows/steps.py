@@ -467,7 +467,21 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
     )
     store.drop_shards(k, "verify")
+    if note := verifier_errors(verdicts):
+        rep.message(f"[yellow]round {k}: {note}[/]")
     return verdicts
+
+
+def verifier_errors(verdicts: pl.DataFrame) -> str | None:
+    """A verifier that raised gives a None verdict, which never counts as passed: a broken
+    plugin read as "passed 0" with its error only in verdicts.parquet. Say which and why."""
+    bad = verdicts.filter(pl.col("reason") == "verifier_error")
+    if bad.height == 0:
+        return None
+    by = bad.group_by("verifier").agg(pl.len(), pl.col("detail").first()).sort("len", descending=True)
+    parts = [f"{r['verifier']} raised on {r['len']} (first: {r['detail']})" for r in by.iter_rows(named=True)]
+    return (f"{bad.height} of {verdicts.height} candidates could not be verified, counted as "
+            f"not passed: " + "; ".join(parts))
 
 
 # ------------------------------------------------------------------ filter + select
