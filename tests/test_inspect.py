@@ -62,10 +62,11 @@ def _round() -> dict[str, pl.DataFrame]:
 def test_funnel_counts_from_verdicts_and_drop_reasons():
     f = ins.funnel(_round())
     assert f["stage"].to_list() == ins.FUNNEL
-    # 5 passed; among them 1 dedup, 1 decontam; kept = 2 (null drop_reason).
-    assert f["count"].to_list() == [2, 8, 5, 4, 3, 2]
-    assert f["pct"].to_list() == [None, 100.0, 62.5, 50.0, 37.5, 25.0]
-    assert f["pct_of_previous"].to_list()[2:] == [62.5, 80.0, 75.0, 66.7]
+    # 5 passed; among them no quality drop, 1 decontam, 1 dedup, 1 cap; kept = 2, in the
+    # filters' order (a dedup drop used to be counted before a decontamination one)
+    assert f["count"].to_list() == [2, 8, 5, 5, 4, 3, 2]
+    assert f["pct"].to_list() == [None, 100.0, 62.5, 62.5, 50.0, 37.5, 25.0]
+    assert f["pct_of_previous"].to_list()[2:] == [62.5, 100.0, 80.0, 75.0, 66.7]
 
 
 def test_funnel_counts_the_tasks_that_were_sampled():
@@ -80,9 +81,9 @@ def test_funnel_counts_the_tasks_that_were_sampled():
 def test_funnel_of_unfinished_round_has_nulls():
     r = _round()
     f = ins.funnel({"tasks": r["tasks"], "candidates": r["candidates"]})
-    assert f["count"].to_list() == [2, 8, None, None, None, None]
+    assert f["count"].to_list() == [2, 8, None, None, None, None, None]
     f2 = ins.funnel({**r, "filtered": r["filtered"].head(0)})
-    assert f2["count"].to_list()[2:] == [5, None, None, None]
+    assert f2["count"].to_list()[2:] == [5, None, None, None, None]
 
 
 def test_drop_reasons_ranked_with_stage():

@@ -42,7 +42,9 @@ DROP_STAGES: dict[str, tuple[str, ...]] = {
     "quality": (*QUALITY_REASONS, "quality"),
     "cap": (OVER_K, "cap", "keep_per_task", "max_per_task"),
 }
-FUNNEL = ["tasks", "candidates", "verified", "deduped", "decontaminated", "kept"]
+# the filters' order (quality, decontamination, dedup, then the per-task cap), as the
+# manifest's funnel has it: a drop is counted at the first filter that drops it
+FUNNEL = ["tasks", "candidates", "verified", "quality", "decontaminated", "deduped", "kept"]
 SLICES = {
     "domain": "domain",
     "family": "family",
@@ -108,13 +110,14 @@ def record_table(frames: Frames) -> pl.DataFrame:
 
 
 def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
-    """tasks → candidates → verified → deduped → decontaminated → kept, with percentages.
+    """tasks → candidates → verified → quality → decontaminated → deduped → kept, with
+    percentages.
 
     Percentages are of candidates (and of the previous stage). Stages not run yet are null.
     "tasks" are the ones sampled: tasks dropped before sampling (task dedup, decontamination)
     are not, so the count matches the per-family tables and `thinkwheel run`'s summary.
-    "verified" counts candidates whose verdict passed; dedup and decontamination drops are
-    counted among those, so the gap decontaminated → kept is quality, caps and the rest.
+    "verified" counts candidates whose verdict passed; each filter's drops are counted among
+    those, in the order the filters run, so the gap deduped → kept is the per-task cap.
     """
     t = table if table is not None else record_table(frames)
     tasks = frames.get("tasks")
@@ -125,13 +128,16 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
     has_f = bool(t["has_filter"].any()) if t.height else _get(frames, "filtered").height > 0
     ok = t.filter(pl.col("passed") == True)  # noqa: E712
     verified = ok.height if has_v else None
-    deduped = decontaminated = kept = None
+    filters: list[int | None] = [None, None, None]
+    kept = None
     if has_f:
         kept = t.filter(pl.col("status") == "kept").height
         if verified is not None:
-            deduped = verified - ok.filter(pl.col("drop_stage") == "dedup").height
-            decontaminated = deduped - ok.filter(pl.col("drop_stage") == "decontam").height
-    counts = [n_tasks, t.height, verified, deduped, decontaminated, kept]
+            left = verified
+            for i, stage in enumerate(("quality", "decontam", "dedup")):
+                left -= ok.filter(pl.col("drop_stage") == stage).height
+                filters[i] = left
+    counts = [n_tasks, t.height, verified, *filters, kept]
     rows, prev = [], None
     for i, (stage, c) in enumerate(zip(FUNNEL, counts, strict=True)):
         pct = None if i == 0 or c is None or not t.height else round(100 * c / t.height, 1)
