@@ -462,3 +462,12 @@ def test_an_empty_jsonl_is_one_line_not_a_traceback(tmp_path):
         assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
     r = runner.invoke(app, ["inspect", str(empty), "--samples", "-3"])  # was a polars traceback
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit)
+
+
+def test_record_flags_on_a_dataset_say_they_need_a_run(tmp_path):
+    """--samples, --where, --reason and --round read a run's records; on an exported dataset
+    they were ignored without a word and the summary printed as if they had applied."""
+    pl.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}).write_parquet(tmp_path / "sft.parquet")
+    assert runner.invoke(app, ["inspect", str(tmp_path)]).exit_code == 0
+    r = runner.invoke(app, ["inspect", str(tmp_path), "--samples", "1", "--round", "0"])
+    assert r.exit_code == 2 and "--samples and --round" in r.output

@@ -324,6 +324,13 @@ def inspect(
     if not (path / "manifest.json").exists():  # an exported dataset
         from thinkwheel.curated.export import read_dataset
 
+        flags = [f for f, on in (("--samples", samples > 0), ("--where", where is not None),
+                                 ("--reason", reason is not None), ("--round", round is not None))
+                 if on]
+        if flags:  # they were ignored without a word
+            what = "an empty folder" if path.is_dir() and not any(path.iterdir()) else "no run"
+            fail(f"{' and '.join(flags)} read a run's records (verdicts, drop reasons, rounds), "
+                 f"and {path} is {what}: inspect it without them, or point at the run directory")
         try:
             summary = ins.dataset_summary(read_dataset(path))
         except (ValueError, FileNotFoundError) as e:
