@@ -86,6 +86,31 @@ def test_export_and_inspect_the_export(run_dir, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_an_exports_card_describes_what_it_wrote(run_dir, tmp_path):
+    """The card of `thinkwheel export` was the last round's, copied: it named parquet files a
+    jsonl export does not have (so `load_dataset(folder)` failed) and one round's counts."""
+    from huggingface_hub import DatasetCard
+
+    n = sum(pl.read_parquet(run_dir / f"round-{k}" / "curated" / "sft.parquet").height for k in (0, 1))
+    for fmt in ("jsonl", "hf"):
+        out = tmp_path / fmt
+        r = runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--all-rounds",
+                                "--format", fmt])
+        assert r.exit_code == 0, r.output
+        data = DatasetCard((out / "README.md").read_text()).data.to_dict()
+        assert data["thinkwheel"]["counts"]["sft"] == n and data["thinkwheel"]["round"] == "0-1"
+        assert data["pretty_name"] == "demo-rounds-0-1"
+        for c in data["configs"]:
+            assert list(out.glob(c["data_files"][0]["path"])), (fmt, c)
+    import datasets
+
+    assert datasets.load_dataset(str(tmp_path / "jsonl"), "sft", split="train").num_rows == n
+    one = tmp_path / "one"
+    assert runner.invoke(app, ["export", str(run_dir), "--out", str(one), "--round", "0"]).exit_code == 0
+    tw = DatasetCard((one / "README.md").read_text()).data.to_dict()["thinkwheel"]
+    assert tw["round"] == 0 and tw["funnel"]  # one round: its funnel too
+
+
 def test_export_unknown_round_fails_cleanly(run_dir, tmp_path):
     r = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--round", "7"])
     assert r.exit_code == 2 and "round 7" in r.output

@@ -394,6 +394,7 @@ def export(
     import polars as pl
 
     from thinkwheel.curated.export import FORMATS, read_dataset, write_dataset
+    from thinkwheel.flows.steps import round_card
 
     if format not in FORMATS:
         fail(f"unknown format {format!r}: choose {', '.join(FORMATS)}")
@@ -413,8 +414,8 @@ def export(
     grpo = pl.concat([p["grpo"] for p in parts], how="diagonal_relaxed")
     dpo_parts = [p["dpo"] for p in parts if "dpo" in p]  # runs from before the dpo split have none
     dpo = pl.concat(dpo_parts, how="diagonal_relaxed") if dpo_parts else None
-    card_path = store.round_dir(pick[-1]) / "curated" / "README.md"
-    card = card_path.read_text() if card_path.exists() else None
+    cfg = store.config()
+    card = round_card(cfg, {k: store.load_round(k) for k in pick}, sft, grpo, dpo, format)
     info = write_dataset(sft, grpo, out, formats=(format,), card=card, dpo=dpo)
     if format != "verl":
         console.print(f"wrote {info['counts']} to {out}")

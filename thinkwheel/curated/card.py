@@ -78,7 +78,7 @@ def dataset_card(
     config: RunConfig | None = None,
     config_hash: str | None = None,
     generator_model: str | None = None,
-    round: int | None = None,  # noqa: A002 (it is the round's number)
+    round: int | str | None = None,  # noqa: A002 (the round's number, or "0-2" for several)
     funnel: pl.DataFrame | None = None,
     filtered: pl.DataFrame | None = None,
     data_format: str = "parquet",
@@ -115,10 +115,11 @@ def dataset_card(
         "size_categories": [size_category(max(sft.height, grpo.height))],
         "task_categories": ["text-generation"],
         "tags": ["synthetic", "reasoning", "think", "rejection-sampling", "thinkwheel"],
+        # an empty split has no rows to load (and the hf format writes no file for it)
         "configs": [
-            {"config_name": split, "data_files": [{"split": "train", "path": f"{split}.{ext}"}]}
-            for split in ("sft", "grpo", *(("dpo",) if dpo is not None else ()))
-            for ext in (_ext(data_format),)
+            {"config_name": split, "data_files": [{"split": "train", "path": path}]}
+            for split, df in (("sft", sft), ("grpo", grpo), ("dpo", dpo))
+            if df is not None and df.height and (path := data_path(split, data_format))
         ],
         "thinkwheel": meta,
     }
@@ -126,8 +127,25 @@ def dataset_card(
     return f"---\n{head}---\n\n{_body(name, meta, data_format)}"
 
 
-def _ext(fmt: str) -> str:
-    return {"parquet": "parquet", "jsonl": "jsonl"}.get(fmt, "parquet")
+def data_path(split: str, data_format: str) -> str | None:
+    """Where a split's rows are in an export of this format, for the card's `configs` (so
+    `load_dataset(folder, split)` finds them): the `datasets` folder's arrow files for hf, and
+    for verl only its GRPO set. None when the export holds no such split."""
+    if data_format == "verl":
+        return "verl/train.parquet" if split == "grpo" else None
+    if data_format == "hf":
+        return f"hf/{split}/*.arrow"
+    return f"{split}.{'jsonl' if data_format == 'jsonl' else 'parquet'}"
+
+
+def _loading(data_format: str) -> str:
+    if data_format in ("parquet", "jsonl"):
+        return (f'from datasets import load_dataset\nsft = load_dataset("{data_format}", '
+                f'data_files="{data_path("sft", data_format)}", split="train")')
+    if data_format == "hf":
+        return 'import datasets\nsft = datasets.load_from_disk("hf")["sft"]'
+    return ("# the GRPO set in verl's RL format, for data.train_files:\n"
+            "import polars as pl\ngrpo = pl.read_parquet(\"verl/train.parquet\")")
 
 
 def _md_table(rows: Mapping[str, Any], key: str, value: str) -> str:
@@ -170,9 +188,7 @@ and the survivors of near-dedup, decontamination and quality filters were kept.
   `reference`, `tests` and `verifier` for the reward, and the task's `pass_rate`.{_dpo_line(m)}
 
 ```python
-from datasets import load_dataset
-sft = load_dataset("{data_format}", data_files="sft.{_ext(data_format)}", split="train")
-# or, from the saved folder: datasets.load_from_disk("hf")["sft"]
+{_loading(data_format)}
 ```
 
 ## Provenance

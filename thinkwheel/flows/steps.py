@@ -523,7 +523,6 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
 
 # ------------------------------------------------------------------ export
 def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dict[str, Any]:
-    from thinkwheel.curated.card import dataset_card
     from thinkwheel.curated.export import (
         dpo_frame,
         grpo_frame,
@@ -531,7 +530,6 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         task_pass_rates,
         write_dataset,
     )
-    from thinkwheel.curated.inspect import funnel as funnel_table
     from thinkwheel.filters.stage import funnel
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
@@ -558,15 +556,8 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         else None
     )
     fun = funnel(filtered)
-    card = dataset_card(
-        sft, grpo, dpo=dpo, name=f"{cfg.name}-round-{k}", config=cfg, config_hash=cfg.section_hash(
-            "generate", "sampling", "verify", "filters", "export"
-        ), generator_model=generator_model, round=k, filtered=filtered,
-        license=e.card_license(bool(cfg.generate.tasks.paths)),
-        funnel=funnel_table(
-            {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
-        ),
-    )
+    frames = {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
+    card = round_card(cfg, {k: frames}, sft, grpo, dpo, "parquet", generator_model)
     write_dataset(sft, grpo, out_dir, formats=formats, card=card, dpo=dpo)
     store.mark_stage(
         k, "export", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
@@ -574,6 +565,31 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         dpo=None if dpo is None else dpo.height, funnel=fun,
     )
     return store.stage_entry(k, "export")
+
+
+def round_card(
+    cfg: RunConfig, rounds: dict[int, dict[str, pl.DataFrame]], sft: pl.DataFrame,
+    grpo: pl.DataFrame, dpo: pl.DataFrame | None, data_format: str,
+    generator_model: str | None = None,
+) -> str:
+    """The dataset card of these rounds' curated sets (their tables by round): counts and
+    decontamination of all of them, the funnel of a single round, and the files of this
+    export's format. `thinkwheel export` copied the last round's card, which named parquet
+    files a jsonl export does not have, and one round's counts for --all-rounds."""
+    from thinkwheel.curated.card import dataset_card
+    from thinkwheel.curated.inspect import funnel
+
+    ks = sorted(rounds)
+    filtered = [t["filtered"] for t in rounds.values() if t.get("filtered") is not None]
+    span = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+    return dataset_card(
+        sft, grpo, dpo=dpo, name=f"{cfg.name}-round{'s' if len(ks) > 1 else ''}-{span}",
+        config=cfg, config_hash=cfg.section_hash("generate", "sampling", "verify", "filters", "export"),
+        generator_model=generator_model, round=span,
+        filtered=pl.concat(filtered, how="diagonal_relaxed") if filtered else None,
+        license=cfg.export.card_license(bool(cfg.generate.tasks.paths)),
+        funnel=funnel(rounds[ks[0]]) if len(ks) == 1 else None, data_format=data_format,
+    )
 
 
 # ------------------------------------------------------------------ train
