@@ -224,8 +224,10 @@ def _resumable() -> Iterator[None]:
         signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
+    except (typer.Exit, SystemExit):
+        raise
     except BaseException as e:
-        if not (hit or isinstance(e, KeyboardInterrupt)) or isinstance(e, (typer.Exit, SystemExit)):
+        if not hit and not isinstance(e, KeyboardInterrupt):
             raise
         err.print("interrupted; re-run the same command to resume")
         raise typer.Exit(130) from None

@@ -478,8 +478,9 @@ def verifier_errors(verdicts: pl.DataFrame) -> str | None:
     bad = verdicts.filter(pl.col("reason") == "verifier_error")
     if bad.height == 0:
         return None
-    by = bad.group_by("verifier").agg(pl.len(), pl.col("detail").first()).sort("len", descending=True)
-    parts = [f"{r['verifier']} raised on {r['len']} (first: {r['detail']})" for r in by.iter_rows(named=True)]
+    by = bad.group_by("verifier").agg(pl.len(), pl.col("detail").first())
+    parts = [f"{name} raised on {n} (first: {detail})"
+             for name, n, detail in by.sort("len", descending=True).iter_rows()]
     return (f"{bad.height} of {verdicts.height} candidates could not be verified, counted as "
             f"not passed: " + "; ".join(parts))
 
