@@ -116,6 +116,19 @@ def test_export_unknown_round_fails_cleanly(run_dir, tmp_path):
     assert r.exit_code == 2 and "round 7" in r.output
 
 
+def test_export_says_what_is_wrong_with_its_input(run_dir, tmp_path):
+    """A missing path and an exported dataset both read "has no curated round yet", and
+    --round beside --all-rounds was ignored."""
+    def err(*args):
+        r = runner.invoke(app, ["export", *args, "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2, r.output
+        return " ".join(r.output.split())
+
+    assert "no such run" in err(str(tmp_path / "nope"))
+    assert "is not a run directory; it is a dataset" in err(str(run_dir / "round-0" / "curated"))
+    assert "--round and --all-rounds" in err(str(run_dir), "--round", "0", "--all-rounds")
+
+
 def test_report_writes_html(run_dir):
     r = runner.invoke(app, ["report", str(run_dir)])
     assert r.exit_code == 0, r.output
@@ -496,3 +509,18 @@ def test_record_flags_on_a_dataset_say_they_need_a_run(tmp_path):
     assert runner.invoke(app, ["inspect", str(tmp_path)]).exit_code == 0
     r = runner.invoke(app, ["inspect", str(tmp_path), "--samples", "1", "--round", "0"])
     assert r.exit_code == 2 and "--samples and --round" in r.output
+
+
+def test_train_dpo_checks_the_pairs_before_loading_the_model(tmp_path, monkeypatch):
+    """An SFT file given to `train dpo` showed "DPO on 34 pairs" and loaded the model before
+    the shape error; the pairs are checked first."""
+    import thinkwheel.train.dpo as dpo_mod
+
+    def never(*a, **kw):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(dpo_mod, "train_dpo", never)
+    f = tmp_path / "sft.parquet"
+    pl.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}).write_parquet(f)
+    r = runner.invoke(app, ["train", "dpo", str(f), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "needs `chosen` and `rejected`" in r.output, r.output

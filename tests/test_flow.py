@@ -155,6 +155,26 @@ def test_new_verdicts_redo_filter_and_export(flow_run, tmp_path):
     assert pl.read_parquet(run / "round-0" / "curated" / "sft.parquet").height == 0
 
 
+def test_export_settings_re_export_without_re_filtering(flow_run, tmp_path):
+    """The filter stage reads the filters, the per-task cap and verified_only: the export's
+    formats, license or DPO pairs re-ran it (its key held the whole export section)."""
+    import shutil
+
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    before = store.stage_entry(0, "filter")["finished_at"]
+    cfg = parse_config({**SMALL, "export": {"formats": ["jsonl"], "dpo_pairs_per_task": 0,
+                                            "license": "mit"}})
+    steps.filter_and_select(store, cfg, 0)
+    assert store.stage_entry(0, "filter")["finished_at"] == before
+    cfg.sampling.keep_per_task = 1
+    steps.filter_and_select(store, cfg, 0)
+    assert store.stage_entry(0, "filter")["finished_at"] > before
+
+
 def test_an_export_without_parquet_still_feeds_training(flow_run, tmp_path):
     """`export.formats: [verl]` (or [jsonl], [hf]) is extra copies: the parquet the trainers read
     is written anyway. It was not, and SFT found no data, carried the model forward and said

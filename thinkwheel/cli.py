@@ -400,6 +400,14 @@ def export(
 
     if format not in FORMATS:
         fail(f"unknown format {format!r}: choose {', '.join(FORMATS)}")
+    if round is not None and all_rounds:
+        fail("--round and --all-rounds: give one")
+    if not run_dir.exists():
+        fail(f"no such run: {run_dir}")
+    if not (run_dir / "manifest.json").is_file():
+        fail(f"{run_dir} is not a run directory" + (
+            "; it is a dataset: `thinkwheel inspect` reads it, and export starts from its run"
+            if run_dir.is_dir() and (run_dir / "sft.parquet").is_file() else ""))
     store, rounds, _ = _load_run(run_dir)
     ks = [k for k in rounds if (store.round_dir(k) / "curated").exists()]
     if not ks:
@@ -548,11 +556,12 @@ def train_dpo_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """DPO on the curated preference pairs (a kept vs a failed sample of one task), TRL."""
-    from thinkwheel.train.dpo import train_dpo
+    from thinkwheel.train.dpo import conversational_pairs, train_dpo
     from thinkwheel.train.sft import length_warning
 
     cfg, dpo, path = _train_inputs(data, "dpo", model, config)
     try:
+        conversational_pairs(dpo)  # the pairs' shape is checked before the model loads
         with _training(f"DPO on {dpo.height} pairs") as callbacks:
             metrics = train_dpo(path, dpo, str(out), cfg.train.dpo, callbacks=callbacks,
                                 checkpoint_minutes=cfg.train.checkpoint_minutes)

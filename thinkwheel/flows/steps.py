@@ -497,7 +497,9 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     cands, verdicts = store.read_table(k, "candidates"), store.read_table(k, "verdicts")
     in_hash = _hash(_content(cands), _content(verdicts), _content(tasks),
                     _files(*_benchmarks(cfg)))
-    cfg_hash = cfg.section_hash("filters", "sampling", "export")
+    # what the filters and the cap read: the export's formats, card or DPO pairs do not re-filter
+    cfg_hash = _hash(cfg.section_hash("filters"), cfg.sampling.keep_per_task,
+                     cfg.export.verified_only)
     if store.stage_done(k, "filter", in_hash, cfg_hash):
         return store.read_table(k, "filtered")
     t0 = time.time()
