@@ -197,3 +197,22 @@ def test_dataset_inspect(tmp_path):
     console = Console(width=100, record=True)
     console.print(ins.render_dataset_summary(s))
     assert "think_format_ok" in console.export_text()
+
+
+def test_tasks_dropped_before_sampling_are_shown():
+    """Your task file's rows dropped as contaminated or without a consensus reference have no
+    candidates: they were in no view but tasks.parquet, and `--reason contaminated` said
+    nothing was dropped for it."""
+    r = _round()
+    gone = r["tasks"].head(1).with_columns(
+        pl.lit("t-gone").alias("task_id"), pl.lit("contaminated").alias("drop_reason"))
+    r["tasks"] = pl.concat([r["tasks"], gone], how="diagonal_relaxed")
+    s = ins.summarize({0: r})
+    assert s["rounds"]["0"]["task_drops"] == [
+        {"reason": "contaminated", "source": "procedural:addition", "tasks": 1}]
+    console = Console(width=120, record=True)
+    console.print(ins.render_summary(s))
+    assert "tasks dropped before sampling" in console.export_text()
+    with pytest.raises(ValueError, match="1 task\\(s\\) were dropped for it before sampling"):
+        ins.sample_records({0: r}, reason="contaminated")
+    assert ins.summarize({0: _round()})["rounds"]["0"]["task_drops"] == []

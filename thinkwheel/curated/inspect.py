@@ -161,6 +161,22 @@ def drop_reasons(table: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def task_drops(tasks: pl.DataFrame | None) -> pl.DataFrame:
+    """Tasks dropped before sampling (task dedup, decontamination, no consensus reference),
+    by reason and source: they have no candidates, so the funnel starts after them, and
+    your own task file's rows vanished from every view but tasks.parquet."""
+    schema = {"reason": pl.Utf8, "source": pl.Utf8, "tasks": pl.UInt32}
+    if tasks is None or "drop_reason" not in tasks.columns:
+        return pl.DataFrame(schema=schema)
+    return (
+        tasks.filter(pl.col("drop_reason").is_not_null())
+        .group_by(pl.col("drop_reason").alias("reason"), "source")
+        .agg(pl.len().alias("tasks"))
+        .sort(["tasks", "reason", "source"], descending=[True, False, False])
+        .cast(schema)
+    )
+
+
 def pass_rates(table: pl.DataFrame, by: str) -> pl.DataFrame:
     """Pass rate (passed / candidates; unverified counts as not passed) per slice value."""
     col = SLICES.get(by, by)
@@ -229,6 +245,7 @@ def round_summary(frames: Frames, stages: Mapping[str, Any] | None = None) -> di
     t = record_table(frames)
     out = {
         "funnel": funnel(frames, t).to_dicts(),
+        "task_drops": task_drops(frames.get("tasks")).to_dicts(),
         "drop_reasons": drop_reasons(t).to_dicts(),
         "pass_rate": {by: pass_rates(t, by).to_dicts() for by in SLICES},
         "lengths": length_stats(t).to_dicts(),
@@ -344,9 +361,13 @@ def sample_records(
         )
         if df.height == 0:  # a typo must not read as "nothing was dropped for that"
             known = sorted(every["drop_reason"].drop_nulls().unique().to_list())
+            drops = [task_drops(f.get("tasks")) for f in pick.values()]
+            tasks = sum(d.filter(pl.col("reason") == reason)["tasks"].sum() for d in drops)
+            before = (f"; {tasks} task(s) were dropped for it before sampling (tasks.parquet)"
+                      if tasks else "")
             raise ValueError(
                 f"no record was dropped for {reason!r}; drop reasons here: "
-                f"{', '.join(known) or 'none'} (or a stage, kept, dropped)"
+                f"{', '.join(known) or 'none'} (or a stage, kept, dropped){before}"
             )
     if where:
         try:
@@ -392,6 +413,8 @@ def render_summary(summary: Mapping[str, Any]) -> RenderableType:
             prev = None if row["pct_of_previous"] is None else f"{row['pct_of_previous']:.1f}%"
             funnel_tab.add_row(row["stage"], _fmt(row["count"]), _fmt(pct), _fmt(prev), bar)
         body: list[RenderableType] = [funnel_tab]
+        if r.get("task_drops"):
+            body.append(_table("tasks dropped before sampling", r["task_drops"]))
         if r["drop_reasons"]:
             body.append(_table("drop reasons", r["drop_reasons"]))
         for by, rows in r["pass_rate"].items():
