@@ -10,7 +10,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring_ascii
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -132,11 +131,3 @@ def split_think(completion: str) -> tuple[str | None, str]:
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
-
-def read_jsonl(path: str | Path, **kw: Any) -> pl.DataFrame:
-    """A JSONL file as a frame; an empty one is a ValueError saying so (polars cannot infer the
-    columns of no rows, and said it as a ComputeError that reached users as a traceback)."""
-    with open(path, encoding="utf-8") as f:
-        if not any(line.strip() for line in f):
-            raise ValueError(f"{path}: no rows")
-    return pl.read_ndjson(path, **kw)

@@ -111,6 +111,15 @@ def frame_hash(df: pl.DataFrame) -> str:
     return hashlib.sha256(df.write_ndjson().encode()).hexdigest()[:16]
 
 
+def read_jsonl(path: str | Path, **kw: Any) -> pl.DataFrame:
+    """A JSONL file as a frame; an empty one is a ValueError saying so (polars cannot infer the
+    columns of no rows, and said it as a ComputeError that reached users as a traceback)."""
+    with open(path, encoding="utf-8") as f:
+        if not any(line.strip() for line in f):
+            raise ValueError(f"{path}: no rows")
+    return pl.read_ndjson(path, **kw)
+
+
 def file_stamps(path: str | Path) -> list[tuple[str, int, int]]:
     """(name, size, mtime) of a file, or of every file under a folder: what tells a changed
     model folder or task file from the one seen before, without reading it."""
@@ -143,8 +152,24 @@ def model_hash(model_dir: str | Path) -> str:
         if f.is_file() and not f.name.startswith(".") and f.name not in _NOT_MODEL
         and f.suffix not in (".md", ".jsonl")
     )
-    parts = [(f.name, file_hash(f)) for f in files]
-    return records.content_id("model", parts) if parts else records.content_id("model", str(d))
+    if not files:
+        return records.content_id("model", str(d))
+    # a round reads the same weights in its train, eval and next round's sample keys: hashed
+    # once per process while the files are unchanged (gigabytes for a large model). Files
+    # written in the last seconds are not trusted by their stamps (git's "racy clean"): a
+    # rewrite of the same size within one timestamp tick would look unchanged
+    stats = [f.stat() for f in files]
+    stamps = (str(d.resolve()), tuple((f.name, s.st_size, s.st_mtime_ns)
+                                      for f, s in zip(files, stats, strict=True)))
+    if stamps in _MODEL_HASHES:
+        return _MODEL_HASHES[stamps]
+    digest = records.content_id("model", [(f.name, file_hash(f)) for f in files])
+    if time.time() - max(s.st_mtime for s in stats) > 2.0:
+        _MODEL_HASHES[stamps] = digest
+    return digest
+
+
+_MODEL_HASHES: dict[tuple, str] = {}
 
 
 def path_hash(path: str | Path) -> str:

@@ -27,11 +27,11 @@ from typing import Any
 
 import polars as pl
 
-from thinkwheel import records
 from thinkwheel.config import ExportConfig
 from thinkwheel.generators.selection import candidate_outcomes  # noqa: F401 (re-exported)
 from thinkwheel.generators.selection import pass_rates as task_pass_rates  # noqa: F401
 from thinkwheel.records import CANDIDATES, TASKS, conform
+from thinkwheel.store import read_jsonl
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SFT_LINEAGE = [
@@ -347,11 +347,11 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
         if p.suffix == ".parquet":
             return {p.stem: pl.read_parquet(p)}
         if p.suffix in (".jsonl", ".ndjson"):
-            return {p.stem: records.read_jsonl(p)}
+            return {p.stem: read_jsonl(p)}
         raise ValueError(f"not a dataset file (want .parquet or .jsonl): {p}")
     if not p.is_dir():
         raise FileNotFoundError(f"no dataset at {p}")
-    for ext, reader in ((".parquet", pl.read_parquet), (".jsonl", records.read_jsonl)):
+    for ext, reader in ((".parquet", pl.read_parquet), (".jsonl", read_jsonl)):
         found = {n: p / f"{n}{ext}" for n in SPLITS if (p / f"{n}{ext}").is_file()}
         if found:
             return {n: reader(f) for n, f in found.items()}

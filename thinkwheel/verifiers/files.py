@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel import records
+from thinkwheel.store import read_jsonl
 from thinkwheel.verifiers.batch import verify_frame
 from thinkwheel.verifiers.registry import load_plugins, resolve
 
@@ -24,7 +25,7 @@ def _read(path: Path) -> pl.DataFrame:
     if path.suffix in (".parquet", ".pq"):
         return pl.read_parquet(path)
     if path.suffix in (".jsonl", ".ndjson", ".json"):
-        return records.read_jsonl(path, infer_schema_length=None)
+        return read_jsonl(path, infer_schema_length=None)
     raise ValueError(f"{path}: expected .jsonl or .parquet")
 
 
