@@ -316,6 +316,43 @@ def test_a_plugin_beside_the_user_is_found_by_the_console_script(tmp_path):
     assert done.returncode == 2 and "looked in the working directory" in done.stderr
 
 
+def test_verify_and_verifiers_load_a_plugin_module_and_a_configs_settings(tmp_path, monkeypatch):
+    """`@register("name")` in mychecks.py: `thinkwheel verify --verifier name` said unknown
+    verifier, since nothing imported mychecks, and `thinkwheel verifiers` could not list it.
+    `--plugin mychecks` (or a run config's verify.plugins via `--config`) loads it, and
+    `--config` judges with that run's verify settings (here percent_policy)."""
+    import sys
+
+    from thinkwheel.verifiers import registry
+    from thinkwheel.verifiers.base import _REGISTRY
+
+    monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))
+    monkeypatch.setitem(_REGISTRY, "twcli_nonempty", None)
+    monkeypatch.delitem(_REGISTRY, "twcli_nonempty")  # undone after the test: it goes again
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "twcli_checks.py").write_text(
+        "from thinkwheel.verifiers import register\n\n"
+        "@register('twcli_nonempty')\n"
+        "def nonempty():\n"
+        "    return lambda completion, task: bool(completion.split('</think>')[-1].strip())\n")
+    (tmp_path / "c.jsonl").write_text('{"completion": "<think>x</think> 50%", "reference": "50"}\n'
+                                      '{"completion": "<think>x</think>", "reference": "50"}\n')
+    r = runner.invoke(app, ["verify", "c.jsonl", "--verifier", "twcli_nonempty", "--plugin",
+                            "twcli_checks", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert pl.read_parquet(tmp_path / "c.verdicts.parquet")["passed"].to_list() == [True, False]
+    (tmp_path / "run.yaml").write_text(
+        "verify: {plugins: [twcli_checks], percent_policy: number, workers: 1}\n")
+    r = runner.invoke(app, ["verifiers", "--config", "run.yaml"])
+    assert r.exit_code == 0 and "register:twcli_checks" in r.output
+    r = runner.invoke(app, ["verify", "c.jsonl", "-c", "run.yaml", "--out", "m.parquet"])
+    assert r.exit_code == 0, r.output
+    assert pl.read_parquet(tmp_path / "m.parquet")["passed"].to_list()[0] is True  # 50% is 50
+    r = runner.invoke(app, ["verifiers", "--plugin", "twcli_missing"])
+    assert r.exit_code == 2 and "plugin module 'twcli_missing': cannot import" in r.output
+
+
 def test_train_dpo_on_a_curated_folder(run_dir, tmp_path):
     """`thinkwheel train dpo` end to end on the bundled model; a folder without pairs is a
     one-line error."""

@@ -150,3 +150,66 @@ def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleT
     assert note is not None and note.startswith("2 of 3 candidates could not be verified")
     assert "tw_test_plugins:boom raised on 2 (first: RuntimeError: plugin exploded)" in note
     assert verifier_errors(verdicts.filter(verdicts["verifier"] == "math")) is None
+
+
+def _checks_module(tmp_path, monkeypatch, name: str) -> None:
+    """A user's plugin module beside them, registering verifiers by name, as the README shows.
+    The registry is restored afterwards, so other tests see only their own verifiers."""
+    from thinkwheel.verifiers.base import _REGISTRY
+
+    monkeypatch.setattr(reg, "_MODULES", dict(reg._MODULES))
+    for key in (f"{name}_exact", f"{name}_fussy"):  # set then deleted: undone, it goes again
+        monkeypatch.setitem(_REGISTRY, key, None)
+        monkeypatch.delitem(_REGISTRY, key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"{name}.py").write_text(
+        "from thinkwheel.verifiers import register\n\n"
+        f"@register('{name}_exact')\n"
+        "def exact():\n"
+        "    return lambda completion, task: completion.split('</think>')[-1].strip() == task['reference']\n\n"
+        f"@register('{name}_fussy')\n"
+        "def fussy():\n"
+        "    def check(completion, task):\n"
+        "        if 'boom' in completion:\n"
+        "            raise ValueError('cannot read it')\n"
+        "        return True\n"
+        "    return check\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+
+
+def test_a_plugin_module_registers_its_verifiers_for_every_caller(tmp_path, monkeypatch) -> None:
+    """`verify.plugins: [mychecks]` imports the module so its @register names resolve: before,
+    only "module:callable" specs were loaded, so a task naming `mychecks_exact` was an unknown
+    verifier in any process that had not imported mychecks itself (a resumed run, `train grpo`,
+    a verl worker). The GRPO reward gets the plugins through the run's verify options."""
+    from thinkwheel.config import GRPOTrainConfig, VerifyConfig
+    from thinkwheel.train.rewards import grpo_rewards
+
+    _checks_module(tmp_path, monkeypatch, "twmod_a")
+    with pytest.raises(reg.UnknownVerifierError, match="twmod_a_exact"):
+        reg.resolve("twmod_a_exact")
+    correct, _ = grpo_rewards(GRPOTrainConfig(), VerifyConfig(plugins=["twmod_a"]))[0]
+    got = correct(completions=["<think>x</think> 4", "<think>x</think> 5"],
+                  reference=["4", "4"], verifier=["twmod_a_exact"] * 2)
+    assert got == [1.0, 0.0]
+    assert ("twmod_a_exact", "register:twmod_a") in list_verifiers()
+    with pytest.raises(reg.UnknownVerifierError, match="plugin module 'twmod_nope': cannot import"):
+        reg.load_plugins(["twmod_nope"])
+
+
+def test_a_registered_user_verifier_that_raises_costs_one_verdict(tmp_path, monkeypatch) -> None:
+    """@register gave every verifier the origin "builtin", so a user's was not wrapped: one
+    candidate that made it raise turned its whole batch into errors, and its source was not
+    in the stage keys."""
+    _checks_module(tmp_path, monkeypatch, "twmod_b")
+    reg.load_plugins(["twmod_b"])
+    tasks = records.frame([{"task_id": "t", "reference": "4", "verifier": "twmod_b_fussy"}],
+                          records.TASKS)
+    cands = records.frame([{"candidate_id": c, "task_id": "t", "completion": text}
+                           for c, text in (("a", "fine"), ("b", "boom"), ("c", "fine"))],
+                          records.CANDIDATES)
+    assert verify_frame(tasks, cands)["passed"].to_list() == [True, None, True]
+    first = reg.code_fingerprint(["twmod_b_fussy", "twmod_b"])
+    assert set(first) == {"twmod_b_fussy", "twmod_b"}
+    (tmp_path / "twmod_b.py").write_text((tmp_path / "twmod_b.py").read_text() + "\n# fixed\n")
+    assert reg.code_fingerprint(["twmod_b_fussy", "twmod_b"]) != first

@@ -172,11 +172,10 @@ def unreadable_tasks(cfg: RunConfig) -> str | None:
     if not (cfg.generate.tasks.paths or cfg.eval.tasks.paths or cfg.verify.plugins):
         return None
     from thinkwheel.flows.steps import task_files
-    from thinkwheel.verifiers import UnknownVerifierError, resolve
+    from thinkwheel.verifiers import UnknownVerifierError, load_plugins
 
     try:
-        for spec in cfg.verify.plugins:
-            resolve(spec)
+        load_plugins(cfg.verify.plugins)
         task_files(cfg.generate.tasks)  # parsed once: the run's stages reuse them
         task_files(cfg.eval.tasks, held_out=True)
     except (ValueError, UnknownVerifierError) as err:
@@ -450,12 +449,20 @@ def export(
 
 
 # ------------------------------------------------------------------ verify / verifiers
+PluginOpt = Annotated[list[str] | None, typer.Option(
+    "--plugin", help="Plugin 'module:callable', or a 'module' whose @register verifiers to load "
+    "(repeatable; a module beside you is found)")]
+
+
 @app.command()
 def verify(
     file: Annotated[Path, typer.Argument(help="JSONL or parquet of completion, reference[, tests]")],
     verifier: Annotated[str, typer.Option(help="Verifier name or module:callable")] = "math",
     out: Annotated[Path | None, typer.Option(help="Verdicts file (default: beside FILE, <name>.verdicts.parquet)")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: the config's, 2)")] = None,
+    plugin: PluginOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Judge with this run config's verify settings and plugins")] = None,
 ) -> None:
     """Verify a file of completions and write verdicts plus a summary."""
     from thinkwheel.verifiers.files import verify_file
@@ -463,18 +470,32 @@ def verify(
     if not file.exists():
         fail(f"no such file: {file}")
     out = out or file.with_suffix(".verdicts.parquet")
+    v = _config(config).verify if config else None
+    settings = {**v.options(), "format_weight": v.format_weight} if v else {}
+    settings["plugins"] = [*settings.get("plugins", []), *(plugin or [])]
+    if workers is not None:
+        settings["workers"] = workers
     try:
-        summary = verify_file(file, verifier, out, workers=workers)
+        summary = verify_file(file, verifier, out, **settings)
     except (ValueError, KeyError, ImportError) as e:
         fail(str(e))
     console.print_json(json.dumps(summary, default=str))
 
 
 @app.command()
-def verifiers() -> None:
+def verifiers(
+    plugin: PluginOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Also list the verifiers this run config's plugins register")] = None,
+) -> None:
     """List every registered verifier and where it comes from."""
-    from thinkwheel.verifiers import list_verifiers
+    from thinkwheel.verifiers import UnknownVerifierError, list_verifiers, load_plugins
 
+    specs = [*(_config(config).verify.plugins if config else []), *(plugin or [])]
+    try:
+        load_plugins(specs)
+    except UnknownVerifierError as e:
+        fail(str(e))
     t = Table("name", "origin")
     for name, origin in list_verifiers():
         t.add_row(name, origin)

@@ -242,16 +242,21 @@ class VerifyConfig(_Section):
     code_timeout_s: float = Field(10.0, gt=0)
     workers: int = Field(2, ge=1, json_schema_extra=SERVING)
     percent_policy: Literal["fraction", "number", "either"] = "fraction"
-    plugins: list[str] = Field(default_factory=list)  # "module:callable"
+    # "module:callable", or a "module" whose @register("name") verifiers tasks name
+    plugins: list[str] = Field(default_factory=list)
     # > 0: a candidate passes only in the <think> format too (verify, GRPO pass rates, eval), and
     # its score is (1 - w) * the verifier's + w * the format's; filters.quality.require_think
     # drops the badly formatted from the SFT set either way
     format_weight: float = Field(0.0, ge=0, le=1)
 
     def options(self) -> dict[str, Any]:
-        """What every verifier call of a run gets (verify stage, consensus, eval, GRPO rewards)."""
+        """What every verifier call of a run gets (verify stage, consensus, eval, GRPO rewards,
+        verl's reward): the plugins too, so a fresh process (a resumed run, `train grpo`, a verl
+        worker) knows the verifiers a plugin module registers. No plugins adds no key, which
+        keeps the stage keys of runs without them."""
         return {"workers": self.workers, "math_timeout_s": self.math_timeout_s,
-                "code_timeout_s": self.code_timeout_s, "percent_policy": self.percent_policy}
+                "code_timeout_s": self.code_timeout_s, "percent_policy": self.percent_policy,
+                **({"plugins": list(self.plugins)} if self.plugins else {})}
 
 
 class DedupConfig(_Section):

@@ -92,6 +92,9 @@ def _funnel_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None) ->
 def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     """generate -> sample -> verify -> filter -> export -> train -> eval, `rounds` times."""
     cfg = parse_config(config)
+    from thinkwheel.verifiers import load_plugins
+
+    load_plugins(cfg.verify.plugins)  # the verifiers task files name by a plugin's @register
     store = RunStore.create(out, cfg)
     engines = _Engines(cfg, store.root / "cache" / "requests")
     from thinkwheel.engines.factory import resolve_model

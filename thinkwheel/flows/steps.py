@@ -65,9 +65,9 @@ def _benchmarks(cfg: RunConfig) -> list[str]:
 def _plugin_code(*frames: pl.DataFrame | None, plugins: list[str] | tuple = ()) -> str:
     """The source of the plugin verifiers these rows name (and `verify.plugins`): a fixed
     plugin must re-judge, not leave its old verdicts in place."""
-    from thinkwheel.verifiers.registry import code_fingerprint
+    from thinkwheel.verifiers.registry import code_fingerprint, load_plugins
 
-    names = [*plugins]
+    names = load_plugins(plugins)  # the rows may name what a plugin module registers
     for f in frames:
         if f is not None and "verifier" in f.columns:
             names += f["verifier"].drop_nulls().unique().to_list()
@@ -455,7 +455,7 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     for i in (i for i in range(n_shards) if i not in done):
         shard = cands.slice(i * size, size)
         mine = tasks.filter(pl.col("task_id").is_in(shard["task_id"].unique().implode()))
-        verdicts = verify_frame(mine, shard, **verifier_settings(cfg), plugins=cfg.verify.plugins)
+        verdicts = verify_frame(mine, shard, **verifier_settings(cfg))
         store.write_shard(k, "verify", key, i, verdicts)
         rep.advance(shard.height)
     rep.finish()

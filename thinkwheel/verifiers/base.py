@@ -74,11 +74,17 @@ class SequentialBatch:
 _REGISTRY: dict[str, tuple[Callable[..., Verifier], str]] = {}
 
 
-def register(name: str, origin: str = "builtin") -> Callable[[Callable[..., Verifier]], Any]:
-    """Decorator: register a verifier factory (class or function returning a Verifier)."""
+def register(name: str, origin: str | None = None) -> Callable[[Callable[..., Verifier]], Any]:
+    """Decorator: register a verifier factory (class or function returning a Verifier).
+
+    The origin defaults to "builtin" only inside thinkwheel and to "register:<module>" anywhere
+    else: a user's verifier is then wrapped so one that raises costs a None verdict (not its
+    whole batch), and its source file is part of the stage keys."""
 
     def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
-        _REGISTRY[name] = (factory, origin)
+        module = getattr(factory, "__module__", None) or "?"
+        _REGISTRY[name] = (factory, origin or (
+            "builtin" if module.split(".")[0] == "thinkwheel" else f"register:{module}"))
         return factory
 
     return deco

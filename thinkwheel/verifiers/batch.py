@@ -17,13 +17,15 @@ _DEFAULT_BY_DOMAIN = {"math": "math", "code": "code"}
 
 
 def verifier_options(name: str, workers: int = 2, math_timeout_s: float = 5.0,
-                     code_timeout_s: float = 10.0, percent_policy: str = "fraction") -> dict[str, Any]:
-    """Constructor options for the verifier `name` from the run's `verify` settings."""
+                     code_timeout_s: float = 10.0, percent_policy: str = "fraction",
+                     plugins: Sequence[str] = ()) -> dict[str, Any]:
+    """Options for `get_verifier(name, ...)` from the run's `verify` settings (`plugins` are
+    loaded by get_verifier, not passed to the factory)."""
     if name == "math":
         return {"workers": workers, "timeout_s": math_timeout_s, "percent_policy": percent_policy}
     if name == "code":
         return {"workers": workers, "timeout_s": code_timeout_s}
-    return {"workers": workers, "percent_policy": percent_policy}
+    return {"workers": workers, "percent_policy": percent_policy, "plugins": tuple(plugins)}
 
 
 def verify_frame(

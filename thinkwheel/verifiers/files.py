@@ -40,8 +40,10 @@ def _write_atomic(df: pl.DataFrame, out: Path) -> None:
 
 def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: int = 2,
                 math_timeout_s: float = 5.0, code_timeout_s: float = 10.0,
-                percent_policy: str = "fraction", plugins: list[str] | None = None) -> dict[str, Any]:
-    """Verify every row of `path` with `verifier` (a row's own `verifier` column wins)."""
+                percent_policy: str = "fraction", plugins: list[str] | None = None,
+                format_weight: float = 0.0) -> dict[str, Any]:
+    """Verify every row of `path` with `verifier` (a row's own `verifier` column wins); the
+    keywords are a run's `verify` settings (`thinkwheel verify --config`)."""
     path, out = Path(path), Path(out)
     df = _read(path)
     if "completion" not in df.columns:
@@ -71,7 +73,7 @@ def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: in
           "completion": cols["completion"][i]} for i in range(n)], records.CANDIDATES)
     verdicts = verify_frame(tasks, cands, workers=workers, math_timeout_s=math_timeout_s,
                             code_timeout_s=code_timeout_s, percent_policy=percent_policy,
-                            plugins=plugins or [])
+                            plugins=plugins or [], format_weight=format_weight)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(verdicts.drop("task_id").with_columns(pl.Series("row", range(n))), out)
     passed = verdicts["passed"].to_list()

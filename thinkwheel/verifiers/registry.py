@@ -166,11 +166,31 @@ def _resolve_spec(spec: str) -> Any:
     return obj
 
 
+# plugin modules named without a callable ("mychecks"), imported for their @register calls
+_MODULES: dict[str, Any] = {}
+
+
+def _load_module(spec: str) -> None:
+    if spec in _MODULES:
+        return
+    try:
+        _MODULES[spec] = _import_user_module(spec)
+    except ImportError as err:
+        hint = (" (looked in the working directory and on PYTHONPATH)"
+                if isinstance(err, ModuleNotFoundError) and err.name == spec.split(".")[0] else "")
+        raise UnknownVerifierError(f"plugin module {spec!r}: cannot import it ({err}){hint}") from err
+
+
 def load_plugins(specs: Sequence[str]) -> list[str]:
-    """Register each "module:callable" spec under its spec string; returns the names."""
+    """Register each "module:callable" spec under its spec string, and import each bare
+    "module" so the `@register("name")` calls in it run (a verifier a task file names by its
+    registered name works in every command, not only after something imported its module);
+    returns the specs."""
     names = []
     for spec in specs:
-        if spec not in _REGISTRY:
+        if ":" not in spec:
+            _load_module(spec)
+        elif spec not in _REGISTRY:
             _REGISTRY[spec] = (_resolve_spec(spec), "module:callable")
         names.append(spec)
     return names
@@ -197,8 +217,10 @@ def get_verifier(name_or_spec: str, **opts: Any) -> Verifier:
     """A verifier by registry name, entry-point name or "module:callable" string.
 
     `opts` go to the factory (unknown keys are dropped for factories that do not take them).
-    Anything not built in is wrapped in SafeVerifier.
+    Anything not built in is wrapped in SafeVerifier. `plugins` (from a run's
+    `verify.options()`) are loaded first.
     """
+    load_plugins(opts.pop("plugins", ()))
     factory, origin = resolve(name_or_spec)
     verifier = _build(factory, name_or_spec, dict(opts))
     return verifier if origin == "builtin" else SafeVerifier(verifier)
@@ -221,10 +243,14 @@ def code_fingerprint(names: Iterable[str | None]) -> dict[str, str]:
     place; a plugin's helpers imported from other modules are not followed."""
     out: dict[str, str] = {}
     for name in sorted({n for n in names if n}):
-        obj, origin = resolve(name)
-        if origin == "builtin":
-            continue
-        target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
+        if ":" not in name and name in _MODULES:  # a plugin module: its own file
+            target: Any = _MODULES[name]
+            origin = f"module:{name}"
+        else:
+            obj, origin = resolve(name)
+            if origin == "builtin":
+                continue
+            target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
         try:
             source = inspect.getsourcefile(target) or ""
         except TypeError:  # a builtin type or an object without a file
