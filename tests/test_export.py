@@ -214,7 +214,7 @@ def test_grpo_frame_prompt_band_and_rates(frames):
     assert from_frame["prompt"][0][0]["content"]  # default system prompt from config
 
 
-def test_write_dataset_all_formats_round_trip(frames, tmp_path):
+def test_write_dataset_all_formats_round_trip(frames, tmp_path, capfd):
     import datasets
 
     tasks, cands = frames
@@ -222,6 +222,9 @@ def test_write_dataset_all_formats_round_trip(frames, tmp_path):
     grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
     out = tmp_path / "curated"
     info = export.write_dataset(sft, grpo, out, card="---\nlicense: apache-2.0\n---\n# card\n")
+    # the hf write printed a "Saving the dataset" bar per split; the user's own setting stays
+    assert "Saving the dataset" not in capfd.readouterr().err
+    assert not datasets.are_progress_bars_disabled()
     assert info["counts"] == {"sft": 5, "grpo": 3}
     assert {
         "sft.parquet",

@@ -302,7 +302,13 @@ def _save_hf(frames: Mapping[str, pl.DataFrame], path: Path) -> None:
     import datasets  # heavy import: only when the hf format is asked for
 
     dd = datasets.DatasetDict({k: datasets.Dataset.from_polars(v) for k, v in frames.items()})
-    dd.save_to_disk(str(path))
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a bar per split for a write of a second; ours say enough
+    try:
+        dd.save_to_disk(str(path))
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
