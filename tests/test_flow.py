@@ -369,13 +369,27 @@ def test_rerun_skips_finished_stages(flow_run):
     from prefect.testing.utilities import prefect_test_harness
 
     from thinkwheel.flows.flywheel import run
+    from thinkwheel.flows.progress import Silent, use_reporter
+
+    class Said(Silent):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
 
     out, _ = flow_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=180), use_reporter(Said()) as said:
         run(parse_config(SMALL), out)
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     assert before == after  # nothing was rewritten
+    # and the run says what it reused: before, a resumed run listed nothing it skipped
+    reused = [line for line in said.lines if "done before, reused" in line]
+    stages = ("tasks", "sample", "verify", "filter", "export", "train", "eval")
+    assert len(reused) == 1 + 2 * len(stages) and "base model: eval" in reused[0]
+    ncands = RunStore(out).read_table(1, "candidates").height
+    assert f"round 1: sample ({ncands}) done before, reused" in " ".join(reused)
 
 
 def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):

@@ -230,10 +230,10 @@ class RunStore:
             fn(m)
             self._write_manifest(m)
 
-    def stage_entry(self, k: int, stage: str) -> dict[str, Any] | None:
+    def stage_entry(self, k: int | str, stage: str) -> dict[str, Any] | None:
         return self.manifest()["rounds"].get(str(k), {}).get("stages", {}).get(stage)
 
-    def stage_done(self, k: int, stage: str, input_hash: str, config_hash: str) -> bool:
+    def stage_done(self, k: int | str, stage: str, input_hash: str, config_hash: str) -> bool:
         e = self.stage_entry(k, stage)
         return bool(
             e

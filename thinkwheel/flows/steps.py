@@ -74,6 +74,19 @@ def _plugin_code(*frames: pl.DataFrame | None, plugins: list[str] | tuple = ()) 
     return _hash(code_fingerprint(names))
 
 
+def _reused(store: RunStore, k: int | str, stage: str, in_hash: str, cfg_hash: str, *,
+            also: bool = True) -> bool:
+    """Whether the stage is done for these inputs (and `also`), saying so: a resumed run that
+    skipped a stage without a word looked the same as one whose stage ran in no time."""
+    if not (store.stage_done(k, stage, in_hash, cfg_hash) and also):
+        return False
+    count = (store.stage_entry(k, stage) or {}).get("count")
+    who = "base model" if k == "base" else f"round {k}"
+    reporter().message(f"[dim]{who}: {stage}{'' if count is None else f' ({count})'} "
+                       "done before, reused[/]")
+    return True
+
+
 # sampling settings that only the filter and export read: changing them must not re-sample
 _CURATION = ("keep_per_task", "grpo_pass_band")
 
@@ -169,7 +182,7 @@ def make_tasks(
         # the system prompt, and consensus judges agreement with the verify settings and plugins
         cfg_hash = _hash(cfg_hash, _generation(cfg), cfg.section_hash("verify"),
                          _plugin_code(unlabeled))
-    if store.stage_done(k, "tasks", in_hash, cfg_hash):
+    if _reused(store, k, "tasks", in_hash, cfg_hash):
         return store.read_table(k, "tasks")
     t0 = time.time()
     p, held_prompts = g.procedural, held["prompt"].to_list()
@@ -355,7 +368,7 @@ def sample(
     model = model_hash(model_dir)
     in_hash = _hash(ids_hash(tasks["task_id"]), model)
     cfg_hash = _generation(cfg)
-    if store.stage_done(k, "sample", in_hash, cfg_hash):
+    if _reused(store, k, "sample", in_hash, cfg_hash):
         return store.read_table(k, "candidates")
     t0 = time.time()
     key = _hash(in_hash, cfg_hash, _order(tasks["task_id"]))
@@ -441,7 +454,7 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     in_hash = _hash(_content(cands), _content(tasks),
                     _plugin_code(tasks, plugins=cfg.verify.plugins))
     cfg_hash = cfg.section_hash("verify")
-    if store.stage_done(k, "verify", in_hash, cfg_hash):
+    if _reused(store, k, "verify", in_hash, cfg_hash):
         return store.read_table(k, "verdicts")
     t0 = time.time()
     size = VERIFY_SHARD
@@ -500,7 +513,7 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     # what the filters and the cap read: the export's formats, card or DPO pairs do not re-filter
     cfg_hash = _hash(cfg.section_hash("filters"), cfg.sampling.keep_per_task,
                      cfg.export.verified_only)
-    if store.stage_done(k, "filter", in_hash, cfg_hash):
+    if _reused(store, k, "filter", in_hash, cfg_hash):
         return store.read_table(k, "filtered")
     t0 = time.time()
     bench = load_benchmarks(cfg.filters.decontam.benchmarks) if cfg.filters.decontam.enabled else {}
@@ -544,7 +557,7 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     # parquet is always written: it is what the trainers, `inspect` and `thinkwheel export` read
     # (an export of `formats: [verl]` alone used to leave SFT nothing to train on, silently)
     formats = ("parquet", *(f for f in cfg.export.formats if f != "parquet"))
-    if store.stage_done(k, "export", in_hash, cfg_hash) and (out_dir / "sft.parquet").is_file():
+    if _reused(store, k, "export", in_hash, cfg_hash, also=(out_dir / "sft.parquet").is_file()):
         return store.stage_entry(k, "export")
     t0 = time.time()
     kept_ids = filtered.filter(pl.col("drop_reason").is_null())["candidate_id"].to_list()
@@ -624,8 +637,8 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     # the model folder must still hold this stage's model: a trainer of another config (or
     # one cut short) may have republished it since
     entry = store.stage_entry(k, "train") or {}
-    if (store.stage_done(k, "train", in_hash, cfg_hash)
-            and entry.get("model") == model_hash(model_dir)):
+    if _reused(store, k, "train", in_hash, cfg_hash,
+               also=entry.get("model") == model_hash(model_dir)):
         return str(model_dir)
     t0 = time.time()
     sft = data["sft"]
@@ -700,6 +713,7 @@ class _Trainers:
     def __call__(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         stage, (in_hash, cfg_hash) = f"train.{name}", self.keys[name]
         if name in self.done:
+            reporter().message(f"[dim]round {self.k}: {name.upper()} done before, reused[/]")
             return dict(self.store.stage_entry(self.k, stage)["metrics"])
         t0 = time.time()
         out = {key: v for key, v in run().items() if key != "log_history"}
@@ -827,7 +841,7 @@ def evaluate(
     # the engine with its settings (dtype, extra_body such as enable_thinking, ...)
     cfg_hash = _hash(cfg.section_hash("eval", "verify", "engine"), cfg.export.system_prompt,
                      cfg.sampling.stop)
-    if store.stage_done(key, "eval", in_hash, cfg_hash):
+    if _reused(store, key, "eval", in_hash, cfg_hash):
         return store.read_json(rel)
     t0 = time.time()
     who = f"round {key}" if key != "base" else "base model"
