@@ -120,7 +120,7 @@ def test_greedy_matches_bare_generate(engine) -> None:
     with torch.inference_mode():
         ids = engine.model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=0)
     bare = engine.tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert out[2][0].text == bare
+    assert out[2][0].text == "<think>" + bare  # the template's pre-fill, then what it wrote
 
 
 def test_tiny_top_p_is_greedy(engine) -> None:
@@ -134,13 +134,32 @@ def test_tiny_top_p_is_greedy(engine) -> None:
 def test_stop_string_truncates(engine) -> None:
     params = SamplingParams(n=1, temperature=0.0, max_tokens=16)
     full = engine.generate(REQUESTS[:1], params)[0][0].text
-    stop = full[4:7]
+    assert full.startswith(engine.prefill)
+    wrote = full[len(engine.prefill):]
+    stop = wrote[4:7]
     assert len(stop) == 3 and stop.isprintable()
     with_stop = SamplingParams(**{**params.as_dict(), "stop": (stop,)})
     cut = engine.generate(REQUESTS[:1], with_stop)[0][0]
     assert cut.finish_reason == "stop"
-    assert cut.text == full[: full.find(stop)]
+    assert cut.text == engine.prefill + wrote[: wrote.find(stop)]
     assert cut.n_tokens < 16
+
+
+def test_a_pre_filled_think_is_part_of_the_completion(engine) -> None:
+    """The template writes `<think>` after the assistant header (Qwen3, R1-Distill): the engine
+    returned only what the model generated, so a thought cut off by the budget read as an
+    answer, and a draft answer in it passed the verify stage and the held-out eval."""
+    from thinkwheel.verifiers import get_verifier
+
+    assert engine.prefill == "<think>"
+    out = engine.generate(REQUESTS, SamplingParams(n=1, temperature=0.0, max_tokens=6))
+    assert all(row[0].text.startswith("<think>") and row[0].finish_reason == "length"
+               for row in out)
+    math = get_verifier("math", workers=1)
+    cut_off = "3+5=8, 2+4=6. So the answer is 68.\nWait, let me check 3+5 ag"
+    assert math.verify(cut_off, {"reference": "68"}).passed is True  # what it was judged as
+    judged = math.verify(engine.prefill + cut_off, {"reference": "68"})
+    assert judged.passed is False and judged.reason == "no_answer"
 
 
 def test_eos_from_generation_config(tiny_path: Path, tmp_path: Path, engine) -> None:

@@ -258,6 +258,7 @@ class _Scripted:
         ("<think>\n3+4=7\n</think>\n\n7", "stop"),
         ("<think>3+4 is", "length"),  # the budget ran out inside the thought
         ("7", "stop"),  # never opened: the parser files it all as thought
+        ("3+4=7</think>\n7", "stop"),  # the template pre-filled <think> (R1-Distill, Qwen3)
     )
 
     def generate(self, requests, params, progress=None):
@@ -273,16 +274,18 @@ def test_thought_returned_apart_goes_back_into_think(field) -> None:
     as content; read naively, every sample would lose its <think> block and fail the format."""
     from thinkwheel.records import split_think
 
-    params = SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=1)
+    params = SamplingParams(n=5, temperature=1.0, max_tokens=8, seed=1)
     with LocalServer(_Scripted(), reasoning_field=field) as srv:
         out = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?"], params)[0]
     got = [(c.text, c.finish_reason) for c in out]
     assert got[:3] == list(_Scripted.script[:3])
     assert got[3] == ("<think>7", "stop")
+    assert got[4] == ("<think>3+4=7</think>\n7", "stop")
     assert split_think(got[0][0]) == ("3+4=7", "7")
-    with LocalServer(_Scripted()) as srv:  # no parser: the text as the model wrote it
+    with LocalServer(_Scripted()) as srv:  # no parser: the text as the model wrote it, and the
         plain = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?"], params)[0]
-    assert [(c.text, c.finish_reason) for c in plain] == list(_Scripted.script)
+    # pre-filled tag the server's template wrote (a closing tag without an opening one)
+    assert [(c.text, c.finish_reason) for c in plain] == [*_Scripted.script[:4], got[4]]
 
 
 def test_extra_body_reaches_the_server_and_the_cache_key(tmp_path: Path) -> None:

@@ -67,6 +67,8 @@ class LLM:
         outs = []
         for conv, sp in zip(messages, sampling_params):
             q = conv[-1]["content"]
+            if "FAIL" in q:
+                raise ValueError(f"cannot serve {q!r}")
             samples = []
             for k in reversed(range(sp.n)):  # out of order on purpose: the engine sorts by index
                 text = f"{q}|seed={sp.seed}|k={k}|t={sp.temperature}|STOP|tail"
@@ -196,6 +198,43 @@ def test_data_parallel_replicas_split_and_reassemble(fake_vllm: Path, monkeypatc
     chats = calls(fake_vllm, "chat")
     assert sorted(c["n_requests"] for c in chats[1:]) == [3, 4]
     assert len({c["pid"] for c in chats[1:]}) == 2
+
+
+def test_a_failed_replica_leaves_the_others_in_step(fake_vllm: Path, monkeypatch) -> None:
+    """One replica's error was raised before the others' replies were read: they stayed in
+    the pipes and came back as the answers to the next call's requests."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=8, seed=3)
+    later = [f"What is {i} * {i}?" for i in range(4)]
+    single = VLLMEngine("m").generate(later, params)
+    dp = VLLMEngine("m", data_parallel_size=2)
+    try:
+        with pytest.raises(RuntimeError, match="a vLLM replica failed: ValueError: cannot serve"):
+            dp.generate(["FAIL 0", "fine 1", "fine 2", "fine 3"], params)
+        assert dp.generate(later, params) == single
+    finally:
+        dp.close()
+
+
+def test_vllm_completions_hold_the_templates_pre_fill(fake_vllm: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    """vLLM returns only the generated text; with a template that pre-fills `<think>` the
+    completion must read as the model's whole turn, as the transformers engine's does."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    try:
+        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    prefill = TEMPLATE_PLAIN.replace("{{ '<|assistant|>\\n' }}{% endif %}",
+                                     "{{ '<|assistant|>\\n<think>' }}{% endif %}")
+    assert prefill != TEMPLATE_PLAIN
+    plain = VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(max_tokens=4))[0][0].text
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(build_tiny_model(tmp_path / "tok", prefill)))
+    got = VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(max_tokens=4))[0][0].text
+    assert got == "<think>" + plain
 
 
 def test_a_broken_vllm_install_is_a_clear_error(fake_vllm: Path, monkeypatch) -> None:

@@ -98,6 +98,15 @@ def self_added_bos(tokenizer: Any) -> str:
     return tokenizer.bos_token if bos_id is not None and ids[:1] == [bos_id] else ""
 
 
+def prefilled_text(generated: str, prefill: str) -> str:
+    """The assistant turn as a reader sees it: what the template pre-filled (`<think>\\n`), then
+    what the model generated. Engines return only the generated part; without the pre-fill a
+    thought cut off by the budget read as an answer (a draft "\\boxed{68}" in it passed)."""
+    if not prefill or generated.lstrip().startswith(THINK_OPEN):
+        return generated
+    return prefill + generated
+
+
 def completion_text(content: str, prefill: str) -> str:
     """The assistant text the model itself writes: without what the template already pre-filled."""
     if not prefill or not content.lstrip().startswith(THINK_OPEN):

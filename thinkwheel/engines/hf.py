@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from thinkwheel.chat_template import render_prompt, stop_token_id
+from thinkwheel.chat_template import (
+    generation_prefill,
+    prefilled_text,
+    render_prompt,
+    stop_token_id,
+)
 from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
 
 _M32 = 0xFFFFFFFF
@@ -107,6 +112,7 @@ class HFEngine:
         if (turn_end := stop_token_id(self.tokenizer)) is not None:
             self.eos_ids.add(turn_end)  # a base model's config may not stop at "<|im_end|>"
         self.pad_id: int = self.tokenizer.pad_token_id
+        self.prefill = generation_prefill(self.tokenizer)  # "<think>\n" for Qwen3-style templates
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
     @classmethod
@@ -209,4 +215,5 @@ class HFEngine:
         if cut >= 0:
             text = text[:cut]
         reason = "stop" if hit_eos or cut >= 0 or len(ids) < params.max_tokens else "length"
-        return Completion(text=text, finish_reason=reason, n_tokens=len(ids))
+        return Completion(text=prefilled_text(text, self.prefill), finish_reason=reason,
+                          n_tokens=len(ids))

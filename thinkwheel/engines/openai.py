@@ -363,10 +363,17 @@ def _with_reasoning(message: dict[str, Any]) -> str:
     --reasoning-parser`, SGLang, DeepSeek's API) returns the thought apart, in `reasoning` (vLLM
     since 0.11) or `reasoning_content`, and only the answer in `content`; it goes back into
     `<think>` here. With no content the thought is left open: the parser gives everything to
-    `reasoning` when the model never closed it (cut by the budget, or never written)."""
+    `reasoning` when the model never closed it (cut by the budget, or never written).
+
+    Without a parser, a template that pre-fills `<think>` (DeepSeek-R1-Distill, Qwen3) sends
+    a closed thought with no opening tag, which gets its tag back here, as the transformers and
+    vLLM engines restore the pre-fill. A thought such a server cut off has neither tag and
+    cannot be told from an answer: serve those models with `--reasoning-parser`."""
     content = message.get("content") or ""
     thought = message.get("reasoning") or message.get("reasoning_content")
     if not isinstance(thought, str) or not thought or "</think>" in content:
+        if "</think>" in content and "<think>" not in content:
+            return "<think>" + content
         return content
     return f"<think>{thought}</think>{content}" if content else f"<think>{thought}"
 

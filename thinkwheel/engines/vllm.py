@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from thinkwheel.chat_template import stop_token_id
+from thinkwheel.chat_template import generation_prefill, prefilled_text, stop_token_id
 from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
 from thinkwheel.engines.hf import sequence_seed
 
@@ -48,6 +48,7 @@ class _Replica:
         self.vllm = import_vllm()
         self.llm = self.vllm.LLM(model=model, **llm_kwargs)
         self.stop_ids = turn_end_ids(self.llm)
+        self.prefill = template_prefill(self.llm)
         self.lora = None
         if lora_path:
             from vllm.lora.request import LoRARequest
@@ -81,7 +82,7 @@ class _Replica:
         )
         if len(outputs) != len(messages):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
-        rows = [_completions(out, params, draws) for out in outputs]
+        rows = [_completions(out, params, draws, self.prefill) for out in outputs]
         return [row * params.n for row in rows] if greedy else rows
 
 
@@ -97,7 +98,18 @@ def turn_end_ids(llm: Any) -> list[int] | None:
     return None if stop is None else [stop]
 
 
-def _completions(request_output: Any, params: SamplingParams, draws: int) -> list[Completion]:
+def template_prefill(llm: Any) -> str:
+    """What the chat template writes after the assistant header ("<think>\\n" for Qwen3-style
+    templates): vLLM returns only the generated text, and a completion must read as the model's
+    whole turn, as the transformers engine's does. A tokenizer we cannot probe adds none."""
+    try:
+        return generation_prefill(llm.get_tokenizer())
+    except Exception:
+        return ""
+
+
+def _completions(request_output: Any, params: SamplingParams, draws: int,
+                 prefill: str = "") -> list[Completion]:
     samples = sorted(request_output.outputs, key=lambda o: o.index)
     if len(samples) != draws:
         raise RuntimeError(f"vLLM returned {len(samples)} samples, expected {draws}")
@@ -108,7 +120,8 @@ def _completions(request_output: Any, params: SamplingParams, draws: int) -> lis
         reason = "length" if s.finish_reason == "length" else "stop"
         if cut >= 0:
             text, reason = text[:cut], "stop"
-        out.append(Completion(text=text, finish_reason=reason, n_tokens=len(s.token_ids)))
+        out.append(Completion(text=prefilled_text(text, prefill), finish_reason=reason,
+                              n_tokens=len(s.token_ids)))
     return out
 
 
@@ -202,12 +215,12 @@ class VLLMEngine:
             shards = [messages[r :: len(self._workers)] for r in range(len(self._workers))]
             for (_, conn), shard in zip(self._workers, shards, strict=True):
                 conn.send((shard, params))
-            parts = []
-            for _, conn in self._workers:
-                status, payload = conn.recv()
-                if status != "ok":
-                    raise RuntimeError(f"a vLLM replica failed: {payload}")
-                parts.append(payload)
+            # every reply is read before any error is raised: a reply left in a pipe would be
+            # the answer to the next call's requests
+            replies = [conn.recv() for _, conn in self._workers]
+            if failed := [payload for status, payload in replies if status != "ok"]:
+                raise RuntimeError(f"a vLLM replica failed: {failed[0]}")
+            parts = [payload for _, payload in replies]
             out = [None] * len(messages)
             for r, part in enumerate(parts):
                 out[r :: len(self._workers)] = part

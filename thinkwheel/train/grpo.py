@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from thinkwheel.chat_template import THINK_OPEN, generation_prefill, render_prompt
+from thinkwheel.chat_template import generation_prefill, prefilled_text, render_prompt
 from thinkwheel.config import CHECKPOINT_MINUTES, GRPOTrainConfig
 from thinkwheel.train import checkpoints
 from thinkwheel.train.sft import (
@@ -232,7 +232,7 @@ def with_stop(fn: RewardFn, stop: Sequence[str]) -> RewardFn:
 
 def prefilled(completions: list, prefill: str) -> list:
     """Prepend the pre-fill to each completion (text, or conversational assistant turn)."""
-    return _map_text(completions, lambda t: t if t.lstrip().startswith(THINK_OPEN) else prefill + t)
+    return _map_text(completions, lambda t: prefilled_text(t, prefill))
 
 
 def cut_at_stop(completions: list, stop: Sequence[str]) -> list:
