@@ -43,6 +43,7 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
          "set train.dpo.enabled: false"),
         ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, grpo: {enabled: true}}\n",
          "train.grpo.enabled: false"),
+        ('sampling: {stop: ["\\nuser", ""]}\n', "'sampling.stop.1'"),  # would empty every text
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):

@@ -135,7 +135,9 @@ def test_a_half_written_checkpoint_is_passed_over(tmp_path):
         c.mkdir()
         if complete:
             (c / "trainer_state.json").write_text("{}")
-    Path(tmp, "train_log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    # the kill tore the last line of the curve: it made every resume raise JSONDecodeError
+    Path(tmp, "train_log.jsonl").write_text(
+        "".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)) + '{"step": 5, "lo')
     again, resume = checkpoints.staging(str(tmp_path / "m"), fp)
     assert again == tmp and Path(resume).name == "checkpoint-2"
     assert not Path(tmp, "checkpoint-4").exists() and steps_logged(Path(tmp)) == [1, 2]

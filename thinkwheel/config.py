@@ -233,8 +233,10 @@ class SamplingConfig(_Section):
     keep_per_task: int = Field(4, ge=1)  # at most K verified candidates per task (ReST-EM)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
     # strings that end a generation in sampling, consensus labelling and eval (the text stops
-    # before them), e.g. "\nuser" for a base model that would write the next turn itself
-    stop: list[str] = Field(default_factory=list, json_schema_extra=ADDITIVE)
+    # before them), e.g. "\nuser" for a base model that would write the next turn itself; an
+    # empty string would stop every text before its first character
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, json_schema_extra=ADDITIVE)
 
 
 class VerifyConfig(_Section):

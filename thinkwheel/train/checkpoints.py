@@ -178,13 +178,23 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def _trim_log(path: Path, step: int) -> None:
+    """Keep the curve up to the checkpoint's step. A line the crash tore is dropped: it made
+    every resume raise until the file was deleted by hand."""
     if not path.is_file():
         return
     rows = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+            if (row := _row(line)) is not None and row.get("step", 0) <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(r + "\n" for r in rows))
     os.replace(tmp, path)
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _read(path: Path) -> Any:
