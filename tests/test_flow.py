@@ -392,6 +392,31 @@ def test_rerun_skips_finished_stages(flow_run):
     assert f"round 1: sample ({ncands}) done before, reused" in " ".join(reused)
 
 
+def test_the_sample_stage_records_only_its_own_calls(flow_run, tmp_path):
+    """The flow keeps one engine per model, so a served model's call counts already held the
+    base eval's calls when sampling began; the stage recorded (and warned about) those too."""
+    import shutil
+    from collections import Counter
+
+    from thinkwheel.engines.base import Completion
+    from thinkwheel.flows import steps
+
+    class Served:
+        def __init__(self):
+            self.stats = Counter({"calls": 40, "retry:timeout": 3})  # the base eval's
+
+        def generate(self, requests, params, progress=None):
+            self.stats["calls"] += len(requests)
+            return [[Completion("<think>1+1=2</think> 2", "stop", 5)] * params.n for _ in requests]
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store, cfg = RunStore(out), parse_config({**SMALL, "sampling": {**SMALL["sampling"], "seed": 9}})
+    tasks = store.read_table(0, "tasks").filter(pl.col("drop_reason").is_null())
+    steps.sample(store, cfg, 0, "model-x", lambda model_dir: Served())
+    assert store.stage_entry(0, "sample")["calls"] == {"calls": tasks.height}
+
+
 def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     """Switching formats, verified_only or keep_per_task re-filters and re-exports, never
     re-samples; a new system prompt changes what the model sees, so it does re-sample, and

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,9 @@ def sample(
     rep.start(f"round {k}: sampling {s.n}x{tasks.height}", tasks.height * s.n)
     rep.advance(min(len(done) * s.shard_size, tasks.height) * s.n)
     engine = engines(model_dir) if todo else None
+    # the flow keeps one engine per model: its counts include the base eval's calls, so the
+    # stage records what they grew by while it sampled
+    before = Counter(getattr(engine, "stats", None) or {})
     model_name = f"{Path(model_dir).name}@{model}"
     for i in todo:
         shard = tasks.slice(i * s.shard_size, s.shard_size)
@@ -393,7 +397,7 @@ def sample(
     cands = cands.unique("candidate_id", keep="first", maintain_order=True)
     path = store.write_table(k, "candidates", cands)
     cut = int((cands["finish_reason"] == "length").sum())
-    calls = dict(getattr(engine, "stats", None) or {})  # a served model's calls per server
+    calls = dict(Counter(getattr(engine, "stats", None) or {}) - before)  # a served model's, per server
     store.mark_stage(
         k, "sample", input_hash=in_hash, config_hash=cfg_hash, count=cands.height,
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
