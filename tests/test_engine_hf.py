@@ -145,6 +145,19 @@ def test_stop_string_truncates(engine) -> None:
     assert cut.n_tokens < 16
 
 
+def test_a_stop_string_counts_only_in_the_generated_text(engine) -> None:
+    """A stop that begins in the prompt's last characters ("\\n\\n" after a prompt ending in
+    "\\n") ended the generation at its first tokens: transformers' stop-string criterion reads
+    the prompt too, while vLLM and servers match only what the model wrote."""
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=16)
+    full = engine.generate(REQUESTS[:1], params)[0][0]
+    wrote = full.text[len(engine.prefill):]
+    straddling = "nk>" + wrote[:2]  # the prompt ends "...<think>"
+    assert engine.render(REQUESTS[0]).endswith("nk>") and straddling not in wrote
+    got = engine.generate(REQUESTS[:1], SamplingParams(**{**params.as_dict(), "stop": (straddling,)}))
+    assert (got[0][0].text, got[0][0].n_tokens) == (full.text, full.n_tokens)
+
+
 def test_a_pre_filled_think_is_part_of_the_completion(engine) -> None:
     """The template writes `<think>` after the assistant header (Qwen3, R1-Distill): the engine
     returned only what the model generated, so a thought cut off by the budget read as an

@@ -75,6 +75,24 @@ class _SeededSampler:
         return out.scatter_(-1, token, 0.0)
 
 
+class _InGenerated:
+    """A stop string counts only inside the generated text. transformers' StopStringCriteria
+    reads the prompt too, so a stop ("\\n\\n", "\\n<") that began in the prompt's last
+    characters ended the generation at its first token, where vLLM and servers match only what
+    the model wrote. A flagged row is checked against its decoded text (rarely: a stop is
+    seldom hit), which is what the text is cut by afterwards."""
+
+    def __init__(self, inner: Any, tokenizer: Any, stop: tuple[str, ...], prompt_len: int):
+        self.inner, self.tokenizer, self.stop, self.prompt_len = inner, tokenizer, stop, prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        hit = self.inner(input_ids, scores, **kwargs)
+        for row in hit.nonzero().flatten().tolist():
+            text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
+            hit[row] = any(s in text for s in self.stop)
+        return hit
+
+
 class HFEngine:
     """A local transformers model behind the `Engine` interface; load once, generate many times."""
 
@@ -190,18 +208,19 @@ class HFEngine:
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             logits_processor=processors,
-            stopping_criteria=self._stop_criterion(params.stop),
+            stopping_criteria=self._stop_criterion(params.stop, prompt_len),
         )
         return [self._completion(row[prompt_len:].tolist(), params) for row in out]
 
-    def _stop_criterion(self, stop: tuple[str, ...]) -> Any:
+    def _stop_criterion(self, stop: tuple[str, ...], prompt_len: int) -> Any:
         from transformers import StoppingCriteriaList, StopStringCriteria
 
         if not stop:
             return None
         if stop not in self._stop_criteria:  # building it scans the vocabulary: do it once
             self._stop_criteria[stop] = StopStringCriteria(self.tokenizer, list(stop))
-        return StoppingCriteriaList([self._stop_criteria[stop]])
+        return StoppingCriteriaList(
+            [_InGenerated(self._stop_criteria[stop], self.tokenizer, stop, prompt_len)])
 
     def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
         end = next((k + 1 for k, t in enumerate(ids) if t in self.eos_ids), None)
