@@ -23,7 +23,10 @@ SUITE = Path(__file__).parent / "data" / "math_equiv.jsonl"
         ("<think>2+2</think>\nThe answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
         ("reasoning without opening tag</think> 42", "42"),
         ("<think>never closed 42", None),
-        ("<think>a</think>\\boxed{\\frac{\\sqrt{3}}{\\{2\\}}} and \\boxed{7}", "7"),
+        ("<think>a</think>\\boxed{\\frac{\\sqrt{3}}{\\{2\\}}}", "\\frac{\\sqrt{3}}{\\{2\\}}"),
+        # two different boxed answers hedge (a GRPO reward hack): no answer; a repeated one is one
+        ("<think>a</think> \\boxed{5} or \\boxed{6}", None),
+        ("<think>\\boxed{4}?</think> so x = \\boxed{5}, that is $\\boxed{5}$.", "5"),
         ("<think>a</think> so the final answer is: 12.", "12"),
         ("<think>a</think> work\n#### 1,000", "1,000"),
         ("<think>a</think>\nAnswer: $x = 5$", "x = 5"),

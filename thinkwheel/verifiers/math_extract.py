@@ -23,8 +23,16 @@ _SHORT = 80
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}` / `\\fbox{...}` with nested braces, or None."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start == -1:
-        return None
+    return None if start == -1 else _boxed_at(text, start)
+
+
+def all_boxed(text: str) -> list[str]:
+    """The contents of every `\\boxed{}` / `\\fbox{}` in `text`, in order."""
+    starts = sorted(m.start() for m in re.finditer(r"\\boxed|\\fbox", text))
+    return [b for at in starts if (b := _boxed_at(text, at)) is not None]
+
+
+def _boxed_at(text: str, start: int) -> str | None:
     i = text.find("{", start)
     if i == -1 or text[start:i].strip() not in ("\\boxed", "\\fbox"):
         rest = text[start + len("\\boxed") :].strip()  # "\boxed 5"
@@ -90,8 +98,8 @@ def extract_answer(completion: str) -> str | None:
     else:
         answer = completion[close + len("</think>") :]
     answer = answer.strip()
-    if not answer:
-        return None
+    if not answer or len({clean(b) for b in all_boxed(answer)}) > 1:
+        return None  # `\\boxed{5} or \\boxed{6}` hedges (a GRPO reward hack); it answers nothing
     marked, value = _marked(answer)
     if marked:
         return value

@@ -139,7 +139,16 @@ class _Parser:
 
     # term := factor ((* | / | \cdot | \times | juxtaposition) factor)*
     def term(self) -> Any:
+        start = self.i
         value = self.factor()
+        if (self.i == start + 1 and self.toks[start][0] == "num" and value.is_Integer
+                and self.peek() is not None and self.peek()[1] == "\\frac"):
+            # `1\frac{1}{2}` is the mixed number 3/2, as latex2sympy2_extended (Math-Verify)
+            # reads it; taken as a product it was 1/2, and passed against that
+            rhs = self.factor()
+            if not (_is_value(rhs) and rhs.is_Rational and rhs.is_positive):
+                raise _Bail
+            value = value + rhs
         while True:
             tok = self.peek()
             if tok is None:
