@@ -75,6 +75,22 @@ def test_stdin_stdout_tests(verifier: CodeVerifier) -> None:
     assert v.score == 0.5 and v.passed is False
 
 
+@pytest.mark.parametrize("program", [
+    "print(sum(map(int, input().split())))",
+    "import sys\nprint(sum(map(int, sys.stdin.buffer.read().split())))",
+    "print(sum(map(int, open(0).read().split())))",
+    "import sys\nsys.stdout.buffer.write(str(sum(map(int, sys.stdin.readline().split()))).encode())",
+    "import os\nprint(sum(map(int, os.read(0, 100).split())))",
+])
+def test_stdin_stdout_programs_read_and_write_as_judges_allow(verifier: CodeVerifier,
+                                                             program: str) -> None:
+    """Competitive-programming idioms: `sys.stdin.buffer`, `open(0)` and `sys.stdout.buffer`
+    failed as wrong answers (the streams were StringIO objects, fd 0 was /dev/null)."""
+    task = {"tests": ['{"stdin": "3 4\\n", "stdout": "7"}', '{"stdin": "10 -2\\n", "stdout": "8"}']}
+    v = verifier.verify(f"</think>\n```python\n{program}\n```", task)
+    assert (v.passed, v.score) == (True, 1.0), v.detail
+
+
 def test_task_without_tests_is_unverifiable(verifier: CodeVerifier) -> None:
     assert verifier.verify(GOOD, {"tests": None}).passed is None
 

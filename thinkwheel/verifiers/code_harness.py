@@ -196,7 +196,10 @@ def run_check(payload):
     per_test = float(payload.get("test_timeout_s", 5.0))
     write, fmt_int, str_join = os.write, int.__format__, str.join
     base_exc, sys_exit_exc, timeout_exc = BaseException, SystemExit, TimeoutError
-    run, comp, string_io, isinst = exec, compile, io.StringIO, isinstance
+    run, comp, isinst = exec, compile, isinstance
+    text_io, bytes_io = io.TextIOWrapper, io.BytesIO
+    os_open, lseek, dup2, close = os.open, os.lseek, os.dup2, os.close
+    stdin_fd = os.dup(0)  # /dev/null, put back after each stdin test
     out_fd = 1
     _limits(payload)
 
@@ -259,21 +262,34 @@ def run_check(payload):
                     arm(signal.ITIMER_REAL, 0)
                     results.append("ok")
                 else:
-                    sys.stdin, sys.stdout = string_io(spec.get("stdin", "")), string_io()
-                    captured = sys.stdout
+                    # real streams, as a judge gives them: `sys.stdin.buffer.read()`,
+                    # `open(0).read()` and `sys.stdout.buffer.write` read and write what
+                    # `input()` and `print` do (StringIO has no buffer and fd 0 was /dev/null)
+                    data = str(spec.get("stdin", "")).encode()
+                    fd = os_open("stdin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                    write(fd, data)
+                    lseek(fd, 0, os.SEEK_SET)
+                    dup2(fd, 0)
+                    close(fd)
+                    captured = bytes_io()
+                    sys.stdin = text_io(bytes_io(data), encoding="utf-8")
+                    sys.stdout = text_io(captured, encoding="utf-8", write_through=True)
                     arm(signal.ITIMER_REAL, per_test)
                     try:
                         run(program, {"__name__": "__main__", "__builtins__": __builtins__})
                     except sys_exit_exc:
                         pass
                     arm(signal.ITIMER_REAL, 0)
-                    ok = _same_output(captured.getvalue(), str(spec["stdout"]))
+                    sys.stdout.flush()
+                    got = captured.getvalue().decode("utf-8", "replace")
+                    ok = _same_output(got, str(spec["stdout"]))
                     results.append("ok" if ok else "wrong output")
             except base_exc as err:
                 arm(signal.ITIMER_REAL, 0)
                 results.append(type(err).__name__)
             finally:
                 sys.stdin, sys.stdout = saved
+                dup2(stdin_fd, 0)
 
     passed, bits = 0, []
     for r in results:
