@@ -288,6 +288,19 @@ def test_thought_returned_apart_goes_back_into_think(field) -> None:
     assert [(c.text, c.finish_reason) for c in plain] == [*_Scripted.script[:4], got[4]]
 
 
+def test_the_servers_finish_reason_is_kept() -> None:
+    """A filtered or aborted completion was recorded as "stop", so it read as finished text."""
+
+    class Finishes(_Scripted):
+        script = (("7", "stop"), ("<think>3+", "length"), ("", "content_filter"), ("<think>3", "abort"),
+                  ("7", None))
+
+    params = SamplingParams(n=5, temperature=1.0, max_tokens=8, seed=1)
+    with LocalServer(Finishes()) as srv:
+        out = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?"], params)[0]
+    assert [c.finish_reason for c in out] == ["stop", "length", "content_filter", "abort", "stop"]
+
+
 def test_extra_body_reaches_the_server_and_the_cache_key(tmp_path: Path) -> None:
     seen: list[dict] = []
 

@@ -38,7 +38,7 @@ CANDIDATES: dict[str, pl.DataType] = {
     "completion": pl.Utf8,  # raw text as generated
     "reasoning": pl.Utf8,  # inside <think>...</think>
     "answer": pl.Utf8,  # after </think>
-    "finish_reason": pl.Utf8,  # stop | length
+    "finish_reason": pl.Utf8,  # stop | length | what a server said (content_filter, abort)
     "n_tokens": pl.Int32,
     "gen_params": pl.Utf8,  # JSON
 }

@@ -379,7 +379,9 @@ def _with_reasoning(message: dict[str, Any]) -> str:
 
 
 def _finish(reason: Any) -> str:
-    return "length" if reason == "length" else "stop"
+    """The server's own reason ("content_filter", "abort" stay visible in the candidates and
+    inspect), "stop" when it gave none."""
+    return reason if isinstance(reason, str) and reason else "stop"
 
 
 def _split_tokens(total: Any, texts: list[str]) -> list[int]:

@@ -117,7 +117,7 @@ def _completions(request_output: Any, params: SamplingParams, draws: int,
     for s in samples:
         text = s.text
         cut = min((p for p in (text.find(x) for x in params.stop) if p >= 0), default=-1)
-        reason = "length" if s.finish_reason == "length" else "stop"
+        reason = s.finish_reason if isinstance(s.finish_reason, str) and s.finish_reason else "stop"
         if cut >= 0:
             text, reason = text[:cut], "stop"
         out.append(Completion(text=prefilled_text(text, prefill), finish_reason=reason,
