@@ -158,6 +158,23 @@ def test_a_stop_string_counts_only_in_the_generated_text(engine) -> None:
     assert (got[0][0].text, got[0][0].n_tokens) == (full.text, full.n_tokens)
 
 
+def test_a_prompt_over_the_context_gets_no_text_and_a_long_one_a_smaller_budget(engine) -> None:
+    """Past max_position_embeddings the model wrote noise ('00000000', counted as an ordinary
+    wrong answer); a prompt longer than the context now gets an empty `context_length`
+    completion, and one near it only the positions left."""
+    ctx = engine.context
+    assert ctx == 512
+    long = "What is 345 + 78? " * 200
+    near = "What is 345 + 78? " * 70
+    sizes = [len(engine.tokenizer(engine.render(r), add_special_tokens=False)["input_ids"])
+             for r in (long, near)]
+    assert sizes[0] >= ctx and ctx - 40 < sizes[1] < ctx
+    out = engine.generate([long, REQUESTS[0], near], SamplingParams(n=2, temperature=1.0, max_tokens=64))
+    assert [c.finish_reason for c in out[0]] == ["context_length"] * 2 and out[0][0].text == ""
+    assert all(c.n_tokens <= ctx - sizes[1] for c in out[2])
+    assert out[2][0].finish_reason == "length" and out[1][0].text  # the others as before
+
+
 def test_a_pre_filled_think_is_part_of_the_completion(engine) -> None:
     """The template writes `<think>` after the assistant header (Qwen3, R1-Distill): the engine
     returned only what the model generated, so a thought cut off by the budget read as an

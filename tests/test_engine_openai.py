@@ -301,6 +301,33 @@ def test_the_servers_finish_reason_is_kept() -> None:
     assert [c.finish_reason for c in out] == ["stop", "length", "content_filter", "abort", "stop"]
 
 
+def test_a_request_over_the_context_is_an_empty_sample_not_a_failed_shard(tmp_path: Path) -> None:
+    """vLLM answers a prompt (+ max_tokens) over the context with HTTP 400: it failed the whole
+    shard, and every re-run failed on the same task. It is now an empty sample with
+    finish_reason context_length, not cached (a server given a longer context answers it)."""
+    class Short(LocalServer):
+        def complete(self, body: dict, fault: str):
+            if "LONG" in body["messages"][-1]["content"]:
+                msg = ("This model's maximum context length is 512 tokens. However, you "
+                       "requested 900 tokens (836 in the messages, 64 in the completion).")
+                return 400, json.dumps({"object": "error", "message": msg, "code": 400}).encode()
+            return super().complete(body, fault)
+
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=1)
+    for supports_n in (True, False):
+        with Short(_Scripted()) as srv:
+            eng = OpenAIEngine(srv.base_url, "m", cache_dir=tmp_path / str(supports_n),
+                               server_supports_n=supports_n)
+            out = eng.generate(["What is 3 + 4?", "LONG " * 400], params)
+        assert [c.finish_reason for c in out[1]] == ["context_length"] * 2 and out[1][0].text == ""
+        assert out[0][0].text == _Scripted.script[0][0]
+        assert eng.stats["over_context"] == 2
+        eng.close()
+        with RequestCache(tmp_path / str(supports_n)) as cache:
+            assert cache.get(request_key("m", [_user("LONG " * 400)], params)) == {}
+            assert len(cache.get(request_key("m", [_user("What is 3 + 4?")], params))) == 2
+
+
 def test_extra_body_reaches_the_server_and_the_cache_key(tmp_path: Path) -> None:
     seen: list[dict] = []
 

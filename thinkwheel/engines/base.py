@@ -28,9 +28,14 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: str = "stop"  # "stop" | "length"
+    finish_reason: str = "stop"  # "stop" | "length" | "context_length" | a server's own
     n_tokens: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+# a request longer than the model's context: no text, rather than a failed shard (a served
+# model) or text generated past the model's positions (transformers)
+OVER_CONTEXT = Completion(text="", finish_reason="context_length", n_tokens=0)
 
 
 @runtime_checkable

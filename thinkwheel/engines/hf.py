@@ -22,7 +22,7 @@ from thinkwheel.chat_template import (
     render_prompt,
     stop_token_id,
 )
-from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.base import OVER_CONTEXT, Completion, Request, SamplingParams, as_messages
 
 _M32 = 0xFFFFFFFF
 Progress = Callable[[int], None]  # called with the number of sequences just finished
@@ -130,6 +130,8 @@ class HFEngine:
         if (turn_end := stop_token_id(self.tokenizer)) is not None:
             self.eos_ids.add(turn_end)  # a base model's config may not stop at "<|im_end|>"
         self.pad_id: int = self.tokenizer.pad_token_id
+        # positions the model has: a longer prompt gets no text, a long one a smaller budget
+        self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.prefill = generation_prefill(self.tokenizer)  # "<think>\n" for Qwen3-style templates
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
@@ -156,13 +158,18 @@ class HFEngine:
         draws = 1 if greedy else params.n  # greedy samples are identical: decode once, copy
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
         texts = [self.render(r) for r in requests]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        results: dict[tuple[int, int], Completion] = {}
         seqs: list[tuple[int, int, int]] = []  # (request index, sample index, sequence seed)
         for i, req in enumerate(requests):
+            if self.context is not None and lengths[i] >= self.context:
+                results.update({(i, j): OVER_CONTEXT for j in range(draws)})
+                continue
             msgs = as_messages(req)
             seqs += [(i, j, sequence_seed(seed, msgs, j)) for j in range(draws)]
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        if progress is not None and results:
+            progress(len(results) * (params.n if greedy else 1))
         seqs.sort(key=lambda s: lengths[s[0]])  # similar lengths together: less padding
-        results: dict[tuple[int, int], Completion] = {}
         with torch.inference_mode():
             for start in range(0, len(seqs), self.batch_size):
                 batch = seqs[start : start + self.batch_size]
@@ -189,6 +196,9 @@ class HFEngine:
             prompts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
+        budget = params.max_tokens  # past the model's positions it writes noise, not text
+        if self.context is not None:
+            budget = max(1, min(budget, self.context - prompt_len))
         processors = LogitsProcessorList()
         if not greedy:
             row_seeds = torch.tensor(
@@ -204,13 +214,13 @@ class HFEngine:
             temperature=None,
             top_p=None,
             top_k=None,
-            max_new_tokens=params.max_tokens,
+            max_new_tokens=budget,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             logits_processor=processors,
             stopping_criteria=self._stop_criterion(params.stop, prompt_len),
         )
-        return [self._completion(row[prompt_len:].tolist(), params) for row in out]
+        return [self._completion(row[prompt_len:].tolist(), params, budget) for row in out]
 
     def _stop_criterion(self, stop: tuple[str, ...], prompt_len: int) -> Any:
         from transformers import StoppingCriteriaList, StopStringCriteria
@@ -222,7 +232,7 @@ class HFEngine:
         return StoppingCriteriaList(
             [_InGenerated(self._stop_criteria[stop], self.tokenizer, stop, prompt_len)])
 
-    def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
+    def _completion(self, ids: list[int], params: SamplingParams, budget: int) -> Completion:
         end = next((k + 1 for k, t in enumerate(ids) if t in self.eos_ids), None)
         hit_eos = end is not None
         ids = ids[:end] if hit_eos else ids
@@ -233,6 +243,6 @@ class HFEngine:
         cut = min((p for p in (text.find(s) for s in params.stop) if p >= 0), default=-1)
         if cut >= 0:
             text = text[:cut]
-        reason = "stop" if hit_eos or cut >= 0 or len(ids) < params.max_tokens else "length"
+        reason = "stop" if hit_eos or cut >= 0 or len(ids) < budget else "length"
         return Completion(text=prefilled_text(text, self.prefill), finish_reason=reason,
                           n_tokens=len(ids))

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.base import OVER_CONTEXT, Completion, Request, SamplingParams, as_messages
 from thinkwheel.engines.cache import RequestCache, request_key
 
 Progress = Callable[[int], None]  # called with the number of samples just finished
@@ -40,6 +40,23 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 class EngineError(RuntimeError):
     """A request failed for good (a non-retryable status, or retries exhausted)."""
+
+
+class _TooLong(Exception):
+    """The server refused the request as longer than the model's context (prompt + max_tokens):
+    that request's samples come back empty, with finish_reason "context_length", rather than
+    failing its shard, and every re-run of it, for good."""
+
+
+# how vLLM, SGLang, TGI and OpenAI word a request over the context window
+_CONTEXT_WORDS = ("context length", "context_length", "context window", "maximum input length",
+                  "too many tokens", "prompt is too long")
+
+
+def _over_context(text: str) -> bool:
+    low = text.lower()
+    return any(w in low for w in _CONTEXT_WORDS)
+
 
 
 class _Retryable(Exception):
@@ -240,7 +257,8 @@ class OpenAIEngine:
         if not self.server_supports_n:
             missing = [j for j in range(params.n) if j not in have]
             outcomes = await asyncio.gather(
-                *(self._fetch_one(servers, key, messages, params, j, record) for j in missing),
+                *(self._fetch_one(servers, key, messages, params, j, record, have)
+                  for j in missing),
                 return_exceptions=True,  # let the other samples finish (and be cached) first
             )
             for outcome in outcomes:
@@ -251,7 +269,11 @@ class OpenAIEngine:
             payload = self._payload(
                 messages, params, len(missing), sample_seed(params.seed, missing[0])
             )
-            choices = await self._call(servers, payload)
+            try:
+                choices = await self._call(servers, payload)
+            except _TooLong:
+                self._over_context(have, missing)
+                return
             if len(choices) < len(missing):
                 self.stats["short_responses"] += 1  # the server ignored n: ask again for the rest
             for j, comp in zip(missing, choices, strict=False):
@@ -265,9 +287,20 @@ class OpenAIEngine:
         params: SamplingParams,
         idx: int,
         record: Callable[[str, int, Completion], None],
+        have: dict[int, Completion],
     ) -> None:
         payload = self._payload(messages, params, 1, sample_seed(params.seed, idx))
-        record(key, idx, (await self._call(servers, payload))[0])
+        try:
+            record(key, idx, (await self._call(servers, payload))[0])
+        except _TooLong:
+            self._over_context(have, [idx])
+
+    def _over_context(self, have: dict[int, Completion], missing: list[int]) -> None:
+        """Empty samples for a request over the context, not cached: a server restarted with a
+        longer `--max-model-len` answers it on the next run."""
+        for j in missing:
+            have[j] = OVER_CONTEXT
+        self.stats["over_context"] += len(missing)
 
     def _payload(
         self, messages: list[dict[str, str]], params: SamplingParams, n: int, seed: int | None
@@ -306,7 +339,7 @@ class OpenAIEngine:
                 reason = "timeout"
             except httpx.TransportError as err:  # refused, reset, dropped mid-response
                 reason = f"transport:{type(err).__name__}"
-            except BaseException:  # a 4xx, or cancelled: not the server's health
+            except BaseException:  # a 4xx, too long, or cancelled: not the server's health
                 await servers.release(server, False, None)
                 raise
             else:
@@ -337,6 +370,8 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
     if resp.status_code in RETRY_STATUS:
         after = resp.headers.get("retry-after")
         raise _Retryable(str(resp.status_code), float(after) if _is_number(after) else None)
+    if resp.status_code in (400, 413, 422) and _over_context(resp.text):
+        raise _TooLong(resp.text[:200])
     if resp.status_code >= 400:
         raise EngineError(f"HTTP {resp.status_code}: {resp.text[:200]}")
     try:

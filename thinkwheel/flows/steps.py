@@ -411,6 +411,9 @@ def sample(
     if w := truncation_warning(f"round {k}: candidates", cut, cands.height,
                                "sampling.max_tokens", s.max_tokens):
         rep.message(w)
+    over = int((cands["finish_reason"] == "context_length").sum())
+    if w := context_warning(f"round {k}: candidates", over, cands.height, "sampling.max_tokens"):
+        rep.message(w)
     return cands
 
 
@@ -439,6 +442,16 @@ def truncation_warning(what: str, cut: int, total: int, key: str, limit: int) ->
         f"[yellow]{what}: {cut} of {total} ({cut / total:.0%}) stopped at {key} ({limit} "
         f"tokens) and count as failures; raise {key} if your model needs longer[/]"
     )
+
+
+def context_warning(what: str, over: int, total: int, key: str) -> str | None:
+    """Any request over the model's context is said: its output is empty and fails, and
+    nothing else would tell a run whose long tasks all failed from one whose model is weak."""
+    if not over:
+        return None
+    return (f"[yellow]{what}: {over} of {total} are empty: the prompt (with {key}) is longer "
+            f"than the model's context (finish_reason context_length); shorten those tasks, "
+            f"lower {key} or serve a longer context[/]")
 
 
 # ------------------------------------------------------------------ verify
@@ -829,6 +842,8 @@ def score_model(
     what = f"{who}: held-out answers" if who else "held-out answers"
     if w := truncation_warning(what, result["truncated"], result["n"], "eval.max_tokens",
                                e.max_tokens):
+        rep.message(w)
+    if w := context_warning(what, result.get("over_context", 0), result["n"], "eval.max_tokens"):
         rep.message(w)
     return result
 

@@ -150,6 +150,8 @@ def score_tasks(
                 "greedy_clean": g_clean,
                 "greedy_verified": bool(greedy) and greedy[0]["passed"] is not None,
                 "greedy_truncated": bool(greedy) and greedy[0]["finish_reason"] == "length",
+                "greedy_over_context": bool(greedy)
+                and greedy[0]["finish_reason"] == "context_length",
                 "n_samples": len(samples),
                 "n_correct": c,
                 "pass_at_k": pass_at_k(len(samples), c, k) if samples else float(g_ok),
@@ -210,7 +212,7 @@ def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:
     if per_task.height == 0:
         empty = {"n": 0, **dict.fromkeys(METRICS, 0.0)}
         return {**empty, "k": k, "per_family": {}, "per_domain": {}, "unverified": 0,
-                "truncated": 0}
+                "truncated": 0, "over_context": 0}
     overall = block(per_task)
     return {
         **overall,
@@ -225,6 +227,8 @@ def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:
         # greedy answers cut off at eval.max_tokens: they count as wrong, so a high share means
         # the budget, not the model, set the score
         "truncated": int(per_task["greedy_truncated"].sum()),
+        # prompts longer than the model's context: no answer, so wrong
+        "over_context": int(per_task["greedy_over_context"].sum()),
     }
 
 
