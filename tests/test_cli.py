@@ -272,6 +272,20 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
     assert "Aborted" not in r.output
 
 
+def test_a_run_directory_in_use_is_refused_and_inspect_says_so(run_dir, tmp_path):
+    from thinkwheel.store import run_lock
+
+    busy = tmp_path / "busy"
+    with run_lock(busy):
+        r = runner.invoke(app, ["run", "--out", str(busy), "--rounds", "1"])
+        assert r.exit_code == 2 and "is being run by pid" in r.output
+        assert not (busy / "manifest.json").exists()  # refused before anything was written
+    with run_lock(run_dir):
+        r = runner.invoke(app, ["inspect", str(run_dir)])
+        assert r.exit_code == 0 and "shows the previous run's results" in r.output
+    assert "being run" not in runner.invoke(app, ["inspect", str(run_dir)]).output
+
+
 def test_verifiers_lists_builtins():
     r = runner.invoke(app, ["verifiers"])
     assert r.exit_code == 0

@@ -214,3 +214,31 @@ def test_written_files_are_as_readable_as_the_umask_allows(tmp_path):
     paths += [tmp_path / "t.json"]
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {0o666 & ~umask}
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask
+
+
+def test_one_run_at_a_time_per_directory(tmp_path):
+    """The same command in a second terminal wrote the same shards and manifest under the
+    first run; now it is refused, naming the run that holds the directory. The lock is the
+    kernel's, so a killed run leaves none behind."""
+    from thinkwheel.store import RunInUse, run_lock, running
+
+    root = tmp_path / "run"
+    assert running(root) is None
+    with run_lock(root):
+        assert running(root).startswith(f"pid {os.getpid()} since ")
+        with pytest.raises(RunInUse, match=f"is being run by pid {os.getpid()}"), run_lock(root):
+            pass
+    assert running(root) is None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom thinkwheel.store import run_lock\n"
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)", str(root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert running(root) == f"pid {holder.pid} since " + running(root).split(" since ")[1]
+        holder.kill()
+        holder.wait()
+        with run_lock(root):  # the killed holder's lock went with it
+            pass
+    finally:
+        holder.kill()

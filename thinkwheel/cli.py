@@ -263,11 +263,14 @@ def run(
     from thinkwheel.engines.openai import EngineError
     from thinkwheel.flows.flywheel import run as run_flow
     from thinkwheel.flows.progress import RichReporter, use_reporter
+    from thinkwheel.store import RunInUse, running
 
+    if holder := running(out):  # before Prefect's server takes its 20 s to start
+        fail(f"{out} is being run by {holder}: wait for it to finish, or use another --out")
     try:
         with _resumable(), RichReporter() as rep, use_reporter(rep):
             summary = run_flow(cfg, out)
-    except (FileNotFoundError, ConfigError, ValueError) as e:
+    except (FileNotFoundError, ConfigError, ValueError, RunInUse) as e:
         fail(str(e))
     except EngineError as e:
         fail(f"{e}. Every answer that came back is kept in {out}: fix the server and re-run the "
@@ -340,6 +343,11 @@ def inspect(
             ins.render_dataset_summary(summary)
         )
         return
+    from thinkwheel.store import running
+
+    if holder := running(path):
+        err.print(f"[yellow]{escape(str(path))} is being run by {holder}: a stage it has not "
+                  "redone yet shows the previous run's results[/]")
     store, rounds, evals = _load_run(path)
     if not rounds:
         fail(f"{path} holds no finished round yet")

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,56 @@ def path_hash(path: str | Path) -> str:
         files = sorted(f for f in p.rglob("*") if f.is_file())
         return records.content_id([(str(f.relative_to(p)), file_hash(f)) for f in files])
     return file_hash(p) if p.is_file() else records.content_id("missing", str(path))
+
+
+LOCK = "run.lock"
+
+
+class RunInUse(RuntimeError):
+    """Another process is running the flywheel in this directory."""
+
+
+@contextmanager
+def run_lock(root: str | Path) -> Iterator[None]:
+    """Hold the run directory for one run at a time. Two runs of one directory (the same
+    command in a second terminal) wrote the same shards and manifest under each other. The
+    lock is the kernel's (flock): a killed run leaves none behind."""
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunInUse(f"{root} is being run by {holder}: wait for it to finish, or use another "
+                       "--out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, and says nothing once unlocked
+
+
+def running(root: str | Path) -> str | None:
+    """Who is running the flywheel in `root` ("pid 123 since 14:02"), or None: what `inspect`
+    shows of a run in progress can be the previous run's."""
+    import fcntl
+
+    path = Path(root) / LOCK
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+    return None
 
 
 class RunStore:

@@ -20,7 +20,7 @@ from thinkwheel import __version__  # noqa: E402
 from thinkwheel.config import RunConfig, parse_config  # noqa: E402
 from thinkwheel.flows import steps  # noqa: E402
 from thinkwheel.flows.progress import reporter  # noqa: E402
-from thinkwheel.store import RunStore  # noqa: E402
+from thinkwheel.store import RunStore, run_lock  # noqa: E402
 
 # Inputs are a store and a config, outputs live on disk: Prefect's own caching and result
 # persistence would only duplicate the store's resume logic.
@@ -95,7 +95,11 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
     from thinkwheel.verifiers import load_plugins
 
     load_plugins(cfg.verify.plugins)  # the verifiers task files name by a plugin's @register
-    store = RunStore.create(out, cfg)
+    with run_lock(out):
+        return _flywheel(cfg, RunStore.create(out, cfg))
+
+
+def _flywheel(cfg: RunConfig, store: RunStore) -> dict[str, Any]:
     engines = _Engines(cfg, store.root / "cache" / "requests")
     from thinkwheel.engines.factory import resolve_model
 
@@ -128,12 +132,12 @@ def flywheel(config: dict[str, Any], out: str) -> dict[str, Any]:
         if not stages:
             continue
         reporter().message(
-            f"[yellow]{out}: {len(stages)} finished stage(s) ({', '.join(stages[:3])}"
+            f"[yellow]{store.root}: {len(stages)} finished stage(s) ({', '.join(stages[:3])}"
             f"{', ...' if len(stages) > 3 else ''}) were made by "
             f"{'an earlier thinkwheel' if version == 'unknown' else 'thinkwheel ' + version}, this "
             f"is {__version__}; this run reused them as they are. Use a new --out to remake them.[/]"
         )
-    summary = {"out": str(Path(out).resolve()), "base": base, "rounds": rows}
+    summary = {"out": str(store.root.resolve()), "base": base, "rounds": rows}
     store.set_run_info(summary={"base_accuracy": (base or {}).get("accuracy"), "rounds": rows})
     _write_report(store)
     try:
