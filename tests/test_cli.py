@@ -129,6 +129,54 @@ def test_export_says_what_is_wrong_with_its_input(run_dir, tmp_path):
     assert "--round and --all-rounds" in err(str(run_dir), "--round", "0", "--all-rounds")
 
 
+def test_an_output_folder_is_replaced_only_when_it_is_an_export_or_a_model(run_dir, tmp_path):
+    """`export --out` and `train --out` replace their folder whole: `--out` naming the run
+    itself, or any folder of yours, deleted it without a word."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "important.txt").write_text("keep")
+    for args in (["export", str(run_dir), "--out", str(run_dir)],
+                 ["export", str(run_dir), "--out", str(precious)],
+                 ["train", "sft", str(run_dir / "round-0" / "curated"), "--out", str(run_dir)],
+                 ["train", "grpo", str(run_dir / "round-0" / "curated"), "--out", str(precious)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "use another --out" in " ".join(r.output.split()), args
+    assert (run_dir / "manifest.json").is_file() and (precious / "important.txt").read_text() == "keep"
+    again = tmp_path / "again"
+    for _ in range(2):  # an export is replaced by the next one
+        assert runner.invoke(app, ["export", str(run_dir), "--out", str(again)]).exit_code == 0
+
+
+def test_an_export_with_an_empty_set_reads_back_and_pushes_one_config_per_set(
+        run_dir, tmp_path, monkeypatch):
+    """This run has no GRPO prompts: `datasets` saved the empty split without a data file and
+    then could not load the folder (IndexError, in `inspect` too), an empty grpo.jsonl was "no
+    rows", and --push-to-hub refused the sets' different columns before any upload."""
+    import datasets
+
+    pushed = []
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub",
+                        lambda self, repo, config_name="default", split=None, **kw:
+                        pushed.append((repo, config_name, split, self.num_rows)))
+    for fmt in ("hf", "jsonl"):
+        out = tmp_path / fmt
+        r = runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--format", fmt])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["inspect", str(out), "--json"])
+        assert r.exit_code == 0 and "sft" in json.loads(r.output), r.output
+    assert set(datasets.load_from_disk(str(tmp_path / "hf" / "hf"))) == {"sft"}
+    r = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "hub"),
+                            "--push-to-hub", "me/set"])
+    assert r.exit_code == 0, r.output
+    sft = pl.read_parquet(run_dir / "round-1" / "curated" / "sft.parquet").height
+    assert pushed == [("me/set", "sft", "train", sft)]
+    empty = tmp_path / "empty"
+    write_dataset(pl.read_parquet(run_dir / "round-1" / "curated" / "sft.parquet").head(0),
+                  pl.DataFrame(), empty, ("parquet",))
+    r = runner.invoke(app, ["train", "sft", str(empty), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "is empty" in r.output
+
+
 def test_report_writes_html(run_dir):
     r = runner.invoke(app, ["report", str(run_dir)])
     assert r.exit_code == 0, r.output

@@ -402,11 +402,15 @@ def export(
     """Copy a round's curated SFT + GRPO sets (with the dataset card) to another format."""
     import polars as pl
 
-    from thinkwheel.curated.export import FORMATS, read_dataset, write_dataset
+    from thinkwheel.curated.export import FORMATS, check_export_dir, read_dataset, write_dataset
     from thinkwheel.flows.steps import round_card
 
     if format not in FORMATS:
         fail(f"unknown format {format!r}: choose {', '.join(FORMATS)}")
+    try:
+        check_export_dir(out)  # it replaces the folder whole: never a run or a folder of yours
+    except ValueError as e:
+        fail(str(e))
     if round is not None and all_rounds:
         fail("--round and --all-rounds: give one")
     if not run_dir.exists():
@@ -436,6 +440,9 @@ def export(
     info = write_dataset(sft, grpo, out, formats=(format,), card=card, dpo=dpo)
     if format != "verl":
         console.print(f"wrote {info['counts']} to {out}")
+    elif not info["counts"]["grpo"]:
+        console.print(f"[yellow]wrote no GRPO prompts to {out / 'verl'}: no task of "
+                      f"round(s) {pick} had a pass rate in sampling.grpo_pass_band[/]")
     else:  # verl trains on the GRPO prompts; its SFT takes the parquet or jsonl format
         from thinkwheel.train import verl_reward
 
@@ -452,8 +459,13 @@ def export(
 
         if format != "hf":
             write_dataset(sft, grpo, out, formats=(format, "hf"), card=card, dpo=dpo)
-        load_from_disk(str(out / "hf")).push_to_hub(push_to_hub)
-        console.print(f"pushed to {push_to_hub}")
+        # one config per set: the sets have different columns, which one DatasetDict's splits
+        # may not (datasets refused the push before any upload)
+        pushed = []
+        for name, ds in load_from_disk(str(out / "hf")).items():
+            ds.push_to_hub(push_to_hub, config_name=name, split="train")
+            pushed.append(name)
+        console.print(f"pushed {', '.join(pushed)} to {push_to_hub} (one config each)")
 
 
 # ------------------------------------------------------------------ verify / verifiers
@@ -515,16 +527,19 @@ ModelOpt = Annotated[str, typer.Option(help="Model path ('bundled' for the shipp
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
 
 
-def _train_inputs(data: Path, split: str, model: str, config: Path | None):
-    """(run config, the `split` table of a curated set, the resolved model path)."""
+def _train_inputs(data: Path, split: str, model: str, config: Path | None, out: Path):
+    """(run config, the `split` table of a curated set, the resolved model path); everything
+    wrong with them, or with `out`, is said before the model loads."""
     from thinkwheel.environment import quiet_libraries
 
     quiet_libraries()  # before datasets / transformers load: our bar shows the steps
     from thinkwheel.curated.export import chat_messages, read_dataset
     from thinkwheel.engines.factory import resolve_model
+    from thinkwheel.train.checkpoints import check_model_dir
 
     cfg = _config(config)
     try:
+        check_model_dir(out)
         frames = read_dataset(data)
         if data.is_file():  # one file is the set to train on, whatever its name
             frames = {split: next(iter(frames.values()))}
@@ -534,6 +549,8 @@ def _train_inputs(data: Path, split: str, model: str, config: Path | None):
         fail(str(err))
     if split not in frames:
         fail(f"{data} holds no {split} set")
+    if frames[split].height == 0:
+        fail(f"the {split} set in {data} is empty")
     engine = cfg.engine.model_copy(update={"model": model, "kind": "hf"})
     if problem := unreachable_model(cfg.model_copy(update={"engine": engine})):
         fail(problem.replace("engine.model", "--model"))
@@ -568,10 +585,13 @@ def train_sft_cmd(
     """Cold-start SFT on a curated <think> set (TRL on CPU, Unsloth on a GPU when installed)."""
     from thinkwheel.train.sft import length_warning, train_sft
 
-    cfg, sft, path = _train_inputs(data, "sft", model, config)
-    with _training(f"SFT on {sft.height} samples") as callbacks:
-        metrics = train_sft(path, sft, str(out), cfg.train.sft, callbacks=callbacks,
-                            checkpoint_minutes=cfg.train.checkpoint_minutes)
+    cfg, sft, path = _train_inputs(data, "sft", model, config, out)
+    try:
+        with _training(f"SFT on {sft.height} samples") as callbacks:
+            metrics = train_sft(path, sft, str(out), cfg.train.sft, callbacks=callbacks,
+                                checkpoint_minutes=cfg.train.checkpoint_minutes)
+    except ValueError as err:  # a conversation without an assistant turn, ...
+        fail(str(err))
     _show(metrics)
     if warning := length_warning(metrics):
         console.print(warning)
@@ -588,7 +608,7 @@ def train_dpo_cmd(
     from thinkwheel.train.dpo import conversational_pairs, train_dpo
     from thinkwheel.train.sft import length_warning
 
-    cfg, dpo, path = _train_inputs(data, "dpo", model, config)
+    cfg, dpo, path = _train_inputs(data, "dpo", model, config, out)
     try:
         conversational_pairs(dpo)  # the pairs' shape is checked before the model loads
         with _training(f"DPO on {dpo.height} pairs") as callbacks:
@@ -612,16 +632,20 @@ def train_grpo_cmd(
     from thinkwheel.train.grpo import train_grpo, verifiable_prompts
     from thinkwheel.train.rewards import grpo_rewards
 
-    cfg, grpo, path = _train_inputs(data, "grpo", model, config)
+    cfg, grpo, path = _train_inputs(data, "grpo", model, config, out)
     try:
         grpo = verifiable_prompts(grpo)
     except ValueError as err:
         fail(str(err))
-    with _training(f"GRPO on {grpo.height} prompts") as callbacks:
-        metrics = train_grpo(
-            path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo, cfg.verify), callbacks=callbacks,
-            checkpoint_minutes=cfg.train.checkpoint_minutes, stop=cfg.sampling.stop,
-        )
+    try:
+        with _training(f"GRPO on {grpo.height} prompts") as callbacks:
+            metrics = train_grpo(
+                path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo, cfg.verify),
+                callbacks=callbacks, checkpoint_minutes=cfg.train.checkpoint_minutes,
+                stop=cfg.sampling.stop,
+            )
+    except ValueError as err:
+        fail(str(err))
     _show(metrics)
 
 

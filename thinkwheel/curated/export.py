@@ -268,6 +268,7 @@ def write_dataset(
     if bad:
         raise ValueError(f"unknown export format(s) {bad}; choose from {list(FORMATS)}")
     out = Path(out_dir)
+    check_export_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -301,7 +302,10 @@ def write_dataset(
 def _save_hf(frames: Mapping[str, pl.DataFrame], path: Path) -> None:
     import datasets  # heavy import: only when the hf format is asked for
 
-    dd = datasets.DatasetDict({k: datasets.Dataset.from_polars(v) for k, v in frames.items()})
+    # an empty split is left out: `datasets` saves one without a data file and then cannot
+    # load the folder at all (IndexError), which broke every round without GRPO prompts
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_polars(v) for k, v in frames.items()
+                               if v.height})
     quiet = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # a bar per split for a write of a second; ours say enough
     try:
@@ -309,6 +313,22 @@ def _save_hf(frames: Mapping[str, pl.DataFrame], path: Path) -> None:
     finally:
         if not quiet:
             datasets.enable_progress_bars()
+
+
+def check_export_dir(out: Path) -> None:
+    """An export replaces its folder whole, so the folder must be empty or an export: `--out`
+    naming the run itself (or any folder of yours) deleted it without a word."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file; an export writes a folder")
+    strays = sorted(p.name for p in out.iterdir()
+                    if not (p.name in ("README.md", "hf", "verl") or p.name.split(".")[0] in SPLITS))
+    if strays:
+        raise ValueError(
+            f"{out} holds {', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}, which is not "
+            "an export: an export replaces its whole folder, so it will not write there; use "
+            "another --out")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -346,6 +366,11 @@ def chat_messages(sft: pl.DataFrame) -> pl.DataFrame:
     )).alias("messages"))
 
 
+def _has_rows(path: Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        return any(line.strip() for line in f)
+
+
 def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
     """Load an exported dataset (folder, `datasets` folder, parquet or JSONL file) by split name."""
     p = Path(path)
@@ -358,7 +383,9 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
     if not p.is_dir():
         raise FileNotFoundError(f"no dataset at {p}")
     for ext, reader in ((".parquet", pl.read_parquet), (".jsonl", read_jsonl)):
-        found = {n: p / f"{n}{ext}" for n in SPLITS if (p / f"{n}{ext}").is_file()}
+        # an empty JSONL split (no GRPO prompts this round) has no columns to read: left out
+        found = {n: p / f"{n}{ext}" for n in SPLITS
+                 if (p / f"{n}{ext}").is_file() and (ext != ".jsonl" or _has_rows(p / f"{n}{ext}"))}
         if found:
             return {n: reader(f) for n, f in found.items()}
     hf = p / "hf" if (p / "hf").is_dir() else p

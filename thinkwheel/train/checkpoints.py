@@ -63,11 +63,32 @@ def model_identity(model_path: str) -> Any:
     return [str(p.resolve()), file_stamps(p)] if p.is_dir() else model_path
 
 
+MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+def check_model_dir(out_dir: str | Path) -> None:
+    """A trainer replaces its output folder whole, so it must be empty or a model's: `--out`
+    naming a run or a data folder deleted it without a word. Checked before training starts,
+    and again before the swap."""
+    p = Path(out_dir)
+    if not p.exists():
+        return
+    if not p.is_dir():
+        raise ValueError(f"{p} is a file; a trainer writes a model folder")
+    entries = sorted(e.name for e in p.iterdir())
+    if entries and ("manifest.json" in entries or not any(f in entries for f in MODEL_FILES)):
+        raise ValueError(
+            f"{p} holds {', '.join(entries[:3])}{' ...' if len(entries) > 3 else ''} and is not a "
+            "model folder: training replaces its output folder, so it will not write there; use "
+            "another --out")
+
+
 def staging(out_dir: str, fp: dict[str, Any]) -> tuple[str, str | None]:
     """(`<out>.tmp`, the checkpoint in it to resume from). The folder is kept only when it
     holds a complete checkpoint of this same training; otherwise it is emptied and stamped
     with `fp`. On resume the curves logged after the checkpoint are dropped: the trainer
     logs those steps again."""
+    check_model_dir(out_dir)
     tmp = Path(out_dir.rstrip("/") + ".tmp")
     last = latest_checkpoint(tmp)
     if last is not None and _read(tmp / FINGERPRINT) == _normal(fp):

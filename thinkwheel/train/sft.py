@@ -420,6 +420,7 @@ def stop_on_end_of_turn(out: str, tokenizer: Any) -> None:
 
 def publish_dir(tmp: str, out_dir: str) -> None:
     """Swap `tmp` into place: rename is atomic; the old model is removed only after it moved."""
+    checkpoints.check_model_dir(out_dir)
     old = out_dir.rstrip("/") + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(out_dir):
