@@ -354,6 +354,30 @@ def test_verify_a_file(tmp_path):
     assert v["passed"].to_list() == [True, False]
 
 
+def test_verify_reads_tests_stored_as_json_and_shows_plugins_the_rows_columns(tmp_path, monkeypatch):
+    """Tests stored as a JSON string (many code sets) were one test, a list literal that
+    asserted nothing: wrong code passed. A plugin saw no `meta` and none of the row's other
+    columns, which it does in a run."""
+    import sys
+
+    code = "<think>x</think>\n```python\ndef f(x):\n    return 0\n```"
+    (tmp_path / "c.jsonl").write_text(json.dumps({"completion": code, "tests": '["assert f(1) == 2"]'}) + "\n")
+    r = runner.invoke(app, ["verify", str(tmp_path / "c.jsonl"), "--verifier", "code", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert pl.read_parquet(tmp_path / "c.verdicts.parquet")["passed"].to_list() == [False]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (tmp_path / "twprobe.py").write_text(
+        "import json\n\ndef show(completion, task):\n"
+        "    meta = json.loads(task['meta'])\n"
+        "    return meta == {'b': 2, 'expected': {'a': 1}}\n")
+    (tmp_path / "m.jsonl").write_text(json.dumps(
+        {"completion": "x", "reference": "5", "expected": {"a": 1}, "meta": {"b": 2}}) + "\n")
+    r = runner.invoke(app, ["verify", "m.jsonl", "--verifier", "twprobe:show", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert pl.read_parquet(tmp_path / "m.verdicts.parquet")["passed"].to_list() == [True]
+
+
 def test_a_plugin_beside_the_user_is_found_by_the_console_script(tmp_path):
     """`verifier: "mychecks:fn"` with mychecks.py in the working directory: the installed
     `thinkwheel` script puts its own folder on sys.path, not the working directory, so this

@@ -99,23 +99,38 @@ def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
     def load(rows, **kw):
         return load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))]), **kw)
 
-    with pytest.raises(ValueError, match="t.jsonl: row 1 has no prompt"):
+    with pytest.raises(ValueError, match="t.jsonl: row 2 has no prompt"):
         load([{"prompt": "What is 1 + 1?"}, {"prompt": "  "}])
-    with pytest.raises(ValueError, match="t.jsonl: row 0: cannot infer a domain"):
+    with pytest.raises(ValueError, match="t.jsonl: row 1: cannot infer a domain"):
         load([{"prompt": "Tell me a story."}])
-    with pytest.raises(ValueError, match=r"row 0: prompt turns are \['user', 'assistant', 'user'\]"):
+    with pytest.raises(ValueError, match=r"row 1: prompt turns are \['user', 'assistant', 'user'\]"):
         load([{"prompt": [{"role": "user", "content": "What is 1 + 1?"},
                           {"role": "assistant", "content": "2"},
                           {"role": "user", "content": "And 2 + 2?"}]}])
-    with pytest.raises(ValueError, match="row 0: prompt is a list but not of"):
+    with pytest.raises(ValueError, match="row 1: prompt is a list but not of"):
         load([{"prompt": ["What is 1 + 1?"]}])
-    with pytest.raises(ValueError, match="row 0: prompt is a int, not text"):
+    with pytest.raises(ValueError, match="row 1: prompt is a int, not text"):
         load([{"prompt": 7}])
-    with pytest.raises(ValueError, match="row 0: difficulty must be an integer, got 'hard'"):
+    with pytest.raises(ValueError, match="row 1: difficulty must be an integer, got 'hard'"):
         load([{"prompt": "What is 1 + 1?", "difficulty": "hard"}])
     io = load([{"prompt": "Write a Python program that doubles a number read from stdin.",
                 "tests": [{"stdin": "2\n", "stdout": "4\n"}]}])  # an stdin/stdout test, as JSON
     assert json.loads(io["tests"][0][0]) == {"stdin": "2\n", "stdout": "4\n"}
+    # rows of the wrong shape name their row (1 is the file's first line), not a traceback
+    with pytest.raises(ValueError, match=r"row 2 is a list; a task is an object"):
+        load([{"prompt": "What is 1 + 1?"}, [1, 2]])
+    with pytest.raises(ValueError, match="row 1: meta is a list, not an object"):
+        load([{"prompt": "What is 1 + 1?", "meta": [1, 2]}])
+    with pytest.raises(ValueError, match="row 1: round must be an integer, got 'train'"):
+        load([{"prompt": "What is 1 + 1?", "round": "train"}])
+    with pytest.raises(ValueError, match="row 1: reference is a dict; give the answer as text"):
+        load([{"prompt": "What is 1 + 1?", "reference": {"value": 2}}])
+    # tests stored as a JSON string (many code sets): a list, not one test that asserts nothing
+    code = "Write a Python function f(x) that returns x + 1."
+    got = load([{"prompt": code, "tests": '["assert f(1) == 2", "assert f(2) == 3"]'}])
+    assert got["tests"][0].to_list() == ["assert f(1) == 2", "assert f(2) == 3"]
+    with pytest.raises(ValueError, match=r"row 1: the test 'f\(1\) == 2' is a comparison that asserts"):
+        load([{"prompt": code, "tests": ["f(1) == 2"]}])
     with pytest.raises(ValueError, match="domain 'prose' has no built-in verifier"):
         load([{"prompt": "Tell me a story.", "domain": "prose"}])
     with pytest.raises(ValueError, match="unknown verifier 'nope'; known: code, math"):
@@ -125,7 +140,7 @@ def test_bad_rows_and_unknown_verifiers_fail_when_read(tmp_path):
     # a held-out row must be verifiable as given; a training row may get a reference by consensus
     rows = [{"prompt": "What is 1 + 1?", "reference": "2"}, {"prompt": "What is 3 + 1?"}]
     assert load(rows).height == 2
-    with pytest.raises(ValueError, match=r"1 held-out row\(s\) cannot be verified .* row 1"):
+    with pytest.raises(ValueError, match=r"1 held-out row\(s\) cannot be verified .* row 2"):
         load(rows, held_out=True)
     plugin = [{"prompt": "Tell me a story.", "domain": "prose", "verifier": "think_format"}]
     assert load(plugin, held_out=True)["verifier"].to_list() == ["think_format"]

@@ -38,18 +38,48 @@ def default_seeds(
     return records.frame(picked[:n], records.TASKS)
 
 
-def _tests(value: Any) -> list[str] | None:
-    """One test or a list; an stdin/stdout test given as an object is stored as its JSON."""
-    if value is None or isinstance(value, str):
-        return None if value is None else [value]
-    return [t if isinstance(t, str) else json.dumps(t) for t in value] or None
+def parse_tests(value: Any, where: str = "tests") -> list[str] | None:
+    """One test or a list; an stdin/stdout test given as an object is stored as its JSON. A
+    JSON array in a string (how many code sets store theirs) is that list: taken as one test,
+    the list literal asserted nothing and every candidate passed. A test that is a bare
+    comparison (`f(1) == 2`) also asserts nothing, and is an error that says so."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                value = json.loads(stripped)
+            except ValueError:
+                value = [value]
+        else:
+            value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: a test or a list of tests, not a {type(value).__name__}")
+    tests = [t if isinstance(t, str) else json.dumps(t) for t in value]
+    for t in tests:
+        if _asserts_nothing(t):
+            raise ValueError(f"{where}: the test {t.strip()[:60]!r} is a comparison that asserts "
+                             f"nothing (every program passes it); write `assert {t.strip()[:40]}`")
+    return tests or None
 
 
-def _level(value: Any, i: int) -> int | None:
+def _asserts_nothing(test: str) -> bool:
+    import ast
+
+    try:
+        body = ast.parse(test).body
+    except SyntaxError:
+        return False  # the sandbox reports it as the test's own failure
+    return bool(body) and all(isinstance(s, ast.Expr) and isinstance(s.value, ast.Compare)
+                              for s in body)
+
+
+def _level(value: Any, i: int, what: str = "difficulty") -> int | None:
     try:
         return None if value is None else int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"row {i}: difficulty must be an integer, got {value!r}") from None
+        raise ValueError(f"row {i}: {what} must be an integer, got {value!r}") from None
 
 
 def chat_prompt(turns: list[Any], i: int) -> str:
@@ -74,7 +104,9 @@ def seed_pool(
     """User rows -> TASKS rows, inferring domain and verifier; columns outside the schema go into
     `meta`, so nothing a user's row carried is lost."""
     out = []
-    for i, r in enumerate(rows):
+    for i, r in enumerate(rows, start=1):  # row 1 is a JSONL file's first line
+        if not isinstance(r, Mapping):
+            raise ValueError(f"row {i} is a {type(r).__name__}; a task is an object with a prompt")
         prompt = r.get("prompt")
         if isinstance(prompt, list):
             prompt = chat_prompt(prompt, i)
@@ -101,15 +133,20 @@ def seed_pool(
                 meta = json.loads(meta)
             except ValueError:
                 raise ValueError(f"row {i}: meta is a string but not JSON: {meta[:60]!r}") from None
+        if not isinstance(meta, Mapping):
+            raise ValueError(f"row {i}: meta is a {type(meta).__name__}, not an object")
         meta = dict(meta)
         if r.get("source") not in (None, source):  # your provenance column, kept
             meta["source"] = r["source"]
         meta.update({k: v for k, v in r.items() if k not in records.TASKS and v is not None})
         reference = r.get("reference")
+        if isinstance(reference, (Mapping, list)):  # str() made a Python repr no answer equals
+            raise ValueError(f"row {i}: reference is a {type(reference).__name__}; give the answer "
+                             f"as text or a number: {str(reference)[:60]}")
         out.append(
             {
                 "task_id": records.task_id(domain, prompt, None if reference is None else str(reference)),
-                "round": r.get("round", round),
+                "round": _level(r["round"], i, "round") if r.get("round") is not None else round,
                 "domain": domain,
                 "family": r.get("family") or family,
                 "difficulty": _level(r.get("difficulty"), i),
@@ -117,7 +154,7 @@ def seed_pool(
                 "parent_id": r.get("parent_id"),
                 "prompt": prompt,
                 "reference": None if reference is None else str(reference),
-                "tests": _tests(r.get("tests")),
+                "tests": parse_tests(r.get("tests"), f"row {i}"),
                 "verifier": verifier,
                 "meta": records.dumps(meta),
             }

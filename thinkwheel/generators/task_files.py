@@ -108,6 +108,9 @@ def load_task_files(
             rows = read_rows(path)
             if not rows:
                 raise ValueError("no rows")
+            if bad := next((i for i, r in enumerate(rows, start=1) if not isinstance(r, dict)), None):
+                raise ValueError(f"row {bad} is a {type(rows[bad - 1]).__name__}; a task is an "
+                                 "object with a prompt")
             rows = _renamed(rows, cfg.columns)
             defaults = {"domain": cfg.domain, "verifier": cfg.verifier}
             rows = [{**r, **{k: v for k, v in defaults.items() if v and not r.get(k)}} for r in rows]
@@ -116,7 +119,7 @@ def load_task_files(
                 resolve(name)
         except (ValueError, UnknownVerifierError) as err:
             raise ValueError(f"{path}: {err}") from None
-        if held_out and (bad := tasks.with_row_index("row").filter(unverifiable())).height:
+        if held_out and (bad := tasks.with_row_index("row", offset=1).filter(unverifiable())).height:
             raise ValueError(
                 f"{path}: {bad.height} held-out row(s) cannot be verified as given (math needs a "
                 f"reference, code needs tests), e.g. row {bad['row'][0]}: {bad['prompt'][0][:60]!r}"

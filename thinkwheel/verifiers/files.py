@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel import records
+from thinkwheel.generators.seeds import parse_tests
 from thinkwheel.store import read_jsonl
 from thinkwheel.verifiers.batch import verify_frame
 from thinkwheel.verifiers.registry import load_plugins, resolve
@@ -27,6 +28,15 @@ def _read(path: Path) -> pl.DataFrame:
     if path.suffix in (".jsonl", ".ndjson", ".json"):
         return read_jsonl(path, infer_schema_length=None)
     raise ValueError(f"{path}: expected .jsonl or .parquet")
+
+
+def _meta(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {"meta": value}
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _write_atomic(df: pl.DataFrame, out: Path) -> None:
@@ -59,14 +69,17 @@ def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: in
         raise ValueError(f"{path}: the math verifier needs a 'reference' column (has {df.columns})")
     if "code" in names and "tests" not in df.columns:
         raise ValueError(f"{path}: the code verifier needs a 'tests' column (has {df.columns})")
-    tests = cols.get("tests", [None] * n)
-    tests = [[t] if isinstance(t, str) else t for t in tests]
+    tests = [parse_tests(t, f"{path}: row {i + 1}") for i, t in enumerate(cols.get("tests", [None] * n))]
+    # a plugin sees the row's meta and its other columns, as it does in a run
+    extra = [c for c in df.columns if c not in records.TASKS and c not in ("completion", "candidate_id")]
     tasks = records.frame(
         [{"task_id": ids[i], "domain": (cols.get("domain") or [None] * n)[i],
           "prompt": (cols.get("prompt") or [""] * n)[i],
           "reference": None if (cols.get("reference") or [None] * n)[i] is None
           else str(cols["reference"][i]),
-          "tests": tests[i], "verifier": (cols.get("verifier") or [None] * n)[i] or verifier}
+          "tests": tests[i], "verifier": (cols.get("verifier") or [None] * n)[i] or verifier,
+          "meta": records.dumps({**_meta(cols.get("meta", [None] * n)[i]),
+                                 **{c: cols[c][i] for c in extra if cols[c][i] is not None}})}
          for i in range(n)], records.TASKS)
     cands = records.frame(
         [{"candidate_id": (cols.get("candidate_id") or ids)[i], "task_id": ids[i],
