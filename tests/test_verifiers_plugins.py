@@ -61,6 +61,20 @@ def test_plain_functions_wrapped(plugin_module: types.ModuleType) -> None:
     assert ("tw_test_plugins:exact", "module:callable") in list_verifiers()
 
 
+def test_numpy_and_torch_scalars_are_verdicts() -> None:
+    """`np.isclose(...)` gives np.bool_, which was "a verifier returned bool, not bool/float"."""
+    import numpy as np
+    import torch
+
+    from thinkwheel.verifiers.registry import as_verdict
+
+    assert as_verdict(np.isclose(0.1 + 0.2, 0.3)).passed is True
+    assert as_verdict(np.float32(0.5)).score == 0.5 and as_verdict(np.float32(0.5)).passed is False
+    assert as_verdict(torch.tensor(1.0)).passed is True
+    with pytest.raises(TypeError, match="returned ndarray"):
+        as_verdict(np.array([True, False]))
+
+
 def test_raising_plugin_gives_none_not_crash(plugin_module: types.ModuleType) -> None:
     v = get_verifier("tw_test_plugins:boom")
     verdict = v.verify("x", {})

@@ -49,6 +49,8 @@ def as_verdict(value: Any) -> Verdict:
         return value
     if value is None:
         return Verdict(None, 0.0, "verifier_error", "plugin returned None")
+    if callable(getattr(value, "item", None)) and getattr(value, "shape", None) == ():
+        value = value.item()  # a numpy / torch scalar (np.isclose gives np.bool_), as Python's
     if isinstance(value, bool):
         return Verdict(value, float(value), "ok" if value else "wrong_answer")
     if isinstance(value, (int, float)):
