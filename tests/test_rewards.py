@@ -115,3 +115,61 @@ def test_a_plugin_verifier_sees_the_same_task_in_grpo_as_in_the_verify_stage(tmp
         assert reward == [1.0, 0.0]
     finally:
         del sys.modules["tw_meta_plugin"]
+
+
+def test_a_plugin_that_raises_is_said_in_grpo_and_in_the_eval(tmp_path):
+    """A plugin that raised gave None rewards, which TRL leaves out: `train grpo` trained on
+    the format reward alone and said nothing; the held-out eval counted its tasks as wrong,
+    with the error only in eval.json's `unverified`. Both now name the plugin and its error."""
+    import sys
+    import types
+
+    import polars as pl
+
+    from thinkwheel.config import GRPOTrainConfig, parse_config
+    from thinkwheel.engines.base import Completion
+    from thinkwheel.flows import steps
+    from thinkwheel.flows.progress import Silent, use_reporter
+    from thinkwheel.train.rewards import grpo_rewards, unjudged_warning
+
+    mod = types.ModuleType("tw_boom_plugin")
+
+    def boom(completion, task):
+        raise RuntimeError("plugin exploded")
+
+    mod.boom = boom
+    sys.modules["tw_boom_plugin"] = mod
+    try:
+        rewards, _ = grpo_rewards(GRPOTrainConfig())
+        got = rewards[0](completions=["<think>x</think> 4"] * 3, reference=["4"] * 3,
+                         verifier=["tw_boom_plugin:boom", "tw_boom_plugin:boom", "math"])
+        assert got[:2] == [None, None] and got[2] == 1.0
+        note = unjudged_warning(rewards)
+        assert "could not judge 2 of 3 completions" in note
+        assert "tw_boom_plugin:boom: RuntimeError: plugin exploded" in note
+        assert unjudged_warning(grpo_rewards(GRPOTrainConfig())[0]) is None
+
+        class Said(Silent):
+            def __init__(self):
+                self.lines = []
+
+            def message(self, text):
+                self.lines.append(text)
+
+        class Engine:
+            model_name = "e"
+
+            def generate(self, requests, params, progress=None):
+                return [[Completion("<think>1+1=2</think>\n2")] * params.n for _ in requests]
+
+        held = pl.DataFrame({"task_id": ["a", "b"], "domain": ["math"] * 2, "family": ["f"] * 2,
+                             "prompt": ["1+1?", "2+0?"], "reference": ["2", "2"],
+                             "verifier": ["tw_boom_plugin:boom", "math"]})
+        from thinkwheel import records
+
+        with use_reporter(Said()) as said:
+            result = steps.score_model(parse_config({}), Engine(), records.conform(held, records.TASKS))
+        assert result["accuracy"] == 0.5
+        assert any("tw_boom_plugin:boom raised on 1" in line for line in said.lines), said.lines
+    finally:
+        del sys.modules["tw_boom_plugin"]

@@ -630,23 +630,26 @@ def train_grpo_cmd(
 ) -> None:
     """GRPO with the verifiers as rewards (plus the format reward)."""
     from thinkwheel.train.grpo import train_grpo, verifiable_prompts
-    from thinkwheel.train.rewards import grpo_rewards
+    from thinkwheel.train.rewards import grpo_rewards, unjudged_warning
 
     cfg, grpo, path = _train_inputs(data, "grpo", model, config, out)
     try:
         grpo = verifiable_prompts(grpo)
     except ValueError as err:
         fail(str(err))
+    rewards, weights = grpo_rewards(cfg.train.grpo, cfg.verify)
     try:
         with _training(f"GRPO on {grpo.height} prompts") as callbacks:
             metrics = train_grpo(
-                path, grpo, str(out), cfg.train.grpo, *grpo_rewards(cfg.train.grpo, cfg.verify),
+                path, grpo, str(out), cfg.train.grpo, rewards, weights,
                 callbacks=callbacks, checkpoint_minutes=cfg.train.checkpoint_minutes,
                 stop=cfg.sampling.stop,
             )
     except ValueError as err:
         fail(str(err))
     _show(metrics)
+    if note := unjudged_warning(rewards):
+        console.print(f"[yellow]{escape(note)}[/]")
 
 
 # ------------------------------------------------------------------ eval

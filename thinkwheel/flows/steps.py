@@ -776,7 +776,7 @@ def _dpo(pairs: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) 
 
 def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) -> dict[str, Any]:
     from thinkwheel.train.grpo import train_grpo
-    from thinkwheel.train.rewards import grpo_rewards
+    from thinkwheel.train.rewards import grpo_rewards, unjudged_warning
 
     if grpo.height == 0:
         return {"skipped": "no prompts in the pass-rate band"}
@@ -790,6 +790,8 @@ def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) 
     if longer := out.get("stop_in_rewards_only"):
         rep.message(f"round {k}: GRPO without vLLM stops only at one-token strings; the rewards "
                     f"scored the text before {longer}, but the tokens after it trained too")
+    if note := unjudged_warning(rewards):
+        rep.message(f"[yellow]round {k}: {note}[/]")
     return out
 
 
@@ -826,8 +828,11 @@ def score_model(
     e = cfg.eval
     held = heldout(cfg) if held is None else held
 
+    judged: list[pl.DataFrame] = []
+
     def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
-        return verify_frame(tasks, cands, **verifier_settings(cfg))
+        judged.append(verify_frame(tasks, cands, **verifier_settings(cfg)))
+        return judged[-1]
 
     rep = reporter()
     rep.start(label, held.height * (1 + samples_per_task(e.k)))
@@ -845,6 +850,8 @@ def score_model(
         rep.message(w)
     if w := context_warning(what, result.get("over_context", 0), result["n"], "eval.max_tokens"):
         rep.message(w)
+    if judged and (note := verifier_errors(pl.concat(judged, how="diagonal_relaxed"))):
+        rep.message(f"[yellow]{what}: {note}[/]")  # a broken plugin read as a weak model
     return result
 
 

@@ -67,6 +67,9 @@ class _Reward:
         self.weight, self.opts, self.check_arithmetic = weight, opts, check_arithmetic
         self.settings = settings
         self.cache: dict[str, Verifier] = {}
+        # completions no verifier could judge (a plugin that raised): their reward is None,
+        # which TRL leaves out, so GRPO trained on the other rewards without a word
+        self.judged, self.unjudged, self.first_error = 0, 0, ""
         label = verifier if isinstance(verifier, str) else getattr(verifier, "name", "task")
         self.__name__ = f"{str(label).replace(':', '_').replace('.', '_')}_reward"
 
@@ -84,9 +87,17 @@ class _Reward:
             out = [r if not r or _clean(t) else 0.0 for r, t in zip(out, texts, strict=True)]
         return out
 
+    def _tally(self, verdicts: Sequence[Verdict], name: str) -> None:
+        self.judged += len(verdicts)
+        for v in verdicts:
+            if v.passed is None and v.reason == "verifier_error":
+                self.unjudged += 1
+                self.first_error = self.first_error or f"{name}: {v.detail}"[:200]
+
     def _rewards(self, texts: list[str], tasks: list[dict[str, Any]]) -> list[float | None]:
         if self.fixed is not None:
             verdicts = self.fixed.verify_batch(texts, tasks)
+            self._tally(verdicts, self.__name__)
             return [_score(v, self.weight) for v in verdicts]
         out: list[float | None] = [None] * len(texts)
         by_name: dict[str, list[int]] = {}
@@ -96,6 +107,7 @@ class _Reward:
         for name, idxs in by_name.items():
             verdicts = self._verifier(name).verify_batch([texts[i] for i in idxs],
                                                          [tasks[i] for i in idxs])
+            self._tally(verdicts, name)
             for i, v in zip(idxs, verdicts, strict=True):
                 out[i] = _score(v, self.weight)
         return out
@@ -122,6 +134,15 @@ def grpo_rewards(
     settings = None if verify is None else verify.options()
     correct = _Reward(None, 1.0, {}, cfg.check_arithmetic, settings)
     return [correct, as_reward("think_format")], [1.0, cfg.format_weight]
+
+
+def unjudged_warning(rewards: Sequence[Any]) -> str | None:
+    """What GRPO's verifier rewards could not judge, or None: a plugin that raised gave None
+    rewards, which TRL skips, and the run trained on the format reward alone in silence."""
+    notes = [f"{r.__name__} could not judge {r.unjudged} of {r.judged} completions (first: "
+             f"{r.first_error}), which earned no reward from it"
+             for r in rewards if getattr(r, "unjudged", 0)]
+    return "GRPO: " + "; ".join(notes) if notes else None
 
 
 def as_async_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
