@@ -533,6 +533,20 @@ def test_train_fails_in_one_line_on_a_missing_dataset_or_model(run_dir, tmp_path
                             "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "--model: no such folder" in " ".join(r.output.split())
     assert not (tmp_path / "m").exists()
+    # a folder that is not a model (a round's folder, not its model): a tokenizer traceback
+    # about sentencepiece before; now what it is, and the model folder inside it
+    (run_dir / "round-1" / "model").mkdir(exist_ok=True)
+    (run_dir / "round-1" / "model" / "config.json").write_text("{}")
+    try:
+        r = runner.invoke(app, ["train", "sft", str(curated), "--model", str(run_dir / "round-1"),
+                                "--out", str(tmp_path / "m")])
+        out = " ".join(r.output.split())
+        assert r.exit_code == 2 and "is a folder but not a model (no config.json)" in out
+        assert f"did you mean {run_dir / 'round-1' / 'model'}?" in out
+    finally:
+        import shutil
+
+        shutil.rmtree(run_dir / "round-1" / "model")
 
 
 def test_eval_scores_a_model_as_the_flow_does(tmp_path):

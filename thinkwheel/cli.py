@@ -68,8 +68,17 @@ def unreachable_model(cfg: RunConfig) -> str | None:
     the local Hugging Face cache while HF_HUB_OFFLINE is set, otherwise fails inside the flow
     after Prefect starts, with a loader traceback. Online, a hub id is left to download."""
     model = cfg.engine.model
-    if cfg.engine.kind == "openai" or model == "bundled" or Path(model).expanduser().is_dir():
+    if cfg.engine.kind == "openai" or model == "bundled":
         return None
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+            return None
+        inner = next((p for p in (folder / "model", *sorted(folder.glob("round-*/model"))[::-1])
+                      if (p / "config.json").is_file()), None)
+        return (f"engine.model: {model} is a folder but not a model (no config.json)"
+                + (f"; did you mean {inner}?" if inner else ""))
+
     if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
         return f"engine.model: no such folder: {model}"
     from huggingface_hub import constants, try_to_load_from_cache
