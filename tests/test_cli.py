@@ -194,6 +194,9 @@ def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path):
     assert r.exit_code == 2 and "--force" in r.output
     assert runner.invoke(app, ["init", str(p), "--force", "--defaults"]).exit_code == 0
     assert load_config(p) == RunConfig()
+    assert "the library defaults" in p.read_text().splitlines()[0]  # not the recipe's header
+    deep = tmp_path / "configs" / "new" / "tw.yaml"  # a FileNotFoundError traceback before
+    assert runner.invoke(app, ["init", str(deep)]).exit_code == 0 and deep.is_file()
 
 
 def test_run_with_bad_config_is_one_line(tmp_path):
@@ -246,6 +249,8 @@ def test_a_misspelt_name_fails_before_prefect_starts(tmp_path, monkeypatch):
     bench = tmp_path / "bench.jsonl"
     code, out = run_with(f"filters: {{decontam: {{benchmarks: [{{name: b, path: '{bench}'}}]}}}}\n")
     assert code == 2 and "has no field 'prompt' (has ['question'])" in out
+    code, out = run_with("engine: {device: cuda}\n")  # a CPU build of torch: after Prefect started
+    assert code == 2 and "engine.device 'cuda' is not usable here" in out
 
 
 def test_run_with_a_model_it_cannot_load_fails_before_starting(tmp_path, monkeypatch):
@@ -409,12 +414,6 @@ def test_verify_and_verifiers_load_a_plugin_module_and_a_configs_settings(tmp_pa
     `--config` judges with that run's verify settings (here percent_policy)."""
     import sys
 
-    from thinkwheel.verifiers import registry
-    from thinkwheel.verifiers.base import _REGISTRY
-
-    monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))
-    monkeypatch.setitem(_REGISTRY, "twcli_nonempty", None)
-    monkeypatch.delitem(_REGISTRY, "twcli_nonempty")  # undone after the test: it goes again
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     (tmp_path / "twcli_checks.py").write_text(

@@ -44,6 +44,7 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
         ("engine: {kind: openai}\ntrain: {sft: {enabled: false}, grpo: {enabled: true}}\n",
          "train.grpo.enabled: false"),
         ('sampling: {stop: ["\\nuser", ""]}\n', "'sampling.stop.1'"),  # would empty every text
+        ("engine: {dtype: float17}\n", "'engine.dtype'"),  # failed once Prefect had started
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):

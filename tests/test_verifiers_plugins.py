@@ -167,14 +167,8 @@ def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleT
 
 
 def _checks_module(tmp_path, monkeypatch, name: str) -> None:
-    """A user's plugin module beside them, registering verifiers by name, as the README shows.
-    The registry is restored afterwards, so other tests see only their own verifiers."""
-    from thinkwheel.verifiers.base import _REGISTRY
-
-    monkeypatch.setattr(reg, "_MODULES", dict(reg._MODULES))
-    for key in (f"{name}_exact", f"{name}_fussy"):  # set then deleted: undone, it goes again
-        monkeypatch.setitem(_REGISTRY, key, None)
-        monkeypatch.delitem(_REGISTRY, key)
+    """A user's plugin module beside them, registering verifiers by name, as the README shows
+    (conftest.py restores the registry after each test)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / f"{name}.py").write_text(
         "from thinkwheel.verifiers import register\n\n"
@@ -227,3 +221,21 @@ def test_a_registered_user_verifier_that_raises_costs_one_verdict(tmp_path, monk
     assert set(first) == {"twmod_b_fussy", "twmod_b"}
     (tmp_path / "twmod_b.py").write_text((tmp_path / "twmod_b.py").read_text() + "\n# fixed\n")
     assert reg.code_fingerprint(["twmod_b_fussy", "twmod_b"]) != first
+
+
+def test_a_plugin_by_file_path_and_a_broken_plugin_module(tmp_path) -> None:
+    """`verifier: "./checks.py:fn"` was a TypeError from importlib; a plugin with a SyntaxError
+    or one that raises at import reached users as a traceback. A path works, and a broken
+    module is one line naming it."""
+    (tmp_path / "twfile_checks.py").write_text("def four(completion, task):\n    return '4' in completion\n")
+    v = get_verifier(f"{tmp_path}/twfile_checks.py:four")
+    assert v.verify("<think>x</think> 4", {}).passed is True
+    assert reg.code_fingerprint([f"{tmp_path}/twfile_checks.py:four"])  # its source keys stages
+    (tmp_path / "twbroken.py").write_text("def f(:\n")
+    with pytest.raises(reg.UnknownVerifierError, match=r"importing .*twbroken.py' failed: SyntaxError"):
+        reg.resolve(f"{tmp_path}/twbroken.py:f")
+    (tmp_path / "twraises.py").write_text("raise RuntimeError('no config here')\n")
+    with pytest.raises(reg.UnknownVerifierError, match="failed: RuntimeError: no config here"):
+        reg.load_plugins([f"{tmp_path}/twraises.py"])
+    with pytest.raises(reg.UnknownVerifierError, match="cannot import .*nowhere.py"):
+        reg.resolve(f"{tmp_path}/nowhere.py:f")

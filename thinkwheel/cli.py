@@ -140,10 +140,26 @@ def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
     problem, warning = server_check(cfg)
-    if problem := problem or unknown_names(cfg) or unreachable_model(cfg) or unreadable_tasks(cfg):
+    if problem := (problem or unknown_names(cfg) or missing_device(cfg) or unreachable_model(cfg)
+                   or unreadable_tasks(cfg)):
         fail(problem.replace("engine.model", "--model") if model_flag else problem)
     if warning:
         console.print(warning)
+
+
+def missing_device(cfg: RunConfig) -> str | None:
+    """engine.device naming a GPU this machine does not have ("Torch not compiled with CUDA
+    enabled" came after Prefect started), or None."""
+    device = cfg.engine.device
+    if cfg.engine.kind != "hf" or device == "cpu":
+        return None
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        return f"engine.device {device!r} is not usable here ({str(err).splitlines()[0]}); use cpu"
+    return None
 
 
 def unknown_names(cfg: RunConfig) -> str | None:
@@ -719,6 +735,7 @@ def init(
 
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(starter_yaml(RunConfig() if defaults else None))
     console.print(f"wrote {path}; run it with: thinkwheel run --config {path}")
 

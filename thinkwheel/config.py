@@ -56,7 +56,8 @@ class EngineConfig(_Section):
     # hf
     batch_size: int = Field(64, ge=1)
     device: str = "cpu"
-    dtype: str = "auto"
+    # torch's names (transformers) and vLLM's ("half", "float"); a typo failed after Prefect started
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "half", "float"] = "auto"
     # vllm
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)

@@ -73,19 +73,24 @@ def _enabled_first(value: Any) -> Any:
 
 def starter_yaml(cfg: RunConfig | None = None) -> str:
     """`cfg` spelled out with a note per section; by default the packaged CPU recipe."""
+    recipe = cfg is None
     cfg = load_config(DEFAULT_RUN) if cfg is None else cfg
     data = _enabled_first(cfg.model_dump(mode="json"))
     procedural = data["generate"]["procedural"]
     if procedural["mix"]:  # mix replaces the single budget: its keys would only mislead
         for key in ("families", "per_family", "difficulty"):
             procedural.pop(key)
-    lines = [
+    head = ([
         "# thinkwheel run config: what `thinkwheel run` runs with no --config (the CPU recipe,",
         "# bundled model), every key spelled out. Every key is optional: one you delete takes",
         "# the library default (`thinkwheel init --defaults` writes those). Unknown keys are",
         "# errors.",
-        "",
-    ]
+    ] if recipe else [
+        "# thinkwheel run config: the library defaults, every key spelled out (not the CPU recipe",
+        "# `thinkwheel run` runs with no --config: `thinkwheel init` writes that). Every key is",
+        "# optional. Unknown keys are errors.",
+    ])
+    lines = [*head, ""]
     for key, value in data.items():
         note = SECTION_NOTES.get(key)
         if note:

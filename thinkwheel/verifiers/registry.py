@@ -139,6 +139,8 @@ def _import_user_module(mod: str) -> Any:
     is found too. The `thinkwheel` console script puts its own folder, not the working
     directory, on `sys.path`, so `verifier: "mychecks:fn"` failed unless run as `python -m`.
     The directory goes last, so it never shadows an installed package."""
+    if mod.endswith(".py"):  # "./mychecks.py:fn": the file itself
+        return _import_file(mod)
     try:
         return importlib.import_module(mod)
     except ModuleNotFoundError as err:
@@ -150,17 +152,45 @@ def _import_user_module(mod: str) -> Any:
         return importlib.import_module(mod)
 
 
+def _import_file(path: str) -> Any:
+    """A plugin given as a file path, imported under its stem (once: the path is the key)."""
+    import importlib.util
+
+    file = os.path.realpath(os.path.expanduser(path))
+    if not os.path.isfile(file):
+        raise ModuleNotFoundError(f"no such file: {path}", name=path)
+    name = f"thinkwheel_plugin_{hashlib.sha256(file.encode()).hexdigest()[:8]}_" + \
+        os.path.splitext(os.path.basename(file))[0]
+    if name in sys.modules:
+        return sys.modules[name]
+    loader_spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module  # before running it: dataclasses and pickling look it up
+    try:
+        loader_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import_error(spec: str, mod: str, err: BaseException) -> UnknownVerifierError:
+    """One line for a plugin that cannot be imported: missing, or broken (a SyntaxError, an
+    exception at import), which reached users as a traceback."""
+    if isinstance(err, ModuleNotFoundError) and err.name in (mod, mod.split(".")[0]):
+        where = "" if mod.endswith(".py") else " (looked in the working directory and on PYTHONPATH)"
+        return UnknownVerifierError(f"{spec}: cannot import {mod!r} ({err}){where}")
+    return UnknownVerifierError(f"{spec}: importing {mod!r} failed: {type(err).__name__}: {err}")
+
+
 def _resolve_spec(spec: str) -> Any:
-    mod, _, attr = spec.partition(":")
+    mod, _, attr = spec.rpartition(":")
     if not mod or not attr:
         raise UnknownVerifierError(f"verifier {spec!r}: expected 'module:callable'")
     try:
         obj: Any = _import_user_module(mod)
-    except ImportError as err:
-        hint = (" (looked in the working directory and on PYTHONPATH)"
-                if isinstance(err, ModuleNotFoundError) and err.name == mod.split(".")[0] else "")
-        raise UnknownVerifierError(
-            f"verifier {spec!r}: cannot import {mod!r} ({err}){hint}") from err
+    except Exception as err:
+        raise _import_error(f"verifier {spec!r}", mod, err) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UnknownVerifierError(f"verifier {spec!r}: {mod!r} has no {attr!r}")
@@ -177,10 +207,8 @@ def _load_module(spec: str) -> None:
         return
     try:
         _MODULES[spec] = _import_user_module(spec)
-    except ImportError as err:
-        hint = (" (looked in the working directory and on PYTHONPATH)"
-                if isinstance(err, ModuleNotFoundError) and err.name == spec.split(".")[0] else "")
-        raise UnknownVerifierError(f"plugin module {spec!r}: cannot import it ({err}){hint}") from err
+    except Exception as err:
+        raise _import_error(f"plugin module {spec!r}", spec, err) from err
 
 
 def load_plugins(specs: Sequence[str]) -> list[str]:
