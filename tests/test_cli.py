@@ -69,6 +69,13 @@ def test_inspect_samples_filtered_by_reason_and_where(run_dir):
         app, ["inspect", str(run_dir), "--samples", "50", "--where", "domain = 'code'", "--json"]
     )
     assert {row["domain"] for row in json.loads(r.output)} == {"code"}
+    # which verifier judged, its partial credit and its words (a plugin's error) are shown too
+    r = runner.invoke(
+        app, ["inspect", str(run_dir), "--samples", "50", "--where", "score < 1", "--json"]
+    )
+    rows = json.loads(r.output)
+    assert rows and all(row["score"] < 1 and row["verifiers"] for row in rows)
+    assert {"verdict_detail", "verdict_reason"} <= set(rows[0])
 
 
 def test_bad_where_is_one_line_error(run_dir):

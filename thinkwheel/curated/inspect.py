@@ -75,9 +75,16 @@ def record_table(frames: Frames) -> pl.DataFrame:
         pl.col("round").alias("task_round"),
     ).unique("task_id", keep="first")  # fmt: skip
     cands = _get(frames, "candidates")
-    outcomes = candidate_outcomes(_get(frames, "verdicts")).select(
+    verdicts = conform(_get(frames, "verdicts"), SCHEMAS["verdicts"])
+    outcomes = candidate_outcomes(verdicts).select(
         "candidate_id", "passed", pl.col("reason").alias("verdict_reason"), "verifiers",
         pl.lit(True).alias("has_verdict"),
+    ).join(  # a plugin's partial credit and its words (an exception's text) are the verdict too
+        verdicts.group_by("candidate_id").agg(
+            pl.col("score").min().alias("score"),
+            pl.col("detail").filter(pl.col("passed").not_().fill_null(True)).first()
+            .alias("verdict_detail"),
+        ), on="candidate_id", how="left",
     )  # fmt: skip
     filt = _get(frames, "filtered").select(
         "candidate_id", "drop_reason", "drop_ref", pl.lit(True).alias("has_filter")
@@ -326,8 +333,8 @@ def where_expr(text: str) -> pl.Expr:
 
 SAMPLE_COLUMNS = [
     "round", "task_id", "candidate_id", "domain", "family", "source", "difficulty", "prompt",
-    "reference", "reasoning", "answer", "passed", "verdict_reason", "status", "drop_reason",
-    "drop_ref", "drop_stage", "model", "sample_idx",
+    "reference", "reasoning", "answer", "passed", "verifiers", "score", "verdict_reason",
+    "verdict_detail", "status", "drop_reason", "drop_ref", "drop_stage", "model", "sample_idx",
 ]  # fmt: skip
 
 
@@ -433,6 +440,7 @@ def render_samples(samples: pl.DataFrame, width: int = 2000) -> RenderableType:
         verdict = {True: "[green]passed[/]", False: "[red]failed[/]"}.get(
             r["passed"], "[yellow]unverified[/]"
         )
+        score = "" if r["score"] is None else f", score {r['score']:.2f}"
         status = {"kept": "[green]kept[/]", "pending": "[yellow]not filtered yet[/]"}.get(
             r["status"], f"[red]dropped: {escape(str(r['drop_reason']))}[/]"
         )
@@ -440,7 +448,9 @@ def render_samples(samples: pl.DataFrame, width: int = 2000) -> RenderableType:
             Text("task", style="bold"), Text(r["prompt"] or "")[:width],
             Text("<think>", style="bold dim"), Text(r["reasoning"] or "")[:width],
             Text("answer", style="bold"), Text(r["answer"] or "")[:width],
-            Text.from_markup(f"{verdict} ({escape(r['verdict_reason'] or '–')}) · {status}"),
+            Text.from_markup(f"{verdict} by {escape(r['verifiers'] or '–')} "
+                             f"({escape(r['verdict_reason'] or '–')}{score}) · {status}"),
+            *([Text(r["verdict_detail"][:width], style="dim")] if r["verdict_detail"] else []),
         )  # fmt: skip
         title = f"round {r['round']} · {r['family']} · {r['source']} · {r['candidate_id']}"
         panels.append(Panel(body, title=Text(title), title_align="left"))
