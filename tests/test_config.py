@@ -45,6 +45,9 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
          "train.grpo.enabled: false"),
         ('sampling: {stop: ["\\nuser", ""]}\n', "'sampling.stop.1'"),  # would empty every text
         ("engine: {dtype: float17}\n", "'engine.dtype'"),  # failed once Prefect had started
+        # the bad item, not pydantic's union member ("difficulty.constrained-int")
+        ("generate: {procedural: {difficulty: [1, x]}}\n", "'generate.procedural.difficulty.1'"),
+        ("sampling: {grpo_pass_band: [0.9, 0.1]}\n", "grpo_pass_band must be [low, high]"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):

@@ -265,11 +265,12 @@ def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkey
         return run_config(text, tmp_path)
 
     code, out = run_with("generate: {tasks: {paths: [missing.jsonl]}}\n")
-    assert code == 2 and "missing.jsonl: no such file or folder" in out
+    # the key that names the file, and the file once ("missing.jsonl: missing.jsonl: ..." before)
+    assert code == 2 and "error: generate.tasks: missing.jsonl: no such file or folder" in out
     code, out = run_with("generate: {tasks: {paths: [t.jsonl]}}\n")
     assert code == 2 and "t.jsonl: verifier 'mine:check': cannot import 'mine'" in out
     code, out = run_with("eval: {tasks: {paths: [e.jsonl]}}\n")
-    assert code == 2 and "e.jsonl: 1 held-out row(s) cannot be verified" in out
+    assert code == 2 and "eval.tasks: e.jsonl: 1 held-out row(s) cannot be verified" in out
     code, out = run_with("verify: {plugins: ['json:no_such_fn']}\n")
     assert code == 2 and "verify.plugins: verifier 'json:no_such_fn': 'json' has no 'no_such_fn'" in out
 

@@ -201,10 +201,14 @@ def unreadable_tasks(cfg: RunConfig) -> str | None:
 
     try:
         load_plugins(cfg.verify.plugins)
-        task_files(cfg.generate.tasks)  # parsed once: the run's stages reuse them
-        task_files(cfg.eval.tasks, held_out=True)
-    except (ValueError, UnknownVerifierError) as err:
-        return str(err) if isinstance(err, ValueError) else f"verify.plugins: {err}"
+    except UnknownVerifierError as err:
+        return f"verify.plugins: {err}"
+    for key, files, held in (("generate.tasks", cfg.generate.tasks, False),
+                             ("eval.tasks", cfg.eval.tasks, True)):
+        try:
+            task_files(files, held_out=held)  # parsed once: the run's stages reuse them
+        except (ValueError, UnknownVerifierError) as err:
+            return f"{key}: {err}"
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -233,6 +234,13 @@ class SamplingConfig(_Section):
     shard_size: int = Field(32, ge=1)  # tasks per resumable shard
     keep_per_task: int = Field(4, ge=1)  # at most K verified candidates per task (ReST-EM)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
+
+    @model_validator(mode="after")
+    def _band_in_order(self) -> SamplingConfig:
+        lo, hi = self.grpo_pass_band
+        if not 0 <= lo <= hi <= 1:  # [0.9, 0.1] took no task, so GRPO had no prompts
+            raise ValueError(f"grpo_pass_band must be [low, high] within [0, 1], got {[lo, hi]}")
+        return self
     # strings that end a generation in sampling, consensus labelling and eval (the text stops
     # before them), e.g. "\nuser" for a base model that would write the next turn itself; an
     # empty string would stop every text before its first character
@@ -478,12 +486,25 @@ class RunConfig(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# pydantic names the member of a union a value failed in its location: not a key of ours
+_UNION_TAG = re.compile(r"^(constrained-\S+|[a-z-]+\[.*\]|int|str|float|bool|none)$")
+
+
+def _keys(loc: tuple[Any, ...]) -> list[str]:
+    return [str(p) for p in loc if not _UNION_TAG.match(str(p))]
+
+
 def _where(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "<root>"
+    return ".".join(_keys(loc)) or "<root>"
 
 
 def _one_line(err: ValidationError) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    key = _keys(errors[0]["loc"])
+    # a union gives one error per member for the same key: the one that got furthest names
+    # the bad item (`difficulty.1`, not the int member's complaint about the whole list)
+    first = max((e for e in errors if _keys(e["loc"])[: len(key)] == key),
+                key=lambda e: len(_keys(e["loc"])))
     where = _where(first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"

@@ -118,7 +118,8 @@ def load_task_files(
             for name in tasks["verifier"].unique().sort():
                 resolve(name)
         except (ValueError, UnknownVerifierError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            text = str(err)  # the reader's own messages name the file already
+            raise ValueError(text if text.startswith(str(path)) else f"{path}: {text}") from None
         if held_out and (bad := tasks.with_row_index("row", offset=1).filter(unverifiable())).height:
             raise ValueError(
                 f"{path}: {bad.height} held-out row(s) cannot be verified as given (math needs a "
