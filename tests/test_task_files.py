@@ -404,3 +404,26 @@ def test_outputs_cut_at_the_token_budget_are_counted_and_reported(tmp_path):
     text = " ".join(rec.messages)
     assert "round 0: candidates: 6 of 6 (100%) stopped at sampling.max_tokens (4 tokens)" in text
     assert "base model: held-out answers: 3 of 3 (100%) stopped at eval.max_tokens" in text
+
+
+def test_rows_merged_or_split_without_an_error_are_said(tmp_path, monkeypatch):
+    """A row given twice is one task, and one prompt with two references two tasks: both
+    happened without a word (14 rows in, 13 anywhere)."""
+    import thinkwheel.flows.flywheel as fw
+    from thinkwheel.generators.task_files import load_task_files
+
+    rows = [{"prompt": "What is 1 + 1?", "reference": "2"}, {"prompt": "What is 1 + 1?", "reference": "2"},
+            {"prompt": "What is 2 + 2?", "reference": "4"}, {"prompt": "What is 2 + 2?", "reference": "5"}]
+    f = _jsonl(tmp_path / "t.jsonl", rows)
+    notes: list[str] = []
+    assert load_task_files(TaskFilesConfig(paths=[str(f)]), notes=notes).height == 3
+    assert notes[0].startswith("1 row(s) repeat an earlier row")
+    assert notes[1].startswith("1 prompt(s) come with different references") and "2 + 2" in notes[1]
+
+    def interrupted(cfg, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fw, "run", interrupted)
+    monkeypatch.chdir(tmp_path)
+    code, out = run_config("generate: {tasks: {paths: [t.jsonl]}}\n", tmp_path)
+    assert code == 130 and "generate.tasks: 1 row(s) repeat an earlier row" in out

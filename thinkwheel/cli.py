@@ -145,6 +145,13 @@ def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:
         fail(problem.replace("engine.model", "--model") if model_flag else problem)
     if warning:
         console.print(warning)
+    if cfg.generate.tasks.paths or cfg.eval.tasks.paths:
+        from thinkwheel.flows.steps import task_file_notes
+
+        for key, files, held in (("generate.tasks", cfg.generate.tasks, False),
+                                 ("eval.tasks", cfg.eval.tasks, True)):
+            for note in task_file_notes(files, held_out=held) if files.paths else []:
+                console.print(f"[yellow]{key}: {escape(note)}[/]")
 
 
 def missing_device(cfg: RunConfig) -> str | None:

@@ -107,21 +107,32 @@ def task_files(files: TaskFilesConfig, k: int = 0, *, held_out: bool = False) ->
     """`load_task_files`, parsed once per process while the files are unchanged (name, size,
     mtime): a run reads them before it starts and again in every round's tasks and eval stages,
     and a large set took seconds each time. Rows that do not say get round `k`."""
+    return _task_files(files, held_out)[0].with_columns(pl.col("round").fill_null(k))
+
+
+def task_file_notes(files: TaskFilesConfig, *, held_out: bool = False) -> list[str]:
+    """What reading these files merged or split without an error (duplicate rows, a prompt
+    with two references), for the run to say before it starts."""
+    return _task_files(files, held_out)[1]
+
+
+def _task_files(files: TaskFilesConfig, held_out: bool) -> tuple[pl.DataFrame, list[str]]:
     from thinkwheel.generators.task_files import load_task_files
 
     stamps = [file_stamps(p) if Path(p).expanduser().exists() else None for p in files.paths]
     key = (tuple(map(str, stamps)), files.model_dump_json(), held_out)
     if None in stamps:  # a missing file: read (and fail) every time
-        return load_task_files(files, round=k, held_out=held_out)
-    if (tasks := _READ.get(key)) is None:
-        tasks = load_task_files(files, round=None, held_out=held_out)
+        return load_task_files(files, round=None, held_out=held_out), []
+    if (hit := _READ.get(key)) is None:
+        notes: list[str] = []
+        hit = load_task_files(files, round=None, held_out=held_out, notes=notes), notes
         while len(_READ) >= 4:  # a run's training files and eval files, with room to spare
             _READ.pop(next(iter(_READ)))
-        _READ[key] = tasks
-    return tasks.with_columns(pl.col("round").fill_null(k))
+        _READ[key] = hit
+    return hit
 
 
-_READ: dict[tuple, pl.DataFrame] = {}
+_READ: dict[tuple, tuple[pl.DataFrame, list[str]]] = {}
 
 
 def heldout(cfg: RunConfig) -> pl.DataFrame:

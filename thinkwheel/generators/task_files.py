@@ -97,11 +97,14 @@ def unverifiable() -> pl.Expr:
 
 
 def load_task_files(
-    cfg: TaskFilesConfig, *, round: int | None = 0, held_out: bool = False
+    cfg: TaskFilesConfig, *, round: int | None = 0, held_out: bool = False,
+    notes: list[str] | None = None,
 ) -> pl.DataFrame:
     """TASKS rows from every file in `cfg.paths` (source "seed"; family defaults to the file's
     name). `held_out` rows must be verifiable as given. Duplicate tasks keep their first row.
-    A row's own `round` is kept; the others get `round` (None leaves them null)."""
+    A row's own `round` is kept; the others get `round` (None leaves them null). What a user
+    would not see otherwise (rows merged as duplicates, one prompt with two references) goes
+    into `notes`."""
     frames = []
     for path in cfg.paths:
         try:
@@ -128,7 +131,25 @@ def load_task_files(
         frames.append(tasks)
     if not frames:
         return pl.DataFrame(schema=records.TASKS)
-    return pl.concat(frames).unique("task_id", keep="first", maintain_order=True)
+    rows = pl.concat(frames)
+    tasks = rows.unique("task_id", keep="first", maintain_order=True)
+    if notes is not None:
+        notes += duplicate_notes(rows, tasks)
+    return tasks
+
+
+def duplicate_notes(rows: pl.DataFrame, tasks: pl.DataFrame) -> list[str]:
+    """Rows a task file held twice are one task, and one prompt with two references is two:
+    both used to happen without a word."""
+    out = []
+    if merged := rows.height - tasks.height:
+        out.append(f"{merged} row(s) repeat an earlier row (same prompt and reference) and are "
+                   "one task each")
+    split = tasks.group_by("domain", "prompt").agg(pl.col("reference").n_unique().alias("n"))
+    if (clash := split.filter(pl.col("n") > 1)).height:
+        out.append(f"{clash.height} prompt(s) come with different references and are separate "
+                   f"tasks, each a right answer to the other's: e.g. {clash['prompt'][0][:60]!r}")
+    return out
 
 
 def draw(tasks: pl.DataFrame, per_round: int | None, seed: int, k: int) -> pl.DataFrame:
