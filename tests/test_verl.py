@@ -46,6 +46,10 @@ def test_verl_rows_follow_verls_data_format(tmp_path):
     assert info["files"] == ["verl/train.parquet"]
     rows = pd.read_parquet(tmp_path / "out" / "verl" / "train.parquet")  # as verl reads it
     assert list(rows.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    from thinkwheel.curated.export import read_dataset  # inspect and train grpo read it too
+
+    for where in (tmp_path / "out", tmp_path / "out" / "verl"):
+        assert read_dataset(where)["grpo"].height == len(rows)
     by_task = {r["extra_info"]["task_id"]: r for r in rows.to_dict("records")}
     m = by_task["m1"]
     assert m["data_source"] == "thinkwheel/addition" and m["ability"] == "math"

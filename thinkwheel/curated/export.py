@@ -396,5 +396,8 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
         if isinstance(ds, datasets.DatasetDict):
             return {k: v.to_polars() for k, v in ds.items()}
         return {hf.name: ds.to_polars()}
-    raise ValueError(f"no sft/grpo/dpo parquet, jsonl or datasets folder in {p}")
+    verl = p / "train.parquet" if p.name == "verl" else p / "verl" / "train.parquet"
+    if verl.is_file():  # `--format verl`: the GRPO prompts in verl's RL layout
+        return {"grpo": pl.read_parquet(verl)}
+    raise ValueError(f"no sft/grpo/dpo parquet, jsonl, datasets or verl folder in {p}")
 
