@@ -153,7 +153,7 @@ def test_code_fingerprint_follows_a_plugins_source(tmp_path, monkeypatch) -> Non
 def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleType) -> None:
     """A plugin that raises on every candidate read as "passed 0" in the run, its error only in
     verdicts.parquet: the verify stage now says which verifier raised and the first error."""
-    from thinkwheel.flows.steps import verifier_errors
+    from thinkwheel.verifiers.batch import verifier_errors
 
     tasks = records.frame([{"task_id": "t", "reference": "5", "verifier": "tw_test_plugins:boom"},
                            {"task_id": "u", "reference": "5", "verifier": "math"}], records.TASKS)
@@ -164,6 +164,17 @@ def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleT
     assert note is not None and note.startswith("2 of 3 candidates could not be verified")
     assert "tw_test_plugins:boom raised on 2 (first: RuntimeError: plugin exploded)" in note
     assert verifier_errors(verdicts.filter(verdicts["verifier"] == "math")) is None
+
+
+def test_thinkwheel_verify_names_a_raising_plugin_in_its_summary(plugin_module, tmp_path) -> None:
+    """The summary counted `verifier_error: 2`; the error itself was only in the parquet."""
+    from thinkwheel.verifiers.files import verify_file
+
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"completion": "x"}\n{"completion": "y"}\n')
+    summary = verify_file(f, "tw_test_plugins:boom", tmp_path / "v.parquet", workers=1)
+    assert summary["reasons"] == {"verifier_error": 2}
+    assert "tw_test_plugins:boom raised on 2 (first: RuntimeError: plugin exploded)" in summary["errors"]
 
 
 def _checks_module(tmp_path, monkeypatch, name: str) -> None:

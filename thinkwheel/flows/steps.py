@@ -30,6 +30,7 @@ from thinkwheel.store import (
     model_hash,
     path_hash,
 )
+from thinkwheel.verifiers.batch import verifier_errors
 
 EngineFactory = Callable[[str], Engine]  # model dir -> engine
 
@@ -511,19 +512,6 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     if note := verifier_errors(verdicts):
         rep.message(f"[yellow]round {k}: {note}[/]")
     return verdicts
-
-
-def verifier_errors(verdicts: pl.DataFrame) -> str | None:
-    """A verifier that raised gives a None verdict, which never counts as passed: a broken
-    plugin read as "passed 0" with its error only in verdicts.parquet. Say which and why."""
-    bad = verdicts.filter(pl.col("reason") == "verifier_error")
-    if bad.height == 0:
-        return None
-    by = bad.group_by("verifier").agg(pl.len(), pl.col("detail").first())
-    parts = [f"{name} raised on {n} (first: {detail})"
-             for name, n, detail in by.sort("len", descending=True).iter_rows()]
-    return (f"{bad.height} of {verdicts.height} candidates could not be verified, counted as "
-            f"not passed: " + "; ".join(parts))
 
 
 # ------------------------------------------------------------------ filter + select

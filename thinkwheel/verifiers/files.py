@@ -18,7 +18,7 @@ import polars as pl
 from thinkwheel import records
 from thinkwheel.generators.seeds import parse_tests
 from thinkwheel.store import read_jsonl
-from thinkwheel.verifiers.batch import verify_frame
+from thinkwheel.verifiers.batch import verifier_errors, verify_frame
 from thinkwheel.verifiers.registry import load_plugins, resolve
 
 
@@ -98,6 +98,8 @@ def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: in
         "mean_score": float(verdicts["score"].mean() or 0.0) if n else 0.0,
         "reasons": dict(Counter(verdicts["reason"].to_list())),
         "seconds": float(verdicts["seconds"].sum()) if n else 0.0,
+        # which verifier raised and its first error, not only a count of verifier_error
+        **({"errors": note} if (note := verifier_errors(verdicts)) else {}),
     }
     summary_path = out.with_name(out.stem + ".summary.json")
     tmp = summary_path.with_name(summary_path.name + ".tmp")
