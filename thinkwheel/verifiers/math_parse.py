@@ -94,8 +94,16 @@ def _plain_to_latex(s: str) -> str:
     return s
 
 
+# `\text{3}`, `\textbf{12 apples}`: a number set in text (with a unit word) is the number
+_TEXT_NUMBER = re.compile(
+    r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|textrm)\s*\{\s*(-?\d[\d,]*(?:\.\d+)?(?:\\?%)?)"
+    r"(\s+[A-Za-z][A-Za-z ]*)?\s*\}")
+
+
 def normalize(text: str) -> str:
     s = text.strip()
+    s = _TEXT_NUMBER.sub(lambda m: m.group(1) + (m.group(2) or ""), s)
+    s = s.replace("\\varnothing", "\\emptyset")
     s = _SPACING.sub(" ", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
     s = re.sub(r"\\(?:mathrm|operatorname|text)\{e\}", "e", s)
