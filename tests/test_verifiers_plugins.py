@@ -150,6 +150,22 @@ def test_code_fingerprint_follows_a_plugins_source(tmp_path, monkeypatch) -> Non
     assert reg.code_fingerprint(["math", "code", "think_format"]) == {}
 
 
+def test_code_fingerprint_follows_a_plugins_own_helpers(tmp_path, monkeypatch) -> None:
+    """A plugin that imports its checks from a helper beside it: a fix in the helper left the
+    old verdicts in place, since only the plugin's own file was hashed. Installed packages
+    (json, numpy) are the environment's, not followed."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "fp_helpers.py").write_text("def close(a, b):\n    return a == b\n")
+    (tmp_path / "fp_uses_helpers.py").write_text(
+        "import json\nimport numpy as np\nimport fp_helpers\nfrom fp_helpers import close\n\n"
+        "def check(completion, task):\n    return close(completion, task['reference'])\n")
+    first = reg.code_fingerprint(["fp_uses_helpers:check"])
+    assert reg._source_files(reg.resolve("fp_uses_helpers:check")[0])[1:] == [
+        str((tmp_path / "fp_helpers.py").resolve())]
+    (tmp_path / "fp_helpers.py").write_text("def close(a, b):\n    return a.strip() == b\n")
+    assert reg.code_fingerprint(["fp_uses_helpers:check"]) != first
+
+
 def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleType) -> None:
     """A plugin that raises on every candidate read as "passed 0" in the run, its error only in
     verdicts.parquet: the verify stage now says which verifier raised and the first error."""

@@ -267,10 +267,11 @@ def list_verifiers() -> list[tuple[str, str]]:
 
 
 def code_fingerprint(names: Iterable[str | None]) -> dict[str, str]:
-    """{name: hash of the source file its callable is defined in} for each verifier that is
-    not built in (built-ins change with thinkwheel's version, which the manifest records).
-    Stage keys hold it, so a fixed plugin re-verifies instead of leaving the old verdicts in
-    place; a plugin's helpers imported from other modules are not followed."""
+    """{name: hash of the source its callable is defined in} for each verifier that is not
+    built in (built-ins change with thinkwheel's version, which the manifest records). Stage
+    keys hold it, so a fixed plugin re-verifies instead of leaving the old verdicts in place.
+    The source is the plugin's file and the files of the user modules it imports (its helpers
+    beside it: a fix there re-verifies too), not installed packages."""
     out: dict[str, str] = {}
     for name in sorted({n for n in names if n}):
         if ":" not in name and name in _MODULES:  # a plugin module: its own file
@@ -281,13 +282,42 @@ def code_fingerprint(names: Iterable[str | None]) -> dict[str, str]:
             if origin == "builtin":
                 continue
             target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
-        try:
-            source = inspect.getsourcefile(target) or ""
-        except TypeError:  # a builtin type or an object without a file
-            source = ""
-        if source and os.path.isfile(source):
-            with open(source, "rb") as f:
-                out[name] = hashlib.sha256(f.read()).hexdigest()[:16]
+        files = _source_files(target)
+        if files:
+            h = hashlib.sha256()
+            for path in files:
+                with open(path, "rb") as f:
+                    h.update(f.read())
+            out[name] = h.hexdigest()[:16]
         else:
             out[name] = origin
     return out
+
+
+def _file_of(obj: Any) -> str:
+    try:
+        source = inspect.getsourcefile(obj) or ""
+    except TypeError:  # a builtin type or an object without a file
+        return ""
+    return os.path.realpath(source) if source and os.path.isfile(source) else ""
+
+
+def _source_files(target: Any) -> list[str]:
+    """The file `target` is defined in, then the files of the modules its module uses (imported
+    as modules or through names) that are the user's own: not thinkwheel, not installed under
+    the interpreter's prefixes."""
+    first = _file_of(target)
+    if not first:
+        return []
+    module = target if inspect.ismodule(target) else sys.modules.get(getattr(target, "__module__", ""))
+    installed = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    own = os.path.dirname(os.path.realpath(__file__)).rsplit(os.sep, 1)[0]  # thinkwheel/
+    helpers = set()
+    for value in vars(module).values() if module is not None else ():
+        mod_name = getattr(value, "__module__", None)
+        used = value if inspect.ismodule(value) else (
+            sys.modules.get(mod_name) if isinstance(mod_name, str) else None)
+        path = _file_of(used) if used is not None else ""
+        if path and path != first and not path.startswith((*installed, own)):
+            helpers.add(path)
+    return [first, *sorted(helpers)]
