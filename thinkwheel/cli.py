@@ -78,7 +78,6 @@ def unreachable_model(cfg: RunConfig) -> str | None:
                       if (p / "config.json").is_file()), None)
         return (f"engine.model: {model} is a folder but not a model (no config.json)"
                 + (f"; did you mean {inner}?" if inner else ""))
-
     if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
         return f"engine.model: no such folder: {model}"
     from huggingface_hub import constants, try_to_load_from_cache
@@ -148,10 +147,14 @@ def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:
     if cfg.generate.tasks.paths or cfg.eval.tasks.paths:
         from thinkwheel.flows.steps import task_file_notes
 
-        for key, files, held in (("generate.tasks", cfg.generate.tasks, False),
-                                 ("eval.tasks", cfg.eval.tasks, True)):
+        for key, files, held in _task_files_of(cfg):
             for note in task_file_notes(files, held_out=held) if files.paths else []:
                 console.print(f"[yellow]{key}: {escape(note)}[/]")
+
+
+def _task_files_of(cfg: RunConfig) -> tuple:
+    """(config key, its task files, whether held out) for the training and the eval files."""
+    return (("generate.tasks", cfg.generate.tasks, False), ("eval.tasks", cfg.eval.tasks, True))
 
 
 def missing_device(cfg: RunConfig) -> str | None:
@@ -210,8 +213,7 @@ def unreadable_tasks(cfg: RunConfig) -> str | None:
         load_plugins(cfg.verify.plugins)
     except UnknownVerifierError as err:
         return f"verify.plugins: {err}"
-    for key, files, held in (("generate.tasks", cfg.generate.tasks, False),
-                             ("eval.tasks", cfg.eval.tasks, True)):
+    for key, files, held in _task_files_of(cfg):
         try:
             task_files(files, held_out=held)  # parsed once: the run's stages reuse them
         except (ValueError, UnknownVerifierError) as err:
