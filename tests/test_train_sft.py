@@ -329,6 +329,7 @@ def test_train_sft_writes_model_and_curves(marked_model, tmp_path):
 
     out = tmp_path / "model"
     out.mkdir()
+    (out / "config.json").write_text("{}")  # a previous model (only a model folder is replaced)
     (out / "stale.txt").write_text("old model")  # the previous model is replaced whole
     cfg = SFTConfig(trainer="trl", max_steps=10, epochs=100, batch_size=4, learning_rate=3e-3)
     res = sft_mod.train_sft(marked_model, sft_frame(), str(out), cfg)
