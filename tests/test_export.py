@@ -183,7 +183,7 @@ def test_pass_rates_count_unverified_as_wrong(frames):
     r = {row["task_id"]: row for row in rates.iter_rows(named=True)}
     t0, t1, t2 = tasks["task_id"].to_list()
     assert (r[t0]["n"], r[t0]["n_passed"], r[t0]["pass_rate"]) == (2, 1, 0.5)
-    assert (r[t1]["n_unverified"], r[t1]["pass_rate"]) == (1, 0.0)
+    assert (r[t1]["n_unverified"], r[t1]["pass_rate"]) == (1, None)  # nothing judged: no rate
     assert r[t2]["pass_rate"] == 0.5
 
 
@@ -422,3 +422,36 @@ def test_dpo_split_round_trips_and_trains_with_trl(frames, tmp_path):
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
     trainer.train()
     assert any("rewards/accuracies" in h for h in trainer.state.log_history)
+
+
+def test_a_task_dropped_whole_by_the_filters_is_no_grpo_prompt(tmp_path):
+    """A task whose answer is in its prompt had its passing samples dropped (answer_leak), yet
+    it went into the GRPO set at pass rate 0.5, where copying the prompt wins the reward."""
+    from thinkwheel import records
+    from thinkwheel.config import parse_config
+    from thinkwheel.filters.quality import ANSWER_LEAK
+    from thinkwheel.flows import steps
+    from thinkwheel.store import RunStore
+
+    store = RunStore.create(tmp_path / "run", parse_config({}))
+    prompts = {"leak": ("The answer is 1234. What is 1000 + 234?", "1234"), "ok": ("What is 2 + 3?", "5")}
+    tasks = records.frame([{"task_id": t, "domain": "math", "family": "addition", "prompt": p,
+                            "reference": r, "verifier": "math", "round": 0}
+                           for t, (p, r) in prompts.items()], records.TASKS)
+    cands = records.frame([{"candidate_id": f"{t}-{i}", "task_id": t, "sample_idx": i,
+                            "completion": f"<think>x</think> {r}", "reasoning": "x", "answer": r}
+                           for t, (_, r) in prompts.items() for i in (0, 1)], records.CANDIDATES)
+    verdicts = records.frame([{"candidate_id": f"{t}-{i}", "task_id": t, "verifier": "math",
+                               "passed": i == 0, "reason": "ok" if i == 0 else "wrong_answer"}
+                              for t in prompts for i in (0, 1)], records.VERDICTS)
+    filtered = records.frame([{"candidate_id": "leak-0", "task_id": "leak", "drop_reason": ANSWER_LEAK},
+                              {"candidate_id": "leak-1", "task_id": "leak", "drop_reason": "not_verified"},
+                              {"candidate_id": "ok-0", "task_id": "ok", "drop_reason": None},
+                              {"candidate_id": "ok-1", "task_id": "ok", "drop_reason": "not_verified"}],
+                             records.FILTERED)
+    for name, df in (("tasks", tasks), ("candidates", cands), ("verdicts", verdicts),
+                     ("filtered", filtered)):
+        store.write_table(0, name, df)
+    steps.export(store, parse_config({}), 0, "m")
+    grpo = pl.read_parquet(store.round_dir(0) / "curated" / "grpo.parquet")
+    assert grpo["task_id"].to_list() == ["ok"] and grpo["pass_rate"].to_list() == [0.5]

@@ -33,6 +33,9 @@ def test_pass_rates_counts_null_as_not_correct():
     assert a["pass_rate"] == pytest.approx(0.5)
     assert pr.filter(pl.col("task_id") == "b")["pass_rate"].item() == 0.0
     assert pr.columns == list(selection.PASS_RATES)
+    # nothing verified: no pass rate, not 0.0 ("never solved")
+    none = selection.pass_rates(records.frame(_verdicts({"c-0": None, "c-1": None}), records.VERDICTS))
+    assert none["pass_rate"].to_list() == [None] and none["n_unverified"].to_list() == [2]
 
 
 def test_pass_rates_combines_verifiers_per_candidate():

@@ -562,7 +562,8 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         task_pass_rates,
         write_dataset,
     )
-    from thinkwheel.filters.stage import funnel
+    from thinkwheel.filters.quality import ANSWER_LEAK
+    from thinkwheel.filters.stage import CONTAMINATED, funnel
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
     verdicts, filtered = store.read_table(k, "verdicts"), store.read_table(k, "filtered")
@@ -578,8 +579,12 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     t0 = time.time()
     kept_ids = filtered.filter(pl.col("drop_reason").is_null())["candidate_id"].to_list()
     sft = sft_frame(tasks, cands, kept_ids, cfg.export.system_prompt)
+    # a task the filters dropped as a whole (its answer is in its prompt, it copies a
+    # benchmark) is no GRPO prompt either: its reward is won by copying
+    whole = filtered.filter(pl.col("drop_reason").is_in([ANSWER_LEAK, CONTAMINATED]))["task_id"]
     grpo = grpo_frame(
-        tasks, task_pass_rates(verdicts), cfg.export.system_prompt, band=cfg.sampling.grpo_pass_band
+        tasks.filter(~pl.col("task_id").is_in(whole.implode())), task_pass_rates(verdicts),
+        cfg.export.system_prompt, band=cfg.sampling.grpo_pass_band,
     )
     e = cfg.export
     dpo = (

@@ -58,7 +58,11 @@ def pass_rates(verdicts: pl.DataFrame) -> pl.DataFrame:
         (pl.col("passed") == False).sum().cast(pl.Int64).alias("n_failed"),  # noqa: E712
         pl.col("passed").is_null().sum().cast(pl.Int64).alias("n_unverified"),
     )
-    agg = agg.with_columns((pl.col("n_passed") / pl.col("n")).alias("pass_rate"))
+    # an unverified sample counts as not passed; a task none of whose samples could be judged
+    # has no pass rate (0.0 read as "never solved" in the report, and such tasks in a band)
+    agg = agg.with_columns(
+        pl.when(pl.col("n_passed") + pl.col("n_failed") > 0)
+        .then(pl.col("n_passed") / pl.col("n")).alias("pass_rate"))
     return records.conform(agg, PASS_RATES).sort("task_id")
 
 
