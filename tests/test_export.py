@@ -293,8 +293,12 @@ def test_dataset_card_front_matter_is_hub_format(frames, tmp_path):
         records.FILTERED,
     )  # fmt: skip
     cfg = RunConfig.model_validate({"filters": {"dedup": {"threshold": 0.55}}})
+    # most contamination is caught in the tasks stage, before sampling: the card counted none
+    dropped = tasks.head(1).with_columns(pl.lit("contaminated").alias("drop_reason"),
+                                         pl.lit("heldout:17").alias("drop_ref"))
     text = card.dataset_card(
-        sft, grpo, name="demo", config=cfg, config_hash="abc123", round=2, filtered=filtered
+        sft, grpo, name="demo", config=cfg, config_hash="abc123", round=2, filtered=filtered,
+        tasks=pl.concat([tasks, dropped], how="diagonal_relaxed"),
     )
     parsed = DatasetCard(text)
     data = parsed.data.to_dict()
@@ -309,8 +313,10 @@ def test_dataset_card_front_matter_is_hub_format(frames, tmp_path):
     assert tw["decontamination"] == {
         "checked": 3, "dropped": 1,
         "by_reason": {"decontam:humaneval": {"count": 1, "examples": ["HumanEval/3"]}},
+        "tasks_dropped": 1, "task_examples": ["heldout:17"],
     }  # fmt: skip
     assert "threshold 0.55" in parsed.text and "1 of 3 candidates" in parsed.text
+    assert "1 task(s) dropped as contaminated before sampling (e.g. `heldout:17`)" in parsed.text
     assert card.size_category(999) == "n<1K" and card.size_category(12_000) == "10K<n<100K"
     other = card.dataset_card(sft, grpo, data_format="jsonl")
     assert DatasetCard(other).data.to_dict()["configs"][1]["data_files"][0]["path"] == "grpo.jsonl"

@@ -54,10 +54,17 @@ def filter_settings(config: RunConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def decontam_results(filtered: pl.DataFrame | None) -> dict[str, Any]:
-    """Decontamination drops by reason, with a few of the benchmark items they collided with."""
+def decontam_results(filtered: pl.DataFrame | None,
+                     tasks: pl.DataFrame | None = None) -> dict[str, Any]:
+    """Decontamination drops by reason, with a few of the benchmark items they collided with;
+    and the tasks dropped as contaminated before sampling (`tasks.parquet`), which is where the
+    flow catches most (the card said "0 of N candidates" beside them)."""
+    pre = (tasks.filter(pl.col("drop_reason") == "contaminated")
+           if tasks is not None and "drop_reason" in tasks.columns else None)
+    before = {"tasks_dropped": 0 if pre is None else pre.height,
+              "task_examples": [] if pre is None else sorted(set(pre["drop_ref"].drop_nulls()))[:5]}
     if filtered is None or not filtered.height:
-        return {"checked": 0, "dropped": 0, "by_reason": {}}
+        return {"checked": 0, "dropped": 0, "by_reason": {}, **before}
     f = conform(filtered, FILTERED).with_columns(ins.drop_stage().alias("stage"))
     hits = f.filter(pl.col("stage") == "decontam")
     by_reason = {
@@ -67,7 +74,7 @@ def decontam_results(filtered: pl.DataFrame | None) -> dict[str, Any]:
         .sort("drop_reason")
         .iter_rows()
     }
-    return {"checked": f.height, "dropped": hits.height, "by_reason": by_reason}
+    return {"checked": f.height, "dropped": hits.height, "by_reason": by_reason, **before}
 
 
 def dataset_card(
@@ -84,6 +91,7 @@ def dataset_card(
     data_format: str = "parquet",
     license: str = "apache-2.0",  # noqa: A002 (the Hub's key name)
     dpo: pl.DataFrame | None = None,
+    tasks: pl.DataFrame | None = None,
 ) -> str:
     """README.md text for an export: HF front matter + a human-readable description."""
     config = config or RunConfig()
@@ -93,7 +101,7 @@ def dataset_card(
     if generator_model is None and "model" in sft.columns and sft.height:
         generator_model = ", ".join(sorted(set(sft["model"].drop_nulls().to_list())))
     verifiers = sorted(set(_counts(sft, "verifier")) | set(_counts(grpo, "verifier")))
-    decontam = decontam_results(filtered)
+    decontam = decontam_results(filtered, tasks)
     meta = {
         "round": round,
         "generator_model": generator_model,
@@ -136,6 +144,11 @@ def data_path(split: str, data_format: str) -> str | None:
     if data_format == "hf":
         return f"hf/{split}/*.arrow"
     return f"{split}.{'jsonl' if data_format == 'jsonl' else 'parquet'}"
+
+
+def _examples(dec: Mapping[str, Any]) -> str:
+    refs = dec.get("task_examples") or []
+    return f" (e.g. {', '.join(f'`{r}`' for r in refs)})" if refs else ""
 
 
 def _loading(data_format: str) -> str:
@@ -208,12 +221,13 @@ and the survivors of near-dedup, decontamination and quality filters were kept.
   (enabled: {f["dedup"]["enabled"]})
 - decontamination: {f["decontam"]["ngram"]}-grams, flagged at ≥ {f["decontam"]["min_overlap"]}
   coverage of a benchmark item, against {", ".join(f["decontam"]["benchmarks"]) or "nothing"}
-  (enabled: {f["decontam"]["enabled"]})
+  (enabled: {f["decontam"]["enabled"]}); tasks also against the held-out eval split, always
 - quality: {", ".join(f"{k}={v}" for k, v in f["quality"].items())}
 - GRPO prompts: pass-rate band {f["grpo_pass_band"]}
 
 ### Decontamination results
 
-{dec["dropped"]} of {dec["checked"]} candidates dropped as contaminated.
+{dec["tasks_dropped"]} task(s) dropped as contaminated before sampling{_examples(dec)};
+{dec["dropped"]} of {dec["checked"]} candidates dropped as contaminated after it.
 
 {_md_table({r: v["count"] for r, v in dec["by_reason"].items()}, "reason", "dropped")}{funnel}"""

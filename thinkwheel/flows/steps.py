@@ -618,6 +618,7 @@ def round_card(
 
     ks = sorted(rounds)
     filtered = [t["filtered"] for t in rounds.values() if t.get("filtered") is not None]
+    tasks = [t["tasks"] for t in rounds.values() if t.get("tasks") is not None]
     span = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
     return dataset_card(
         sft, grpo, dpo=dpo, name=f"{cfg.name}-round{'s' if len(ks) > 1 else ''}-{span}",
@@ -626,6 +627,7 @@ def round_card(
         filtered=pl.concat(filtered, how="diagonal_relaxed") if filtered else None,
         license=cfg.export.card_license(bool(cfg.generate.tasks.paths)),
         funnel=funnel(rounds[ks[0]]) if len(ks) == 1 else None, data_format=data_format,
+        tasks=pl.concat(tasks, how="diagonal_relaxed") if tasks else None,
     )
 
 
