@@ -37,6 +37,18 @@ def test_verbatim_and_edited_leaks_are_flagged() -> None:
     assert hits["overlap"][0] == pytest.approx(1.0)
 
 
+def test_a_copy_typeset_differently_is_flagged() -> None:
+    """Full-width digits, a Unicode minus or times sign: one spelling per character (NFKC and
+    the plain operators), so a held-out item copied from a typeset source still collides."""
+    from thinkwheel.filters.shingles import normalise
+
+    assert normalise(["What is 83 − 8 × ２?"]).to_list() == normalise(["What is 83 - 8 * 2?"]).to_list()
+    typeset = ITEM.replace("three", "３").replace("two", "２")
+    plain = ITEM.replace("three", "3").replace("two", "2")
+    index = decontam.build_index({"gsm": [plain]}, fuzzy_threshold=None)
+    assert decontam.find_contamination([typeset], index)["ref"].to_list() == ["gsm:0"]
+
+
 def test_near_misses_are_not_flagged() -> None:
     docs = [
         BOILER + " What is 345 + 78?",  # shares a whole boilerplate sentence only

@@ -22,6 +22,7 @@ _MASK64 = (1 << 64) - 1
 # (and a sixth of subtraction and linear-equation tasks) as "near duplicates" of additions.
 _OPERATORS = "+\\-*/=<>^%×÷−≤≥≠"
 _OPERATOR = f"[{_OPERATORS}]"
+_TYPESET, _PLAIN = ["−", "–", "—", "×", "÷", "·", "∕"], ["-", "-", "-", "*", "/", "*", "/"]
 _NON_WORD = f"[^\\p{{L}}\\p{{N}} {_OPERATORS}]+"
 _WORD_HYPHEN = r"(\p{L})-(\p{L})"  # "non-negative" is two words, as before, not an operator
 _NUMBER = r"\d+(?:[.,]\d+)*"
@@ -51,13 +52,15 @@ def as_series(texts: Sequence[str | None] | pl.Series) -> pl.Series:
 def normalise(
     texts: Sequence[str | None] | pl.Series, *, mask_numbers: bool = False, mask_names: bool = False
 ) -> pl.Series:
-    """Lower-case, operators as tokens, other punctuation to single spaces; optionally mask
-    numbers and capitalised names.
+    """NFKC, lower-case, operators as tokens, other punctuation to single spaces; optionally
+    mask numbers and capitalised names.
 
     Masking lets procedural tasks (same template, new numbers and names) collide: without it
     their Jaccard is ~0.25 and MinHash cannot see them.
     """
-    s = as_series(texts)
+    # one spelling per character: full-width digits, ligatures and typeset operators (83 − 8,
+    # 6 × 7) read as their plain forms, so a copy typeset differently still collides
+    s = as_series(texts).str.normalize("NFKC").str.replace_many(_TYPESET, _PLAIN)
     if mask_names:
         s = s.str.replace_all(_NAME, " name ")
     if mask_numbers:
