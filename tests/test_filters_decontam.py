@@ -77,6 +77,23 @@ def test_fuzzy_pass_catches_a_paraphrase_the_ngram_rule_misses() -> None:
     assert hits["method"].to_list() == ["minhash"] and hits["ref"].to_list() == ["gsm:0"]
 
 
+def test_a_humaneval_problem_restated_without_its_signature_is_flagged() -> None:
+    """A task that copies a HumanEval problem's statement but not its signature and `>>>`
+    examples covers too little of the whole prompt: 5 of 6 such copies passed. The statement
+    is its own item (`humaneval-statement:i`), and a short one (under 12 words) is none."""
+    cfg = config.RunConfig().filters.decontam
+    bench = decontam.load_benchmarks(cfg.benchmarks)
+    he = bench["humaneval"]
+    assert len(bench["humaneval-statement"]) == len(he)
+    assert bench["humaneval-statement"][53] == ""  # "Add two numbers x and y"
+    docs = ["Write a Python function. " + decontam.problem_statement(he[i]) for i in (0, 12)]
+    tasks = pl.DataFrame({"task_id": ["a", "b"], "prompt": docs})
+    got = stage.decontaminate_tasks(tasks, bench, cfg)
+    assert got["drop_ref"].to_list() == ["humaneval-statement:0", "humaneval-statement:12"]
+    alone = stage.decontaminate_tasks(tasks, {"humaneval": he}, cfg)
+    assert alone["drop_reason"].to_list() == [None, None]  # what the whole prompt alone saw
+
+
 def test_per_benchmark_counts() -> None:
     index = decontam.build_index({"a": [ITEM], "b": [OTHER]}, fuzzy_threshold=None)
     hits = decontam.find_contamination([ITEM, OTHER, OTHER, "nothing here"], index)

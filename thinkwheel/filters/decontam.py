@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,5 +273,30 @@ def load_benchmark(path: str, field: str = "prompt") -> list[str]:
 
 
 def load_benchmarks(sources: Iterable[object]) -> dict[str, list[str]]:
-    """{name: texts} for config `BenchmarkSource`s (anything with name, path, field)."""
-    return {s.name: load_benchmark(s.path, s.field) for s in sources}  # type: ignore[attr-defined]
+    """{name: texts} for config `BenchmarkSource`s (anything with name, path, field). HumanEval
+    also gives `<name>-statement`: each problem's docstring prose alone (ref i is problem i). A
+    task that restates the problem in its own words, without the signature and the `>>>`
+    examples, covers too little of the whole prompt to be flagged against it."""
+    out: dict[str, list[str]] = {}
+    for s in sources:
+        texts = load_benchmark(s.path, s.field)  # type: ignore[attr-defined]
+        out[s.name] = texts  # type: ignore[attr-defined]
+        if s.path == "builtin:humaneval" and s.field == "prompt":  # type: ignore[attr-defined]
+            out[f"{s.name}-statement"] = [problem_statement(t) for t in texts]  # type: ignore[attr-defined]
+    return out
+
+
+_DOCSTRING = re.compile(r'("""|\'\'\')(.*?)\1', re.S)
+_EXAMPLES = re.compile(r"^\s*(>>>|for example|example)", re.I | re.M)
+
+
+def problem_statement(prompt: str, min_words: int = 12) -> str:
+    """The prose of a code problem's docstring, before its examples; "" when it is shorter than
+    `min_words` (a 6-word statement such as "Add two numbers x and y" would match half the
+    procedural tasks)."""
+    m = _DOCSTRING.search(prompt)
+    if m is None:
+        return ""
+    text = _EXAMPLES.split(m.group(2), maxsplit=1)[0]
+    words = text.split()
+    return " ".join(words) if len(words) >= min_words else ""
