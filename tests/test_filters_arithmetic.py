@@ -42,6 +42,15 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("since 3 < 7, borrow: 13 - 7 = 6", []),
         ("2 + 3 = 5 > 4 and 9 >= 10", ["9>=10"]),
         ("<think>8 ≤ 2*4, 1 ≠ 1</think>", ["1≠1"]),
+        # a relation the trace asks about or refutes is not a claim
+        ("2 > 3 is false, so skip it", []),
+        ("-1 > 0 is False; 2 > 3: no", []),
+        ("is 7+6=15? no, 7+6=13", []),
+        ("2+2=5 is wrong, 2+2=4", []),
+        ("1/3 = 0.333... and 1/3 = .33", []),  # truncated decimals
+        # markup and brackets around a claim are not part of it
+        ("**7+6=15**, `8+8=17`, \\(9+9=19\\)", ["7+6=15", "8+8=17", "9+9=19"]),
+        ("(7+6=15) and ((2+3)*4 = 21)", ["(7+6=15)", "((2+3)*4=21)"]),
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:

@@ -32,6 +32,13 @@ _SYMBOLS = {
     "×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "÷": "/", "\\div": "/", "−": "-", "$": "",
 }
 _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
+# markup around a claim (`7+6=15`, **7+6=15**, \(7+6=15\)) is not part of it
+_MARKUP = re.compile(r"\*\*|`|\\[()\[\]]")
+# what the trace says of the relation just before: "2 > 3 is false", "2 > 3: no", "is 7+6=15?"
+_REFUTED = re.compile(
+    r"\s*(?:(?:is|are|was)\s+)?(?:not\s+true|false|wrong|incorrect|untrue)\b|\s*[:?]\s*no\b|\s*\?",
+    re.IGNORECASE,
+)
 
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -55,7 +62,12 @@ def evaluate(expr: str) -> Fraction | None:
     """The exact value of a plain arithmetic expression, or None if it is anything else."""
     for sym, rep in _SYMBOLS.items():
         expr = expr.replace(sym, rep)
-    expr = _THOUSANDS.sub("", expr).strip().rstrip(".").strip()
+    expr = _THOUSANDS.sub("", expr).strip().rstrip(".…").strip()
+    if expr.count("(") != expr.count(")"):  # "(7+6" and "15)" of a bracketed claim
+        if expr.count("(") > expr.count(")") and expr.startswith("("):
+            expr = expr[1:]
+        elif expr.count(")") > expr.count("(") and expr.endswith(")"):
+            expr = expr[:-1]
     if not expr or len(expr) > _MAX_EXPR_CHARS or not _PLAIN.match(expr):
         return None
     if not any(ch.isdigit() for ch in expr) or "**" in expr or "//" in expr:
@@ -68,7 +80,7 @@ def evaluate(expr: str) -> Fraction | None:
 
 def _decimals(expr: str) -> int | None:
     """Decimal places of a lone decimal literal (a rounded value), else None."""
-    m = re.fullmatch(r"\s*-?\d+\.(\d+)\s*\.?\s*", expr)
+    m = re.fullmatch(r"\s*-?\d*\.(\d+)\s*(?:\.{1,3}|…)?\s*", expr)  # 0.33, .33, 0.333...
     return len(m.group(1)) if m else None
 
 
@@ -90,9 +102,13 @@ def false_claims(text: str | None) -> list[str]:
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    for clause in _CLAUSE.split(text or ""):
+    text = _MARKUP.sub(" ", text or "")
+    starts = [0, *(m.end() for m in _CLAUSE.finditer(text))]
+    ends = [*(m.start() for m in _CLAUSE.finditer(text)), len(text)]
+    for start, end in zip(starts, ends, strict=True):
+        clause = text[start:end]
         pieces = _RELATION.split(clause)  # side, relation, side, relation, side ...
-        if len(pieces) < 3:
+        if len(pieces) < 3 or _REFUTED.match(text, end):  # asked or refuted, not claimed
             continue
         sides, rels = pieces[::2], pieces[1::2]
         values = [evaluate(p) for p in sides]
