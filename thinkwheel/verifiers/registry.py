@@ -310,8 +310,10 @@ def _source_files(target: Any) -> list[str]:
     if not first:
         return []
     module = target if inspect.ismodule(target) else sys.modules.get(getattr(target, "__module__", ""))
-    installed = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
-    own = os.path.dirname(os.path.realpath(__file__)).rsplit(os.sep, 1)[0]  # thinkwheel/
+    # folders, not prefixes of names: /work/venv is not /work/venv2, thinkwheel/ not thinkwheel_x
+    installed = tuple(os.path.join(os.path.realpath(p), "")
+                      for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    own = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
     helpers = set()
     for value in vars(module).values() if module is not None else ():
         mod_name = getattr(value, "__module__", None)
