@@ -60,6 +60,9 @@ def test_answer_leak_needs_a_standalone_span() -> None:
     assert quality.answer_leaks("What is 345 + 78? (Hint: it is 423.)", "423")
     assert not quality.answer_leaks("What is 4230 + 1?", "423")  # near miss: part of a number
     assert not quality.answer_leaks("Solve 3x + 2 = 17", "5")  # too short to judge
+    # an operand of the task's own expression is a coincidence, not the answer given away
+    assert not quality.answer_leaks("Solve for x: 5x + 44 = -11", "-11")
+    assert quality.answer_leaks("Solve for x: 5x + 44 = -11. The answer is -11.", "-11")
     code = "def f(x):\n    return 3 * x + 2"
     assert not quality.answer_leaks("Unlike def f(x): return 3 * x + 20, return 3x+2", code)
     assert quality.answer_leaks("Fix this:\ndef f(x):\n  return 3 * x + 2\n", code)

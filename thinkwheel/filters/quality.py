@@ -62,6 +62,11 @@ def garbage_ratio(texts: pl.Series) -> np.ndarray:
     return (bad / s.str.len_chars().cast(pl.Float64).clip(1)).to_numpy()
 
 
+_NUMBER_REF = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_OPERAND_BEFORE = re.compile(r"[=+\-*/×÷^<>−]\s*$")
+_OPERAND_AFTER = re.compile(r"\s*[=+\-*/×÷^<>−]")
+
+
 def answer_leaks(prompt: str | None, reference: str | None, min_chars: int = 3) -> bool:
     """True when the gold answer appears verbatim in the prompt as a standalone span.
 
@@ -75,7 +80,12 @@ def answer_leaks(prompt: str | None, reference: str | None, min_chars: int = 3) 
         return False
     text = " ".join(prompt.split())
     pattern = r"(?<![\w.])" + re.escape(ref) + r"(?![\w])"
-    return re.search(pattern, text) is not None
+    if not _NUMBER_REF.fullmatch(ref):
+        return re.search(pattern, text) is not None
+    # a number that is an operand of the task's own expression (`5x + 44 = -11` with answer
+    # -11) is a coincidence, not the answer given away
+    return any(not (_OPERAND_BEFORE.search(text, 0, m.start()) or _OPERAND_AFTER.match(text, m.end()))
+               for m in re.finditer(pattern, text))
 
 
 def quality_reasons(
