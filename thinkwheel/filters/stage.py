@@ -3,7 +3,9 @@
 Every row keeps a single `drop_reason` (null = kept) and a `drop_ref` (the survivor row or the
 benchmark item it collided with). The first applicable reason wins, in funnel order:
 verification -> quality -> decontamination -> near-dedup. Dedup runs last and only among rows
-still kept, so a cluster's survivor is never a row dropped for another reason.
+still kept, so a cluster's survivor is never a row these filters dropped; the per-task cap
+(`keep_per_task`, applied after them) can still drop a survivor, whose duplicates then point
+at a row that is not in the SFT set either.
 """
 
 from __future__ import annotations
