@@ -69,6 +69,18 @@ def test_funnel_counts_from_verdicts_and_drop_reasons():
     assert f["pct_of_previous"].to_list()[2:] == [62.5, 100.0, 80.0, 75.0, 66.7]
 
 
+def test_funnel_with_unverified_samples_kept_follows_the_filters():
+    """`export.verified_only: false` keeps failed samples: the funnel counted "verified" from
+    the verdicts (5) and then subtracted the filters' drops among those, so kept (6) exceeded
+    deduped (3)."""
+    r = _round()
+    kept_all = r["filtered"].with_columns(
+        pl.when(pl.col("drop_reason").is_in(["failed_verification", "unverified"]))
+        .then(None).otherwise(pl.col("drop_reason")).alias("drop_reason"))
+    f = ins.funnel({**r, "filtered": kept_all})
+    assert f["count"].to_list() == [2, 8, 8, 8, 7, 6, 5]
+
+
 def test_funnel_counts_the_tasks_that_were_sampled():
     r = _round()
     dropped = r["tasks"].head(1).with_columns(

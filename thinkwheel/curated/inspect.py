@@ -123,8 +123,10 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
     Percentages are of candidates (and of the previous stage). Stages not run yet are null.
     "tasks" are the ones sampled: tasks dropped before sampling (task dedup, decontamination)
     are not, so the count matches the per-family tables and `thinkwheel run`'s summary.
-    "verified" counts candidates whose verdict passed; each filter's drops are counted among
-    those, in the order the filters run, so the gap deduped → kept is the per-task cap.
+    "verified" counts candidates whose verdict passed, or once the filters ran, the ones they
+    did not drop at verification (all of them with `export.verified_only: false`, which the
+    funnel then read as "verified 4, kept 16"); each filter's drops are counted among those,
+    in the order the filters run, so the gap deduped → kept is the per-task cap.
     """
     t = table if table is not None else record_table(frames)
     tasks = frames.get("tasks")
@@ -133,7 +135,10 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
     n_tasks = 0 if tasks is None else tasks.height
     has_v = bool(t["has_verdict"].any()) if t.height else _get(frames, "verdicts").height > 0
     has_f = bool(t["has_filter"].any()) if t.height else _get(frames, "filtered").height > 0
-    ok = t.filter(pl.col("passed") == True)  # noqa: E712
+    if has_f:  # what the filters counted as verified
+        ok = t.filter(pl.col("has_filter") & (pl.col("drop_stage") != "verify"))
+    else:
+        ok = t.filter(pl.col("passed") == True)  # noqa: E712
     verified = ok.height if has_v else None
     filters: list[int | None] = [None, None, None]
     kept = None
