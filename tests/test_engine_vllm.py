@@ -148,8 +148,13 @@ def test_config_maps_to_llm_arguments(fake_vllm: Path, tmp_path: Path) -> None:
     lora_engine = make_engine(cfg, model_path=adapter)
     init = calls(fake_vllm, "init")[-1]
     assert init["model"] == "org/Base-7B" and init["kwargs"]["enable_lora"] is True
+    assert init["kwargs"]["max_lora_rank"] == 64  # no rank given: vLLM's usual
     lora_engine.generate(REQUESTS[:1], SamplingParams(max_tokens=4))
     assert calls(fake_vllm, "chat")[-1]["lora"] == str(adapter)
+    # an adapter of rank 100 needs max_lora_rank 128: a fixed 64 refused it when it loaded
+    (adapter / "adapter_config.json").write_text('{"r": 100, "lora_alpha": 32}')
+    make_engine(cfg, model_path=adapter)
+    assert calls(fake_vllm, "init")[-1]["kwargs"]["max_lora_rank"] == 128
 
 
 def test_generate_orders_seeds_and_truncates(fake_vllm: Path) -> None:

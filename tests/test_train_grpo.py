@@ -262,6 +262,19 @@ def test_sampling_stops_end_grpo_completions(plain_model, tmp_path):
     assert not stop_ids & set([saved] if isinstance(saved, int) else saved)
 
 
+def test_losses_get_the_settings_trl_leaves_to_the_user():
+    """VESPO on vLLM raised in GRPOTrainer unless the importance-sampling correction works per
+    token; LUSPO ran at token level, which TRL only warns is not the paper's objective."""
+    from trl import GRPOConfig
+
+    assert grpo_mod.loss_settings("vespo", True) == {"vllm_importance_sampling_mode": "token_truncate"}
+    assert grpo_mod.loss_settings("luspo", False) == {"importance_sampling_level": "sequence"}
+    assert grpo_mod.loss_settings("dapo", True) == {} == grpo_mod.loss_settings("vespo", False)
+    for loss, vllm in (("vespo", True), ("luspo", False)):  # names TRL's config takes
+        GRPOConfig(output_dir="unused", use_cpu=True, bf16=False, loss_type=loss,
+                   **grpo_mod.loss_settings(loss, vllm))
+
+
 def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
     from transformers import AutoTokenizer
 
@@ -272,7 +285,10 @@ def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
     ids, in_rewards, kwargs = grpo_mod.stop_settings(tok, [one, longer], use_vllm=False)
     assert ids == tok.encode(one, add_special_tokens=False) and in_rewards == [longer]
     assert kwargs is None
-    assert grpo_mod.stop_settings(tok, [one, longer], use_vllm=True) == ([], [], {"stop": [one, longer]})
+    # vLLM cuts its text at the stop, but TRL decodes the token ids, which keep the stop's
+    # tokens (and the rest of its last one): the rewards cut again
+    assert grpo_mod.stop_settings(tok, [one, longer], use_vllm=True) == (
+        [], [one, longer], {"stop": [one, longer]})
 
     def score(completions, **kw):
         return [float(len(c if isinstance(c, str) else c[0]["content"])) for c in completions]

@@ -454,6 +454,7 @@ def test_unsloth_path_loads_through_fast_language_model(fake_unsloth, plain_mode
     assert name1 == "from_pretrained" and name2 == "get_peft_model"
     assert load["model_name"] == plain_model and load["load_in_4bit"] is True
     assert load["full_finetuning"] is False and load["max_seq_length"] == cfg.max_length
+    assert load["use_exact_model_name"] is True  # not Unsloth's own mirror of a known hub id
     assert peft["r"] == 4 and peft["random_state"] == 7 and "q_proj" in peft["target_modules"]
     assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
 

@@ -376,6 +376,10 @@ class GRPOTrainConfig(_LoRA):
     # the correctness reward is 0 when the reasoning states false arithmetic (lucky guesses)
     check_arithmetic: bool = True
     use_vllm: bool = False
+    # vLLM colocated with training (use_vllm): its share of the GPU (TRL's default 0.3) and its
+    # context (None: the model's), for a smaller GPU or a long-context model
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, json_schema_extra=SERVING)
+    vllm_max_model_length: int | None = Field(None, ge=1, json_schema_extra=SERVING)
     seed: int = 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -125,6 +126,20 @@ def _completions(request_output: Any, params: SamplingParams, draws: int,
     return out
 
 
+# the ranks vLLM's LoRAConfig accepts for max_lora_rank
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def adapter_rank(lora_path: str) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds the adapter's rank (its
+    adapter_config.json `r`): a fixed 64 refused any adapter above it when it loaded."""
+    try:
+        r = int(json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64
+    return next((k for k in LORA_RANKS if k >= r), LORA_RANKS[-1])
+
+
 def _replica_main(conn: Any, gpus: str, model: str, kwargs: dict, lora: str | None) -> None:
     """Body of a data-parallel replica process: serve generate calls until told to stop."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus
@@ -155,7 +170,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         lora_path: str | None = None,
         dtype: str = "auto",
-        max_lora_rank: int = 64,
+        max_lora_rank: int | None = None,
         model_name: str | None = None,
     ) -> None:
         self.model_path = str(model_path)
@@ -172,7 +187,8 @@ class VLLMEngine:
         if max_model_len is not None:
             self.llm_kwargs["max_model_len"] = max_model_len
         if lora_path:
-            self.llm_kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+            self.llm_kwargs.update(enable_lora=True,
+                                   max_lora_rank=max_lora_rank or adapter_rank(lora_path))
         self.data_parallel_size = data_parallel_size
         self._local: _Replica | None = None
         self._workers: list[tuple[Any, Any]] = []  # (process, connection)

@@ -92,7 +92,10 @@ def train_grpo(
             reward_weights=list(reward_weights),
             use_vllm=cfg.use_vllm,
             vllm_mode="colocate",
+            vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            vllm_max_model_length=cfg.vllm_max_model_length,
             generation_kwargs=generation_kwargs,
+            **loss_settings(cfg.loss_type, cfg.use_vllm),
             **runtime_args(gpu, cfg.seed),
         )
         with extra_eos(model, eos_ids):  # TRL reads them once, when it is built
@@ -109,23 +112,35 @@ def train_grpo(
     return train_and_publish(
         trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes,
         n_prompts=len(dataset), prefill=prefill, lora=cfg.lora,
-        **({"stop_in_rewards_only": in_rewards} if in_rewards else {}),
+        **({"stop_in_rewards_only": in_rewards} if in_rewards and not cfg.use_vllm else {}),
     )
+
+
+def loss_settings(loss_type: str, use_vllm: bool) -> dict[str, Any]:
+    """What a loss needs beside its name, which TRL leaves to the user: VESPO on vLLM raises
+    unless the importance-sampling correction works per token, and LUSPO is defined on
+    sequence-level ratios (TRL only warns, and trains another objective)."""
+    if loss_type == "vespo" and use_vllm:
+        return {"vllm_importance_sampling_mode": "token_truncate"}
+    if loss_type == "luspo":
+        return {"importance_sampling_level": "sequence"}
+    return {}
 
 
 def stop_settings(
     tokenizer: Any, stop: Sequence[str], use_vllm: bool
 ) -> tuple[list[int], list[str], dict[str, Any] | None]:
-    """(extra end-of-sequence ids, stops applied in the rewards only, TRL generation_kwargs).
+    """(extra end-of-sequence ids, stops applied in the rewards, TRL generation_kwargs).
 
-    vLLM stops at any string. TRL's transformers path calls `generate` without a tokenizer,
+    vLLM stops at any string, but TRL decodes the completion from its token ids, which keep the
+    tokens that made the stop string: the rewards cut there too. TRL's transformers path calls `generate` without a tokenizer,
     which stop strings need, so a stop that is one token becomes an end-of-sequence id (the
     completion ends there, and its mask with it), and a longer one is applied where it can be:
     the rewards score the text before it, as sampling and the eval would have cut it."""
     if not stop:
         return [], [], None
-    if use_vllm:
-        return [], [], {"stop": list(stop)}
+    if use_vllm:  # vLLM cuts the text but keeps the stop's tokens, which TRL decodes: cut again
+        return [], list(stop), {"stop": list(stop)}
     ids: list[int] = []
     longer: list[str] = []
     for s in stop:

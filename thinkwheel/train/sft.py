@@ -188,6 +188,9 @@ def load_unsloth(model_path: str, cfg: SFTConfig) -> tuple[Any, Any]:
         dtype=None,  # Unsloth picks bf16/fp16 for the GPU
         load_in_4bit=cfg.lora and cfg.load_in_4bit,  # 4-bit weights only make sense under LoRA
         full_finetuning=not cfg.lora,
+        # the configured model, not the `unsloth/*-bnb-4bit` mirror Unsloth maps a known hub id
+        # to (another checkpoint, and one not cached: offline, the load failed)
+        use_exact_model_name=True,
     )
     if cfg.lora:
         model = FastLanguageModel.get_peft_model(
