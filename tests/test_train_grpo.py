@@ -271,8 +271,9 @@ def test_losses_get_the_settings_trl_leaves_to_the_user():
     assert grpo_mod.loss_settings("luspo", False) == {"importance_sampling_level": "sequence"}
     assert grpo_mod.loss_settings("dapo", True) == {} == grpo_mod.loss_settings("vespo", False)
     for loss, vllm in (("vespo", True), ("luspo", False)):  # names TRL's config takes
-        GRPOConfig(output_dir="unused", use_cpu=True, bf16=False, loss_type=loss,
-                   **grpo_mod.loss_settings(loss, vllm))
+        with grpo_mod.quiet_deprecations():  # as train_grpo builds it
+            GRPOConfig(output_dir="unused", use_cpu=True, bf16=False, loss_type=loss,
+                       **grpo_mod.loss_settings(loss, vllm))
 
 
 def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
