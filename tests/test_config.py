@@ -48,6 +48,8 @@ def test_yaml_overrides_and_cli_overrides(tmp_path):
         # the bad item, not pydantic's union member ("difficulty.constrained-int")
         ("generate: {procedural: {difficulty: [1, x]}}\n", "'generate.procedural.difficulty.1'"),
         ("sampling: {grpo_pass_band: [0.9, 0.1]}\n", "grpo_pass_band must be [low, high]"),
+        ("sampling: {temperature: 2.5}\n", "'sampling.temperature'"),  # vLLM and servers refuse it
+        ("train: {grpo: {temperature: 0}}\n", "'train.grpo.temperature'"),  # identical samples
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, needle):

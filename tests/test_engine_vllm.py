@@ -183,6 +183,9 @@ def test_greedy_decodes_once(fake_vllm: Path) -> None:
     assert all(len(row) == 4 and all(c == row[0] for c in row) for row in out)
     assert all(row[0].text.split("|")[2] == "k=0" for row in out)
     assert calls(fake_vllm, "chat")[-1]["add_generation_prompt"] is True
+    # below 1e-5 vLLM samples greedily and refuses n > 1: one draw, copied
+    tiny = VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(n=3, temperature=1e-6, max_tokens=9))
+    assert len(tiny[0]) == 3 and all(c == tiny[0][0] for c in tiny[0])
 
 
 def test_data_parallel_replicas_split_and_reassemble(fake_vllm: Path, monkeypatch) -> None:

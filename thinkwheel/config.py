@@ -221,13 +221,13 @@ class GenerateConfig(_Section):
     self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
     evol_instruct: EvolInstructConfig = Field(default_factory=EvolInstructConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
-    temperature: float = 1.0
+    temperature: float = Field(1.0, ge=0, le=2)
     max_tokens: int = 96
 
 
 class SamplingConfig(_Section):
     n: int = Field(16, ge=1)  # candidates per task
-    temperature: float = Field(0.8, ge=0)
+    temperature: float = Field(0.8, ge=0, le=2)  # [0, 2]: the OpenAI API's and vLLM's range
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(160, ge=1)
     seed: int = 0
@@ -371,7 +371,7 @@ class GRPOTrainConfig(_LoRA):
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
     beta: float = 0.0
     batch_size: int = 8
-    temperature: float = 1.0
+    temperature: float = Field(1.0, gt=0, le=2)
     format_weight: float = 0.2
     # the correctness reward is 0 when the reasoning states false arithmetic (lucky guesses)
     check_arithmetic: bool = True
@@ -433,7 +433,7 @@ class EvalConfig(_Section):
     seed: int = 999_999  # the held-out split's seed; training seeds never use it
     k: int = Field(1, ge=1)
     max_tokens: int = 160
-    temperature: float = Field(0.8, ge=0)  # sampling for pass@k / maj@k when k > 1
+    temperature: float = Field(0.8, ge=0, le=2)  # sampling for pass@k / maj@k when k > 1
     # your own held-out tasks, scored next to the procedural split (per family: a row's
     # `family`, else the file's name); each needs a reference (math) or tests (code), and no
     # round trains on them

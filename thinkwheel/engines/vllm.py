@@ -60,7 +60,8 @@ class _Replica:
         self, messages: list[list[dict[str, str]]], params: SamplingParams
     ) -> list[list[Completion]]:
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
-        greedy = params.temperature <= 0
+        # vLLM samples greedily below 1e-5 and then refuses n > 1: decode once and copy
+        greedy = params.temperature < 1e-5
         draws = 1 if greedy else params.n  # greedy samples are identical: decode once, copy
         per_request = [
             self.vllm.SamplingParams(
