@@ -111,12 +111,16 @@ def frame_hash(df: pl.DataFrame) -> str:
     return hashlib.sha256(df.write_ndjson().encode()).hexdigest()[:16]
 
 
+def jsonl_has_rows(path: str | Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        return any(line.strip() for line in f)
+
+
 def read_jsonl(path: str | Path, **kw: Any) -> pl.DataFrame:
     """A JSONL file as a frame; an empty one is a ValueError saying so (polars cannot infer the
     columns of no rows, and said it as a ComputeError that reached users as a traceback)."""
-    with open(path, encoding="utf-8") as f:
-        if not any(line.strip() for line in f):
-            raise ValueError(f"{path}: no rows")
+    if not jsonl_has_rows(path):
+        raise ValueError(f"{path}: no rows")
     return pl.read_ndjson(path, **kw)
 
 

@@ -31,7 +31,7 @@ from thinkwheel.config import ExportConfig
 from thinkwheel.generators.selection import candidate_outcomes  # noqa: F401 (re-exported)
 from thinkwheel.generators.selection import pass_rates as task_pass_rates  # noqa: F401
 from thinkwheel.records import CANDIDATES, TASKS, conform
-from thinkwheel.store import read_jsonl
+from thinkwheel.store import jsonl_has_rows, read_jsonl
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SFT_LINEAGE = [
@@ -366,11 +366,6 @@ def chat_messages(sft: pl.DataFrame) -> pl.DataFrame:
     )).alias("messages"))
 
 
-def _has_rows(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
-        return any(line.strip() for line in f)
-
-
 def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
     """Load an exported dataset (folder, `datasets` folder, parquet or JSONL file) by split name."""
     p = Path(path)
@@ -385,7 +380,7 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
     for ext, reader in ((".parquet", pl.read_parquet), (".jsonl", read_jsonl)):
         # an empty JSONL split (no GRPO prompts this round) has no columns to read: left out
         found = {n: p / f"{n}{ext}" for n in SPLITS
-                 if (p / f"{n}{ext}").is_file() and (ext != ".jsonl" or _has_rows(p / f"{n}{ext}"))}
+                 if (p / f"{n}{ext}").is_file() and (ext != ".jsonl" or jsonl_has_rows(p / f"{n}{ext}"))}
         if found:
             return {n: reader(f) for n, f in found.items()}
     hf = p / "hf" if (p / "hf").is_dir() else p

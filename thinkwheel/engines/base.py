@@ -33,6 +33,12 @@ class Completion:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Where the first of the stop strings starts in `text`, or -1: every engine, and GRPO's
+    rewards, cut a completion there."""
+    return min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+
+
 # a request longer than the model's context: no text, rather than a failed shard (a served
 # model) or text generated past the model's positions (transformers)
 OVER_CONTEXT = Completion(text="", finish_reason="context_length", n_tokens=0)

@@ -22,7 +22,14 @@ from thinkwheel.chat_template import (
     render_prompt,
     stop_token_id,
 )
-from thinkwheel.engines.base import OVER_CONTEXT, Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.base import (
+    OVER_CONTEXT,
+    Completion,
+    Request,
+    SamplingParams,
+    as_messages,
+    first_stop,
+)
 
 _M32 = 0xFFFFFFFF
 Progress = Callable[[int], None]  # called with the number of sequences just finished
@@ -240,7 +247,7 @@ class HFEngine:
             while ids and ids[-1] == self.pad_id:  # padding after a stop-string halt
                 ids = ids[:-1]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((p for p in (text.find(s) for s in params.stop) if p >= 0), default=-1)
+        cut = first_stop(text, params.stop)
         if cut >= 0:
             text = text[:cut]
         reason = "stop" if hit_eos or cut >= 0 or len(ids) < budget else "length"

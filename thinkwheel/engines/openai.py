@@ -31,7 +31,14 @@ from typing import Any
 
 import httpx
 
-from thinkwheel.engines.base import OVER_CONTEXT, Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.base import (
+    OVER_CONTEXT,
+    Completion,
+    Request,
+    SamplingParams,
+    as_messages,
+    first_stop,
+)
 from thinkwheel.engines.cache import RequestCache, request_key
 
 Progress = Callable[[int], None]  # called with the number of samples just finished
@@ -386,7 +393,7 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
     tokens = _split_tokens((body.get("usage") or {}).get("completion_tokens"), texts)
     out = []
     for text, reason, n_tok in zip(texts, reasons, tokens, strict=True):
-        cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+        cut = first_stop(text, stop)
         if cut >= 0:  # some servers return the text past a stop string
             text, reason = text[:cut], "stop"
         out.append(Completion(text=text, finish_reason=_finish(reason), n_tokens=n_tok))

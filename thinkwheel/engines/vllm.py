@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkwheel.chat_template import generation_prefill, prefilled_text, stop_token_id
-from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages
+from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages, first_stop
 from thinkwheel.engines.hf import sequence_seed
 
 Progress = Callable[[int], None]
@@ -118,7 +118,7 @@ def _completions(request_output: Any, params: SamplingParams, draws: int,
     out = []
     for s in samples:
         text = s.text
-        cut = min((p for p in (text.find(x) for x in params.stop) if p >= 0), default=-1)
+        cut = first_stop(text, params.stop)
         reason = s.finish_reason if isinstance(s.finish_reason, str) and s.finish_reason else "stop"
         if cut >= 0:
             text, reason = text[:cut], "stop"

@@ -103,8 +103,9 @@ def false_claims(text: str | None) -> list[str]:
     """
     bad: list[str] = []
     text = _MARKUP.sub(" ", text or "")
-    starts = [0, *(m.end() for m in _CLAUSE.finditer(text))]
-    ends = [*(m.start() for m in _CLAUSE.finditer(text)), len(text)]
+    cuts = list(_CLAUSE.finditer(text))
+    starts = [0, *(m.end() for m in cuts)]
+    ends = [*(m.start() for m in cuts), len(text)]
     for start, end in zip(starts, ends, strict=True):
         clause = text[start:end]
         pieces = _RELATION.split(clause)  # side, relation, side, relation, side ...

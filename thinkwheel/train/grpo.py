@@ -22,6 +22,7 @@ import polars as pl
 
 from thinkwheel.chat_template import generation_prefill, prefilled_text, render_prompt
 from thinkwheel.config import CHECKPOINT_MINUTES, GRPOTrainConfig
+from thinkwheel.engines.base import first_stop
 from thinkwheel.train import checkpoints
 from thinkwheel.train.sft import (
     device_is_gpu,
@@ -254,7 +255,8 @@ def cut_at_stop(completions: list, stop: Sequence[str]) -> list:
     """Each completion (text or assistant turn) up to the first of the stop strings."""
 
     def cut(text: str) -> str:
-        return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+        at = first_stop(text, stop)
+        return text if at < 0 else text[:at]
 
     return _map_text(completions, cut)
 
