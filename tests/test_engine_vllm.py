@@ -20,7 +20,7 @@ from thinkwheel.config import EngineConfig
 from thinkwheel.engines.base import SamplingParams
 
 FAKE_VLLM = """
-import json, os, weakref
+import json, os, types, weakref
 LOG = os.environ["FAKE_VLLM_LOG"]
 ALIVE = weakref.WeakSet()  # the LLMs not yet freed
 
@@ -50,6 +50,7 @@ class LLM:
             raise RuntimeError("no CUDA GPUs are available")
         _log("init", model=model, kwargs=kwargs, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
         ALIVE.add(self)
+        self.model_config = types.SimpleNamespace(max_model_len=kwargs.get("max_model_len", 2048))
 
     def get_tokenizer(self):  # the real model's tokenizer when a test names one
         path = os.environ.get("FAKE_VLLM_TOKENIZER")
@@ -64,6 +65,15 @@ class LLM:
         _log("chat", n_requests=len(messages), lora=getattr(lora_request, "lora_path", None),
              add_generation_prompt=add_generation_prompt,
              stop_token_ids=sampling_params[0].stop_token_ids if sampling_params else None)
+        if os.environ.get("FAKE_VLLM_TOKENIZER"):  # vLLM's own check, for the whole call
+            tok = self.get_tokenizer()
+            for conv in messages:
+                text = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+                n = len(tok(text, add_special_tokens=False)["input_ids"])
+                if n >= self.model_config.max_model_len:
+                    raise ValueError(f"The decoder prompt (length {n}) plus the number of "
+                                     "requested output tokens (at least 1) is longer than the "
+                                     "maximum model length")
         outs = []
         for conv, sp in zip(messages, sampling_params):
             q = conv[-1]["content"]
@@ -289,3 +299,26 @@ def test_close_frees_the_in_process_llm(fake_vllm: Path) -> None:
     assert calls(fake_vllm, "cleanup") == [{"kind": "cleanup", "llms_alive": 0}]
     engine.close()  # twice is harmless: nothing left to free
     assert len(calls(fake_vllm, "cleanup")) == 1
+
+
+def test_a_prompt_over_the_context_comes_back_empty(fake_vllm: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    """vLLM refuses a whole call for one prompt at or over `max_model_len`: that prompt's
+    samples come back empty with finish_reason "context_length" (as from the other engines)
+    and the rest are served."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    try:
+        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(build_tiny_model(tmp_path / "tok", TEMPLATE_PLAIN)))
+    long = "What is " + " + ".join(["1"] * 200) + "?"
+    engine = VLLMEngine("m", max_model_len=64)
+    got = engine.generate([REQUESTS[0], long, REQUESTS[1]], SamplingParams(n=2, max_tokens=4))
+    assert [c.finish_reason for c in got[1]] == ["context_length"] * 2
+    assert [c.text for c in got[1]] == ["", ""]
+    assert got[0][0].text.startswith("What is 1 + 1?") and got[2][0].text.startswith("What is 2 + 2?")
+    assert calls(fake_vllm, "chat")[-1]["n_requests"] == 2
+    greedy = engine.generate([long], SamplingParams(n=3, temperature=0.0, max_tokens=4))
+    assert [c.finish_reason for c in greedy[0]] == ["context_length"] * 3

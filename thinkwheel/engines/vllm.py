@@ -24,8 +24,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from thinkwheel.chat_template import generation_prefill, prefilled_text, stop_token_id
-from thinkwheel.engines.base import Completion, Request, SamplingParams, as_messages, first_stop
+from thinkwheel.chat_template import (
+    generation_prefill,
+    prefilled_text,
+    render_prompt,
+    stop_token_id,
+)
+from thinkwheel.engines.base import (
+    OVER_CONTEXT,
+    Completion,
+    Request,
+    SamplingParams,
+    as_messages,
+    first_stop,
+)
 from thinkwheel.engines.hf import sequence_seed
 
 Progress = Callable[[int], None]
@@ -50,6 +62,7 @@ class _Replica:
         self.llm = self.vllm.LLM(model=model, **llm_kwargs)
         self.stop_ids = turn_end_ids(self.llm)
         self.prefill = template_prefill(self.llm)
+        self.fits = context_check(self.llm)
         self.lora = None
         if lora_path:
             from vllm.lora.request import LoRARequest
@@ -57,6 +70,19 @@ class _Replica:
             self.lora = LoRARequest(Path(lora_path).name or "adapter", 1, lora_path)
 
     def generate(
+        self, messages: list[list[dict[str, str]]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """n completions per conversation; one over the model's context comes back empty
+        (finish_reason "context_length"): vLLM refuses the whole call for one such prompt."""
+        fit = [i for i, msgs in enumerate(messages) if self.fits(msgs)]
+        out: list[list[Completion]] = [[OVER_CONTEXT] * params.n for _ in messages]
+        if fit:
+            served = self._generate([messages[i] for i in fit], params)
+            for i, row in zip(fit, served, strict=True):
+                out[i] = row
+        return out
+
+    def _generate(
         self, messages: list[list[dict[str, str]]], params: SamplingParams
     ) -> list[list[Completion]]:
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -108,6 +134,24 @@ def template_prefill(llm: Any) -> str:
         return generation_prefill(llm.get_tokenizer())
     except Exception:
         return ""
+
+
+def context_check(llm: Any) -> Callable[[list[dict[str, str]]], bool]:
+    """Whether a conversation's prompt leaves room for one generated token in the model's
+    context (`max_model_len`), the check vLLM makes per prompt and answers for the whole
+    call with a ValueError. Without a tokenizer or a context length to read, every prompt is
+    sent, as before."""
+    try:
+        tokenizer = llm.get_tokenizer()
+        limit = int(llm.model_config.max_model_len)
+    except Exception:
+        return lambda msgs: True
+
+    def fits(msgs: list[dict[str, str]]) -> bool:
+        ids = tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"]
+        return len(ids) < limit
+
+    return fits
 
 
 def _completions(request_output: Any, params: SamplingParams, draws: int,
