@@ -31,6 +31,14 @@ SUITE = Path(__file__).parent / "data" / "math_equiv.jsonl"
         ("<think>a</think> work\n#### 1,000", "1,000"),
         ("<think>a</think>\nAnswer: $x = 5$", "x = 5"),
         ("<think>a</think>", None),
+        # a box inside a box is one answer, not a hedge
+        ("<think>a</think> \\boxed{\\boxed{5}}", "5"),
+        # Minerva's format: the inner cue wins, a closing sentence is not part of the answer...
+        ("<think>a</think>Final Answer: The final answer is $5$. I hope it is correct.", "5"),
+        ("<think>a</think>The final answer is 5. Let me know if you have questions.", "5"),
+        # ...unless it takes the answer back
+        ("<think>a</think>The final answer is 5. Wait, actually it is six.",
+         "5. Wait, actually it is six"),
     ],
 )
 def test_extract_answer(completion: str, expected: str | None) -> None:

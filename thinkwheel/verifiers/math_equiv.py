@@ -4,14 +4,15 @@ Rules (each one chosen so a wrong answer can never pass by rounding):
 - integers and fractions compare exactly (`1/2004!` is not `1/2006!`);
 - a side written with decimals is compared with a relative tolerance (`rel_tol`, 1e-9), and
   a lone decimal with >= 3 significant digits also matches an exact value it correctly
-  rounds (`0.333` ~ `1/3`, `3.1416` ~ `pi`; `0.33` is not `1/3`; `1e-7` is not `2e-7`);
+  rounds (`0.333` ~ `1/3`, `3.1416` ~ `pi`; `0.33` is not `1/3`; `1e-7` is not `2e-7`); an
+  exact integer only matches a decimal within 1/2 of it (`1.23e4` is not `12345`);
 - symbolic values: `simplify(a - b) == 0` under an operation-count bound, with random
   numeric probes to reject quickly and to confirm identities simplify cannot close;
 - equations are equal when they have the same solution set (one is a non-zero constant
   multiple of the other); univariate inequalities compare as real sets;
 - intervals compare endpoints and open/closed ends; sets are order-free, tuples ordered;
 - percentages follow `percent_policy`: "fraction" (default: 50% is 0.5, not 50), "number"
-  (50% is 50), or "either";
+  (50% is 50), or "either"; two percentages compare as written;
 - units: when both sides name a unit and they differ the answer is wrong (5 cm is not 5 m);
   a unit on one side only is ignored.
 """
@@ -91,10 +92,14 @@ def _zero(x: Any, y: Any) -> bool:
         confirmed += 1
     if sympy.count_ops(d) <= MAX_OPS:
         try:
-            if sympy.expand(d) == 0 or sympy.simplify(d) == 0:
+            if sympy.expand(d) == 0 or (simple := sympy.simplify(d)) == 0:
                 return True
         except Exception:
             pass
+        else:
+            if not syms and simple.is_Rational:
+                return False  # exactly non-zero: `2^{2024} - 1` is not `2^{2024}`, though the
+                # 40-digit probe above cannot tell them apart
     return confirmed == (4 if syms else 1)
 
 
@@ -104,6 +109,14 @@ def _same_number(a: Answer, b: Answer, va: Any, vb: Any, rel_tol: float) -> bool
     if a.inexact or b.inexact:
         if va == vb:
             return True
+        for exact, exact_ans, other in ((va, a, vb), (vb, b, va)):
+            if exact.is_Integer and not exact_ans.inexact:
+                # an integer is never matched by a decimal further than 1/2 from it, which a
+                # relative tolerance or rounding would let through (`1000000001.0` for 10^9,
+                # `1.23e4` for 12345: any integer's first three digits)
+                gap = _num(other - exact, 50) if other.is_number else None
+                if gap is None or not abs(gap) < sympy.Rational(1, 2):
+                    return False
         for lone, other, other_ans in ((a.decimal, vb, b), (b.decimal, va, a)):
             if lone is not None and not other_ans.inexact and _rounds_to(other, lone):
                 return True
@@ -275,6 +288,9 @@ def equivalent(ref: Answer, cand: Answer, percent_policy: str = "fraction",
         return False
     if ref.kind == "text" or cand.kind == "text":
         return ref.kind == cand.kind and ref.value == cand.value
+    if ref.percent and cand.percent:
+        percent_policy = "number"  # both in percent: as written (under "either", 5000% matched
+        # 50% by reading one as a number and the other as a fraction)
     for rv in _variants(ref, percent_policy):
         for cv in _variants(cand, percent_policy):
             # a percent reading changes the literal, so the lone-decimal rounding rule is off

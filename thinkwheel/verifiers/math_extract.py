@@ -27,9 +27,15 @@ def last_boxed(text: str) -> str | None:
 
 
 def all_boxed(text: str) -> list[str]:
-    """The contents of every `\\boxed{}` / `\\fbox{}` in `text`, in order."""
-    starts = sorted(m.start() for m in re.finditer(r"\\boxed|\\fbox", text))
-    return [b for at in starts if (b := _boxed_at(text, at)) is not None]
+    """The contents of every outermost `\\boxed{}` / `\\fbox{}` in `text`, in order (a box
+    inside another, `\\boxed{\\boxed{5}}`, is part of it, not a second answer)."""
+    out, end = [], 0
+    for m in re.finditer(r"\\boxed|\\fbox", text):
+        if m.start() < end or (b := _boxed_at(text, m.start())) is None:
+            continue
+        out.append(b)
+        end = text.find(b, m.start()) + len(b)
+    return out
 
 
 def _boxed_at(text: str, start: int) -> str | None:
@@ -76,8 +82,32 @@ def _marked(text: str) -> tuple[bool, str | None]:
         hits = cue.findall(text)
         if hits:
             line = hits[-1].strip().splitlines()[0] if hits[-1].strip() else ""
-            return True, clean(line) or None
+            return True, _after_cue(line) or None
     return False, None
+
+
+# a sentence after the answer that takes nothing back ("$5$. I hope it is correct.")
+_TRAILING_SENTENCE = re.compile(r"^(.*?\S)\.\s+([^\d$\\]*)$")
+_TAKES_BACK = re.compile(r"\b(?:or|not?|but|wait|actually|instead|sorry|mistake|wrong|either|"
+                         r"maybe|perhaps|else|except)\b", re.I)
+
+
+def _after_cue(line: str) -> str:
+    """The answer on a cue's line. Minerva's format nests two cues ("Final Answer: The final
+    answer is $5$. I hope it is correct."): the inner cue wins, and a closing sentence with no
+    number, math or change of mind in it is not part of the answer."""
+    value = clean(line)
+    for _ in range(3):
+        inner = next((hits[-1].strip() for cue in _CUES if (hits := cue.findall(value))), None)
+        if inner and inner != value:
+            value = clean(inner)
+            continue
+        m = _TRAILING_SENTENCE.match(value)
+        if m and not _TAKES_BACK.search(m.group(2)):
+            value = clean(m.group(1))
+            continue
+        break
+    return value
 
 
 def marked_answer(text: str) -> str | None:

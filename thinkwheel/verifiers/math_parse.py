@@ -39,6 +39,9 @@ _CURRENCY = re.compile(r"^(?:\\\$|\$|USD|€|£|\\euro)\s*|\s*(?:\\\$|dollars?|U
 _SPACING = re.compile(r"\\[,;:! ]|\\q?quad|~|\\displaystyle|\\left|\\right|\\big|\\Big")
 _PLAIN_FUNCS = re.compile(r"\b(sqrt|sin|cos|tan|log|ln|exp)\b")
 _WORDY = re.compile(r"^[A-Za-z][A-Za-z .'-]*$")
+# `x - y`, `a-b`: letters of at most two joined by a minus are algebra, not words (read as
+# text they would lose the sign and equal `xy`)
+_LETTER_ALGEBRA = re.compile(r"^[A-Za-z]{1,2}(?:\s*-\s*[A-Za-z]{1,2})+$")
 
 # Numbers that say "approximately" in their text are still compared by value.
 _LATEX_TIMES = {"\\times": "*", "\\cdot": "*"}
@@ -76,12 +79,22 @@ def _strip_units(s: str) -> tuple[str, str | None]:
     if cur != s:
         return cur.strip(), "$"
     m = _TRAILING_TEXT.match(s)
-    if m and re.search(r"[A-Za-z]", m.group(2)):
+    if m and re.search(r"[A-Za-z]", m.group(2)) and _is_unit(m.group(2)):
         return m.group(1).strip(), _unit_name(m.group(2), m.group(3))
     m = _TRAILING_WORD.match(s)
-    if m:
+    if m and _is_unit(m.group(2)):
         return m.group(1), _unit_name(m.group(2), m.group(3))
     return s, None
+
+
+# what a unit never holds: a number, brackets, a list, a second answer (`5 \text{ or 6}`,
+# `5 or six`); read as a unit it would be ignored, and the hedge would pass
+_NOT_A_UNIT = re.compile(r"[\d()\[\],;]|\b(?:or|and|not?|but|maybe|either|nor|also|if|is|else|"
+                         r"except|perhaps|possibly)\b", re.I)
+
+
+def _is_unit(text: str) -> bool:
+    return not _NOT_A_UNIT.search(re.sub(r"\^\s*\{?\d+\}?", "", text))  # `m^2` is a unit
 
 
 def _plain_to_latex(s: str) -> str:
@@ -235,7 +248,9 @@ def _parse(text: str, hint: str | None) -> Answer:
     if fast is not None:
         return Answer(fast.value, "number", fast.inexact, fast.decimal, percent, unit)
     inner = _TEXT_CMD.sub(lambda m: m.group(1), s).strip()
-    if _WORDY.match(inner) and (len(inner.replace(" ", "")) > 1 or "\\text" in s):
+    if _WORDY.match(inner) and (len(inner.replace(" ", "")) > 1 or "\\text" in s) and not (
+        _LETTER_ALGEBRA.match(inner)
+    ):
         word = re.sub(r"[^a-z0-9]", "", inner.lower())
         return Answer(word, "text", unit=unit)
     if "\\" not in s:
