@@ -45,6 +45,14 @@ def test_extract_answer(completion: str, expected: str | None) -> None:
     assert extract_answer(completion) == expected
 
 
+def test_a_number_past_the_exponent_bound_fails_fast() -> None:
+    """`1e-999999` as an exact Rational took the check's whole time budget (a timeout, no
+    verdict); it is a parse error at once."""
+    assert check_math("5", "</think>\\boxed{1e-999999}")[:2] == (False, "parse_error")
+    assert check_math("5", "</think>\\boxed{2.5\\times 10^{-2000}}")[:2] == (False, "parse_error")
+    assert check_math("1e300", "</think>\\boxed{10^{300}}")[0] is True
+
+
 def test_last_boxed_nested_braces() -> None:
     assert last_boxed("\\boxed{\\frac{a}{b^{2}}} x") == "\\frac{a}{b^{2}}"
     assert last_boxed("no box") is None

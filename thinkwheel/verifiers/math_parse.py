@@ -22,7 +22,7 @@ from typing import Any
 
 import sympy
 
-from thinkwheel.verifiers.math_plain import parse_plain
+from thinkwheel.verifiers.math_plain import MAX_EXP, parse_plain
 
 _NUM = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 _FRAC = re.compile(r"^([-+]?)\s*\\frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}$")
@@ -132,13 +132,21 @@ def _decimal(s: str) -> Decimal | None:
         return None
 
 
+def _in_range(d: Decimal | None) -> Decimal | None:
+    """A decimal literal whose exponent is past `MAX_EXP` (`1e-999999`) is refused: as an exact
+    Rational it spends the whole check's time budget in arithmetic, to fail anyway."""
+    if d is not None and d.is_finite() and abs(d.adjusted()) > MAX_EXP:
+        raise ParseError(f"exponent beyond ±{MAX_EXP}")
+    return d
+
+
 def _fast_number(s: str, hint: str | None) -> Answer | None:
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
     elif hint == "number" and _DEC_COMMA.match(s):
         s = s.replace(",", ".")
     if _NUM.match(s):
-        d = _decimal(s)
+        d = _in_range(_decimal(s))
         if d is None:
             return None
         inexact = "." in s or "e" in s.lower()
@@ -146,7 +154,7 @@ def _fast_number(s: str, hint: str | None) -> Answer | None:
                       inexact, d if inexact else None)
     m = _SCI.match(s)
     if m:
-        d = _decimal(f"{m.group(1)}e{m.group(2)}")
+        d = _in_range(_decimal(f"{m.group(1)}e{m.group(2)}"))
         if d is not None:
             return Answer(sympy.Rational(str(d)), "number", True, d)
     m = _FRAC.match(s) or _SLASH.match(s)

@@ -25,7 +25,7 @@ _RELATIONS = {"=": sympy.Eq, "<": sympy.StrictLessThan, ">": sympy.StrictGreater
               "\\le": sympy.LessThan, "\\leq": sympy.LessThan,
               "\\ge": sympy.GreaterThan, "\\geq": sympy.GreaterThan}
 _MUL_OPS = {"*", "\\cdot", "\\times"}
-_MAX_EXP = 1000  # a bigger literal power goes to the LaTeX path (which keeps it unevaluated)
+MAX_EXP = 1000  # a bigger literal power goes to the LaTeX path (which keeps it unevaluated)
 _MAX_FACTORIAL = 3000
 _MAX_DIGITS = 40
 _MAX_DECIMAL_DIGITS = 15  # a double holds 15 digits, so Floats and exact text agree
@@ -191,7 +191,7 @@ class _Parser:
             exp = self.single()
             if self.peek() in (("op", "^"), ("op", "!")) or not _is_value(base):
                 raise _Bail
-            if exp.is_Rational and (abs(exp.p) > _MAX_EXP or exp.q > _MAX_EXP):
+            if exp.is_Rational and (abs(exp.p) > MAX_EXP or exp.q > MAX_EXP):
                 raise _Bail
             if base == 0 and exp.is_number and not exp.is_positive:
                 raise _Bail
