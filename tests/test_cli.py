@@ -555,6 +555,24 @@ def test_train_fails_in_one_line_on_a_missing_dataset_or_model(run_dir, tmp_path
         shutil.rmtree(run_dir / "round-1" / "model")
 
 
+def test_train_takes_the_configs_model_and_never_writes_over_it(run_dir, tmp_path):
+    """Without --model, `train` trained the bundled model whatever the config's engine.model
+    said (`eval` scored that one); and --out naming the model being trained replaced it."""
+    curated = run_dir / "round-1" / "curated"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"engine: {{model: {tmp_path / 'my-model'}}}\n")
+    r = runner.invoke(app, ["train", "sft", str(curated), "-c", str(cfg), "--out", str(tmp_path / "m")])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"engine.model: no such folder: {tmp_path / 'my-model'}" in out, out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / "tokenizer.json").write_text("{}")
+    r = runner.invoke(app, ["train", "sft", str(curated), "--model", str(mine), "--out", str(mine)])
+    assert r.exit_code == 2 and "is the model being trained" in r.output, r.output
+    assert (mine / "config.json").read_text() == "{}"
+
+
 def test_eval_scores_a_model_as_the_flow_does(tmp_path):
     """The bundled model, for real, on a small split: the table, and an eval.json equal to the
     flow's scoring of the same model with the same settings."""

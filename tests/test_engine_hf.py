@@ -272,3 +272,24 @@ def test_bundled_model_thinks_through_the_chat_template() -> None:
     prompts = ["What is 345 + 78?", "What is 12 + 30?", "Solve for x: 3x + 2 = 17"]
     out = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=160))
     assert sum("</think>" in row[0].text for row in out) >= 2
+
+
+def test_think_tags_marked_special_are_kept(tiny_path: Path, tmp_path: Path) -> None:
+    """A tokenizer that marks `<think>`/`</think>` special: decoding without special tokens
+    dropped the tags from every sample, and the format filter then dropped every sample."""
+    from tokenizers import AddedToken
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkwheel.engines.hf import HFEngine
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    tok.add_special_tokens({"additional_special_tokens": [
+        AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    engine = HFEngine(tmp_path / "m", batch_size=2)
+    ids = tok.encode("<think>add</think> 423", add_special_tokens=False) + [tok.eos_token_id]
+    got = engine._completion(ids, SamplingParams(max_tokens=len(ids) + 5), len(ids) + 5)
+    assert got.text == "<think>add</think> 423" and got.finish_reason == "stop"

@@ -30,10 +30,10 @@ def _log(kind, **data):
 
 class SamplingParams:
     def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop=None,
-                 stop_token_ids=None):
+                 stop_token_ids=None, skip_special_tokens=True):
         self.n, self.temperature, self.top_p = n, temperature, top_p
         self.max_tokens, self.seed, self.stop = max_tokens, seed, stop
-        self.stop_token_ids = stop_token_ids
+        self.stop_token_ids, self.skip_special_tokens = stop_token_ids, skip_special_tokens
 
 class _Sample:
     def __init__(self, index, text, token_ids, finish_reason):
@@ -79,6 +79,9 @@ class LLM:
             q = conv[-1]["content"]
             if "FAIL" in q:
                 raise ValueError(f"cannot serve {q!r}")
+            if sp.skip_special_tokens and os.environ.get("FAKE_VLLM_TOKENIZER"):
+                for t in self.get_tokenizer().all_special_tokens:  # as vLLM decodes by default
+                    q = q.replace(t, "")
             samples = []
             for k in reversed(range(sp.n)):  # out of order on purpose: the engine sorts by index
                 text = f"{q}|seed={sp.seed}|k={k}|t={sp.temperature}|STOP|tail"
@@ -322,3 +325,30 @@ def test_a_prompt_over_the_context_comes_back_empty(fake_vllm: Path, tmp_path: P
     assert calls(fake_vllm, "chat")[-1]["n_requests"] == 2
     greedy = engine.generate([long], SamplingParams(n=3, temperature=0.0, max_tokens=4))
     assert [c.finish_reason for c in greedy[0]] == ["context_length"] * 3
+
+
+def test_think_tags_marked_special_are_kept(fake_vllm: Path, tmp_path: Path, monkeypatch) -> None:
+    """vLLM decodes without special tokens by default: with `<think>`/`</think>` marked special
+    every sample lost its tags. Then the engine decodes with special tokens and drops the
+    others' text itself; with plain-text tags it leaves vLLM's decoding alone."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    try:
+        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    path = build_tiny_model(tmp_path / "tok", TEMPLATE_PLAIN)
+    said = "<think>2+2</think> 4<|end|>"
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(path))
+    plain = VLLMEngine("m").generate([said], SamplingParams(max_tokens=4))[0][0].text
+    assert plain.startswith("<think>2+2</think> 4|")  # plain-text tags: vLLM's decoding as is
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_special_tokens({"additional_special_tokens": [
+        AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")]})
+    tok.save_pretrained(tmp_path / "special")
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(tmp_path / "special"))
+    got = VLLMEngine("m").generate([said], SamplingParams(max_tokens=4))[0][0].text
+    assert got.startswith("<think>2+2</think> 4|") and "<|end|>" not in got

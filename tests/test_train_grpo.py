@@ -283,13 +283,16 @@ def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
     one = next(c for c in "+ x" if len(tok.encode(c, add_special_tokens=False)) == 1)
     longer = "\nuser said"
     assert len(tok.encode(longer, add_special_tokens=False)) > 1
+    turn_end = tok.convert_tokens_to_ids("<|end|>")  # the template's end of turn always stops
     ids, in_rewards, kwargs = grpo_mod.stop_settings(tok, [one, longer], use_vllm=False)
-    assert ids == tok.encode(one, add_special_tokens=False) and in_rewards == [longer]
+    assert ids == [turn_end, *tok.encode(one, add_special_tokens=False)] and in_rewards == [longer]
     assert kwargs is None
+    assert grpo_mod.stop_settings(tok, [], use_vllm=False) == ([turn_end], [], None)
     # vLLM cuts its text at the stop, but TRL decodes the token ids, which keep the stop's
     # tokens (and the rest of its last one): the rewards cut again
     assert grpo_mod.stop_settings(tok, [one, longer], use_vllm=True) == (
-        [], [one, longer], {"stop": [one, longer]})
+        [], [one, longer], {"stop": [one, longer], "stop_token_ids": [turn_end]})
+    assert grpo_mod.stop_settings(tok, [], use_vllm=True) == ([], [], {"stop_token_ids": [turn_end]})
 
     def score(completions, **kw):
         return [float(len(c if isinstance(c, str) else c[0]["content"])) for c in completions]
@@ -306,3 +309,30 @@ def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
 
     assert asyncio.run(grpo_mod.with_stop(ascore, ["STOP"])(completions=texts)) == [18.0, 2.0, 5.0]
     assert grpo_mod.with_stop(score, []) is score
+
+
+def test_think_tags_marked_special_reach_the_rewards(plain_model, tmp_path):
+    """A tokenizer that marks `<think>`/`</think>` special (a common way to add them): TRL
+    decodes completions without special tokens, so the format reward saw no tags and scored 0
+    on every step. The rewards get the completions re-decoded from TRL's `completion_ids`."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(plain_model)
+    assert grpo_mod.special_think_ids(tok) == set()
+    tok.add_special_tokens({"additional_special_tokens": [
+        AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")]})
+    keep = grpo_mod.special_think_ids(tok)
+    assert len(keep) == 2
+    ids = [tok.encode("<think>2+2=4</think> 4<|end|>", add_special_tokens=False)]
+    trl_text = tok.batch_decode(ids, skip_special_tokens=True)[0]
+    assert "<think>" not in trl_text  # what TRL hands the rewards
+
+    def seen(completions, **kw):
+        return [c if isinstance(c, str) else c[0]["content"] for c in completions]
+
+    wrapped = grpo_mod.with_think_tags(seen, tok, keep)
+    assert wrapped(completions=[trl_text], completion_ids=ids) == ["<think>2+2=4</think> 4"]
+    chat = [[{"role": "assistant", "content": trl_text}]]
+    assert wrapped(completions=chat, completion_ids=ids) == ["<think>2+2=4</think> 4"]
+    assert grpo_mod.with_think_tags(seen, tok, set()) is seen

@@ -10,6 +10,7 @@ SFT and GRPO ask these questions once per tokenizer and train on the tokens the 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -96,6 +97,26 @@ def self_added_bos(tokenizer: Any) -> str:
     bos_id = tokenizer.bos_token_id
     ids = tokenizer("x")["input_ids"]
     return tokenizer.bos_token if bos_id is not None and ids[:1] == [bos_id] else ""
+
+
+def special_think_ids(tokenizer: Any) -> set[int]:
+    """The ids of `<think>` / `</think>` when the tokenizer marks them special (a common way to
+    add them), which every decoder that skips special tokens (ours, TRL's, vLLM's) drops: the
+    samples then lose their tags and fail the format check. Empty when they are plain text."""
+    try:
+        special = set(tokenizer.all_special_ids)
+        ids = {tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE)}
+    except Exception:
+        return set()
+    return {i for i in ids if isinstance(i, int) and i in special and i != tokenizer.unk_token_id}
+
+
+def decode_text(tokenizer: Any, ids: list[int], keep: Collection[int] = ()) -> str:
+    """`ids` as text without special tokens, except those in `keep` (`special_think_ids`)."""
+    if not keep:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    drop = set(tokenizer.all_special_ids) - keep
+    return tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
 
 
 def prefilled_text(generated: str, prefill: str) -> str:

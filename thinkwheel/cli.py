@@ -561,13 +561,16 @@ def verifiers(
 
 
 # ------------------------------------------------------------------ train
-ModelOpt = Annotated[str, typer.Option(help="Model path ('bundled' for the shipped model)")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="Model folder or id (default: engine.model of --config; 'bundled' for the shipped model)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
 
 
-def _train_inputs(data: Path, split: str, model: str, config: Path | None, out: Path):
+def _train_inputs(data: Path, split: str, model: str | None, config: Path | None, out: Path):
     """(run config, the `split` table of a curated set, the resolved model path); everything
-    wrong with them, or with `out`, is said before the model loads."""
+    wrong with them, or with `out`, is said before the model loads. Without --model the
+    config's engine.model is trained, as `thinkwheel eval` scores it (the bundled model when
+    neither is given)."""
     from thinkwheel.environment import quiet_libraries
 
     quiet_libraries()  # before datasets / transformers load: our bar shows the steps
@@ -589,10 +592,14 @@ def _train_inputs(data: Path, split: str, model: str, config: Path | None, out: 
         fail(f"{data} holds no {split} set")
     if frames[split].height == 0:
         fail(f"the {split} set in {data} is empty")
-    engine = cfg.engine.model_copy(update={"model": model, "kind": "hf"})
+    engine = cfg.engine.model_copy(update={"model": model or cfg.engine.model, "kind": "hf"})
     if problem := unreachable_model(cfg.model_copy(update={"engine": engine})):
-        fail(problem.replace("engine.model", "--model"))
-    return cfg, frames[split], resolve_model(engine)
+        fail(problem.replace("engine.model", "--model") if model else problem)
+    path = resolve_model(engine)
+    if Path(path).resolve() == out.resolve():
+        fail(f"--out {out} is the model being trained; write the trained model to another folder")
+    console.print(f"training {engine.model}" + (f" ({path})" if str(path) != engine.model else ""))
+    return cfg, frames[split], path
 
 
 def _show(metrics: dict) -> None:
@@ -616,7 +623,7 @@ def _training(label: str) -> Iterator[list]:
 def train_sft_cmd(
     data: Annotated[Path, typer.Argument(
         help="Curated folder, or one parquet / JSONL file of chat `messages` or ShareGPT `conversations`")],
-    model: ModelOpt = "bundled",
+    model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-sft"),
     config: ConfigOpt = None,
 ) -> None:
@@ -638,7 +645,7 @@ def train_sft_cmd(
 @train_app.command("dpo")
 def train_dpo_cmd(
     data: Annotated[Path, typer.Argument(help="Curated folder, or one parquet / JSONL file of pairs")],
-    model: ModelOpt = "bundled",
+    model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-dpo"),
     config: ConfigOpt = None,
 ) -> None:
@@ -662,7 +669,7 @@ def train_dpo_cmd(
 @train_app.command("grpo")
 def train_grpo_cmd(
     data: Annotated[Path, typer.Argument(help="Curated folder, or one parquet / JSONL file of prompts")],
-    model: ModelOpt = "bundled",
+    model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-grpo"),
     config: ConfigOpt = None,
 ) -> None:

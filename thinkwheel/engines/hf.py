@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from thinkwheel.chat_template import (
+    decode_text,
     generation_prefill,
     prefilled_text,
     render_prompt,
+    special_think_ids,
     stop_token_id,
 )
 from thinkwheel.engines.base import (
@@ -91,11 +93,12 @@ class _InGenerated:
 
     def __init__(self, inner: Any, tokenizer: Any, stop: tuple[str, ...], prompt_len: int):
         self.inner, self.tokenizer, self.stop, self.prompt_len = inner, tokenizer, stop, prompt_len
+        self.keep = special_think_ids(tokenizer)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         hit = self.inner(input_ids, scores, **kwargs)
         for row in hit.nonzero().flatten().tolist():
-            text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
+            text = decode_text(self.tokenizer, input_ids[row, self.prompt_len:].tolist(), self.keep)
             hit[row] = any(s in text for s in self.stop)
         return hit
 
@@ -140,6 +143,7 @@ class HFEngine:
         # positions the model has: a longer prompt gets no text, a long one a smaller budget
         self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self.prefill = generation_prefill(self.tokenizer)  # "<think>\n" for Qwen3-style templates
+        self.think_ids = special_think_ids(self.tokenizer)  # kept when decoding
         self._stop_criteria: dict[tuple[str, ...], Any] = {}
 
     @classmethod
@@ -246,7 +250,7 @@ class HFEngine:
         if not hit_eos and self.pad_id not in self.eos_ids:
             while ids and ids[-1] == self.pad_id:  # padding after a stop-string halt
                 ids = ids[:-1]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = decode_text(self.tokenizer, ids, self.think_ids)
         cut = first_stop(text, params.stop)
         if cut >= 0:
             text = text[:cut]

@@ -28,6 +28,7 @@ from thinkwheel.chat_template import (
     generation_prefill,
     prefilled_text,
     render_prompt,
+    special_think_ids,
     stop_token_id,
 )
 from thinkwheel.engines.base import (
@@ -63,6 +64,7 @@ class _Replica:
         self.stop_ids = turn_end_ids(self.llm)
         self.prefill = template_prefill(self.llm)
         self.fits = context_check(self.llm)
+        self.drop = special_texts_to_drop(self.llm)
         self.lora = None
         if lora_path:
             from vllm.lora.request import LoRARequest
@@ -98,6 +100,7 @@ class _Replica:
                 seed=sequence_seed(seed, msgs, 0),
                 stop=list(params.stop) or None,
                 stop_token_ids=self.stop_ids,
+                **({"skip_special_tokens": False} if self.drop is not None else {}),
             )
             for msgs in messages
         ]
@@ -110,7 +113,7 @@ class _Replica:
         )
         if len(outputs) != len(messages):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
-        rows = [_completions(out, params, draws, self.prefill) for out in outputs]
+        rows = [_completions(out, params, draws, self.prefill, self.drop) for out in outputs]
         return [row * params.n for row in rows] if greedy else rows
 
 
@@ -154,14 +157,31 @@ def context_check(llm: Any) -> Callable[[list[dict[str, str]]], bool]:
     return fits
 
 
+def special_texts_to_drop(llm: Any) -> list[str] | None:
+    """When the tokenizer marks `<think>`/`</think>` special, vLLM's default decoding (without
+    special tokens) drops them from every sample: decode with special tokens instead and drop
+    the other special tokens' text (these, longest first). None: decode as vLLM does."""
+    try:
+        tokenizer = llm.get_tokenizer()
+        keep = special_think_ids(tokenizer)
+    except Exception:
+        return None
+    if not keep:
+        return None
+    drop = {t for t in tokenizer.all_special_tokens if tokenizer.convert_tokens_to_ids(t) not in keep}
+    return sorted(drop, key=len, reverse=True)
+
+
 def _completions(request_output: Any, params: SamplingParams, draws: int,
-                 prefill: str = "") -> list[Completion]:
+                 prefill: str = "", drop: list[str] | None = None) -> list[Completion]:
     samples = sorted(request_output.outputs, key=lambda o: o.index)
     if len(samples) != draws:
         raise RuntimeError(f"vLLM returned {len(samples)} samples, expected {draws}")
     out = []
     for s in samples:
         text = s.text
+        for special in drop or ():
+            text = text.replace(special, "")
         cut = first_stop(text, params.stop)
         reason = s.finish_reason if isinstance(s.finish_reason, str) and s.finish_reason else "stop"
         if cut >= 0:

@@ -20,7 +20,14 @@ from typing import Any
 
 import polars as pl
 
-from thinkwheel.chat_template import generation_prefill, prefilled_text, render_prompt
+from thinkwheel.chat_template import (
+    decode_text,
+    generation_prefill,
+    prefilled_text,
+    render_prompt,
+    special_think_ids,
+    stop_token_id,
+)
 from thinkwheel.config import CHECKPOINT_MINUTES, GRPOTrainConfig
 from thinkwheel.engines.base import first_stop
 from thinkwheel.train import checkpoints
@@ -77,7 +84,9 @@ def train_grpo(
         dataset = dataset.map(lambda row: {"prompt": render_prompt(tokenizer, row["prompt"])})
     prefill = generation_prefill(tokenizer)
     eos_ids, in_rewards, generation_kwargs = stop_settings(tokenizer, stop, cfg.use_vllm)
-    funcs = [with_stop(with_prefill(f, prefill), in_rewards) for f in reward_funcs]
+    keep = special_think_ids(tokenizer)
+    funcs = [with_think_tags(with_stop(with_prefill(f, prefill), in_rewards), tokenizer, keep)
+             for f in reward_funcs]
     gpu = device_is_gpu()
     with quiet_deprecations():
         args = GRPOConfig(
@@ -137,17 +146,24 @@ def stop_settings(
     tokens that made the stop string: the rewards cut there too. TRL's transformers path calls `generate` without a tokenizer,
     which stop strings need, so a stop that is one token becomes an end-of-sequence id (the
     completion ends there, and its mask with it), and a longer one is applied where it can be:
-    the rewards score the text before it, as sampling and the eval would have cut it."""
-    if not stop:
-        return [], [], None
+    the rewards score the text before it, as sampling and the eval would have cut it.
+
+    The token that closes the template's assistant turn (`stop_token_id`) always ends a
+    completion, as it does in sampling: a base model whose generation config stops only at
+    "<|endoftext|>" otherwise writes past "<|im_end|>" to the length limit, every completion
+    clipped and scored with whatever followed the turn."""
+    turn_end = stop_token_id(tokenizer)
     if use_vllm:  # vLLM cuts the text but keeps the stop's tokens, which TRL decodes: cut again
-        return [], list(stop), {"stop": list(stop)}
-    ids: list[int] = []
+        kwargs: dict[str, Any] = {"stop": list(stop)} if stop else {}
+        if turn_end is not None:
+            kwargs["stop_token_ids"] = [turn_end]
+        return [], list(stop), kwargs or None
+    ids: list[int] = [] if turn_end is None else [turn_end]
     longer: list[str] = []
     for s in stop:
         tokens = tokenizer.encode(s, add_special_tokens=False)
         if len(tokens) == 1:
-            ids.append(tokens[0])
+            ids += [t for t in tokens if t not in ids]
         else:
             longer.append(s)
     return ids, longer, None
@@ -238,12 +254,26 @@ def grpo_dataset(grpo: pl.DataFrame) -> Any:
 
 def with_prefill(fn: RewardFn, prefill: str) -> RewardFn:
     """Wrap a TRL reward function so it scores `prefill + completion` (sync or async)."""
-    return _on_completions(fn, lambda cs: prefilled(cs, prefill)) if prefill else fn
+    return _on_completions(fn, lambda cs, _: prefilled(cs, prefill)) if prefill else fn
 
 
 def with_stop(fn: RewardFn, stop: Sequence[str]) -> RewardFn:
     """Wrap a TRL reward function so it scores each completion up to its first stop string."""
-    return _on_completions(fn, lambda cs: cut_at_stop(cs, stop)) if stop else fn
+    return _on_completions(fn, lambda cs, _: cut_at_stop(cs, stop)) if stop else fn
+
+
+def with_think_tags(fn: RewardFn, tokenizer: Any, keep: set[int]) -> RewardFn:
+    """Wrap a TRL reward function so it scores completions decoded with their think tags, when
+    the tokenizer marks them special (`special_think_ids`): TRL decodes without special tokens,
+    and the format reward then saw no tags at all. It re-decodes the `completion_ids` TRL passes."""
+    if not keep:
+        return fn
+
+    def redecode(completions: list, kw: dict[str, Any]) -> list:
+        texts = iter([decode_text(tokenizer, list(ids), keep) for ids in kw["completion_ids"]])
+        return _map_text(completions, lambda _: next(texts))
+
+    return _on_completions(fn, redecode)
 
 
 def prefilled(completions: list, prefill: str) -> list:
@@ -274,22 +304,22 @@ def _map_text(completions: list, change: Callable[[str], str]) -> list:
     return out
 
 
-def _on_completions(fn: RewardFn, change: Callable[[list], list]) -> RewardFn:
-    """`fn` (sync or async) called on `change(completions)`, under its own name (TRL keys its
-    reward metrics by name)."""
+def _on_completions(fn: RewardFn, change: Callable[[list, dict[str, Any]], list]) -> RewardFn:
+    """`fn` (sync or async) called on `change(completions, other keyword arguments)`, under its
+    own name (TRL keys its reward metrics by name)."""
     name = getattr(fn, "__name__", type(fn).__name__)
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
 
         @functools.wraps(fn)
         async def async_reward(*, completions: list, **kw: Any) -> list[float | None]:
-            return await fn(completions=change(completions), **kw)
+            return await fn(completions=change(completions, kw), **kw)
 
         async_reward.__name__ = name
         return async_reward
 
     @functools.wraps(fn)
     def reward(*, completions: list, **kw: Any) -> list[float | None]:
-        return fn(completions=change(completions), **kw)
+        return fn(completions=change(completions, kw), **kw)
 
     reward.__name__ = name
     return reward
