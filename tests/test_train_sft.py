@@ -390,6 +390,10 @@ def test_steps_follow_epochs_capped_by_max_steps():
     assert sft_mod.train_steps(100, SFTConfig(max_steps=500, epochs=1.0, batch_size=16)) == 7
     assert sft_mod.train_steps(100, SFTConfig(max_steps=3, epochs=1.0, batch_size=16)) == 3
     assert sft_mod.train_steps(1, SFTConfig(max_steps=50, epochs=0.01, batch_size=16)) == 1
+    # an epoch's last batch is partial: 69 samples at 8 x 2 are 5 steps an epoch (9 batches),
+    # so 8 epochs are 40 steps; counting samples gave 35, 7 epochs
+    assert sft_mod.train_steps(69, SFTConfig(max_steps=200, epochs=8, batch_size=8, grad_accum=2)) == 40
+    assert sft_mod.train_steps(250, SFTConfig(max_steps=200, epochs=8, batch_size=16)) == 128
 
 
 def test_bad_input_is_rejected(tmp_path):

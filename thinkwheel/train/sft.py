@@ -256,9 +256,13 @@ def tokenize_for_inference(
 
 
 def train_steps(n_examples: int, cfg: SFTConfig) -> int:
-    """`epochs` sets the target, `max_steps` caps it (TRL would let max_steps override epochs)."""
-    per_step = cfg.batch_size * cfg.grad_accum
-    return max(1, min(cfg.max_steps, math.ceil(n_examples * cfg.epochs / per_step)))
+    """`epochs` sets the target, `max_steps` caps it (TRL would let max_steps override epochs).
+
+    An epoch is as many optimizer steps as the trainer takes over the set: its last batch is a
+    partial one (250 samples at batch 16 are 16 steps, not 15.6), so counting samples instead
+    trained 7 of 8 epochs on a small set."""
+    per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
+    return max(1, min(cfg.max_steps, math.ceil(per_epoch * cfg.epochs)))
 
 
 def build_sft_trainer(
