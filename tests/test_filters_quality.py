@@ -170,7 +170,7 @@ def test_filter_candidates_explains_every_drop() -> None:
         "c7": ("contaminated", "toy:0"),
     }
     f = stage.funnel(out)
-    assert [f[s] for s in stage.FUNNEL_STAGES] == [8, 6, 4, 3, 2, 2]
+    assert [f[s] for s in stage.FUNNEL_STAGES] == [8, 6, 5, 3, 2, 2]
     assert f["contaminated_by"] == {"toy": 1}
     assert set(f["drop_reasons"]) <= set(stage.DROP_REASONS)
 
@@ -190,3 +190,25 @@ def test_filter_candidates_without_benchmarks_or_verdicts() -> None:
         _tasks(), cands, records.frame([], records.VERDICTS), config.FilterConfig(), None
     )
     assert out["drop_reason"].to_list() == ["unverifiable"]
+
+
+def test_a_task_wide_reason_marks_each_passing_sample() -> None:
+    """A passing sample with a false step in a task whose answer is in its prompt was dropped as
+    false_arithmetic, the task-wide answer_leak nowhere: the GRPO export, which leaves out the
+    tasks dropped whole, took it in at pass rate 0.5. A benchmark copy likewise."""
+    tasks = records.frame([
+        {"task_id": "leak", "domain": "math", "family": "addition", "verifier": "math",
+         "prompt": "Hint: the result is 157. What is 123 + 34?", "reference": "157"},
+        {"task_id": "copy", "domain": "math", "family": "addition", "verifier": "math",
+         "prompt": "Toy benchmark item: what is 123 plus 34, the sum of two numbers?",
+         "reference": "157"},
+    ], records.TASKS)
+    false_step = "3+4=7, 2+3=6, 1+0=1. So 123 + 34 = 157."
+    cands = _cands([{"candidate_id": f"{t}-0", "task_id": t, "reasoning": false_step, "answer": "157",
+                     "completion": f"<think>{false_step}</think>\n157"} for t in ("leak", "copy")])
+    verdicts = records.frame([{"candidate_id": f"{t}-0", "passed": True} for t in ("leak", "copy")],
+                             records.VERDICTS)
+    bench = {"toy": ["Toy benchmark item: what is 123 plus 34, the sum of two numbers?"]}
+    out = stage.filter_candidates(tasks, cands, verdicts, config.FilterConfig(), bench)
+    got = dict(zip(out["candidate_id"], out["drop_reason"], strict=True))
+    assert got == {"leak-0": "answer_leak", "copy-0": "contaminated"}

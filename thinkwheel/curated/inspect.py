@@ -42,9 +42,9 @@ DROP_STAGES: dict[str, tuple[str, ...]] = {
     "quality": (*QUALITY_REASONS, "quality"),
     "cap": (OVER_K, "cap", "keep_per_task", "max_per_task"),
 }
-# the filters' order (quality, decontamination, dedup, then the per-task cap), as the
+# the filters' order (decontamination, quality, dedup, then the per-task cap), as the
 # manifest's funnel has it: a drop is counted at the first filter that drops it
-FUNNEL = ["tasks", "candidates", "verified", "quality", "decontaminated", "deduped", "kept"]
+FUNNEL = ["tasks", "candidates", "verified", "decontaminated", "quality", "deduped", "kept"]
 SLICES = {
     "domain": "domain",
     "family": "family",
@@ -117,7 +117,7 @@ def record_table(frames: Frames) -> pl.DataFrame:
 
 
 def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
-    """tasks → candidates → verified → quality → decontaminated → deduped → kept, with
+    """tasks → candidates → verified → decontaminated → quality → deduped → kept, with
     percentages.
 
     Percentages are of candidates (and of the previous stage). Stages not run yet are null.
@@ -146,7 +146,7 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
         kept = t.filter(pl.col("status") == "kept").height
         if verified is not None:
             left = verified
-            for i, stage in enumerate(("quality", "decontam", "dedup")):
+            for i, stage in enumerate(("decontam", "quality", "dedup")):
                 left -= ok.filter(pl.col("drop_stage") == stage).height
                 filters[i] = left
     counts = [n_tasks, t.height, verified, *filters, kept]

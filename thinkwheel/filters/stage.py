@@ -2,7 +2,8 @@
 
 Every row keeps a single `drop_reason` (null = kept) and a `drop_ref` (the survivor row or the
 benchmark item it collided with). The first applicable reason wins, in funnel order:
-verification -> quality -> decontamination -> near-dedup. Dedup runs last and only among rows
+verification -> decontamination -> quality -> near-dedup: a task-wide reason (a benchmark copy,
+the answer in the prompt) before a sample's own. Dedup runs last and only among rows
 still kept, so a cluster's survivor is never a row these filters dropped; the per-task cap
 (`keep_per_task`, applied after them) can still drop a survivor, whose duplicates then point
 at a row that is not in the SFT set either.
@@ -32,7 +33,7 @@ DROP_REASONS: tuple[str, ...] = (
     CONTAMINATED,
     NEAR_DUPLICATE,
 )
-FUNNEL_STAGES = ("generated", "verified", "quality", "decontaminated", "deduped", "kept")
+FUNNEL_STAGES = ("generated", "verified", "decontaminated", "quality", "deduped", "kept")
 _STAGE_OF = {NOT_VERIFIED: "verified", UNVERIFIABLE: "verified", CONTAMINATED: "decontaminated"}
 _STAGE_OF |= dict.fromkeys(quality.QUALITY_REASONS, "quality")
 _STAGE_OF[NEAR_DUPLICATE] = "deduped"
@@ -184,8 +185,20 @@ def _prepare(candidates: pl.DataFrame) -> pl.DataFrame:
     return c
 
 
+def leaked_tasks(tasks: pl.DataFrame, q: config.QualityConfig) -> list[str]:
+    """The tasks whose prompt gives their answer away (`quality.answer_leaks`)."""
+    return [
+        row["task_id"]
+        for row in tasks.select("task_id", "prompt", "reference").iter_rows(named=True)
+        if quality.answer_leaks(row["prompt"], row["reference"], q.answer_leak_min_chars)
+    ]
+
+
 def _quality_drops(c: pl.DataFrame, tasks: pl.DataFrame, q: config.QualityConfig) -> pl.DataFrame:
     none = [None] * c.height
+    # first: a task-wide reason must mark each passing sample, or one dropped for a sample's own
+    # reason (a false step) left the task looking clean to the GRPO export
+    c = _set_drops(c, c["task_id"].is_in(leaked_tasks(tasks, q)).to_numpy(), quality.ANSWER_LEAK, none)
     reasons = quality.quality_reasons(
         c,
         require_think=q.require_think,
@@ -205,12 +218,7 @@ def _quality_drops(c: pl.DataFrame, tasks: pl.DataFrame, q: config.QualityConfig
             for r, keep in zip(c["reasoning"].to_list(), kept, strict=True)
         ]
         c = _set_drops(c, np.array([x is not None for x in claims]), quality.FALSE_ARITHMETIC, claims)
-    leaked = [
-        row["task_id"]
-        for row in tasks.select("task_id", "prompt", "reference").iter_rows(named=True)
-        if quality.answer_leaks(row["prompt"], row["reference"], q.answer_leak_min_chars)
-    ]
-    return _set_drops(c, c["task_id"].is_in(leaked).to_numpy(), quality.ANSWER_LEAK, none)
+    return c
 
 
 def _decontam_drops(
@@ -247,9 +255,11 @@ def filter_candidates(
 ) -> pl.DataFrame:
     """records.FILTERED, one row per candidate: why it was dropped (null = kept) and with what.
 
-    Order: verification (all verdicts of a candidate must pass), quality (incl. the task's
-    answer leaking into its prompt), decontamination of the task prompt, then per-task
-    reasoning-path near-dedup among the rows still kept (RFT). Survivor rule: verified, then
+    Order: verification (all verdicts of a candidate must pass), decontamination of the task
+    prompt, quality (the task's answer leaking into its prompt first), then per-task
+    reasoning-path near-dedup among the rows still kept (RFT). The task-wide reasons come
+    before any sample's own, so every passing sample of such a task carries one (the GRPO
+    export leaves those tasks out). Survivor rule: verified, then
     shortest reasoning, then earliest sample_idx. `cfg.dedup.field`: "reasoning" (default)
     or "both" (reasoning + answer); "prompt" means reasoning here, as one task's candidates
     share their prompt.
@@ -260,10 +270,10 @@ def filter_candidates(
     none = [None] * c.height
     c = _set_drops(c, (~c["passed"]).fill_null(False).to_numpy(), NOT_VERIFIED, none)
     c = _set_drops(c, c["passed"].is_null().to_numpy(), UNVERIFIABLE, none)
-    if cfg.quality.enabled and c.height:
-        c = _quality_drops(c, tasks, cfg.quality)
     if cfg.decontam.enabled and benchmarks and c.height:
         c = _decontam_drops(c, tasks, benchmarks, cfg.decontam)
+    if cfg.quality.enabled and c.height:
+        c = _quality_drops(c, tasks, cfg.quality)
     if cfg.dedup.enabled and c.height > 1:
         c = _dedup_drops(c, cfg.dedup)
     return records.conform(c.select(list(records.FILTERED)), records.FILTERED)

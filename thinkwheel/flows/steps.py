@@ -516,7 +516,7 @@ def verify(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
 
 # ------------------------------------------------------------------ filter + select
 def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
-    """Filters (quality, decontamination, reasoning-path dedup), then the ReST-EM cap of K kept
+    """Filters (decontamination, quality, reasoning-path dedup), then the ReST-EM cap of K kept
     candidates per task; every dropped row carries its reason in `filtered.parquet`."""
     from thinkwheel.filters.decontam import load_benchmarks
     from thinkwheel.filters.stage import filter_candidates
@@ -563,7 +563,7 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         write_dataset,
     )
     from thinkwheel.filters.quality import ANSWER_LEAK
-    from thinkwheel.filters.stage import CONTAMINATED, funnel
+    from thinkwheel.filters.stage import CONTAMINATED, funnel, leaked_tasks
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
     verdicts, filtered = store.read_table(k, "verdicts"), store.read_table(k, "filtered")
@@ -582,6 +582,9 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     # a task the filters dropped as a whole (its answer is in its prompt, it copies a
     # benchmark) is no GRPO prompt either: its reward is won by copying
     whole = filtered.filter(pl.col("drop_reason").is_in([ANSWER_LEAK, CONTAMINATED]))["task_id"]
+    if cfg.filters.quality.enabled:  # also one no sample solved, in a pass band from 0
+        whole = pl.concat([whole, pl.Series("task_id", leaked_tasks(tasks, cfg.filters.quality),
+                                            dtype=pl.Utf8)])
     grpo = grpo_frame(
         tasks.filter(~pl.col("task_id").is_in(whole.implode())), task_pass_rates(verdicts),
         cfg.export.system_prompt, band=cfg.sampling.grpo_pass_band,
