@@ -212,3 +212,19 @@ def test_a_task_wide_reason_marks_each_passing_sample() -> None:
     out = stage.filter_candidates(tasks, cands, verdicts, config.FilterConfig(), bench)
     got = dict(zip(out["candidate_id"], out["drop_reason"], strict=True))
     assert got == {"leak-0": "answer_leak", "copy-0": "contaminated"}
+
+
+def test_a_sample_cut_at_the_token_budget_is_no_training_example() -> None:
+    """A code sample cut at max_tokens inside its fence can pass its tests (the fence need not
+    close), and went into the SFT set, teaching the model to stop mid-block."""
+    code = "<think>add one</think>\n```python\ndef f(x):\n    return x + 1\n"
+    tasks = records.frame([{"task_id": "t", "domain": "code", "family": "f", "verifier": "code",
+                            "prompt": "Write f(x) returning x + 1.", "reference": "def f(x): return x + 1"}],
+                          records.TASKS)
+    cands = _cands([{"candidate_id": f"c{i}", "task_id": "t", "sample_idx": i, "completion": code,
+                     "finish_reason": reason} for i, reason in enumerate(("length", "stop"))])
+    verdicts = records.frame([{"candidate_id": f"c{i}", "passed": True} for i in (0, 1)],
+                             records.VERDICTS)
+    out = stage.filter_candidates(tasks, cands, verdicts, config.FilterConfig())
+    got = dict(zip(out["candidate_id"], out["drop_reason"], strict=True))
+    assert got == {"c0": "truncated", "c1": None}

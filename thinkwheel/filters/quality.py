@@ -16,6 +16,7 @@ from thinkwheel.filters.shingles import ngram_hashes, normalise, token_hashes
 MISSING_THINK = "missing_think"
 UNCLOSED_THINK = "unclosed_think"
 EMPTY_ANSWER = "empty_answer"
+TRUNCATED = "truncated"  # stopped at the token budget (finish_reason "length"): never finished
 TOO_LONG = "too_long"
 TOO_SHORT = "too_short"
 REPETITIVE = "repetitive"
@@ -25,6 +26,7 @@ FALSE_ARITHMETIC = "false_arithmetic"  # drop_ref = the first false claim, e.g. 
 QUALITY_REASONS = (
     MISSING_THINK,
     UNCLOSED_THINK,
+    TRUNCATED,
     EMPTY_ANSWER,
     TOO_LONG,
     TOO_SHORT,
@@ -101,7 +103,9 @@ def quality_reasons(
 ) -> pl.Series:
     """Drop reason per candidate (null = passes), first failing check wins.
 
-    Needs `completion`; uses `reasoning`/`answer` when present (records.split_think output).
+    Needs `completion`; uses `reasoning`/`answer` when present (records.split_think output),
+    and `finish_reason`: a sample cut at the token budget is no training example even when
+    its verifier passed it (a program cut after its last needed line, an unclosed code fence).
     """
     comp = candidates["completion"].cast(pl.Utf8).fill_null("")
     has_open = comp.str.contains("<think>", literal=True).to_numpy()
@@ -118,9 +122,15 @@ def quality_reasons(
     answer_len = answer.str.strip_chars().str.len_chars().to_numpy()
     reasoning_len = reasoning.str.strip_chars().str.len_chars().to_numpy()
     comp_len = comp.str.len_chars().to_numpy()
+    cut = (
+        candidates["finish_reason"].is_in(["length", "context_length"]).fill_null(False).to_numpy()
+        if "finish_reason" in candidates.columns
+        else np.zeros(len(comp), dtype=bool)
+    )
     checks = [
         (require_think & has_open & ~has_close, UNCLOSED_THINK),
         (require_think & ~has_close, MISSING_THINK),
+        (cut, TRUNCATED),
         (answer_len < min_answer_chars, EMPTY_ANSWER),
         (comp_len > max_completion_chars, TOO_LONG),
         (has_close & (reasoning_len < min_reasoning_chars), TOO_SHORT),

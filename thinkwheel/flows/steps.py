@@ -445,14 +445,14 @@ TRUNCATION_WARNING = 0.05  # a share of outputs cut at max_tokens worth telling 
 
 
 def truncation_warning(what: str, cut: int, total: int, key: str, limit: int) -> str | None:
-    """A cut-off output has no closed </think> or no answer and fails: when many do (more than
-    TRUNCATION_WARNING of them), the token budget is setting the numbers, which a user bringing
-    a bigger model must hear. None when few do."""
+    """A cut-off output seldom has a closed </think> and an answer: when many are cut (more
+    than TRUNCATION_WARNING of them), the token budget is setting the numbers, which a user
+    bringing a bigger model must hear. None when few are."""
     if not total or cut / total <= TRUNCATION_WARNING:
         return None
     return (
         f"[yellow]{what}: {cut} of {total} ({cut / total:.0%}) stopped at {key} ({limit} "
-        f"tokens) and count as failures; raise {key} if your model needs longer[/]"
+        f"tokens), most without a final answer; raise {key} if your model needs longer[/]"
     )
 
 
@@ -461,9 +461,9 @@ def context_warning(what: str, over: int, total: int, key: str) -> str | None:
     nothing else would tell a run whose long tasks all failed from one whose model is weak."""
     if not over:
         return None
-    return (f"[yellow]{what}: {over} of {total} are empty: the prompt (with {key}) is longer "
-            f"than the model's context (finish_reason context_length); shorten those tasks, "
-            f"lower {key} or serve a longer context[/]")
+    return (f"[yellow]{what}: {over} of {total} are empty: the prompt is longer than the "
+            f"model's context (a server may count {key} in; finish_reason context_length); "
+            f"shorten those tasks, lower {key} or serve a longer context[/]")
 
 
 # ------------------------------------------------------------------ verify

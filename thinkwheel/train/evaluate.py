@@ -224,8 +224,8 @@ def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:
             str(key[0]): block(g) for key, g in sorted(per_task.group_by(["domain"]), key=_key)
         },
         "unverified": int((~per_task["greedy_verified"]).sum()),
-        # greedy answers cut off at eval.max_tokens: they count as wrong, so a high share means
-        # the budget, not the model, set the score
+        # greedy answers cut off at eval.max_tokens: most hold no final answer, so a high share
+        # means the budget, not the model, set the score
         "truncated": int(per_task["greedy_truncated"].sum()),
         # prompts longer than the model's context: no answer, so wrong
         "over_context": int(per_task["greedy_over_context"].sum()),
