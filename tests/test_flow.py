@@ -54,6 +54,7 @@ def test_flow_runs_every_stage_of_both_rounds(flow_run):
         ev = json.loads((out / f"round-{k}" / "eval.json").read_text())
         assert 0.0 <= ev["accuracy"] <= 1.0 and set(ev["per_family"]) >= {"addition", "count_char"}
     assert (out / "report.html").stat().st_size > 10_000
+    assert "<td>base</td>" in (out / "report.html").read_text()  # the base model's accuracy row
 
 
 def test_round_tables_are_consistent(flow_run):

@@ -87,6 +87,19 @@ def test_report_caps_samples_and_handles_missing_pieces(run):
     assert "nothing dropped" in html_text or len(_charts(html_text)) == 3
 
 
+def test_the_base_model_is_the_first_accuracy_row(run):
+    """The report's accuracy table and chart started at round 0: the base model, which every
+    round is read against (and `thinkwheel run` and `inspect` show), was missing."""
+    rounds, manifest, evals, logs = run
+    base = {"accuracy": 0.25, "n": 10, "per_family": {}}
+    html_text = report.render_report(rounds, manifest, {ins.BASE_ROUND: base, **evals}, logs)
+    table = ins.eval_table({ins.BASE_ROUND: base, **evals})
+    assert table["model"].to_list()[0] == "base" and table["accuracy"].to_list()[0] == 0.25
+    assert table["model"].to_list()[1:] == [f"round {k}" for k in sorted(evals)]
+    section = html_text[html_text.index('<section id="eval">'):]
+    assert "<td>base</td>" in section.split("</section>")[0]
+
+
 def test_training_charts_only_for_logged_metrics():
     charts = report.training_charts({0: [{"step": 1, "loss": 2.0, "epoch": 0.1}], 1: []})
     assert len(charts) == 1

@@ -230,17 +230,22 @@ def length_stats(table: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema).with_columns(pl.col("mean").round(1))
 
 
+BASE_ROUND = -1  # the key of the base model's eval among the rounds' (eval-base.json)
+
+
 def eval_table(evals: Mapping[int, Mapping[str, Any]]) -> pl.DataFrame:
-    """Accuracy per round (plus no-false-step accuracy, pass@k, maj@k when present)."""
+    """Accuracy per round (plus no-false-step accuracy, pass@k, maj@k when present); the base
+    model's, under BASE_ROUND, comes first as "base"."""
     rows = []
     for k in sorted(evals):
         e = evals[k] or {}
         rows.append(
-            {"round": int(k), "accuracy": e.get("accuracy"),
+            {"model": "base" if k == BASE_ROUND else f"round {k}",
+             "round": None if k == BASE_ROUND else int(k), "accuracy": e.get("accuracy"),
              "clean_accuracy": e.get("clean_accuracy"), "n": e.get("n"),
              "pass_at_k": _scalar(e.get("pass_at_k")), "maj_at_k": _scalar(e.get("maj_at_k"))}
         )  # fmt: skip
-    schema = {"round": pl.Int64, "accuracy": pl.Float64, "clean_accuracy": pl.Float64,
+    schema = {"model": pl.Utf8, "round": pl.Int64, "accuracy": pl.Float64, "clean_accuracy": pl.Float64,
               "n": pl.Int64, "pass_at_k": pl.Float64, "maj_at_k": pl.Float64}  # fmt: skip
     return pl.DataFrame(rows, schema=schema)
 

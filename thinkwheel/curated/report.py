@@ -112,7 +112,8 @@ def _accuracy(v: Any) -> float | None:
 
 
 def accuracy_chart(evals: Mapping[int, Mapping[str, Any]]) -> str:
-    """Held-out accuracy per round (thick), and per family (thin) when present."""
+    """Held-out accuracy per round (thick), and per family (thin) when present; the base
+    model's (key `inspect.BASE_ROUND`) first, as "base"."""
     fig, ax = _figure()
     ks = sorted(evals)
     families = sorted({f for k in ks for f in (evals[k].get("per_family") or {})})
@@ -126,7 +127,7 @@ def accuracy_chart(evals: Mapping[int, Mapping[str, Any]]) -> str:
     acc = [(k, evals[k].get("accuracy")) for k in ks if evals[k].get("accuracy") is not None]
     ax.plot([a[0] for a in acc], [a[1] for a in acc], lw=2.5, color="black", marker="o",
             label="overall")  # fmt: skip
-    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xticks(ks, ["base" if k == ins.BASE_ROUND else str(k) for k in ks])
     ax.set_ylim(0, 1)
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
