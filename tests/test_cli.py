@@ -626,6 +626,9 @@ def test_run_on_a_served_model_checks_the_server_before_starting(tmp_path, monke
     assert r.exit_code == 2 and "nothing answers at" in " ".join(r.output.split())
 
     with LocalServer(Named(), api_key="s3cret") as srv:
+        r = run_with(srv.base_url)  # no key at all: say the variable is not set
+        assert r.exit_code == 2 and "$TW_KEY is not set" in " ".join(r.output.split())
+        monkeypatch.setenv("TW_KEY", "wrong")
         r = run_with(srv.base_url)
         assert r.exit_code == 2 and "refused the API key from $TW_KEY (HTTP 401)" in " ".join(r.output.split())
         monkeypatch.setenv("TW_KEY", "s3cret")
@@ -685,3 +688,71 @@ def test_train_dpo_checks_the_pairs_before_loading_the_model(tmp_path, monkeypat
     pl.DataFrame({"messages": [[{"role": "user", "content": "hi"}]]}).write_parquet(f)
     r = runner.invoke(app, ["train", "dpo", str(f), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "needs `chosen` and `rejected`" in r.output, r.output
+
+
+def _model_copy(tmp_path, name, *, template=None, files=("config.json",)):
+    """A folder holding the bundled model's tokenizer (and a config.json stand-in)."""
+    from transformers import AutoTokenizer
+
+    from thinkwheel.assets import model_path
+
+    folder = tmp_path / name
+    tok = AutoTokenizer.from_pretrained(model_path())
+    if template is not None:
+        tok.chat_template = template
+    tok.save_pretrained(folder)
+    if template == "":
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+    for f in files:
+        (folder / f).write_text("{}")
+    return folder
+
+
+def test_a_model_folder_is_checked_before_the_run(tmp_path):
+    """A folder without tokenizer files, a LoRA adapter given to train, a template that refuses
+    a system turn: each failed after Prefect started (an IndexError, a 60-line traceback, a
+    130-line TemplateError); a folder without a template ran silently as a base model."""
+    from thinkwheel.cli import template_check, unreachable_model
+    from thinkwheel.config import parse_config
+
+    def cfg(folder, **extra):
+        return parse_config({"engine": {"model": str(folder)}, **extra})
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    assert "has no tokenizer" in unreachable_model(cfg(bare))
+    adapter = _model_copy(tmp_path, "adapter", files=("adapter_config.json",))
+    assert "is a LoRA adapter, not a model" in unreachable_model(cfg(adapter))
+    assert unreachable_model(cfg(adapter), training=False) is None  # it scores
+    gemma = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+             "{{ raise_exception('System role not supported') }}{% endif %}"
+             "{{ m['content'] }}{% endfor %}")
+    strict = _model_copy(tmp_path, "strict", template=gemma)
+    problem, _ = template_check(cfg(strict))
+    assert "System role not supported" in problem and "export.system_prompt: ''" in problem
+    assert template_check(cfg(strict, export={"system_prompt": ""})) == (None, None)
+    none = _model_copy(tmp_path, "plain", template="")
+    problem, warning = template_check(cfg(none))
+    assert problem is None and "has no chat template" in warning
+    assert template_check(cfg(_model_copy(tmp_path, "ok"))) == (None, None)
+    r = runner.invoke(app, ["run", "-c", str(_config_file(tmp_path, strict)), "--out",
+                            str(tmp_path / "run")])
+    assert r.exit_code == 2 and "System role not supported" in r.output, r.output
+
+
+def _config_file(tmp_path, folder):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"engine: {{model: {folder}}}\n")
+    return p
+
+
+def test_eval_refuses_a_local_folder_for_a_served_model(tmp_path):
+    """With engine.kind openai, --model FOLDER was sent as the model name: a server that ignores
+    names scored its own model, and eval.json said it was the folder's."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("engine: {kind: openai, model: served, base_url: 'http://127.0.0.1:9/v1'}\n"
+                   "train: {sft: {enabled: false}}\n")
+    folder = _model_copy(tmp_path, "mine")
+    r = runner.invoke(app, ["eval", "-c", str(cfg), "--model", str(folder)])
+    assert r.exit_code == 2 and "is a local folder, but engine.kind is openai" in r.output

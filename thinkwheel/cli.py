@@ -63,16 +63,30 @@ def missing_extras(cfg: RunConfig) -> list[str]:
     ]
 
 
-def unreachable_model(cfg: RunConfig) -> str | None:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def unreachable_model(cfg: RunConfig, *, training: bool = True) -> str | None:
     """Why engine.model cannot load here, or None. A missing folder, or a hub id that is not in
     the local Hugging Face cache while HF_HUB_OFFLINE is set, otherwise fails inside the flow
-    after Prefect starts, with a loader traceback. Online, a hub id is left to download."""
+    after Prefect starts, with a loader traceback. Online, a hub id is left to download. A
+    folder without a tokenizer never works; a LoRA adapter folder scores (`eval`) but does not
+    train."""
     model = cfg.engine.model
     if cfg.engine.kind == "openai" or model == "bundled":
         return None
     folder = Path(model).expanduser()
     if folder.is_dir():
         if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+            if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+                # transformers 5 builds an empty tokenizer instead, and generation fails later
+                # with an IndexError
+                return (f"engine.model: {model} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}"
+                        "): copy the tokenizer files of the model it came from into it")
+            if not (folder / "config.json").is_file() and training:
+                return (f"engine.model: {model} is a LoRA adapter, not a model: merge it into its "
+                        "base (peft's merge_and_unload) and train that, or train the base with "
+                        "`lora: true`")
             return None
         inner = next((p for p in (folder / "model", *sorted(folder.glob("round-*/model"))[::-1])
                       if (p / "config.json").is_file()), None)
@@ -114,6 +128,10 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, st
             down.append(f"nothing answers at {base} ({err})")
             continue
         if resp.status_code in (401, 403):
+            if not key:
+                return (f"engine.base_url: {base} wants an API key (HTTP {resp.status_code}) and "
+                        f"${cfg.engine.api_key_env} is not set (engine.api_key_env names the "
+                        "variable)"), None
             return f"engine.base_url: {base} refused the API key from ${cfg.engine.api_key_env} " \
                    f"(HTTP {resp.status_code})", None
         try:
@@ -132,24 +150,61 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, st
     return None, "\n".join(f"[yellow]{w}[/]" for w in warnings) or None
 
 
-def preflight(cfg: RunConfig, *, model_flag: bool = False) -> None:
+def preflight(cfg: RunConfig, *, model_flag: bool = False, training: bool = True) -> None:
     """Every check a run or an eval makes before loading anything: missing extras, the server,
-    the model, the task files. One line and exit 2 on the first problem; warnings printed.
-    With `model_flag` the model came from --model, and the message says so."""
+    the model and its chat template, the task files. One line and exit 2 on the first problem;
+    warnings printed. With `model_flag` the model came from --model, and the message says so."""
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
     problem, warning = server_check(cfg)
-    if problem := (problem or unknown_names(cfg) or missing_device(cfg) or unreachable_model(cfg)
-                   or unreadable_tasks(cfg)):
+    if problem := (problem or unknown_names(cfg) or missing_device(cfg)
+                   or unreachable_model(cfg, training=training) or unreadable_tasks(cfg)):
         fail(problem.replace("engine.model", "--model") if model_flag else problem)
     if warning:
         console.print(warning)
+    problem, warning = template_check(cfg)
+    if problem:
+        fail(problem)
+    if warning:
+        console.print(f"[yellow]{escape(warning)}[/]")
     if cfg.generate.tasks.paths or cfg.eval.tasks.paths:
         from thinkwheel.flows.steps import task_file_notes
 
         for key, files, held in _task_files_of(cfg):
             for note in task_file_notes(files, held_out=held) if files.paths else []:
                 console.print(f"[yellow]{key}: {escape(note)}[/]")
+
+
+def template_check(cfg: RunConfig) -> tuple[str | None, str | None]:
+    """(why the model's chat template cannot render our requests, a warning) for a local model.
+    A template that refuses a system turn (Gemma's, Mistral's) raised a 130-line traceback after
+    Prefect started; a model without a template is prompted as a base model, which a user who
+    copied only the tokenizer files (transformers 5 keeps the template in chat_template.jinja)
+    should hear before a whole run of it."""
+    if cfg.engine.kind == "openai":
+        return None, None  # the server renders
+    from thinkwheel.engines.factory import resolve_model
+
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.engine))
+    except Exception:  # not loadable here (a hub id online, say): the engine will say why
+        return None, None
+    if not tokenizer.chat_template:
+        return None, (f"{cfg.engine.model} has no chat template: its prompts are the turns' text, "
+                      "one per line, as for a base model (copy chat_template.jinja along with the "
+                      "tokenizer if it has one)")
+    from thinkwheel.chat_template import render_prompt
+    from thinkwheel.engines.base import request_for
+
+    try:
+        render_prompt(tokenizer, request_for("What is 1 + 1?", cfg.export.system_prompt))
+    except Exception as err:
+        hint = ("; set export.system_prompt: '' (the system turn sampling, the eval and the "
+                "curated sets share)" if cfg.export.system_prompt else "")
+        return f"the chat template of {cfg.engine.model} fails on our requests: {err}{hint}", None
+    return None, None
 
 
 def _task_files_of(cfg: RunConfig) -> tuple:
@@ -595,6 +650,9 @@ def _train_inputs(data: Path, split: str, model: str | None, config: Path | None
     engine = cfg.engine.model_copy(update={"model": model or cfg.engine.model, "kind": "hf"})
     if problem := unreachable_model(cfg.model_copy(update={"engine": engine})):
         fail(problem.replace("engine.model", "--model") if model else problem)
+    problem, warning = template_check(cfg.model_copy(update={"engine": engine}))
+    if problem or warning:
+        console.print(f"[yellow]{escape(problem or warning)}[/]")
     path = resolve_model(engine)
     if Path(path).resolve() == out.resolve():
         fail(f"--out {out} is the model being trained; write the trained model to another folder")
@@ -712,7 +770,11 @@ def eval_cmd(
     cfg = _config(config)
     if model is not None:
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
-    preflight(cfg, model_flag=model is not None)
+    if model is not None and cfg.engine.kind == "openai" and Path(model).expanduser().is_dir():
+        fail(f"--model {model} is a local folder, but engine.kind is openai, which asks the server "
+             "for a model by name (and a server that ignores the name scores its own): serve the "
+             "folder, or use a config with engine.kind: hf")
+    preflight(cfg, model_flag=model is not None, training=False)
     from thinkwheel.engines.openai import EngineError
     from thinkwheel.environment import quiet_libraries
     from thinkwheel.flows.progress import RichReporter, use_reporter
