@@ -182,7 +182,7 @@ def test_marked_template_that_strips_reasoning_falls_back(tmp_path):
     )
     assert "generation" in stripping_marked
     tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", stripping_marked))
-    assert chat_template.has_generation_markers(tok) and not chat_template.keeps_reasoning(tok)
+    assert chat_template.has_generation_markers(tok) and not chat_template.renders_reply_as_written(tok)
     assert sft_mod.loss_mode(tok, SFTConfig()) == "completion_only"
 
 
@@ -271,7 +271,7 @@ def test_template_probes(plain_model, r1_model):
     from transformers import AutoTokenizer
 
     plain, r1 = AutoTokenizer.from_pretrained(plain_model), AutoTokenizer.from_pretrained(r1_model)
-    assert chat_template.keeps_reasoning(plain) and not chat_template.keeps_reasoning(r1)
+    assert chat_template.renders_reply_as_written(plain) and not chat_template.renders_reply_as_written(r1)
     assert chat_template.end_of_turn(plain) == "<|end|>\n" and chat_template.end_of_turn(r1) == "<|end|>"
     assert chat_template.generation_prefill(r1) == "<think>\n"
     assert chat_template.completion_text("<think>\nr</think>a", "<think>\n") == "r</think>a"
@@ -309,6 +309,38 @@ def test_dpo_pairs_keep_reasoning_through_a_template_that_strips_it(r1_model, tm
         dpo_mod.train_dpo(r1_model, pairs, str(tmp_path / "m2"), cfg.model_copy(update={"max_length": 8}))
     assert not list(tmp_path.glob("m2*"))  # refused before anything was written
     assert "1 of 1 preference pairs" in sft_mod.length_warning(res, "train.dpo.max_length", "preference pairs")
+
+
+# Qwen3's habit: a finished assistant turn keeps its reasoning but re-spaces it
+TEMPLATE_RESPACED = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and '</think>' in m['content'] %}"
+    "{% set r = m['content'].split('</think>')[0].split('<think>')[-1].strip() %}"
+    "{% set a = m['content'].split('</think>')[-1].strip() %}"
+    "{{ '<|assistant|>\\n<think>\\n' + r + '\\n</think>\\n\\n' + a + '<|end|>\\n' }}"
+    "{% else %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def test_dpo_pairs_are_the_replies_as_sampled_through_a_template_that_respaces_them(tmp_path):
+    """A Qwen3-style template keeps the reasoning but re-spaces it: DPO, rendering the pairs
+    through it, compared `...</think>\\n\\n7` where the model wrote (and SFT trained) `...</think>\\n7`."""
+    from thinkwheel.config import DPOTrainConfig
+    from thinkwheel.train import dpo as dpo_mod
+
+    path = build_tiny_model(tmp_path / "respaced", TEMPLATE_RESPACED)
+    msgs = sft_frame(1)["messages"][0].to_list()
+    pairs = pl.DataFrame({"prompt": [msgs[:2]], "chosen": [[msgs[2]]],
+                          "rejected": [[{"role": "assistant", "content": "<think>0 plus 7 is 8</think>\n8"}]]})
+    model, tok = sft_mod.load_hf(path)
+    assert not chat_template.renders_reply_as_written(tok)
+    trainer = dpo_mod.build_dpo_trainer(model, tok, dpo_mod.dpo_dataset(pairs),
+                                        DPOTrainConfig(max_steps=1, batch_size=1), str(tmp_path / "o"))
+    row = trainer.train_dataset[0]
+    assert tok.decode(row["chosen_ids"]) == msgs[2]["content"] + "<|end|>"
+    assert tok.decode(row["rejected_ids"]) == "<think>0 plus 7 is 8</think>\n8<|end|>"
 
 
 def test_self_added_bos_is_found(plain_model):

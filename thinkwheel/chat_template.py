@@ -16,6 +16,7 @@ from typing import Any
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _THOUGHT, _ANSWER = "probe-thought-7319", "probe-answer-4261"
+_PROBE_REPLY = f"{THINK_OPEN}{_THOUGHT}{THINK_CLOSE}\n{_ANSWER}"
 
 
 def has_generation_markers(tokenizer: Any) -> bool:
@@ -51,7 +52,7 @@ def generation_prefill(tokenizer: Any) -> str:
 def _rendered_reply(tokenizer: Any) -> str | None:
     probe = [
         {"role": "user", "content": "x"},
-        {"role": "assistant", "content": f"{THINK_OPEN}{_THOUGHT}{THINK_CLOSE}\n{_ANSWER}"},
+        {"role": "assistant", "content": _PROBE_REPLY},
     ]
     try:
         return tokenizer.apply_chat_template(probe, tokenize=False)
@@ -59,10 +60,12 @@ def _rendered_reply(tokenizer: Any) -> str | None:
         return None
 
 
-def keeps_reasoning(tokenizer: Any) -> bool:
-    """False when rendering a finished assistant turn drops its `<think>` block."""
+def renders_reply_as_written(tokenizer: Any) -> bool:
+    """False when rendering a finished assistant turn changes its text: drops the `<think>` block
+    (DeepSeek-R1-Distill's) or re-spaces it (Qwen3's writes `<think>\n…\n</think>\n\n`).
+    Trained through such a template, SFT and DPO learn text the model is never sampled to write."""
     text = _rendered_reply(tokenizer)
-    return text is None or _THOUGHT in text
+    return text is None or _PROBE_REPLY in text
 
 
 def end_of_turn(tokenizer: Any) -> str:

@@ -74,10 +74,9 @@ def _turns(value: Any, role: str) -> list[dict[str, str]]:
 def as_text_pairs(dataset: Any, tokenizer: Any) -> Any:
     """Prompt, chosen and rejected as text, the prompt rendered as at sampling time.
 
-    For a template that drops the `<think>` block from finished assistant turns
-    (DeepSeek-R1-Distill's): TRL renders conversational pairs through it, and DPO would then
-    compare bare answers while the model is sampled thinking. And for a base model with no
-    template, which TRL cannot render at all.
+    For a template that changes finished assistant turns: DeepSeek-R1-Distill's drops the
+    `<think>` block (DPO through it compared bare answers while the model is sampled thinking),
+    Qwen3's re-spaces it. And for a base model with no template, which TRL cannot render at all.
     """
     prefill = chat_template.generation_prefill(tokenizer)
     stop = chat_template.stop_text(tokenizer)
@@ -145,7 +144,7 @@ def build_dpo_trainer(
     """The configured DPOTrainer (not yet trained); tests inspect its tokenized pairs."""
     from trl import DPOConfig, DPOTrainer
 
-    if not tokenizer.chat_template or not chat_template.keeps_reasoning(tokenizer):
+    if not tokenizer.chat_template or not chat_template.renders_reply_as_written(tokenizer):
         dataset = as_text_pairs(dataset, tokenizer)  # TRL would render through the template
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]}
     with quiet_deprecations():

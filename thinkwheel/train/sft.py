@@ -362,21 +362,21 @@ def quiet(trainer: Any) -> None:
 def tokenizes_here(tokenizer: Any, cfg: SFTConfig, trainer: str = "trl") -> bool:
     """Whether SFT tokenizes the set itself (`tokenize_for_inference`) rather than let TRL
     render the conversations: always for the completion-only fallback and under Unsloth, and
-    for full loss when TRL's rendering would fail (no template) or drop the reasoning."""
+    for full loss when TRL's rendering would fail (no template) or change the reply."""
     mode = loss_mode(tokenizer, cfg, trainer)
     if mode != "full":
         return mode == "completion_only"
     no_template = not tokenizer.chat_template  # a base model: TRL cannot render conversations
-    return trainer == "unsloth" or no_template or not chat_template.keeps_reasoning(tokenizer)
+    return trainer == "unsloth" or no_template or not chat_template.renders_reply_as_written(tokenizer)
 
 
 def loss_mode(tokenizer: Any, cfg: SFTConfig, trainer: str = "trl") -> str:
-    """assistant_only (TRL, and the template marks assistant turns and keeps their reasoning),
+    """assistant_only (TRL, and the template marks assistant turns and renders them as written),
     completion_only (our tokenization with labels, the fallback) or full."""
     if not cfg.assistant_only_loss:
         return "full"
     marked = chat_template.has_generation_markers(tokenizer)
-    if trainer == "trl" and marked and chat_template.keeps_reasoning(tokenizer):
+    if trainer == "trl" and marked and chat_template.renders_reply_as_written(tokenizer):
         return "assistant_only"
     return "completion_only"
 
