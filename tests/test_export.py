@@ -323,6 +323,32 @@ def test_dataset_card_front_matter_is_hub_format(frames, tmp_path):
     assert "thinkwheel" in DatasetCard(other).data.to_dict()  # default config hash filled in
 
 
+def test_the_card_says_which_rows_check_against_the_models_own_references(frames):
+    """Tasks labelled by the model's own majority vote (or tests it wrote) went out under "each
+    candidate was checked by a verifier"; in one audited run all 3 such GRPO references were
+    wrong. The card counts them per set, and says which set its domain counts come from."""
+    from huggingface_hub import DatasetCard
+
+    from thinkwheel.curated import card
+
+    tasks, cands = frames
+    first = tasks["task_id"][0]
+    tasks = tasks.with_columns(
+        pl.when(pl.col("task_id") == first).then(pl.lit('{"reference_source": "consensus"}'))
+        .otherwise(pl.lit("{}")).alias("meta"))
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
+    want = {"sft": int((sft["task_id"] == first).sum()), "grpo": int((grpo["task_id"] == first).sum())}
+    assert want["sft"] > 0
+    text = card.dataset_card(sft, grpo, tasks=tasks)
+    tw = DatasetCard(text).data.to_dict()["thinkwheel"]
+    assert tw["model_labelled"] == want and tw["counted_in"] == "sft"
+    assert f"{want['sft']} sft and {want['grpo']} grpo rows are checked against references the model" in text
+    plain = card.dataset_card(sft, grpo, tasks=tasks.with_columns(pl.lit("{}").alias("meta")))
+    assert "references the model made itself" not in plain
+    assert DatasetCard(card.dataset_card(sft.head(0), grpo)).data.to_dict()["thinkwheel"]["counted_in"] == "grpo"
+
+
 def _outcomes(cands: pl.DataFrame, by_idx: dict[int, tuple[bool | None, str | None]]):
     """verdicts and filtered tables: sample_idx -> (passed, drop_reason)."""
     rows = [

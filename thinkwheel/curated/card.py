@@ -77,6 +77,21 @@ def decontam_results(filtered: pl.DataFrame | None,
     return {"checked": f.height, "dropped": hits.height, "by_reason": by_reason, **before}
 
 
+MODEL_LABELLED = ("consensus", "codet")  # references the model itself made: its majority, its tests
+
+
+def model_labelled(tasks: pl.DataFrame | None, sets: Mapping[str, pl.DataFrame]) -> dict[str, int]:
+    """Rows of each set whose task's reference or tests the model made itself
+    (`meta.reference_source`): a verifier checks against them, but they are only as right as
+    the model's majority was."""
+    if tasks is None or "meta" not in tasks.columns or not tasks.height:
+        return {}
+    source = tasks["meta"].cast(pl.Utf8).str.json_path_match("$.reference_source")
+    ids = tasks.filter(source.is_in(list(MODEL_LABELLED)).fill_null(False))["task_id"].implode()
+    return {name: int(df["task_id"].is_in(ids).sum()) if "task_id" in df.columns else 0
+            for name, df in sets.items()}
+
+
 def dataset_card(
     sft: pl.DataFrame,
     grpo: pl.DataFrame,
@@ -111,6 +126,9 @@ def dataset_card(
         "sources": _counts(sft, "source"),
         "domains": _counts(sft, "domain") or _counts(grpo, "domain"),
         "families": _counts(sft, "family") or _counts(grpo, "family"),
+        # which set `domains` and `families` count: the SFT set, or the GRPO set when it is empty
+        "counted_in": "sft" if sft.height else "grpo",
+        "model_labelled": model_labelled(tasks, {"sft": sft, "grpo": grpo}),
         "verifiers": verifiers,
         "filters": filter_settings(config),
         "decontamination": decontam,
@@ -179,6 +197,16 @@ def _dpo_line(m: Mapping[str, Any]) -> str:
     )
 
 
+def _labelled_line(m: Mapping[str, Any]) -> str:
+    n = m.get("model_labelled") or {}
+    if not any(n.values()):
+        return ""
+    return (f"\n\n**{n.get('sft', 0)} sft and {n.get('grpo', 0)} grpo rows are checked against "
+            "references the model made itself** (its majority answer, or tests it wrote: "
+            "`meta.reference_source` consensus / codet), not given ones: they are only as right as "
+            "that majority.")
+
+
 def _body(name: str, m: Mapping[str, Any], data_format: str) -> str:
     f = m["filters"]
     dec = m["decontamination"]
@@ -191,8 +219,9 @@ def _body(name: str, m: Mapping[str, Any], data_format: str) -> str:
     return f"""# {name}
 
 Synthetic reasoning data made by thinkwheel, round {m["round"]}:
-tasks were sampled from `{m["generator_model"]}`, each candidate was checked by a verifier,
-and the survivors of near-dedup, decontamination and quality filters were kept.
+candidate solutions were sampled from `{m["generator_model"]}`, each was checked by a verifier,
+and the survivors of decontamination, quality filters and near-dedup were kept, at most
+{f["keep_per_task"]} per task.{_labelled_line(m)}
 
 - **sft** ({m["counts"]["sft"]} rows): `messages` = [system, user, assistant]; the assistant
   turn is exactly `<think>` + reasoning + `</think>` + newline + answer. Lineage columns:
