@@ -100,6 +100,12 @@ def test_the_base_model_is_the_first_accuracy_row(run):
     assert "<td>base</td>" in section.split("</section>")[0]
 
 
+def test_pass_rate_bars_sit_at_the_rates_that_occur():
+    rates = {0: pl.DataFrame({"pass_rate": [0.25, 0.75, 0.75, None, 1.0]}),
+             1: pl.DataFrame({"pass_rate": [None]})}
+    assert report.rate_bars(rates) == {0: ([0.25, 0.75, 1.0], [1, 2, 1])}
+
+
 def test_training_charts_only_for_logged_metrics():
     charts = report.training_charts({0: [{"step": 1, "loss": 2.0, "epoch": 0.1}], 1: []})
     assert len(charts) == 1
