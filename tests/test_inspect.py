@@ -228,3 +228,8 @@ def test_tasks_dropped_before_sampling_are_shown():
     with pytest.raises(ValueError, match="1 task\\(s\\) were dropped for it before sampling"):
         ins.sample_records({0: r}, reason="contaminated")
     assert ins.summarize({0: _round()})["rounds"]["0"]["task_drops"] == []
+
+
+def test_numbers_print_without_rounding_to_a_perfect_score():
+    assert [ins._fmt(v) for v in (0.9996, 1.0, 0.0, 0.131, 82.94, 3)] == [
+        "0.9996", "1.0", "0.0", "0.131", "82.9", "3"]

@@ -403,7 +403,10 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1 else f"{v:,.1f}"
+        if v == 0 or abs(v) >= 1:
+            return f"{v:,.1f}"
+        short = f"{v:.3g}"  # a rate just under 1 (0.9996) must not read "1", as a perfect one
+        return short if abs(float(short)) < 1 else f"{v:.4f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
