@@ -231,5 +231,5 @@ def test_tasks_dropped_before_sampling_are_shown():
 
 
 def test_numbers_print_without_rounding_to_a_perfect_score():
-    assert [ins._fmt(v) for v in (0.9996, 1.0, 0.0, 0.131, 82.94, 3)] == [
-        "0.9996", "1.0", "0.0", "0.131", "82.9", "3"]
+    assert [ins._fmt(v) for v in (0.9996, 0.99996, 1.0, 0.0, 0.131, 82.94, 3)] == [
+        "0.9996", "0.9999", "1.0", "0.0", "0.131", "82.9", "3"]

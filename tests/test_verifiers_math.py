@@ -33,12 +33,18 @@ SUITE = Path(__file__).parent / "data" / "math_equiv.jsonl"
         ("<think>a</think>", None),
         # a box inside a box is one answer, not a hedge
         ("<think>a</think> \\boxed{\\boxed{5}}", "5"),
+        ("<think>a</think> \\boxed{\\boxed{\\boxed{5}}}", "5"),
+        # ...but boxes inside one that says more are answers of their own: a hedge
+        ("<think>a</think> \\boxed{\\boxed{5} \\text{ or } \\boxed{6}}", None),
+        ("<think>a</think> \\boxed{5 \\text{ or } \\boxed{6}}", None),
         # Minerva's format: the inner cue wins, a closing sentence is not part of the answer...
         ("<think>a</think>Final Answer: The final answer is $5$. I hope it is correct.", "5"),
         ("<think>a</think>The final answer is 5. Let me know if you have questions.", "5"),
-        # ...unless it takes the answer back
+        # ...unless it is anything but a known sign-off: it may take the answer back
         ("<think>a</think>The final answer is 5. Wait, actually it is six.",
          "5. Wait, actually it is six"),
+        ("<think>a</think>The final answer is 5. Hmm, let me recompute: it should be six.",
+         "5. Hmm, let me recompute: it should be six"),
     ],
 )
 def test_extract_answer(completion: str, expected: str | None) -> None:

@@ -13,6 +13,7 @@ is a dedup drop, `decontam:humaneval` a decontamination drop. Unknown prefixes c
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -406,7 +407,7 @@ def _fmt(v: Any) -> str:
         if v == 0 or abs(v) >= 1:
             return f"{v:,.1f}"
         short = f"{v:.3g}"  # a rate just under 1 (0.9996) must not read "1", as a perfect one
-        return short if abs(float(short)) < 1 else f"{v:.4f}"
+        return short if abs(float(short)) < 1 else f"{math.copysign(math.floor(abs(v) * 1e4) / 1e4, v):.4f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 

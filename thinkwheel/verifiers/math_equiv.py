@@ -5,7 +5,7 @@ Rules (each one chosen so a wrong answer can never pass by rounding):
 - a side written with decimals is compared with a relative tolerance (`rel_tol`, 1e-9), and
   a lone decimal with >= 3 significant digits also matches an exact value it correctly
   rounds (`0.333` ~ `1/3`, `3.1416` ~ `pi`; `0.33` is not `1/3`; `1e-7` is not `2e-7`); an
-  exact integer only matches a decimal within 1/2 of it (`1.23e4` is not `12345`);
+  integer reference only takes a decimal within 1/2 of it (`1.23e4` is not `12345`);
 - symbolic values: `simplify(a - b) == 0` under an operation-count bound, with random
   numeric probes to reject quickly and to confirm identities simplify cannot close;
 - equations are equal when they have the same solution set (one is a non-zero constant
@@ -109,14 +109,14 @@ def _same_number(a: Answer, b: Answer, va: Any, vb: Any, rel_tol: float) -> bool
     if a.inexact or b.inexact:
         if va == vb:
             return True
-        for exact, exact_ans, other in ((va, a, vb), (vb, b, va)):
-            if exact.is_Integer and not exact_ans.inexact:
-                # an integer is never matched by a decimal further than 1/2 from it, which a
-                # relative tolerance or rounding would let through (`1000000001.0` for 10^9,
-                # `1.23e4` for 12345: any integer's first three digits)
-                gap = _num(other - exact, 50) if other.is_number else None
-                if gap is None or not abs(gap) < sympy.Rational(1, 2):
-                    return False
+        if va.is_Integer and not a.inexact:
+            # an integer reference is never matched by a decimal further than 1/2 from it,
+            # which a relative tolerance or rounding would let through (`1000000001.0` for
+            # 10^9, `1.23e4` for 12345: any integer's first three digits); a decimal reference
+            # is the rounded one and still takes the exact integer it rounds
+            gap = _num(vb - va, 50) if vb.is_number else None
+            if gap is None or not abs(gap) < sympy.Rational(1, 2):
+                return False
         for lone, other, other_ans in ((a.decimal, vb, b), (b.decimal, va, a)):
             if lone is not None and not other_ans.inexact and _rounds_to(other, lone):
                 return True

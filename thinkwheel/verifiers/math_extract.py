@@ -27,15 +27,18 @@ def last_boxed(text: str) -> str | None:
 
 
 def all_boxed(text: str) -> list[str]:
-    """The contents of every outermost `\\boxed{}` / `\\fbox{}` in `text`, in order (a box
-    inside another, `\\boxed{\\boxed{5}}`, is part of it, not a second answer)."""
-    out, end = [], 0
-    for m in re.finditer(r"\\boxed|\\fbox", text):
-        if m.start() < end or (b := _boxed_at(text, m.start())) is None:
-            continue
-        out.append(b)
-        end = text.find(b, m.start()) + len(b)
-    return out
+    """The contents of every `\\boxed{}` / `\\fbox{}` in `text`, nested ones too, in order;
+    a box that holds nothing but another box (`\\boxed{\\boxed{5}}`) only wraps it and is left
+    out, so that is one answer while `\\boxed{\\boxed{5} or \\boxed{6}}` is two."""
+    starts = sorted(m.start() for m in re.finditer(r"\\boxed|\\fbox", text))
+    boxes = [b for at in starts if (b := _boxed_at(text, at)) is not None]
+    return [b for b in boxes if not _only_a_box(b)]
+
+
+def _only_a_box(content: str) -> bool:
+    c = content.strip()
+    inner = _boxed_at(c, 0) if c.startswith(("\\boxed", "\\fbox")) else None
+    return inner is not None and c in (f"\\boxed{{{inner}}}", f"\\fbox{{{inner}}}")
 
 
 def _boxed_at(text: str, start: int) -> str | None:
@@ -86,16 +89,18 @@ def _marked(text: str) -> tuple[bool, str | None]:
     return False, None
 
 
-# a sentence after the answer that takes nothing back ("$5$. I hope it is correct.")
+# the sign-offs that follow an answer ("$5$. I hope it is correct."): only these are cut, since
+# any other sentence may take the answer back ("5. Hmm, let me recompute: it is six.")
 _TRAILING_SENTENCE = re.compile(r"^(.*?\S)\.\s+([^\d$\\]*)$")
-_TAKES_BACK = re.compile(r"\b(?:or|not?|but|wait|actually|instead|sorry|mistake|wrong|either|"
-                         r"maybe|perhaps|else|except)\b", re.I)
+_SIGN_OFF = re.compile(r"^(?:i hope (?:it|this|that) (?:is|was) (?:correct|right|helpful)|"
+                       r"(?:i )?hope (?:it|this|that) helps|let me know if you have (?:any )?"
+                       r"(?:other |more |further )?questions|this is the final answer)[.!]*$", re.I)
 
 
 def _after_cue(line: str) -> str:
     """The answer on a cue's line. Minerva's format nests two cues ("Final Answer: The final
-    answer is $5$. I hope it is correct."): the inner cue wins, and a closing sentence with no
-    number, math or change of mind in it is not part of the answer."""
+    answer is $5$. I hope it is correct."): the inner cue wins, and a known sign-off after it
+    is not part of the answer."""
     value = clean(line)
     for _ in range(3):
         inner = next((hits[-1].strip() for cue in _CUES if (hits := cue.findall(value))), None)
@@ -103,7 +108,7 @@ def _after_cue(line: str) -> str:
             value = clean(inner)
             continue
         m = _TRAILING_SENTENCE.match(value)
-        if m and not _TAKES_BACK.search(m.group(2)):
+        if m and _SIGN_OFF.match(m.group(2).strip()):
             value = clean(m.group(1))
             continue
         break

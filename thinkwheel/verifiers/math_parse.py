@@ -94,7 +94,9 @@ _NOT_A_UNIT = re.compile(r"[\d()\[\],;]|\b(?:or|and|not?|but|maybe|either|nor|al
 
 
 def _is_unit(text: str) -> bool:
-    return not _NOT_A_UNIT.search(re.sub(r"\^\s*\{?\d+\}?", "", text))  # `m^2` is a unit
+    bare = re.sub(r"\^\s*\{?\d+\}?", "", text).strip()  # `m^2` is a unit
+    bare = re.sub(r"^\(([A-Za-z ./]+)\)$", r"\1", bare)  # and so is `(cm)`
+    return not _NOT_A_UNIT.search(bare)
 
 
 def _plain_to_latex(s: str) -> str:
@@ -134,8 +136,9 @@ def _decimal(s: str) -> Decimal | None:
 
 def _in_range(d: Decimal | None) -> Decimal | None:
     """A decimal literal whose exponent is past `MAX_EXP` (`1e-999999`) is refused: as an exact
-    Rational it spends the whole check's time budget in arithmetic, to fail anyway."""
-    if d is not None and d.is_finite() and abs(d.adjusted()) > MAX_EXP:
+    Rational it spends the whole check's time budget in arithmetic, to fail anyway. Its digits
+    are not the cost: a 1,024-digit integer written out is fine."""
+    if d is not None and d.is_finite() and abs(int(d.as_tuple().exponent)) > MAX_EXP:
         raise ParseError(f"exponent beyond ±{MAX_EXP}")
     return d
 
@@ -257,7 +260,7 @@ def _parse(text: str, hint: str | None) -> Answer:
         return Answer(fast.value, "number", fast.inexact, fast.decimal, percent, unit)
     inner = _TEXT_CMD.sub(lambda m: m.group(1), s).strip()
     if _WORDY.match(inner) and (len(inner.replace(" ", "")) > 1 or "\\text" in s) and not (
-        _LETTER_ALGEBRA.match(inner)
+        _LETTER_ALGEBRA.match(inner) and "\\text" not in s  # `\text{x-y}` is still a word
     ):
         word = re.sub(r"[^a-z0-9]", "", inner.lower())
         return Answer(word, "text", unit=unit)
