@@ -747,12 +747,21 @@ def _config_file(tmp_path, folder):
     return p
 
 
-def test_eval_refuses_a_local_folder_for_a_served_model(tmp_path):
+def test_eval_refuses_a_local_folder_the_server_does_not_serve(tmp_path):
     """With engine.kind openai, --model FOLDER was sent as the model name: a server that ignores
-    names scored its own model, and eval.json said it was the folder's."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("engine: {kind: openai, model: served, base_url: 'http://127.0.0.1:9/v1'}\n"
-                   "train: {sft: {enabled: false}}\n")
+    names scored its own model, and eval.json said it was the folder's. A folder the server
+    lists (`vllm serve PATH` names the model by its path) is scored."""
+    from thinkwheel.engines.local_server import LocalServer
+
     folder = _model_copy(tmp_path, "mine")
-    r = runner.invoke(app, ["eval", "-c", str(cfg), "--model", str(folder)])
-    assert r.exit_code == 2 and "is a local folder, but engine.kind is openai" in r.output
+
+    class Named:  # only /v1/models is asked for before the refusal
+        model_name = "served-model"
+
+    cfg = tmp_path / "c.yaml"
+    with LocalServer(Named()) as srv:
+        cfg.write_text(f"engine: {{kind: openai, model: served-model, base_url: '{srv.base_url}'}}\n"
+                       "train: {sft: {enabled: false}}\n")
+        r = runner.invoke(app, ["eval", "-c", str(cfg), "--model", str(folder)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"--model {folder} is not among the models" in out, out

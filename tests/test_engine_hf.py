@@ -293,3 +293,28 @@ def test_think_tags_marked_special_are_kept(tiny_path: Path, tmp_path: Path) -> 
     ids = tok.encode("<think>add</think> 423", add_special_tokens=False) + [tok.eos_token_id]
     got = engine._completion(ids, SamplingParams(max_tokens=len(ids) + 5), len(ids) + 5)
     assert got.text == "<think>add</think> 423" and got.finish_reason == "stop"
+
+
+def test_think_tags_marked_special_in_tokenizer_json_are_kept(tmp_path: Path) -> None:
+    """`"special": true` on the tags in tokenizer.json (what `add_tokens(..., special_tokens=True)`
+    writes) is not listed in `all_special_ids`, yet decoding without special tokens drops them;
+    and the template's own specials (`<|im_start|>`, also unlisted) must still go."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from thinkwheel.assets import model_path
+    from thinkwheel.chat_template import decode_text, special_think_ids
+
+    folder = tmp_path / "tok"
+    shutil.copytree(model_path(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    for token in spec["added_tokens"]:
+        token["special"] = token["special"] or "think" in token["content"]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok.encode("<|im_start|>assistant\n<think>r</think>5<|im_end|>", add_special_tokens=False)
+    assert tok.decode(ids, skip_special_tokens=True) == "assistant\nr5"  # what a decoder gives
+    keep = special_think_ids(tok)
+    assert len(keep) == 2
+    assert decode_text(tok, ids, keep) == "assistant\n<think>r</think>5"

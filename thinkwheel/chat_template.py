@@ -102,12 +102,21 @@ def self_added_bos(tokenizer: Any) -> str:
     return tokenizer.bos_token if bos_id is not None and ids[:1] == [bos_id] else ""
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Every id a decoder skips as special: the named special tokens and the added tokens marked
+    special in the tokenizer itself (`tokenizer.json`'s `"special": true`, which
+    `all_special_ids` does not list: the bundled tokenizer's `<|im_start|>`)."""
+    ids = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return ids | {int(i) for i, tok in added.items() if getattr(tok, "special", False)}
+
+
 def special_think_ids(tokenizer: Any) -> set[int]:
     """The ids of `<think>` / `</think>` when the tokenizer marks them special (a common way to
     add them), which every decoder that skips special tokens (ours, TRL's, vLLM's) drops: the
     samples then lose their tags and fail the format check. Empty when they are plain text."""
     try:
-        special = set(tokenizer.all_special_ids)
+        special = special_ids(tokenizer)
         ids = {tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE)}
     except Exception:
         return set()
@@ -118,7 +127,7 @@ def decode_text(tokenizer: Any, ids: list[int], keep: Collection[int] = ()) -> s
     """`ids` as text without special tokens, except those in `keep` (`special_think_ids`)."""
     if not keep:
         return tokenizer.decode(ids, skip_special_tokens=True)
-    drop = set(tokenizer.all_special_ids) - keep
+    drop = special_ids(tokenizer) - set(keep)
     return tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
 
 

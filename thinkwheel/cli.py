@@ -110,10 +110,13 @@ def unreachable_model(cfg: RunConfig, *, training: bool = True) -> str | None:
     return None
 
 
-def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, str | None]:
+def server_check(cfg: RunConfig, timeout_s: float = 5.0, *,
+                 strict_name: bool = False) -> tuple[str | None, str | None]:
     """(why the served model cannot be used, a warning) for engine.kind openai. A server that is
     down or refuses the key otherwise shows only after Prefect starts and every retry backs off.
-    Of several servers, one that is down is a warning: the others take its calls."""
+    Of several servers, one that is down is a warning: the others take its calls. A model name
+    the server does not list is a warning (servers take aliases), or with `strict_name` (the
+    name is a local folder: `vllm serve PATH` lists it so) the problem."""
     if cfg.engine.kind != "openai":
         return None, None
     import httpx
@@ -140,8 +143,10 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, st
             served = []  # not every server lists its models; the requests will tell
         if served and cfg.engine.model not in served:
             shown = ", ".join(served[:5]) + (", ..." if len(served) > 5 else "")
-            warnings.append(f"engine.model {cfg.engine.model} is not among the models {base} "
-                            f"lists ({shown})")
+            note = f"engine.model {cfg.engine.model} is not among the models {base} lists ({shown})"
+            if strict_name:  # a server that ignores the name would score its own model as this one
+                return f"{note}: serve that folder, or use a config with engine.kind: hf", None
+            warnings.append(note)
     if len(down) == len(urls):
         return f"engine.base_url: {'; '.join(down)}; start the server (e.g. `vllm serve " \
                "<model>`) or fix engine.base_url", None
@@ -150,13 +155,14 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0) -> tuple[str | None, st
     return None, "\n".join(f"[yellow]{w}[/]" for w in warnings) or None
 
 
-def preflight(cfg: RunConfig, *, model_flag: bool = False, training: bool = True) -> None:
+def preflight(cfg: RunConfig, *, model_flag: bool = False, training: bool = True,
+              strict_name: bool = False) -> None:
     """Every check a run or an eval makes before loading anything: missing extras, the server,
     the model and its chat template, the task files. One line and exit 2 on the first problem;
     warnings printed. With `model_flag` the model came from --model, and the message says so."""
     if missing := missing_extras(cfg):
         fail("; ".join(missing))
-    problem, warning = server_check(cfg)
+    problem, warning = server_check(cfg, strict_name=strict_name)
     if problem := (problem or unknown_names(cfg) or missing_device(cfg)
                    or unreachable_model(cfg, training=training) or unreadable_tasks(cfg)):
         fail(problem.replace("engine.model", "--model") if model_flag else problem)
@@ -338,7 +344,7 @@ def run(
 
     Without --config it runs the packaged CPU recipe, thinkwheel/configs/default.yaml."""
     cfg = _config(config or DEFAULT_RUN, rounds=rounds)
-    preflight(cfg)
+    preflight(cfg, training=bool(cfg.train.trainers()))
     out = out or Path("runs") / cfg.name
     t0 = time.time()
     console.print(
@@ -770,11 +776,8 @@ def eval_cmd(
     cfg = _config(config)
     if model is not None:
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
-    if model is not None and cfg.engine.kind == "openai" and Path(model).expanduser().is_dir():
-        fail(f"--model {model} is a local folder, but engine.kind is openai, which asks the server "
-             "for a model by name (and a server that ignores the name scores its own): serve the "
-             "folder, or use a config with engine.kind: hf")
-    preflight(cfg, model_flag=model is not None, training=False)
+    folder = model is not None and cfg.engine.kind == "openai" and Path(model).expanduser().is_dir()
+    preflight(cfg, model_flag=model is not None, training=False, strict_name=folder)
     from thinkwheel.engines.openai import EngineError
     from thinkwheel.environment import quiet_libraries
     from thinkwheel.flows.progress import RichReporter, use_reporter

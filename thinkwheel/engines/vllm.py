@@ -28,6 +28,7 @@ from thinkwheel.chat_template import (
     generation_prefill,
     prefilled_text,
     render_prompt,
+    special_ids,
     special_think_ids,
     stop_token_id,
 )
@@ -168,8 +169,8 @@ def special_texts_to_drop(llm: Any) -> list[str] | None:
         return None
     if not keep:
         return None
-    drop = {t for t in tokenizer.all_special_tokens if tokenizer.convert_tokens_to_ids(t) not in keep}
-    return sorted(drop, key=len, reverse=True)
+    drop = {tokenizer.convert_ids_to_tokens(i) for i in special_ids(tokenizer) - keep}
+    return sorted((t for t in drop if t), key=len, reverse=True)
 
 
 def _completions(request_output: Any, params: SamplingParams, draws: int,
