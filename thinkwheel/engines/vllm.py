@@ -77,7 +77,7 @@ class _Replica:
     ) -> list[list[Completion]]:
         """n completions per conversation; one over the model's context comes back empty
         (finish_reason "context_length"): vLLM refuses the whole call for one such prompt."""
-        fit = [i for i, msgs in enumerate(messages) if self.fits(msgs)]
+        fit = [i for i, ok in enumerate(self.fits(messages)) if ok]
         out: list[list[Completion]] = [[OVER_CONTEXT] * params.n for _ in messages]
         if fit:
             served = self._generate([messages[i] for i in fit], params)
@@ -140,8 +140,8 @@ def template_prefill(llm: Any) -> str:
         return ""
 
 
-def context_check(llm: Any) -> Callable[[list[dict[str, str]]], bool]:
-    """Whether a conversation's prompt leaves room for one generated token in the model's
+def context_check(llm: Any) -> Callable[[list[list[dict[str, str]]]], list[bool]]:
+    """Whether each conversation's prompt leaves room for one generated token in the model's
     context (`max_model_len`), the check vLLM makes per prompt and answers for the whole
     call with a ValueError. Without a tokenizer or a context length to read, every prompt is
     sent, as before."""
@@ -149,11 +149,12 @@ def context_check(llm: Any) -> Callable[[list[dict[str, str]]], bool]:
         tokenizer = llm.get_tokenizer()
         limit = int(llm.model_config.max_model_len)
     except Exception:
-        return lambda msgs: True
+        return lambda conversations: [True] * len(conversations)
 
-    def fits(msgs: list[dict[str, str]]) -> bool:
-        ids = tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"]
-        return len(ids) < limit
+    def fits(conversations: list[list[dict[str, str]]]) -> list[bool]:
+        texts = [render_prompt(tokenizer, msgs) for msgs in conversations]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [len(x) < limit for x in ids]  # one batched call: a round is many prompts
 
     return fits
 
