@@ -91,9 +91,10 @@ class _InGenerated:
     the model wrote. A flagged row is checked against its decoded text (rarely: a stop is
     seldom hit), which is what the text is cut by afterwards."""
 
-    def __init__(self, inner: Any, tokenizer: Any, stop: tuple[str, ...], prompt_len: int):
+    def __init__(self, inner: Any, tokenizer: Any, stop: tuple[str, ...], prompt_len: int,
+                 keep: set[int]):
         self.inner, self.tokenizer, self.stop, self.prompt_len = inner, tokenizer, stop, prompt_len
-        self.keep = special_think_ids(tokenizer)
+        self.keep = keep  # the special think ids decoding keeps (the engine's, found once)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         hit = self.inner(input_ids, scores, **kwargs)
@@ -241,7 +242,8 @@ class HFEngine:
         if stop not in self._stop_criteria:  # building it scans the vocabulary: do it once
             self._stop_criteria[stop] = StopStringCriteria(self.tokenizer, list(stop))
         return StoppingCriteriaList(
-            [_InGenerated(self._stop_criteria[stop], self.tokenizer, stop, prompt_len)])
+            [_InGenerated(self._stop_criteria[stop], self.tokenizer, stop, prompt_len,
+                          self.think_ids)])
 
     def _completion(self, ids: list[int], params: SamplingParams, budget: int) -> Completion:
         end = next((k + 1 for k, t in enumerate(ids) if t in self.eos_ids), None)

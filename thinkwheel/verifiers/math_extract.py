@@ -81,12 +81,15 @@ def _marked(text: str) -> tuple[bool, str | None]:
     boxed = last_boxed(text)
     if boxed is not None:
         return True, clean(boxed) or None
-    for cue in _CUES:
-        hits = cue.findall(text)
-        if hits:
-            line = hits[-1].strip().splitlines()[0] if hits[-1].strip() else ""
-            return True, _after_cue(line) or None
-    return False, None
+    hit = _cue_hit(text)
+    if hit is None:
+        return False, None
+    return True, _after_cue(hit.splitlines()[0] if hit else "") or None
+
+
+def _cue_hit(text: str) -> str | None:
+    """What follows the last hit of the first cue that occurs ("" for a bare cue), or None."""
+    return next((hits[-1].strip() for cue in _CUES if (hits := cue.findall(text))), None)
 
 
 # the sign-offs that follow an answer ("$5$. I hope it is correct."): only these are cut, since
@@ -103,7 +106,7 @@ def _after_cue(line: str) -> str:
     is not part of the answer."""
     value = clean(line)
     for _ in range(3):
-        inner = next((hits[-1].strip() for cue in _CUES if (hits := cue.findall(value))), None)
+        inner = _cue_hit(value)
         if inner and inner != value:
             value = clean(inner)
             continue
