@@ -587,9 +587,12 @@ def test_eval_scores_a_model_as_the_flow_does(tmp_path):
     assert "addition" in r.output and "count_char" in r.output and "all" in r.output
     got = json.loads((tmp_path / "ev.json").read_text())
     cfg = load_config(c)
-    want = score_model(cfg, make_engine(cfg.engine))
+    want, answers = score_model(cfg, make_engine(cfg.engine))
     assert got["n"] == 6 and set(got["per_family"]) == {"addition", "count_char"}
     assert got["accuracy"] == want["accuracy"] and got["per_family"] == want["per_family"]
+    # and its answers beside it, as the flow stores a round's
+    kept = pl.read_parquet(tmp_path / "ev-answers.parquet")
+    assert kept.equals(answers)
     r = runner.invoke(app, ["eval", "--model", str(tmp_path / "no-model")])
     assert r.exit_code == 2 and "--model: no such folder" in " ".join(r.output.split())
 

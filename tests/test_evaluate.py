@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import polars as pl
@@ -59,6 +60,8 @@ def fake_verify(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
                 "task_id": c["task_id"],
                 "verifier": t["verifier"],
                 "passed": ok,
+                "reason": {True: "ok", False: "wrong_answer", None: "unparseable"}[ok],
+                "detail": f"got {ans!r}, want {t['reference']!r}",
             }
         )
         rows.append(  # an extra format verdict must not override the task's own verifier
@@ -67,6 +70,7 @@ def fake_verify(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
                 "task_id": c["task_id"],
                 "verifier": "think_format",
                 "passed": False,
+                "reason": "bad_format",
             }
         )
     return records.frame(rows, records.VERDICTS)
@@ -150,6 +154,48 @@ def test_metrics_per_task_and_summary():
     assert res["per_family"]["linear_function"]["accuracy"] == 1.0
     assert res["per_family"]["addition"]["n"] == 2
     assert res["unverified"] == 1
+
+
+def test_each_answer_is_kept_with_its_task_and_why_it_failed():
+    """The per-task rows are what a run stores as eval-answers.parquet: the task, the greedy
+    answer and its own verifier's reason (not the extra format verdict's)."""
+    per_task = ev.score_tasks(ScriptedEngine(SCRIPT), TASKS, fake_verify, k=1, max_tokens=8, seed=0)
+    got = {r["prompt"]: r for r in per_task.to_dicts()}
+    frac = got["What is 1/4 + 1/4?"]
+    assert (frac["reference"], frac["answer"], frac["passed"]) == ("1/2", "1/3", False)
+    assert frac["verdict_reason"] == "wrong_answer" and "'1/3'" in frac["verdict_detail"]
+    assert frac["verifiers"] == "math,think_format"
+    ok = got["What is 5 + 7?"]
+    assert (ok["passed"], ok["verdict_reason"], ok["reasoning"]) == (True, "ok", "work")
+    unparsed = got["What is 1 + 1?"]
+    assert unparsed["passed"] is None and unparsed["verdict_reason"] == "unparseable"
+    assert not unparsed["greedy_passed"]
+
+
+def test_inspect_eval_compares_each_answer_with_the_model_before():
+    from thinkwheel.curated.inspect import BASE_ROUND, eval_samples
+
+    def answers(script):
+        return ev.score_tasks(ScriptedEngine(script), TASKS, fake_verify, k=1, max_tokens=8, seed=0)
+
+    later = {**SCRIPT, "What is 1/4 + 1/4?": (think("1/2"), []),  # fixed
+             "What is 5 + 7?": (think("11"), []),  # broken
+             "What is 1 + 1?": ("<think>1+1=3, so 2</think>\n2", [])}  # fixed, by luck
+    stored = {BASE_ROUND: answers(SCRIPT), 0: answers(later)}
+    df, counts = eval_samples(stored, n=10)
+    assert counts == {"passed": 3, "failed": 1, "lucky": 1, "truncated": 0, "unverified": 0,
+                      "fixed": 2, "broken": 1}
+    assert df["model"].unique().to_list() == ["round 0"]
+    fixed, _ = eval_samples(stored, n=10, reason="fixed")
+    assert sorted(fixed["prompt"]) == ["What is 1 + 1?", "What is 1/4 + 1/4?"]
+    lucky, _ = eval_samples(stored, n=10, reason="lucky")
+    assert lucky["prompt"].to_list() == ["What is 1 + 1?"]
+    base, base_counts = eval_samples(stored, n=10, round=BASE_ROUND, where="family = 'addition'")
+    assert base.height == 2 and base_counts["unverified"] == 1 and base_counts["fixed"] == 0
+    with pytest.raises(ValueError, match="one of passed, failed"):
+        eval_samples(stored, reason="wrong")
+    with pytest.raises(ValueError, match="no held-out answers for round 3; stored: base, 0"):
+        eval_samples(stored, round=3)
 
 
 def test_clean_accuracy_does_not_count_a_right_answer_reached_through_a_false_step():
@@ -303,3 +349,51 @@ def test_sampling_stop_reaches_the_engine_in_sampling_and_eval(tmp_path):
     prompted.export.system_prompt = "Answer in French."
     steps.evaluate(store, prompted, "base", str(MODEL_DIR), lambda _: engine)
     assert len(engine.params) == 3
+
+
+def test_a_runs_eval_keeps_its_answers_and_inspect_shows_them(tmp_path):
+    """`round-k/eval-answers.parquet` (eval-base-answers.parquet for the base model) is written
+    with eval.json; an eval without it is re-run, and `inspect --eval` reads it."""
+    from typer.testing import CliRunner
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.cli import app
+    from thinkwheel.config import RunConfig, parse_config
+    from thinkwheel.flows import steps
+    from thinkwheel.store import RunStore
+
+    class Two:
+        model_name = "two"
+        calls = 0
+
+        def generate(self, requests, params, progress=None):
+            Two.calls += 1
+            return [[Completion(text="<think>1+1=2</think>\nThe answer is $\\boxed{2}$.")]
+                    for _ in requests]
+
+    cfg = parse_config({"eval": {"families": ["addition"], "per_family": 4}})
+    store = RunStore.create(tmp_path / "run", RunConfig(name="a"))
+    result = steps.evaluate(store, cfg, "base", str(MODEL_DIR), lambda _: Two())
+    answers = pl.read_parquet(store.root / "eval-base-answers.parquet")
+    assert answers.height == 4 == result["n"]
+    assert answers["answer"].to_list() == ["The answer is $\\boxed{2}$."] * 4
+    assert set(answers["verdict_reason"]) <= {"wrong_answer", "ok"}
+    assert answers["greedy_passed"].mean() == result["accuracy"]
+    steps.evaluate(store, cfg, "base", str(MODEL_DIR), lambda _: Two())
+    assert Two.calls == 1  # reused
+    (store.root / "eval-base-answers.parquet").unlink()  # a run from before answers were kept
+    steps.evaluate(store, cfg, "base", str(MODEL_DIR), lambda _: Two())
+    assert Two.calls == 2 and (store.root / "eval-base-answers.parquet").is_file()
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["inspect", str(store.root), "--eval", "--round", "-1", "--reason",
+                            "failed", "--samples", "2"])
+    assert r.exit_code == 0, r.output
+    failed = int((~answers["greedy_passed"]).sum())
+    assert f"failed {failed}" in r.output and "base · held-out · addition" in r.output
+    assert "failed by math (wrong_answer)" in r.output and "detail: 2" in r.output
+    r = runner.invoke(app, ["inspect", str(store.root), "--eval", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["counts"]["passed"] == int(answers["greedy_passed"].sum())
+    r = runner.invoke(app, ["inspect", str(store.root), "--eval", "--round", "2"])
+    assert r.exit_code != 0 and "no held-out answers for round 2; stored: base" in r.output

@@ -168,7 +168,8 @@ def test_a_plugin_that_raises_is_said_in_grpo_and_in_the_eval(tmp_path):
         from thinkwheel import records
 
         with use_reporter(Said()) as said:
-            result = steps.score_model(parse_config({}), Engine(), records.conform(held, records.TASKS))
+            result, _ = steps.score_model(parse_config({}), Engine(),
+                                          records.conform(held, records.TASKS))
         assert result["accuracy"] == 0.5
         assert any("tw_boom_plugin:boom raised on 1" in line for line in said.lines), said.lines
     finally:

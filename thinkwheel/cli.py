@@ -418,8 +418,13 @@ def inspect(
     reason: Annotated[str | None, typer.Option(help="Drop reason, stage, 'kept' or 'dropped'")] = None,
     round: Annotated[int | None, typer.Option("--round", help="Only this round")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    held_out: Annotated[bool, typer.Option(
+        "--eval", help="Show the held-out answers of one model (--round, -1 for the base model; "
+        "default the last) instead; --reason passed, failed, lucky, truncated, unverified, "
+        "fixed or broken (against the model before)")] = False,
 ) -> None:
-    """Funnel, drop reasons, pass rates, lengths and accuracy per round; or sample records."""
+    """Funnel, drop reasons, pass rates, lengths and accuracy per round; or sample records;
+    or, with --eval, the held-out answers and why each failed."""
     from thinkwheel.curated import inspect as ins
 
     if not path.exists():
@@ -428,7 +433,8 @@ def inspect(
         from thinkwheel.curated.export import read_dataset
 
         flags = [f for f, on in (("--samples", samples > 0), ("--where", where is not None),
-                                 ("--reason", reason is not None), ("--round", round is not None))
+                                 ("--reason", reason is not None), ("--round", round is not None),
+                                 ("--eval", held_out))
                  if on]
         if flags:  # they were ignored without a word
             what = "an empty folder" if path.is_dir() and not any(path.iterdir()) else "no run"
@@ -448,6 +454,9 @@ def inspect(
         err.print(f"[yellow]{escape(str(path))} is being run by {holder}: a stage it has not "
                   "redone yet shows the previous run's results[/]")
     store, rounds, evals = _load_run(path)
+    if held_out:
+        _inspect_eval(store, rounds, samples or 5, where, reason, round, as_json)
+        return
     if not rounds:
         fail(f"{path} holds no finished round yet")
     if round is not None and round not in rounds:
@@ -474,6 +483,24 @@ def inspect(
         if base:
             console.print(f"base model held-out accuracy: {base['accuracy']:.1%}")
         console.print(ins.render_summary(summary))
+
+
+def _inspect_eval(store, rounds, n: int, where: str | None, reason: str | None,  # noqa: ANN001
+                  round: int | None, as_json: bool) -> None:
+    from thinkwheel.curated import inspect as ins
+    from thinkwheel.store import eval_paths
+
+    keys = {ins.BASE_ROUND: "base", **{k: k for k in rounds}}
+    answers = {k: df for k, key in keys.items()
+               if (df := store.read_parquet(eval_paths(key)[1])) is not None}
+    try:
+        df, counts = ins.eval_samples(answers, n, where=where, reason=reason, round=round)
+    except ValueError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps({"counts": counts, "answers": df.to_dicts()}, default=str, indent=1))
+    else:
+        console.print(ins.render_eval_answers(df, counts))
 
 
 @app.command()
@@ -766,7 +793,8 @@ def train_grpo_cmd(
 def eval_cmd(
     model: Annotated[str | None, typer.Option(help="Model folder or id (default: engine.model)")] = None,
     config: ConfigOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Also write the eval.json here")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Also write the eval.json here, and its answers beside it (<stem>-answers.parquet)")] = None,
 ) -> None:
     """Score a model on the held-out split (and eval.tasks files), as the flow scores each round:
     greedy pass@1 (pass@k and maj@k when eval.k > 1), per family."""
@@ -786,14 +814,16 @@ def eval_cmd(
     t0 = time.time()
     try:
         with RichReporter() as rep, use_reporter(rep):
-            result = score_model(cfg, make_engine(cfg.engine), label=f"scoring {cfg.engine.model}")
+            result, answers = score_model(cfg, make_engine(cfg.engine),
+                                          label=f"scoring {cfg.engine.model}")
     except EngineError as e:
         fail(str(e))
     result["model"] = cfg.engine.model
     if out is not None:
-        from thinkwheel.store import atomic_write_bytes
+        from thinkwheel.store import answers_path, atomic_write_bytes, atomic_write_parquet
 
         out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_parquet(Path(answers_path(str(out))), answers)
         atomic_write_bytes(out, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
     t = Table(title=f"{cfg.engine.model}: held-out accuracy ({time.time() - t0:.0f}s)")
     for col in ("family", "n", "accuracy", "clean", f"pass@{result['k']}", f"maj@{result['k']}"):

@@ -111,6 +111,19 @@ def frame_hash(df: pl.DataFrame) -> str:
     return hashlib.sha256(df.write_ndjson().encode()).hexdigest()[:16]
 
 
+def eval_paths(key: int | str) -> tuple[str, str]:
+    """Where a round's (or, for "base", the base model's) eval.json and held-out answers live
+    in a run directory."""
+    stem = f"round-{key}/eval" if key != "base" else "eval-base"
+    return f"{stem}.json", answers_path(f"{stem}.json")
+
+
+def answers_path(eval_json: str | Path) -> str:
+    """The held-out answers beside an eval.json: `eval.json` -> `eval-answers.parquet`."""
+    p = Path(eval_json)
+    return str(p.with_name(f"{p.stem}-answers.parquet"))
+
+
 def jsonl_has_rows(path: str | Path) -> bool:
     with open(path, encoding="utf-8") as f:
         return any(line.strip() for line in f)
@@ -388,6 +401,15 @@ class RunStore:
             if df is not None:
                 out[name] = df
         return out
+
+    def write_parquet(self, rel: str | Path, df: pl.DataFrame) -> Path:
+        p = self.root / rel
+        atomic_write_parquet(p, df)
+        return p
+
+    def read_parquet(self, rel: str | Path) -> pl.DataFrame | None:
+        p = self.root / rel
+        return pl.read_parquet(p) if p.exists() else None
 
     def write_json(self, rel: str | Path, obj: Any) -> Path:
         p = self.root / rel

@@ -397,6 +397,87 @@ def sample_records(
     return df.sort("round", "task_id", "sample_idx").select(SAMPLE_COLUMNS)
 
 
+# ---- held-out answers ------------------------------------------------------------------
+
+# what `--eval --reason` selects among a model's held-out answers; "fixed" and "broken" compare
+# each task with the model before (the base model for round 0)
+EVAL_REASONS = ("passed", "failed", "lucky", "truncated", "unverified", "fixed", "broken")
+EVAL_COLUMNS = [
+    "model", "round", "task_id", "family", "domain", "prompt", "reference", "reasoning", "answer",
+    "passed", "clean", "verifiers", "score", "verdict_reason", "verdict_detail", "truncated",
+    "was_passed", "n_samples", "n_correct",
+]  # fmt: skip
+
+
+def eval_answers(answers: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
+    """Every stored held-out answer (`eval-answers.parquet`), stacked, keyed by round
+    (BASE_ROUND for the base model), with `was_passed`: the same task's verdict for the model
+    evaluated before it (null for the first)."""
+    frames, before = [], None
+    for k in sorted(answers):
+        a = answers[k].select(
+            pl.lit("base" if k == BASE_ROUND else f"round {k}").alias("model"),
+            pl.lit(None if k == BASE_ROUND else k, dtype=pl.Int64).alias("round"),
+            *(c for c in ("task_id", "family", "domain", "prompt", "reference", "reasoning",
+                          "answer", "verifiers", "score", "verdict_reason", "verdict_detail")),
+            pl.col("greedy_passed").alias("passed"), pl.col("greedy_clean").alias("clean"),
+            pl.col("greedy_truncated").alias("truncated"), "n_samples", "n_correct",
+            pl.col("passed").is_null().alias("unverified"),
+        )  # fmt: skip
+        prev = (before.select("task_id", pl.col("passed").alias("was_passed"))
+                if before is not None else pl.DataFrame(schema={"task_id": pl.Utf8,
+                                                                "was_passed": pl.Boolean}))
+        frames.append(a.join(prev, on="task_id", how="left"))
+        before = a
+    if not frames:
+        return pl.DataFrame(schema=dict.fromkeys(EVAL_COLUMNS, pl.Utf8))
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def eval_samples(
+    answers: Mapping[int, pl.DataFrame],
+    n: int = 5,
+    where: str | None = None,
+    reason: str | None = None,
+    round: int | None = None,  # noqa: A002 (the CLI flag is --round)
+    seed: int = 0,
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Up to n held-out answers of one model (`round`, BASE_ROUND for the base model, default
+    the last evaluated), and how many of its answers each `EVAL_REASONS` selects."""
+    if not answers:
+        raise ValueError("no held-out answers are stored in this run (runs before they were "
+                         "kept have only eval.json: re-run it to score again)")
+    key = max(answers) if round is None else round
+    if key not in answers:
+        have = ", ".join("base" if k == BASE_ROUND else str(k) for k in sorted(answers))
+        raise ValueError(f"no held-out answers for {'the base model' if key == BASE_ROUND else f'round {key}'}; "
+                         f"stored: {have}")
+    df = eval_answers(answers)
+    df = df.filter(pl.col("model") == ("base" if key == BASE_ROUND else f"round {key}"))
+    select = {
+        "passed": pl.col("passed"),
+        "failed": ~pl.col("passed"),
+        "lucky": pl.col("passed") & ~pl.col("clean"),  # passed through a false step
+        "truncated": pl.col("truncated"),
+        "unverified": pl.col("unverified"),
+        "fixed": pl.col("passed") & (pl.col("was_passed") == False),  # noqa: E712
+        "broken": ~pl.col("passed") & pl.col("was_passed"),
+    }
+    counts = {r: int(df.filter(e).height) for r, e in select.items()}
+    if reason is not None:
+        if reason not in select:
+            raise ValueError(f"--reason with --eval is one of {', '.join(EVAL_REASONS)}")
+        df = df.filter(select[reason])
+    if where:
+        try:
+            df = df.filter(where_expr(where))
+        except pl.exceptions.PolarsError as err:
+            raise ValueError(f"--where failed on the held-out answers: {err}") from None
+    if df.height > n:
+        df = df.sample(n, seed=seed)
+    return df.sort("task_id").select(EVAL_COLUMNS), counts
+
+
 # ---- rendering ----------------------------------------------------------------------
 
 
@@ -469,6 +550,37 @@ def render_samples(samples: pl.DataFrame, width: int = 2000) -> RenderableType:
         title = f"round {r['round']} · {r['family']} · {r['source']} · {r['candidate_id']}"
         panels.append(Panel(body, title=Text(title), title_align="left"))
     return Group(*panels) if panels else Text("no records match")
+
+
+def render_eval_answers(df: pl.DataFrame, counts: Mapping[str, int],
+                        width: int = 2000) -> RenderableType:
+    """One panel per held-out answer: the task, its reference, the reasoning and answer, the
+    verdict and why; above them, how the model's answers split."""
+    head = Text(" · ".join(f"{r} {counts[r]}" for r in EVAL_REASONS if r in counts), style="bold")
+    panels = []
+    for r in df.iter_rows(named=True):
+        verdict = {True: "[green]passed[/]", False: "[red]failed[/]"}.get(
+            r["passed"], "[yellow]unverified[/]")
+        notes = [escape(r["verdict_reason"] or "–")]
+        if r["passed"] and not r["clean"]:
+            notes.append("a false step on the way")
+        if r["truncated"]:
+            notes.append("cut off at eval.max_tokens")
+        if r["was_passed"] is not None and r["was_passed"] != r["passed"]:
+            notes.append("fixed since the model before" if r["passed"] else
+                         "the model before passed it")
+        body = Group(
+            Text("task", style="bold"), Text(r["prompt"] or "")[:width],
+            Text("reference", style="bold"), Text(r["reference"] or "–")[:width],
+            Text("<think>", style="bold dim"), Text(r["reasoning"] or "")[:width],
+            Text("answer", style="bold"), Text(r["answer"] or "")[:width],
+            Text.from_markup(f"{verdict} by {escape(r['verifiers'] or '–')} ({'; '.join(notes)})"),
+            *([Text(f"detail: {r['verdict_detail']}"[:width], style="dim")]
+              if r["verdict_detail"] else []),
+        )  # fmt: skip
+        title = f"{r['model']} · held-out · {r['family']} · {r['task_id']}"
+        panels.append(Panel(body, title=Text(title), title_align="left"))
+    return Group(head, *(panels or [Text("no held-out answers match")]))
 
 
 def dataset_summary(frames: Mapping[str, pl.DataFrame]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from thinkwheel.flows.progress import reporter
 from thinkwheel.store import (
     RunStore,
     atomic_write_bytes,
+    eval_paths,
     file_stamps,
     frame_hash,
     ids_hash,
@@ -825,13 +826,13 @@ def step_callbacks() -> list:
 def score_model(
     cfg: RunConfig, engine: Engine, held: pl.DataFrame | None = None, *,
     label: str = "held-out eval", who: str = "",
-) -> dict[str, Any]:
-    """The eval.json dict of `engine`'s model on the held-out tasks, with the run's eval,
-    verify and system-prompt settings: the flow's rounds and `thinkwheel eval` score alike.
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """The eval.json dict of `engine`'s model on the held-out tasks, and its answers (one row a
+    task: the greedy answer, its verdict and why, pass@k counts), with the run's eval, verify
+    and system-prompt settings: the flow's rounds and `thinkwheel eval` score alike.
     The reporter's bar counts the answers as the engine returns them; it is told when many
     answers stopped at eval.max_tokens (`who` names the model in that message)."""
-    from thinkwheel.train.evaluate import evaluate as run_eval
-    from thinkwheel.train.evaluate import samples_per_task
+    from thinkwheel.train.evaluate import samples_per_task, score_tasks, summarize
     from thinkwheel.verifiers import verify_frame
 
     e = cfg.eval
@@ -846,13 +847,14 @@ def score_model(
     rep = reporter()
     rep.start(label, held.height * (1 + samples_per_task(e.k)))
     try:
-        result = run_eval(
+        answers = score_tasks(
             engine, held, verify_fn, k=e.k, max_tokens=e.max_tokens, seed=e.seed,
             temperature=e.temperature, system_prompt=cfg.export.system_prompt,
             stop=cfg.sampling.stop, progress=rep.advance,
         )
     finally:
         rep.finish()
+    result = summarize(answers, e.k)
     what = f"{who}: held-out answers" if who else "held-out answers"
     if w := truncation_warning(what, result["truncated"], result["n"], "eval.max_tokens",
                                e.max_tokens):
@@ -861,7 +863,8 @@ def score_model(
         rep.message(w)
     if judged and (note := verifier_errors(pl.concat(judged, how="diagonal_relaxed"))):
         rep.message(f"[yellow]{what}: {note}[/]")  # a broken plugin read as a weak model
-    return result
+    return result, answers
+
 
 
 def evaluate(
@@ -870,22 +873,24 @@ def evaluate(
     """Held-out accuracy of `model_dir`; `key` is the round (or "base" for the starting model)."""
 
     held = heldout(cfg)
-    rel = f"round-{key}/eval.json" if key != "base" else "eval-base.json"
+    rel, rel_answers = eval_paths(key)
     in_hash = _hash(model_hash(model_dir), _content(held), _plugin_code(held))
     # the eval prompts carry the system prompt, stop where sampling does, and are answered by
     # the engine with its settings (dtype, extra_body such as enable_thinking, ...)
     cfg_hash = _hash(cfg.section_hash("eval", "verify", "engine"), cfg.export.system_prompt,
                      cfg.sampling.stop)
-    if _reused(store, key, "eval", in_hash, cfg_hash):
+    if _reused(store, key, "eval", in_hash, cfg_hash, also=(store.root / rel_answers).is_file()):
         return store.read_json(rel)
     t0 = time.time()
     who = f"round {key}" if key != "base" else "base model"
-    result = score_model(cfg, engines(model_dir), held, label=f"{who}: held-out eval", who=who)
+    result, answers = score_model(cfg, engines(model_dir), held, label=f"{who}: held-out eval",
+                                  who=who)
     result["model"] = model_dir
+    answers_path = store.write_parquet(rel_answers, answers)
     path = store.write_json(rel, result)
     store.mark_stage(
         key, "eval", input_hash=in_hash, config_hash=cfg_hash, count=result.get("n"),
-        seconds=time.time() - t0, outputs=[path], accuracy=result.get("accuracy"),
+        seconds=time.time() - t0, outputs=[path, answers_path], accuracy=result.get("accuracy"),
         clean_accuracy=result.get("clean_accuracy"),
     )
     return result

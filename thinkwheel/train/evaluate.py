@@ -125,7 +125,9 @@ def score_tasks(
         stop=stop,
         progress=progress,
     )
-    verdict = verdict_by_candidate(verify_fn(tasks, cands.drop("eval_kind")), tasks, cands)
+    verdicts = verify_fn(tasks, cands.drop("eval_kind"))
+    verdict = verdict_by_candidate(verdicts, tasks, cands)
+    why = verdict_reasons(verdicts, tasks, cands.filter(pl.col("eval_kind") == "greedy"))
     by_task: dict[str, dict[str, list[dict]]] = {
         t["task_id"]: {"greedy": [], "sample": []} for t in task_rows
     }
@@ -141,11 +143,16 @@ def score_tasks(
         g_ok = bool(greedy and greedy[0]["ok"])
         g_clean = g_ok and not false_claims(greedy[0]["reasoning"])
         c = sum(s["ok"] for s in samples)
+        g = greedy[0] if greedy else {}
         rows.append(
             {
                 "task_id": t["task_id"],
                 "domain": t["domain"],
                 "family": t["family"],
+                "source": t["source"],
+                "difficulty": t["difficulty"],
+                "prompt": t["prompt"],
+                "reference": t["reference"],
                 "greedy_passed": g_ok,
                 "greedy_clean": g_clean,
                 "greedy_verified": bool(greedy) and greedy[0]["passed"] is not None,
@@ -156,10 +163,52 @@ def score_tasks(
                 "n_correct": c,
                 "pass_at_k": pass_at_k(len(samples), c, k) if samples else float(g_ok),
                 "maj_at_k": votes.get(t["task_id"], g_ok) if samples else g_ok,
-                "greedy_completion": greedy[0]["completion"] if greedy else None,
+                "greedy_completion": g.get("completion"),
+                "candidate_id": g.get("candidate_id"),
+                "reasoning": g.get("reasoning"),
+                "answer": g.get("answer"),
+                "passed": g.get("passed"),
+                **why.get(g.get("candidate_id"), dict.fromkeys(_WHY)),
             }
         )
-    return pl.DataFrame(rows, infer_schema_length=None)
+    return pl.DataFrame(rows, schema_overrides=ANSWER_SCHEMA, infer_schema_length=None)
+
+
+# what a greedy answer's verdict says beside pass/fail (the own verifier's row when it answered)
+_WHY = ("verifiers", "score", "verdict_reason", "verdict_detail")
+ANSWER_SCHEMA = {"passed": pl.Boolean, "score": pl.Float64, "verdict_reason": pl.Utf8,
+                 "verdict_detail": pl.Utf8, "verifiers": pl.Utf8, "reasoning": pl.Utf8,
+                 "answer": pl.Utf8, "candidate_id": pl.Utf8, "greedy_completion": pl.Utf8,
+                 "reference": pl.Utf8, "source": pl.Utf8, "difficulty": pl.Int32}
+
+
+def verdict_reasons(
+    verdicts: pl.DataFrame, tasks: pl.DataFrame, cands: pl.DataFrame
+) -> dict[str, dict[str, Any]]:
+    """candidate_id -> the verdict's verifier names, score, reason and detail, so a stored
+    held-out answer says why it failed (`wrong_answer: got 164, want 174`), not only that."""
+    verdicts = verdicts.filter(pl.col("candidate_id").is_in(cands["candidate_id"].implode()))
+    if verdicts.height == 0:
+        return {}
+    own = dict(zip(tasks["task_id"], tasks["verifier"], strict=True))
+    out: dict[str, dict[str, Any]] = {}
+    for cid, rows in _rows_by(verdicts, "candidate_id"):
+        mine = [r for r in rows if r.get("verifier") == own.get(r.get("task_id"))] or rows
+        first = next((r for r in mine if r.get("passed") is not True), mine[0])
+        out[cid] = {
+            "verifiers": ",".join(dict.fromkeys(str(r.get("verifier")) for r in rows)),
+            "score": first.get("score"),
+            "verdict_reason": first.get("reason"),
+            "verdict_detail": first.get("detail"),
+        }
+    return out
+
+
+def _rows_by(df: pl.DataFrame, key: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in df.to_dicts():
+        groups.setdefault(r[key], []).append(r)
+    return list(groups.items())
 
 
 def eval_candidates(
