@@ -207,6 +207,17 @@ def test_clean_accuracy_does_not_count_a_right_answer_reached_through_a_false_st
     res = ev.evaluate(ScriptedEngine(lucky), adds, fake_verify, k=1, max_tokens=8, seed=0)
     assert res["accuracy"] == 1.0 and res["clean_accuracy"] == 0.5
 
+    def last_word(tasks, cands):  # the reference as the answer's last word
+        ref = dict(zip(tasks["task_id"], tasks["reference"], strict=True))
+        return records.frame([{"candidate_id": c["candidate_id"], "task_id": c["task_id"],
+                               "verifier": "math", "passed": c["answer"].split()[-1] == ref[c["task_id"]]}
+                              for c in cands.to_dicts()], records.VERDICTS)
+
+    moved = {"What is 5 + 7?": ("<think>Add.</think>\n5+7=13, minus 1 is 12", []),
+             "What is 1 + 1?": ("1+1=3, so 2", [])}  # no tags: the whole text is the answer
+    res = ev.evaluate(ScriptedEngine(moved), adds, last_word, k=1, max_tokens=8, seed=0)
+    assert res["accuracy"] == 1.0 and res["clean_accuracy"] == 0.0
+
 
 def test_maj_merges_wrong_math_answers_through_the_verifier():
     """Without the verifier merging 2/6 with 1/3, the tie would go to the correct first sample."""

@@ -51,6 +51,16 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         # markup and brackets around a claim are not part of it
         ("**7+6=15**, `8+8=17`, \\(9+9=19\\)", ["7+6=15", "8+8=17", "9+9=19"]),
         ("(7+6=15) and ((2+3)*4 = 21)", ["(7+6=15)", "((2+3)*4=21)"]),
+        # a step outside the tags is a step: after </think>, or with no tags at all
+        ("<think>ok</think>7+6=15, so 13", ["7+6=15"]),
+        ("7 x 6 = 43, 7+6 &= 15, 3x = 12", ["7 x 6=43", "7+6=15"]),  # x as times; aligned &=
+        # a list's last number is not a left side: "12 and 8 = 20" sums, it claims no 8 = 20
+        ("The sum of 12 and 8 = 20. Adding 5, 10, and 15 = 30.", []),
+        ("9+5=14, carry 1, 8+8+1=15", ["8+8+1=15"]),  # a step after "carry 1" is still read
+        ("7+6=13, and 5 = 6", ["5=6"]),
+        # rounding link by link, and in dollars
+        ("2/3 = 0.667 = 0.67, $10 / 3 = $3.33", []),
+        ("13 = 13.4", ["13=13.4"]),
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:
@@ -89,6 +99,7 @@ def test_filter_drops_false_arithmetic_with_the_claim_as_ref() -> None:
         ("c0", "<think>7+6=15, 3+0+1=4. So 37 + 6 = 43.</think>\n43"),  # lucky
         ("c1", "<think>7+6=13, 3+0+1=4. So 37 + 6 = 43.</think>\n43"),
         ("c2", "<think>7+6=15, 3+1=5. So 37 + 6 = 55.</think>\n55"),  # wrong answer first
+        ("c3", "<think>Add the units.</think>\n7+6=15, 3+0+1=4, so 43"),  # the step after the tags
     ]
     cands = records.frame(
         [
@@ -109,10 +120,12 @@ def test_filter_drops_false_arithmetic_with_the_claim_as_ref() -> None:
         "c0": ("false_arithmetic", "7+6=15"),
         "c1": (None, None),
         "c2": ("not_verified", None),
+        "c3": ("false_arithmetic", "7+6=15"),
     }
-    assert stage.funnel(out)["drop_reasons"]["false_arithmetic"] == 1
+    assert stage.funnel(out)["drop_reasons"]["false_arithmetic"] == 2
 
     off = config.FilterConfig()
     off.quality.check_arithmetic = False
     kept = stage.filter_candidates(tasks, cands, verdicts, off, {})
-    assert kept.filter(pl.col("drop_reason").is_null())["candidate_id"].sort().to_list() == ["c0", "c1"]
+    assert kept.filter(pl.col("drop_reason").is_null())["candidate_id"].sort().to_list() == [
+        "c0", "c1", "c3"]

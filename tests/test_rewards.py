@@ -46,6 +46,9 @@ def test_check_arithmetic_zeroes_a_lucky_right_answer() -> None:
     assert as_reward("math", workers=1)(completions=comps, **cols) == [1.0, 1.0, 0.0, None]
     strict = as_reward("math", workers=1, check_arithmetic=True)
     assert strict(completions=comps, **cols) == [0.0, 1.0, 0.0, None]  # None stays unverifiable
+    # moving the false step out of the tags, or dropping the tags, earns nothing either
+    moved = ["<think>ok</think>7+6=15, so \\boxed{43}", "7+6=15, 3+0+1=4, so \\boxed{43}"]
+    assert strict(completions=moved, prompts=cols["prompts"][:2], reference=["43"] * 2) == [0.0, 0.0]
 
 
 def test_grpo_rewards_follow_the_config() -> None:

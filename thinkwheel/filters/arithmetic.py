@@ -8,6 +8,10 @@ bundled model, 43% of "verified" addition samples and 95% of linear-equation sam
 false equation (bench/flywheel.py, round 0). Training on them teaches wrong steps. Only
 claims made of numbers and + - * / ( ) are checked; anything with a variable, a unit or a word
 is left alone, so an honest trace is never flagged for what this module cannot read.
+
+Pass the whole completion, not only its reasoning: a step written after `</think>` (or with no
+tags at all) states the same thing, and a check that skipped it paid a policy to move its work
+out of the tags.
 """
 
 from __future__ import annotations
@@ -33,13 +37,18 @@ _SYMBOLS = {
 }
 _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
 # markup around a claim (`7+6=15`, **7+6=15**, \(7+6=15\)) is not part of it
-_MARKUP = re.compile(r"\*\*|`|\\[()\[\]]")
+_MARKUP = re.compile(r"\*\*|`|\\[()\[\]]|&(?==)")  # and LaTeX's aligned `&=`
+_THINK_TAG = re.compile(r"</?think>")  # ends a clause: `<think>ok</think>7+6=15` claims 7+6=15
+_TIMES_X = re.compile(r"(?<=\d)\s*[x×]\s*(?=\d)")  # `7 x 6`; `3x = 12` has no digit after x
 # what the trace says of the relation just before: "2 > 3 is false", "2 > 3: no", "is 7+6=15?"
 _REFUTED = re.compile(
     r"\s*(?:(?:is|are|was)\s+)?(?:not\s+true|false|wrong|incorrect|untrue)\b|\s*[:?]\s*no\b|\s*\?",
     re.IGNORECASE,
 )
 
+
+_ENDS_IN_NUMBER = re.compile(r"\d\s*$")
+_LONE_NUMBER = re.compile(r"^\s*\$?-?[\d.,]+\s*$")
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
@@ -60,6 +69,7 @@ def _value(node: ast.AST) -> Fraction:
 
 def evaluate(expr: str) -> Fraction | None:
     """The exact value of a plain arithmetic expression, or None if it is anything else."""
+    expr = _TIMES_X.sub("*", expr)
     for sym, rep in _SYMBOLS.items():
         expr = expr.replace(sym, rep)
     expr = _THOUSANDS.sub("", expr).strip().rstrip(".…").strip()
@@ -80,16 +90,18 @@ def evaluate(expr: str) -> Fraction | None:
 
 def _decimals(expr: str) -> int | None:
     """Decimal places of a lone decimal literal (a rounded value), else None."""
+    expr = expr.replace("$", "")  # $3.33 is rounded as 3.33 is
     m = re.fullmatch(r"\s*-?\d*\.(\d+)\s*(?:\.{1,3}|…)?\s*", expr)  # 0.33, .33, 0.333...
     return len(m.group(1)) if m else None
 
 
 def _agrees(left: str, a: Fraction, right: str, b: Fraction) -> bool:
-    """Equal, or one side is a decimal that the other side rounds (or truncates) to."""
+    """Equal, or one side is a decimal that the other side rounds (or truncates) to: to the
+    coarser of two decimals, so a rounding chain `2/3 = 0.667 = 0.67` holds link by link."""
     if a == b:
         return True
     places = [d for d in (_decimals(left), _decimals(right)) if d is not None]
-    return bool(places) and abs(a - b) < Fraction(1, 10 ** max(places))
+    return bool(places) and abs(a - b) < Fraction(1, 10 ** min(places))
 
 
 def _holds(left: str, a: Fraction, rel: str, right: str, b: Fraction) -> bool:
@@ -102,18 +114,24 @@ def false_claims(text: str | None) -> list[str]:
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    text = _MARKUP.sub(" ", text or "")
+    text = _MARKUP.sub(" ", _THINK_TAG.sub("\n", text or ""))
     cuts = list(_CLAUSE.finditer(text))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]
+    listed = False  # the clause before ended a list of numbers: "12 and 8", "5, 10, and 15"
     for start, end in zip(starts, ends, strict=True):
         clause = text[start:end]
         pieces = _RELATION.split(clause)  # side, relation, side, relation, side ...
+        was_listed = listed
+        if clause.strip():  # ", and" leaves an empty clause between its two cuts
+            listed = len(pieces) == 1 and bool(_ENDS_IN_NUMBER.search(clause))
         if len(pieces) < 3 or _REFUTED.match(text, end):  # asked or refuted, not claimed
             continue
         sides, rels = pieces[::2], pieces[1::2]
         values = [evaluate(p) for p in sides]
         for i, rel in enumerate(rels):
+            if i == 0 and was_listed and _LONE_NUMBER.match(sides[0]):
+                continue  # "the sum of 12 and 8 = 20": the left side began in the clause before
             a, b = values[i], values[i + 1]
             left, right = sides[i], sides[i + 1]
             if a is not None and b is not None and not _holds(left, a, rel, right, b):

@@ -215,7 +215,7 @@ def _quality_drops(c: pl.DataFrame, tasks: pl.DataFrame, q: config.QualityConfig
         kept = c["drop_reason"].is_null().to_numpy()
         claims = [
             (false_claims(r) or [None])[0] if keep else None
-            for r, keep in zip(c["reasoning"].to_list(), kept, strict=True)
+            for r, keep in zip(c["completion"].to_list(), kept, strict=True)  # answer too
         ]
         c = _set_drops(c, np.array([x is not None for x in claims]), quality.FALSE_ARITHMETIC, claims)
     return c

@@ -141,7 +141,7 @@ def score_tasks(
         greedy = by_task[t["task_id"]]["greedy"]
         samples = by_task[t["task_id"]]["sample"]
         g_ok = bool(greedy and greedy[0]["ok"])
-        g_clean = g_ok and not false_claims(greedy[0]["reasoning"])
+        g_clean = g_ok and not false_claims(greedy[0]["completion"])
         c = sum(s["ok"] for s in samples)
         g = greedy[0] if greedy else {}
         rows.append(

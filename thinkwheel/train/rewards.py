@@ -14,7 +14,6 @@ from typing import Any
 
 from thinkwheel.config import GRPOTrainConfig, VerifyConfig
 from thinkwheel.filters.arithmetic import false_claims
-from thinkwheel.records import split_think
 from thinkwheel.verifiers.base import Verdict, Verifier
 from thinkwheel.verifiers.batch import verifier_options
 from thinkwheel.verifiers.registry import get_verifier
@@ -57,7 +56,7 @@ def _score(v: Verdict, weight: float) -> float | None:
 
 
 def _clean(text: str) -> bool:
-    return not false_claims(split_think(text)[0])
+    return not false_claims(text)  # the answer's steps too: see filters.arithmetic
 
 
 class _Reward:
