@@ -51,6 +51,46 @@ def test_extract_answer(completion: str, expected: str | None) -> None:
     assert extract_answer(completion) == expected
 
 
+@pytest.mark.parametrize(
+    ("answer", "reference", "verdict"),
+    [
+        # the question restated is no answer to a numeric reference (a GRPO reward hack)...
+        ("\\boxed{91 + 4}", "95", (False, "unevaluated")),
+        ("91 + 4", "95", (False, "unevaluated")),
+        ("x = (-33 + 13)/(-5)", "4", (False, "unevaluated")),
+        ("\\boxed{\\frac{1}{4}+\\frac{1}{4}}", "1/2", (False, "unevaluated")),
+        ("\\boxed{91+4 \\text{ apples}}", "95", (False, "unevaluated")),
+        ("\\boxed{3 \\div 4}", "0.75", (False, "unevaluated")),
+        # ...while fractions, signs and scientific notation are values, and an expression
+        # reference takes an expression
+        ("\\boxed{2/4}", "1/2", (True, "ok")),
+        ("\\boxed{\\frac{-3}{4}}", "-0.75", (True, "ok")),
+        ("\\boxed{1.2\\times 10^{5}}", "120000", (True, "ok")),
+        ("\\boxed{3 + 2\\sqrt{2}}", "3+2\\sqrt{2}", (True, "ok")),
+        ("\\boxed{2+3}", "2+3", (True, "ok")),
+        # a chain of arithmetic answers its last side
+        ("\\boxed{91+4=95}", "95", (True, "ok")),
+        ("91 + 4 = 95", "95", (True, "ok")),
+        ("\\boxed{91+4=96}", "95", (False, "wrong_answer")),
+        # a one-line sentence with one number answers it; with two, nothing
+        ("The sum is 95.", "95", (True, "ok")),
+        ("So she has 95 apples left.", "95", (True, "ok")),
+        ("Therefore x = 4.", "4", (True, "ok")),
+        ("So 91 + 4 = 95", "95", (True, "ok")),
+        ("It is 1/2.", "1/2", (True, "ok")),
+        ("The sum is 95 or 96.", "96", (False, "wrong_answer")),
+        ("The sum is 96, not 95.", "95", (False, "wrong_answer")),
+        ("2ab", "2ab", (True, "ok")),  # a product, not a word and a number
+        # a box that restates another is one answer
+        ("\\boxed{95}, i.e. \\boxed{95.0}", "95", (True, "ok")),
+        ("\\boxed{x=4}, so \\boxed{4}", "4", (True, "ok")),
+        ("\\boxed{4}, so \\boxed{5}", "5", (False, "no_answer")),
+    ],
+)
+def test_answers_as_written(answer: str, reference: str, verdict: tuple[bool, str]) -> None:
+    assert check_math(reference, f"<think>work</think>{answer}")[:2] == verdict
+
+
 def test_a_number_past_the_exponent_bound_fails_fast() -> None:
     """`1e-999999` as an exact Rational took the check's whole time budget (a timeout, no
     verdict); it is a parse error at once."""

@@ -51,6 +51,8 @@ def check_math(
         cand = parse_answer(answer, hint=ref.kind)
     except ParseError as err:
         return False, "parse_error", f"{answer[:80]!r}: {err}"
+    if cand.unevaluated and ref.kind == "number" and not ref.unevaluated:
+        return False, "unevaluated", answer[:80]  # the question restated: `91 + 4` for 95
     if equivalent(ref, cand, percent_policy):
         return True, "ok", answer[:80]
     return False, "wrong_answer", answer[:80]

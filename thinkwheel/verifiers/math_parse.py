@@ -57,10 +57,34 @@ class Answer:
     decimal: Decimal | None = None
     percent: bool = False
     unit: str | None = None
+    # numbers joined by + - × ÷ as written (`91 + 4`, `\frac{1}{4}+\frac{1}{4}`): the sum asked
+    # for, not its value; a numeric reference takes none (see `unevaluated`)
+    unevaluated: bool = False
 
 
 class ParseError(ValueError):
     pass
+
+
+_NUMERIC_MARKUP = re.compile(r"\\(?:[dt]?frac|left|right|,|;|!|\s)|[{}\s]")
+_ARITH_ONLY = re.compile(r"^[\d.,()+\-*/×·÷]+$")
+_BINARY_OP = re.compile(r"(?<=[\d.)])[+\-*×·÷]")  # after an operand: not a sign
+_ASSIGNED = re.compile(r"^[A-Za-z]\s*=(?!=)")
+
+
+def unevaluated(text: str) -> bool:
+    """Whether an answer is numbers joined by + - × ÷, left for the reader to compute.
+
+    Against a numeric reference such an answer is the task restated: `\boxed{91 + 4}` for
+    "What is 91 + 4?" (or `x = (-33 + 13)/(-5)` for an equation) is worth full marks to a
+    value check, and a policy learns to copy the question. A fraction `a/b`, `\frac{a}{b}`,
+    a signed number and scientific notation (`1.2 \times 10^{5}`: it has a power) are values.
+    """
+    s = _ASSIGNED.sub("", text.strip())
+    for sym, rep in (("\\times", "×"), ("\\cdot", "·"), ("\\div", "÷")):
+        s = s.replace(sym, rep)
+    s = _NUMERIC_MARKUP.sub("", s)
+    return bool(_ARITH_ONLY.match(s)) and bool(_BINARY_OP.search(s))
 
 
 def _unit_name(raw: str, power: str | None) -> str:
@@ -255,6 +279,7 @@ def _parse(text: str, hint: str | None) -> Answer:
     if percent:
         s = _PERCENT.sub("", s).strip()
     s, unit = _strip_units(s)
+    written_out = unevaluated(s)
     fast = _fast_number(s, hint)
     if fast is not None:
         return Answer(fast.value, "number", fast.inexact, fast.decimal, percent, unit)
@@ -287,4 +312,4 @@ def _parse(text: str, hint: str | None) -> Answer:
         value, kind = sympy.Tuple(value.start, value.end), "tuple"
     elif hint == "interval" and isinstance(value, sympy.Tuple) and len(value) == 2:
         value, kind = sympy.Interval.open(value[0], value[1]), "interval"
-    return Answer(value, kind, inexact, None, percent, unit)
+    return Answer(value, kind, inexact, None, percent, unit, written_out)
