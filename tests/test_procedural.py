@@ -94,3 +94,21 @@ def test_renamed_copy_of_an_excluded_task_is_excluded():
     held_keys = {procedural.canonical(p) for p in held["prompt"]}
     assert not {procedural.canonical(p) for p in train["prompt"]} & held_keys
     assert procedural.canonical("Write `solve(x)` now") == procedural.canonical("Write `f(x)` now")
+
+
+def test_a_family_short_of_tasks_says_so() -> None:
+    """A family with fewer distinct tasks than asked gives what it has and a note naming it
+    (the default run asked 3,456 tasks and made 3,357 without a word)."""
+    import polars as pl
+
+    from thinkwheel.config import EvalConfig
+    from thinkwheel.train.evaluate import heldout_tasks
+
+    held = heldout_tasks(EvalConfig())["prompt"].to_list()
+    notes: list[str] = []
+    tasks = procedural.generate_tasks(["count_char", "addition"], per_family=200, seed=5,
+                           exclude_prompts=held, notes=notes)
+    made = tasks.filter(pl.col("family") == "count_char").height
+    assert 0 < made < 200 and tasks.filter(pl.col("family") == "addition").height == 200
+    assert len(notes) == 1 and notes[0].startswith(f"count_char (difficulty 1): {made} tasks, not 200")
+    assert "held-out ones" in notes[0]

@@ -273,6 +273,8 @@ def round_summary(frames: Frames, stages: Mapping[str, Any] | None = None) -> di
             name: {k: s.get(k) for k in ("status", "count", "seconds")}
             for name, s in stages.items()
         }
+        # families that had fewer distinct tasks than asked (`generate_tasks` notes)
+        out["task_shortfall"] = list((stages.get("tasks") or {}).get("short") or [])
     return out
 
 
@@ -515,6 +517,9 @@ def render_summary(summary: Mapping[str, Any]) -> RenderableType:
             prev = None if row["pct_of_previous"] is None else f"{row['pct_of_previous']:.1f}%"
             funnel_tab.add_row(row["stage"], _fmt(row["count"]), _fmt(pct), _fmt(prev), bar)
         body: list[RenderableType] = [funnel_tab]
+        if r.get("task_shortfall"):
+            body.append(Text("fewer tasks than asked: " + "; ".join(r["task_shortfall"]),
+                             style="dim"))
         if r.get("task_drops"):
             body.append(_table("tasks dropped before sampling", r["task_drops"]))
         if r["drop_reasons"]:

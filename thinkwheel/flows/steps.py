@@ -200,6 +200,7 @@ def make_tasks(
         return store.read_table(k, "tasks")
     t0 = time.time()
     p, held_prompts = g.procedural, held["prompt"].to_list()
+    short: list[str] = []
     tasks = pl.concat(
         [
             procedural.generate_tasks(
@@ -209,6 +210,7 @@ def make_tasks(
                 seed=p.seed + 7919 * k,  # a fresh draw each round
                 round=k,
                 exclude_prompts=held_prompts,
+                notes=short,
             )
             for families, per_family, level in p.plan()
         ]
@@ -250,8 +252,10 @@ def make_tasks(
     path = store.write_table(k, "tasks", tasks)
     store.mark_stage(
         k, "tasks", input_hash=in_hash, config_hash=cfg_hash, count=_kept(tasks).height,
-        seconds=time.time() - t0, outputs=[path], generated=tasks.height,
+        seconds=time.time() - t0, outputs=[path], generated=tasks.height, short=short,
     )
+    for note in short:
+        reporter().message(f"[dim]round {k}: {note}[/]")
     store.drop_shards(k, "consensus")
     return tasks
 

@@ -285,23 +285,33 @@ def generate_tasks(
     seed: int = 1234,
     round: int = 0,
     exclude_prompts: Iterable[str] = (),
+    notes: list[str] | None = None,
 ) -> pl.DataFrame:
     """`per_family` distinct tasks of each family, deterministic in `seed`.
 
     Prompts in `exclude_prompts` (e.g. the held-out eval split) are skipped, compared by
     `canonical` form so a renamed copy of an excluded task is skipped too, and duplicates
-    within the set are re-drawn, so the result never leaks the eval set.
+    within the set are re-drawn, so the result never leaks the eval set. A family with fewer
+    distinct tasks than asked (count_char has one per letter) gives what it has, and `notes`
+    gets a line saying so: a shortfall nobody is told of reads as lost tasks.
     """
     excluded = {canonical(p) for p in exclude_prompts}
     rows = []
     for family in resolve_families(families):
         seen: set[str] = set()
-        index = 0
+        index, held = 0, 0
         while len(seen) < per_family and index < per_family * 50:
             p = make_problem(family, difficulty, seed, index)
             index += 1
-            if p.prompt in seen or canonical(p.prompt) in excluded:
+            if p.prompt in seen:
+                continue
+            if canonical(p.prompt) in excluded:
+                held += 1
                 continue
             seen.add(p.prompt)
             rows.append(problem_row(p, family, difficulty, round, seed))
+        if notes is not None and len(seen) < per_family:
+            why = f" ({held:,} of them held-out ones)" if held else ""
+            notes.append(f"{family} (difficulty {difficulty}): {len(seen)} tasks, not "
+                         f"{per_family}: {index:,} draws found no other distinct task{why}")
     return records.frame(rows, records.TASKS)
