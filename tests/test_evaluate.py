@@ -172,6 +172,15 @@ def test_each_answer_is_kept_with_its_task_and_why_it_failed():
     assert not unparsed["greedy_passed"]
 
 
+def test_why_comes_from_the_tasks_own_verifier_without_a_task_id_column():
+    def no_task_id(tasks, cands):  # a plugin's verdict frame need not repeat the task id
+        return fake_verify(tasks, cands).drop("task_id")
+
+    per_task = ev.score_tasks(ScriptedEngine(SCRIPT), TASKS, no_task_id, k=1, max_tokens=8, seed=0)
+    ok = per_task.filter(pl.col("prompt") == "What is 5 + 7?").row(0, named=True)
+    assert (ok["passed"], ok["verdict_reason"]) == (True, "ok")  # not think_format's bad_format
+
+
 def test_inspect_eval_compares_each_answer_with_the_model_before():
     from thinkwheel.curated.inspect import BASE_ROUND, eval_samples
 

@@ -61,6 +61,13 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         # rounding link by link, and in dollars
         ("2/3 = 0.667 = 0.67, $10 / 3 = $3.33", []),
         ("13 = 13.4", ["13=13.4"]),
+        ("1.04 = 1.1", ["1.04=1.1"]),  # 1.04 rounds to 1.0
+        # a list goes on over commas and "and" only: a new line or sentence starts afresh
+        ("We get 15\n15 = 16", ["15=16"]),
+        ("so far 7.\n6 = 13", ["6=13"]),
+        ("<think>total is 12</think>\n5 = 4", ["5=4"]),
+        ("In hex, 0x10 = 16.", []),  # not 0 times 10
+        ("\\begin{aligned} 7 + 6 &= 15 \\\\ 2 + 2 &= 5 \\end{aligned}", ["7 + 6=15", "2 + 2=5"]),
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:

@@ -68,27 +68,40 @@ def test_extract_answer(completion: str, expected: str | None) -> None:
         ("\\boxed{1.2\\times 10^{5}}", "120000", (True, "ok")),
         ("\\boxed{3 + 2\\sqrt{2}}", "3+2\\sqrt{2}", (True, "ok")),
         ("\\boxed{2+3}", "2+3", (True, "ok")),
-        # a chain of arithmetic answers its last side
+        # negative fractions are values, and wrapping a sum does not hide it
+        ("\\boxed{\\frac{1}{-2}}", "-0.5", (True, "ok")),
+        ("\\boxed{\\frac{-1}{-2}}", "0.5", (True, "ok")),
+        ("\\boxed{|91+4|}", "95", (False, "unevaluated")),
+        ("\\boxed{x_1 = 91 + 4}", "95", (False, "unevaluated")),
+        # a chain of arithmetic whose links hold answers its last side; a false one, nothing
         ("\\boxed{91+4=95}", "95", (True, "ok")),
         ("91 + 4 = 95", "95", (True, "ok")),
+        ("\\boxed{500 + 500 = 1,000}", "1000", (True, "ok")),
         ("\\boxed{91+4=96}", "95", (False, "wrong_answer")),
-        # a one-line sentence with one number answers it; with two, nothing
-        ("The sum is 95.", "95", (True, "ok")),
-        ("So she has 95 apples left.", "95", (True, "ok")),
-        ("Therefore x = 4.", "4", (True, "ok")),
-        ("So 91 + 4 = 95", "95", (True, "ok")),
-        ("It is 1/2.", "1/2", (True, "ok")),
-        ("The sum is 95 or 96.", "96", (False, "wrong_answer")),
-        ("The sum is 96, not 95.", "95", (False, "wrong_answer")),
-        ("2ab", "2ab", (True, "ok")),  # a product, not a word and a number
-        # a box that restates another is one answer
+        ("\\boxed{2+2=5}", "5", (False, "wrong_answer")),
+        ("\\boxed{96 = 95}", "95", (False, "wrong_answer")),
+        # a sentence is not an answer without a cue ("Not 95.", "95 or more" must not pass)
+        ("The sum is 95.", "95", (False, "wrong_answer")),
+        ("Not 95.", "95", (False, "wrong_answer")),
+        # a box that restates another is one answer; `3,5` is no restatement of 35
         ("\\boxed{95}, i.e. \\boxed{95.0}", "95", (True, "ok")),
         ("\\boxed{x=4}, so \\boxed{4}", "4", (True, "ok")),
         ("\\boxed{4}, so \\boxed{5}", "5", (False, "no_answer")),
+        ("\\boxed{35}, i.e. \\boxed{3,5}", "3.5", (False, "no_answer")),
+        ("\\boxed{\\infty}, i.e. \\boxed{infinity}", "\\infty", (False, "no_answer")),
     ],
 )
 def test_answers_as_written(answer: str, reference: str, verdict: tuple[bool, str]) -> None:
     assert check_math(reference, f"<think>work</think>{answer}")[:2] == verdict
+
+
+def test_long_chains_and_odd_boxes_are_read_at_once() -> None:
+    """A regex over chains of `=` backtracked exponentially (40 links: hours, in-process in
+    the vote and consensus stages); `\\boxed{inf}` raised in the restated-box check."""
+    assert extract_answer("</think>\\boxed{" + "1111=" * 40 + "x}").endswith("=x")
+    assert extract_answer("</think>\\boxed{" + "12 + 15 = 27 + 18 = " * 8 + "300 apples}")
+    assert extract_answer("</think>\\boxed{infinity}") == "infinity"
+    assert extract_answer("</think>\\boxed{1e99999999}") == "1e99999999"
 
 
 def test_a_number_past_the_exponent_bound_fails_fast() -> None:

@@ -17,6 +17,7 @@ out of the tags.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from fractions import Fraction
@@ -38,8 +39,12 @@ _SYMBOLS = {
 _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
 # markup around a claim (`7+6=15`, **7+6=15**, \(7+6=15\)) is not part of it
 _MARKUP = re.compile(r"\*\*|`|\\[()\[\]]|&(?==)")  # and LaTeX's aligned `&=`
-_THINK_TAG = re.compile(r"</?think>")  # ends a clause: `<think>ok</think>7+6=15` claims 7+6=15
-_TIMES_X = re.compile(r"(?<=\d)\s*[x×]\s*(?=\d)")  # `7 x 6`; `3x = 12` has no digit after x
+# end a clause: `<think>ok</think>7+6=15` claims 7+6=15; so do a LaTeX row break `\\` and
+# an environment's \begin{aligned} / \end{aligned}
+_THINK_TAG = re.compile(r"</?think>|\\\\|\\(?:begin|end)\{\w+\*?\}")
+_LIST_CUT = re.compile(r",\s*|\band\b", re.IGNORECASE)  # what joins the numbers of a list
+# `7 x 6` and `7×6`; not `3x = 12` (no digit after x) nor hex `0x10` (no spaces)
+_TIMES_X = re.compile(r"(?<=\d)(?:\s+x\s+|\s*×\s*)(?=\d)")
 # what the trace says of the relation just before: "2 > 3 is false", "2 > 3: no", "is 7+6=15?"
 _REFUTED = re.compile(
     r"\s*(?:(?:is|are|was)\s+)?(?:not\s+true|false|wrong|incorrect|untrue)\b|\s*[:?]\s*no\b|\s*\?",
@@ -96,12 +101,18 @@ def _decimals(expr: str) -> int | None:
 
 
 def _agrees(left: str, a: Fraction, right: str, b: Fraction) -> bool:
-    """Equal, or one side is a decimal that the other side rounds (or truncates) to: to the
-    coarser of two decimals, so a rounding chain `2/3 = 0.667 = 0.67` holds link by link."""
+    """Equal, or one side is a decimal that the other side rounds (or truncates) to: the
+    coarser of two decimals is the rounded one, so a rounding chain `2/3 = 0.667 = 0.67` holds
+    link by link while `1.04 = 1.1` does not."""
     if a == b:
         return True
-    places = [d for d in (_decimals(left), _decimals(right)) if d is not None]
-    return bool(places) and abs(a - b) < Fraction(1, 10 ** min(places))
+    sides = [(d, v) for d, v in ((_decimals(left), a), (_decimals(right), b)) if d is not None]
+    if not sides:
+        return False
+    places, coarse = min(sides, key=lambda s: s[0])
+    fine = b if coarse is a else a
+    scaled = fine * 10**places
+    return coarse * 10**places in (math.floor(scaled + Fraction(1, 2)), math.trunc(scaled))
 
 
 def _holds(left: str, a: Fraction, rel: str, right: str, b: Fraction) -> bool:
@@ -119,12 +130,14 @@ def false_claims(text: str | None) -> list[str]:
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]
     listed = False  # the clause before ended a list of numbers: "12 and 8", "5, 10, and 15"
-    for start, end in zip(starts, ends, strict=True):
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
         clause = text[start:end]
         pieces = _RELATION.split(clause)  # side, relation, side, relation, side ...
         was_listed = listed
         if clause.strip():  # ", and" leaves an empty clause between its two cuts
             listed = len(pieces) == 1 and bool(_ENDS_IN_NUMBER.search(clause))
+        # only a comma or "and" goes on with a list; a new line or sentence starts afresh
+        listed = listed and i < len(cuts) and bool(_LIST_CUT.fullmatch(cuts[i].group(0)))
         if len(pieces) < 3 or _REFUTED.match(text, end):  # asked or refuted, not claimed
             continue
         sides, rels = pieces[::2], pieces[1::2]

@@ -191,12 +191,15 @@ def verdict_reasons(
     if verdicts.height == 0:
         return {}
     own = dict(zip(tasks["task_id"], tasks["verifier"], strict=True))
+    task_of = dict(zip(cands["candidate_id"], cands["task_id"], strict=True))
     out: dict[str, dict[str, Any]] = {}
     for cid, rows in _rows_by(verdicts, "candidate_id"):
-        mine = [r for r in rows if r.get("verifier") == own.get(r.get("task_id"))] or rows
+        # as `verdict_by_candidate` reads them: the task's own verifier when it answered
+        mine = [r for r in rows if r.get("verifier") == own.get(task_of.get(cid))] or rows
         first = next((r for r in mine if r.get("passed") is not True), mine[0])
         out[cid] = {
-            "verifiers": ",".join(dict.fromkeys(str(r.get("verifier")) for r in rows)),
+            "verifiers": ",".join(dict.fromkeys(str(r["verifier"]) for r in rows
+                                                if r.get("verifier"))) or None,
             "score": first.get("score"),
             "verdict_reason": first.get("reason"),
             "verdict_detail": first.get("detail"),

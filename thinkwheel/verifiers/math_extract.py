@@ -9,7 +9,7 @@ one-line answer as a whole, and finally the last `$...$` span or number.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 
 _CUES = [
@@ -144,8 +144,7 @@ def extract_answer(completion: str) -> str | None:
     if marked:
         return _chain_result(value) if value else value
     if len(answer) <= _SHORT and "\n" not in answer:
-        line = clean(answer)
-        return _chain_result(_sentence_answer(line)) or None
+        return _chain_result(clean(answer)) or None
     spans = _MATH_SPAN.findall(answer)
     if spans:
         last = next(g for g in spans[-1] if g)
@@ -154,44 +153,33 @@ def extract_answer(completion: str) -> str | None:
     return numbers[-1].rstrip(",") if numbers else None
 
 
-_ARITH = r"[\d\s.,+\-*/×·()]*\d[\d\s.,+\-*/×·()]*"
-_CHAIN = re.compile(rf"^(?:{_ARITH}=\s*)+(-?\d[\d,]*(?:\.\d+)?)$")
-# a word of prose: not a LaTeX command, not glued to a number (`2ab`), not a function name
-_WORD = re.compile(r"(?<![\\\w])(?!(?:sqrt|sin|cos|tan|log|ln|exp|pi|mod|inf|infty)\b)"
-                   r"[A-Za-z]{2,}\b")
-_NUM_TOKEN = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?")  # 95, -3.5, 1/2, 40%
+
+_LITERAL = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d{1,40}(?:\.\d{1,40})?")
 
 
 def _chain_result(value: str | None) -> str | None:
-    """`91 + 4 = 95` answers 95: the last side of a chain of plain arithmetic that ends in a
-    number (the parser reads the chain as an equation, which no number equals)."""
-    if value is None:
-        return None
-    m = _CHAIN.match(value.strip())
-    return m.group(1) if m else value
+    """`91 + 4 = 95` answers 95: the last side of a chain of plain arithmetic whose links all
+    hold and that ends in a number (the parser reads the chain as an equation, which no number
+    equals). A chain with a false link (`2+2=5`) stays as written, and fails."""
+    if value is None or "=" not in value:
+        return value
+    from thinkwheel.filters.arithmetic import evaluate
 
-
-def _sentence_answer(line: str) -> str:
-    """A one-line sentence holding one number answers that number ("The sum is 95.", "So she
-    has 95 apples left."), and one that ends in a chain of arithmetic answers the chain ("So
-    91 + 4 = 95"). Two numbers anywhere else ("95 or 96", "96, not 95") answer nothing: the
-    whole line goes to the parser, which reads no number in it."""
-    if not _WORD.search(line):
-        return line
-    numbers = {n.rstrip(",") for n in _NUM_TOKEN.findall(line)}
-    if len(numbers) == 1:
-        return numbers.pop()
-    tail = re.search(rf"(?:{_ARITH}=\s*)+-?\d[\d,]*(?:\.\d+)?$", line)
-    if tail and not _NUMBER.search(line[: tail.start()]):
-        return tail.group(0).strip()
-    return line
+    sides = [p.strip() for p in value.split("=")]
+    last = sides[-1]
+    if len(sides) < 2 or not _LITERAL.fullmatch(last) or len(value) > 200:
+        return value
+    values = [evaluate(p) for p in sides]
+    if None in values or len(set(values)) != 1:
+        return value
+    return last
 
 
 def _box_key(box: str) -> object:
     """What a boxed answer says, so a box that restates another (`\\boxed{95}, i.e.
-    \\boxed{95.0}`, `\\boxed{x=4}, so \\boxed{4}`) is not read as a second answer."""
+    \\boxed{95.0}`, `\\boxed{x=4}, so \\boxed{4}`) is not read as a second answer. Only plain
+    decimals are read as values (`3,5` is not 35; `inf` and `1e99999999` stay text)."""
     s = re.sub(r"^[A-Za-z]\s*=(?!=)", "", clean(box)).replace(" ", "")
-    try:
+    if _LITERAL.fullmatch(s):
         return Fraction(Decimal(s.replace(",", "")))
-    except (InvalidOperation, ValueError):
-        return s
+    return s

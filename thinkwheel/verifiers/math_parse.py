@@ -66,10 +66,15 @@ class ParseError(ValueError):
     pass
 
 
-_NUMERIC_MARKUP = re.compile(r"\\(?:[dt]?frac|left|right|,|;|!|\s)|[{}\s]")
+# markup that wraps numbers without changing what is computed: \left( ... \right), \{ \},
+# |...|, [...], spacing, an empty \text{ }
+_NUMERIC_MARKUP = re.compile(
+    r"\\text\{\s*\}|\\(?:[dt]?frac|left|right|mathrm|,|;|!|\s|\{|\}|lvert|rvert|vert)|[{}\s|\[\]]"
+)
+_FRAC_BAR = re.compile(r"\}\s*\{")  # \frac{1}{-2}: the bar between numerator and denominator
 _ARITH_ONLY = re.compile(r"^[\d.,()+\-*/×·÷]+$")
 _BINARY_OP = re.compile(r"(?<=[\d.)])[+\-*×·÷]")  # after an operand: not a sign
-_ASSIGNED = re.compile(r"^[A-Za-z]\s*=(?!=)")
+_ASSIGNED = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)")  # x =, x_1 =, x_{12} =
 
 
 def unevaluated(text: str) -> bool:
@@ -83,7 +88,7 @@ def unevaluated(text: str) -> bool:
     s = _ASSIGNED.sub("", text.strip())
     for sym, rep in (("\\times", "×"), ("\\cdot", "·"), ("\\div", "÷")):
         s = s.replace(sym, rep)
-    s = _NUMERIC_MARKUP.sub("", s)
+    s = _NUMERIC_MARKUP.sub("", _FRAC_BAR.sub("/", s))
     return bool(_ARITH_ONLY.match(s)) and bool(_BINARY_OP.search(s))
 
 
