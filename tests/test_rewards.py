@@ -63,6 +63,11 @@ def test_grpo_rewards_follow_the_config() -> None:
     assert rewards[1](completions=[lucky], **cols) == [1.0]  # the format is fine
     loose, _ = grpo_rewards(GRPOTrainConfig(check_arithmetic=False))
     assert loose[0](completions=[lucky], **cols) == [1.0]
+    # the trainer restores a pre-filled <think> before scoring: a text without one wrote none
+    untagged = "7+6=13, 3+0+1=4</think>43"
+    assert rewards[1](completions=[untagged], **cols) == [1.0]  # tolerant: pre-fill unknown
+    strict, _ = grpo_rewards(GRPOTrainConfig(), strict_format=True)
+    assert strict[1](completions=[untagged, lucky], **cols) == [0.0, 1.0]
 
 
 def test_grpo_rewards_judge_with_the_runs_verify_settings() -> None:

@@ -773,7 +773,7 @@ def train_grpo_cmd(
         grpo = verifiable_prompts(grpo)
     except ValueError as err:
         fail(str(err))
-    rewards, weights = grpo_rewards(cfg.train.grpo, cfg.verify)
+    rewards, weights = grpo_rewards(cfg.train.grpo, cfg.verify, strict_format=True)
     try:
         with _training(f"GRPO on {grpo.height} prompts") as callbacks:
             metrics = train_grpo(

@@ -795,7 +795,7 @@ def _grpo(grpo: pl.DataFrame, cfg: RunConfig, k: int, src: str, model_dir: str) 
     if grpo.height == 0:
         return {"skipped": "no prompts in the pass-rate band"}
     g = cfg.train.grpo
-    rewards, weights = grpo_rewards(g, cfg.verify)
+    rewards, weights = grpo_rewards(g, cfg.verify, strict_format=True)
     rep = reporter()
     rep.start(f"round {k}: GRPO on {grpo.height} prompts", None)
     out = train_grpo(src, grpo, model_dir, g, rewards, weights, callbacks=step_callbacks(),

@@ -124,15 +124,19 @@ def as_reward(verifier: Verifier | str | None = None, weight: float = 1.0,
 
 
 def grpo_rewards(
-    cfg: GRPOTrainConfig, verify: VerifyConfig | None = None
+    cfg: GRPOTrainConfig, verify: VerifyConfig | None = None, *, strict_format: bool = False
 ) -> tuple[list[Callable[..., Any]], list[float]]:
     """The flywheel's GRPO rewards and weights: each row's own verifier, plus the format.
 
     `verify` (the run's) gives the verifiers the options the verify stage gives them
-    (percent_policy, timeouts), so GRPO rewards what the run counts as passed."""
+    (percent_policy, timeouts), so GRPO rewards what the run counts as passed.
+    `strict_format`: the trainer puts a template's pre-filled `<think>` back before scoring
+    (`train.grpo.with_prefill`), so a completion without the tag wrote none, and the tolerant
+    format check (for text whose pre-fill is unknown, as verl's) paid it the format reward."""
     settings = None if verify is None else verify.options()
     correct = _Reward(None, 1.0, {}, cfg.check_arithmetic, settings)
-    return [correct, as_reward("think_format")], [1.0, cfg.format_weight]
+    fmt = as_reward("think_format", tolerant=not strict_format)
+    return [correct, fmt], [1.0, cfg.format_weight]
 
 
 def unjudged_warning(rewards: Sequence[Any]) -> str | None:
