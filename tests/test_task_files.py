@@ -427,3 +427,25 @@ def test_rows_merged_or_split_without_an_error_are_said(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out = run_config("generate: {tasks: {paths: [t.jsonl]}}\n", tmp_path)
     assert code == 130 and "generate.tasks: 1 row(s) repeat an earlier row" in out
+
+
+def test_the_tasks_stage_says_why_it_made_fewer_tasks_than_asked(tmp_path):
+    """The default run asked 3,456 tasks and made 3,357 in silence: families with too few
+    distinct tasks outside the held-out split, and tasks two difficulties both drew."""
+    from thinkwheel.flows.steps import make_tasks
+
+    cfg = parse_config({
+        "generate": {"procedural": {"mix": [
+            {"families": ["string_transform", "count_char"], "per_family": 32, "difficulty": [1, 2]},
+        ]}},
+        "eval": {"families": ["string_transform", "count_char"], "per_family": 20},
+    })
+    store = RunStore.create(tmp_path / "run", cfg)
+    tasks = make_tasks(store, cfg, 0, "unused", lambda m: pytest.fail("no engine needed"))
+    short = store.stage_entry(0, "tasks")["short"]
+    asked, made = 4 * 32, tasks.height
+    assert made < asked and short
+    lost = sum(32 - int(n.split(": ")[1].split(" ")[0]) for n in short if "tasks, not" in n)
+    twice = sum(int(n.split(" ")[0]) for n in short if "drawn twice" in n)
+    assert lost > 0 and twice > 0
+    assert lost + twice == asked - made  # every missing task is accounted for

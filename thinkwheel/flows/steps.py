@@ -201,7 +201,7 @@ def make_tasks(
     t0 = time.time()
     p, held_prompts = g.procedural, held["prompt"].to_list()
     short: list[str] = []
-    tasks = pl.concat(
+    drawn = pl.concat(
         [
             procedural.generate_tasks(
                 families,
@@ -215,7 +215,12 @@ def make_tasks(
             for families, per_family, level in p.plan()
         ]
         + [yours.filter(~unverifiable())]
-    ).unique("task_id", keep="first", maintain_order=True)
+    )
+    tasks = drawn.unique("task_id", keep="first", maintain_order=True)
+    if same := drawn.height - tasks.height:  # e.g. a code task both difficulties can draw
+        twice = drawn.filter(pl.col("task_id").is_duplicated())["family"].unique().sort()
+        short.append(f"{same} task(s) drawn twice (at two difficulties, or yours and a "
+                     f"procedural one) kept once: {', '.join(twice)}")
     if llm:
         made = _llm_tasks(engines(model_dir), tasks, cfg, k) if generated else []
         labelled = _references(store, cfg, k, unlabeled, lambda: engines(model_dir),
