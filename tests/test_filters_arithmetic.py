@@ -67,6 +67,10 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("so far 7.\n6 = 13", ["6=13"]),
         ("<think>total is 12</think>\n5 = 4", ["5=4"]),
         ("In hex, 0x10 = 16.", []),  # not 0 times 10
+        # "is" between arithmetic and a number claims it; a question mark answered yes too
+        ("7 + 6 is 15, and 12 - 5 is 7", ["7 + 6=15"]),
+        ("7+6=15? Yes, so 13", ["7+6=15"]),
+        ("the answer is 13; is 7+6=15? No wait", []),
         ("\\begin{aligned} 7 + 6 &= 15 \\\\ 2 + 2 &= 5 \\end{aligned}", ["7 + 6=15", "2 + 2=5"]),
     ],
 )

@@ -23,8 +23,8 @@ import re
 from fractions import Fraction
 
 _CLAUSE = re.compile(
-    r"[,;:]\s+|\.\s+|\n|\b(?:so|then|thus|hence|therefore|and|gives|is)\b", re.IGNORECASE
-)
+    r"[,;:]\s+|\.\s+|\n|(?=\?)|\b(?:so|then|thus|hence|therefore|and|gives|is)\b", re.IGNORECASE
+)  # a clause ends before "?", so what follows it ("? no", "? Yes") says if it was claimed
 # A relation between two sides, captured so the check knows which one the trace claimed.
 _RELATION = re.compile(r"(<=|>=|≤|≥|!=|≠|(?<![=<>!])=(?!=)|<|>)")
 _HOLDS = {
@@ -47,7 +47,13 @@ _LIST_CUT = re.compile(r",\s*|\band\b", re.IGNORECASE)  # what joins the numbers
 _TIMES_X = re.compile(r"(?<=\d)(?:\s+x\s+|\s*×\s*)(?=\d)")
 # what the trace says of the relation just before: "2 > 3 is false", "2 > 3: no", "is 7+6=15?"
 _REFUTED = re.compile(
-    r"\s*(?:(?:is|are|was)\s+)?(?:not\s+true|false|wrong|incorrect|untrue)\b|\s*[:?]\s*no\b|\s*\?",
+    r"\s*(?:(?:is|are|was)\s+)?(?:not\s+true|false|wrong|incorrect|untrue)\b|\s*[:?]\s*no\b"
+    r"|\s*\?(?!\s*(?:yes|yep|yeah|correct|right|true|indeed|exactly)\b)",  # "=15? Yes" claims it
+    re.IGNORECASE,
+)
+# `7 + 6 is 15` claims 7 + 6 = 15 ("is" otherwise ends a clause: "the answer is 13")
+_IS_CLAIM = re.compile(
+    r"(\d[\d\s.,]*(?:[+\-*/×·÷][\d\s.,()]*)+\d\)?)\s+is\s+(?=-?\d[\d,]*(?:\.\d+)?(?![\d.]*\s*[?%]))",
     re.IGNORECASE,
 )
 
@@ -125,7 +131,7 @@ def false_claims(text: str | None) -> list[str]:
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    text = _MARKUP.sub(" ", _THINK_TAG.sub("\n", text or ""))
+    text = _IS_CLAIM.sub(r"\1 = ", _MARKUP.sub(" ", _THINK_TAG.sub("\n", text or "")))
     cuts = list(_CLAUSE.finditer(text))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]
