@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from thinkwheel import records
 from thinkwheel.cli import app
 from thinkwheel.config import RunConfig
 from thinkwheel.curated.demo import demo_run
@@ -768,3 +769,62 @@ def test_eval_refuses_a_local_folder_the_server_does_not_serve(tmp_path):
         r = runner.invoke(app, ["eval", "-c", str(cfg), "--model", str(folder)])
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and f"--model {folder} is not among the models" in out, out
+
+
+def test_wrong_paths_are_one_line_errors_before_any_work(tmp_path, monkeypatch):
+    """Each of these printed a traceback, some after the work was done (eval lost its scores)."""
+    import thinkwheel.flows.flywheel as fw
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "tasks.jsonl").write_text('{"prompt": "1+1", "reference": "2"}\n')
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    for args, said in [
+        (["run", "--rounds", "1", "--out", str(folder)], "holds other files (tasks.jsonl"),
+        (["run", "--rounds", "1", "--out", str(folder / "tasks.jsonl")], "is a file"),
+        (["eval", "--out", str(folder)], "is a folder; give the eval.json file"),
+        (["init", str(folder), "--force"], "is a folder; give the config file"),
+    ]:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and said in " ".join(r.output.split()), (args, r.output)
+    broken = tmp_path / "c.jsonl"
+    broken.write_text('{"completion": "</think>2", "reference": "2"}\n{"completion": "x"\n')
+    r = runner.invoke(app, ["verify", str(broken), "--out", str(folder)])
+    assert r.exit_code == 2 and "is a folder" in r.output
+    r = runner.invoke(app, ["verify", str(broken)])
+    assert r.exit_code == 2 and f"{broken}:2: not JSON" in " ".join(r.output.split()), r.output
+
+
+def test_inspect_eval_reads_an_evals_own_answers(tmp_path):
+    """`thinkwheel eval --out x.json` writes x-answers.parquet; inspect --eval reads it alone."""
+    from thinkwheel.train import evaluate as ev
+
+    tasks = records.frame([{"task_id": f"t{i}", "domain": "math", "family": "addition",
+                            "prompt": f"What is {i} + 1?", "reference": str(i + 1),
+                            "verifier": "math"} for i in range(3)], records.TASKS)
+    cands = []
+
+    def verify(t, c):
+        cands.append(c)
+        return records.frame([{"candidate_id": x, "task_id": y, "verifier": "math",
+                               "passed": y != "t2", "reason": "ok" if y != "t2" else "wrong_answer"}
+                              for x, y in zip(c["candidate_id"], c["task_id"], strict=True)],
+                             records.VERDICTS)
+
+    class Echo:
+        def generate(self, requests, params, progress=None):
+            from thinkwheel.engines.base import Completion
+            return [[Completion(text="<think>w</think>1")] for _ in requests]
+
+    ev.score_tasks(Echo(), tasks, verify, k=1, max_tokens=4, seed=0).write_parquet(
+        tmp_path / "mine-answers.parquet")
+    r = runner.invoke(app, ["inspect", str(tmp_path / "mine-answers.parquet"), "--eval",
+                            "--reason", "failed"])
+    assert r.exit_code == 0, r.output
+    assert "passed 2 · failed 1" in r.output and "mine · held-out · addition · t2" in r.output
+    r = runner.invoke(app, ["inspect", str(tmp_path / "mine-answers.parquet"), "--eval",
+                            "--where", "task_id = 't0'"])
+    assert "passed 1 · failed 0" in r.output  # the counts are of the answers --where keeps
+    r = runner.invoke(app, ["inspect", str(tmp_path / "mine-answers.parquet"), "--eval",
+                            "--reason", "broken"])
+    assert r.exit_code == 2 and "mine is the first" in r.output

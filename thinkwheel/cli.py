@@ -366,6 +366,8 @@ def run(
 
     if holder := running(out):  # before Prefect's server takes its 20 s to start
         fail(f"{out} is being run by {holder}: wait for it to finish, or use another --out")
+    if why := not_a_run_dir(out):  # and before anything is written into it
+        fail(why)
     try:
         with _resumable(), RichReporter() as rep, use_reporter(rep):
             summary = run_flow(cfg, out)
@@ -379,6 +381,19 @@ def run(
         f"done in {time.time() - t0:.0f}s. Inspect: [bold]thinkwheel inspect {out}[/]; "
         f"report: {out / 'report.html'}"
     )
+
+
+def not_a_run_dir(out: Path) -> str | None:
+    """Why `out` cannot hold a run, or None: a run writes into a new or empty folder, or its
+    own earlier run (to resume), never among other files (a data folder, another run's round)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; a run needs a folder"
+    others = sorted(p.name for p in out.iterdir() if p.name != "run.lock") if out.is_dir() else []
+    if others and not (out / "manifest.json").is_file():
+        held = ", ".join(others[:4])
+        return (f"--out {out} holds other files ({held}, ...) and no run to resume: "
+                "give a new or empty folder")
+    return None
 
 
 def print_summary(summary: dict) -> None:
@@ -429,6 +444,16 @@ def inspect(
 
     if not path.exists():
         fail(f"no such run or dataset: {path}")
+    if held_out and path.is_file() and path.suffix == ".parquet":  # `eval --out`'s answers
+        import polars as pl
+
+        try:
+            answers = {0: pl.read_parquet(path)}
+        except (pl.exceptions.PolarsError, OSError) as e:
+            fail(f"{path}: not a parquet file ({e})")
+        _inspect_eval_answers(answers, samples or 5, where, reason, None, as_json,
+                              names={0: path.stem.removesuffix("-answers")})
+        return
     if not (path / "manifest.json").exists():  # an exported dataset
         from thinkwheel.curated.export import read_dataset
 
@@ -438,8 +463,9 @@ def inspect(
                  if on]
         if flags:  # they were ignored without a word
             what = "an empty folder" if path.is_dir() and not any(path.iterdir()) else "no run"
-            fail(f"{' and '.join(flags)} read a run's records (verdicts, drop reasons, rounds), "
-                 f"and {path} is {what}: inspect it without them, or point at the run directory")
+            fail(f"{' and '.join(flags)} need a run's records (verdicts, drop reasons, rounds, "
+                 f"held-out answers), and {path} is {what}: inspect it without them, or point "
+                 "at the run directory (or, with --eval, at an eval's -answers.parquet)")
         try:
             summary = ins.dataset_summary(read_dataset(path))
         except (ValueError, FileNotFoundError) as e:
@@ -493,8 +519,18 @@ def _inspect_eval(store, rounds, n: int, where: str | None, reason: str | None, 
     keys = {ins.BASE_ROUND: "base", **{k: k for k in rounds}}
     answers = {k: df for k, key in keys.items()
                if (df := store.read_parquet(eval_paths(key)[1])) is not None}
+    _inspect_eval_answers(answers, n, where, reason, round, as_json)
+
+
+def _inspect_eval_answers(answers: dict, n: int, where: str | None, reason: str | None,
+                          round: int | None, as_json: bool, names: dict | None = None) -> None:
+    from thinkwheel.curated import inspect as ins
+
+    if any("greedy_passed" not in df.columns for df in answers.values()):
+        fail("not held-out answers (an eval-answers.parquet file)")
     try:
-        df, counts = ins.eval_samples(answers, n, where=where, reason=reason, round=round)
+        df, counts = ins.eval_samples(answers, n, where=where, reason=reason, round=round,
+                                      names=names)
     except ValueError as e:
         fail(str(e))
     if as_json:
@@ -616,6 +652,8 @@ def verify(
     if not file.exists():
         fail(f"no such file: {file}")
     out = out or file.with_suffix(".verdicts.parquet")
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give the verdicts file, e.g. {out / 'verdicts.parquet'}")
     v = _config(config).verify if config else None
     settings = {**v.options(), "format_weight": v.format_weight} if v else {}
     settings["plugins"] = [*settings.get("plugins", []), *(plugin or [])]
@@ -804,6 +842,8 @@ def eval_cmd(
     cfg = _config(config)
     if model is not None:
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
+    if out is not None and out.is_dir():  # found after the whole eval, it lost the scores
+        fail(f"--out {out} is a folder; give the eval.json file, e.g. {out / 'eval.json'}")
     folder = model is not None and cfg.engine.kind == "openai" and Path(model).expanduser().is_dir()
     preflight(cfg, model_flag=model is not None, training=False, strict_name=folder)
     from thinkwheel.engines.openai import EngineError
@@ -848,6 +888,8 @@ def init(
     """Write a commented starter config: the recipe `thinkwheel run` runs, every key spelled out."""
     from thinkwheel.starter import starter_yaml
 
+    if path.is_dir():
+        fail(f"{path} is a folder; give the config file, e.g. {path / 'thinkwheel.yaml'}")
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)

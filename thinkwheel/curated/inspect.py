@@ -411,14 +411,19 @@ EVAL_COLUMNS = [
 ]  # fmt: skip
 
 
-def eval_answers(answers: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
+def _model_name(k: int, names: Mapping[int, str] | None = None) -> str:
+    return (names or {}).get(k) or ("base" if k == BASE_ROUND else f"round {k}")
+
+
+def eval_answers(answers: Mapping[int, pl.DataFrame],
+                 names: Mapping[int, str] | None = None) -> pl.DataFrame:
     """Every stored held-out answer (`eval-answers.parquet`), stacked, keyed by round
-    (BASE_ROUND for the base model), with `was_passed`: the same task's verdict for the model
-    evaluated before it (null for the first)."""
+    (BASE_ROUND for the base model; `names` labels them otherwise), with `was_passed`: the
+    same task's verdict for the model evaluated before it (null for the first)."""
     frames, before = [], None
     for k in sorted(answers):
         a = answers[k].select(
-            pl.lit("base" if k == BASE_ROUND else f"round {k}").alias("model"),
+            pl.lit(_model_name(k, names)).alias("model"),
             pl.lit(None if k == BASE_ROUND else k, dtype=pl.Int64).alias("round"),
             *(c for c in ("task_id", "family", "domain", "prompt", "reference", "reasoning",
                           "answer", "verifiers", "score", "verdict_reason", "verdict_detail")),
@@ -443,9 +448,11 @@ def eval_samples(
     reason: str | None = None,
     round: int | None = None,  # noqa: A002 (the CLI flag is --round)
     seed: int = 0,
+    names: Mapping[int, str] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Up to n held-out answers of one model (`round`, BASE_ROUND for the base model, default
-    the last evaluated), and how many of its answers each `EVAL_REASONS` selects."""
+    the last evaluated), and how many of its answers (those `where` keeps) each
+    `EVAL_REASONS` selects."""
     if not answers:
         raise ValueError("no held-out answers are stored in this run (runs before they were "
                          "kept have only eval.json: re-run it to score again)")
@@ -454,8 +461,13 @@ def eval_samples(
         have = ", ".join("base" if k == BASE_ROUND else str(k) for k in sorted(answers))
         raise ValueError(f"no held-out answers for {'the base model' if key == BASE_ROUND else f'round {key}'}; "
                          f"stored: {have}")
-    df = eval_answers(answers)
-    df = df.filter(pl.col("model") == ("base" if key == BASE_ROUND else f"round {key}"))
+    df = eval_answers(answers, names)
+    df = df.filter(pl.col("model") == _model_name(key, names))
+    if where:
+        try:
+            df = df.filter(where_expr(where))
+        except pl.exceptions.PolarsError as err:
+            raise ValueError(f"--where failed on the held-out answers: {err}") from None
     select = {
         "passed": pl.col("passed"),
         "failed": ~pl.col("passed"),
@@ -469,12 +481,10 @@ def eval_samples(
     if reason is not None:
         if reason not in select:
             raise ValueError(f"--reason with --eval is one of {', '.join(EVAL_REASONS)}")
+        if reason in ("fixed", "broken") and key == min(answers):
+            raise ValueError(f"--reason {reason} compares with the model evaluated before, and "
+                             f"{_model_name(key, names)} is the first")
         df = df.filter(select[reason])
-    if where:
-        try:
-            df = df.filter(where_expr(where))
-        except pl.exceptions.PolarsError as err:
-            raise ValueError(f"--where failed on the held-out answers: {err}") from None
     if df.height > n:
         df = df.sample(n, seed=seed)
     return df.sort("task_id").select(EVAL_COLUMNS), counts

@@ -24,10 +24,27 @@ from thinkwheel.verifiers.registry import load_plugins, resolve
 
 def _read(path: Path) -> pl.DataFrame:
     if path.suffix in (".parquet", ".pq"):
-        return pl.read_parquet(path)
+        try:
+            return pl.read_parquet(path)
+        except (pl.exceptions.PolarsError, OSError) as err:
+            raise ValueError(f"{path}: not a parquet file ({err})") from None
     if path.suffix in (".jsonl", ".ndjson", ".json"):
-        return read_jsonl(path, infer_schema_length=None)
+        try:
+            return read_jsonl(path, infer_schema_length=None)
+        except pl.exceptions.PolarsError as err:  # name the line, as task files do
+            raise ValueError(_bad_line(path) or f"{path}: not JSON lines ({err})") from None
     raise ValueError(f"{path}: expected .jsonl or .parquet")
+
+
+def _bad_line(path: Path) -> str | None:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    return f"{path}:{n}: not JSON ({err})"
+    return None
 
 
 def _meta(value: Any) -> dict[str, Any]:
