@@ -51,11 +51,10 @@ _REFUTED = re.compile(
     r"|\s*\?(?!\s*(?:yes|yep|yeah|correct|right|true|indeed|exactly)\b)",  # "=15? Yes" claims it
     re.IGNORECASE,
 )
-# `7 + 6 is 15` claims 7 + 6 = 15 ("is" otherwise ends a clause: "the answer is 13")
-_IS_CLAIM = re.compile(
-    r"(\d[\d\s.,]*(?:[+\-*/×·÷][\d\s.,()]*)+\d\)?)\s+is\s+(?=-?\d[\d,]*(?:\.\d+)?(?![\d.]*\s*[?%]))",
-    re.IGNORECASE,
-)
+# `7 + 6 is 15` claims 7 + 6 = 15 ("is" otherwise ends a clause: "the answer is 13"): an
+# " is " before a number, whose last 80 characters before it end in arithmetic
+_IS = re.compile(r"\s+is\s+(?=-?\d[\d,]*(?:\.\d+)?(?![\d.]*\s*[?%]))", re.IGNORECASE)
+_ARITH_TAIL = re.compile(r"\d[\d\s.,]*(?:[+\-*/×·÷][\d\s.,()]*)+\d\)?$")
 
 
 _ENDS_IN_NUMBER = re.compile(r"\d\s*$")
@@ -125,13 +124,24 @@ def _holds(left: str, a: Fraction, rel: str, right: str, b: Fraction) -> bool:
     return _agrees(left, a, right, b) if rel == "=" else _HOLDS[rel](a, b)
 
 
+def _is_claims(text: str) -> str:
+    """`7 + 6 is 15` written as `7 + 6 = 15` (looking back a claim's length from each " is ",
+    so a long run of arithmetic costs no more than a short one)."""
+    out, last = [], 0
+    for m in _IS.finditer(text):
+        if _ARITH_TAIL.search(text, max(last, m.start() - _MAX_EXPR_CHARS), m.start()):
+            out += [text[last:m.start()], " = "]
+            last = m.end()
+    return "".join(out) + text[last:] if out else text
+
+
 def false_claims(text: str | None) -> list[str]:
     """The `lhs = rhs` (or `<`, `>`, `<=`, `>=`, `!=`) claims in `text` that are false, in order.
 
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    text = _IS_CLAIM.sub(r"\1 = ", _MARKUP.sub(" ", _THINK_TAG.sub("\n", text or "")))
+    text = _is_claims(_MARKUP.sub(" ", _THINK_TAG.sub("\n", text or "")))
     cuts = list(_CLAUSE.finditer(text))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]

@@ -186,7 +186,8 @@ def verdict_reasons(
     verdicts: pl.DataFrame, tasks: pl.DataFrame, cands: pl.DataFrame
 ) -> dict[str, dict[str, Any]]:
     """candidate_id -> the verdict's verifier names, score, reason and detail, so a stored
-    held-out answer says why it failed (`wrong_answer: got 164, want 174`), not only that."""
+    held-out answer says why it failed (`wrong_answer`, with what the verifier read), not
+    only that."""
     verdicts = verdicts.filter(pl.col("candidate_id").is_in(cands["candidate_id"].implode()))
     if verdicts.height == 0:
         return {}
