@@ -793,6 +793,19 @@ def test_wrong_paths_are_one_line_errors_before_any_work(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "is a folder" in r.output
     r = runner.invoke(app, ["verify", str(broken)])
     assert r.exit_code == 2 and f"{broken}:2: not JSON" in " ".join(r.output.split()), r.output
+    broken.write_bytes(b'{"completion": "</think>2", "reference": "2"}\n{"completion": "\xff"}\n')
+    r = runner.invoke(app, ["verify", str(broken)])
+    assert r.exit_code == 2 and f"{broken}:2: not JSON" in " ".join(r.output.split()), r.output
+    rows = tmp_path / "rows.json"  # a JSON array of rows is read as one
+    rows.write_text('[{"completion": "</think>2", "reference": "2"}]')
+    r = runner.invoke(app, ["verify", str(rows)])
+    assert r.exit_code == 0 and '"passed": 1' in r.output, r.output
+    fresh = tmp_path / "fresh"  # a new folder with only a VCS file in it is still new
+    fresh.mkdir()
+    (fresh / ".gitignore").write_text("*\n")
+    from thinkwheel.cli import not_a_run_dir
+
+    assert not_a_run_dir(fresh) is None and not_a_run_dir(folder) is not None
 
 
 def test_inspect_eval_reads_an_evals_own_answers(tmp_path):
@@ -828,3 +841,6 @@ def test_inspect_eval_reads_an_evals_own_answers(tmp_path):
     r = runner.invoke(app, ["inspect", str(tmp_path / "mine-answers.parquet"), "--eval",
                             "--reason", "broken"])
     assert r.exit_code == 2 and "mine is the first" in r.output
+    r = runner.invoke(app, ["inspect", str(tmp_path / "mine-answers.parquet"), "--eval",
+                            "--round", "3"])
+    assert r.exit_code == 2 and "one model's answers" in " ".join(r.output.split())

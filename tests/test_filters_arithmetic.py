@@ -71,6 +71,10 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("7 + 6 is 15, and 12 - 5 is 7", ["7 + 6=15"]),
         ("7+6=15? Yes, so 13", ["7+6=15"]),
         ("the answer is 13; is 7+6=15? No wait", []),
+        ("What is 7+6? 7 + 6 = 15.", ["7 + 6=15"]),  # a step right after a question
+        # ...but a question followed by anything else is still a question
+        ("Is 2 + 2 = 5? Correct answer: 4. 1 + 1 = 3? Right?", []),
+        ("17 / 5 is 3, remainder 2", []),  # integer division in prose
         ("\\begin{aligned} 7 + 6 &= 15 \\\\ 2 + 2 &= 5 \\end{aligned}", ["7 + 6=15", "2 + 2=5"]),
     ],
 )

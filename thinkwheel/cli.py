@@ -388,10 +388,11 @@ def not_a_run_dir(out: Path) -> str | None:
     own earlier run (to resume), never among other files (a data folder, another run's round)."""
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file; a run needs a folder"
-    others = sorted(p.name for p in out.iterdir() if p.name != "run.lock") if out.is_dir() else []
+    others = sorted(p.name for p in out.iterdir()  # .gitignore, .DS_Store: still empty
+                    if p.name != "run.lock" and not p.name.startswith(".")) if out.is_dir() else []
     if others and not (out / "manifest.json").is_file():
-        held = ", ".join(others[:4])
-        return (f"--out {out} holds other files ({held}, ...) and no run to resume: "
+        held = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        return (f"--out {out} holds other files ({held}) and no run to resume: "
                 "give a new or empty folder")
     return None
 
@@ -447,6 +448,8 @@ def inspect(
     if held_out and path.is_file() and path.suffix == ".parquet":  # `eval --out`'s answers
         import polars as pl
 
+        if round is not None:
+            fail(f"--round picks a round of a run; {path} is one model's answers")
         try:
             answers = {0: pl.read_parquet(path)}
         except (pl.exceptions.PolarsError, OSError) as e:

@@ -23,8 +23,8 @@ import re
 from fractions import Fraction
 
 _CLAUSE = re.compile(
-    r"[,;:]\s+|\.\s+|\n|(?=\?)|\b(?:so|then|thus|hence|therefore|and|gives|is)\b", re.IGNORECASE
-)  # a clause ends before "?", so what follows it ("? no", "? Yes") says if it was claimed
+    r"[,;:]\s+|\.\s+|\n|\?\s*|\b(?:so|then|thus|hence|therefore|and|gives|is)\b", re.IGNORECASE
+)  # a clause ends at "?", so what follows it ("? no", "? Yes.") says if it was claimed
 # A relation between two sides, captured so the check knows which one the trace claimed.
 _RELATION = re.compile(r"(<=|>=|≤|≥|!=|≠|(?<![=<>!])=(?!=)|<|>)")
 _HOLDS = {
@@ -48,7 +48,8 @@ _TIMES_X = re.compile(r"(?<=\d)(?:\s+x\s+|\s*×\s*)(?=\d)")
 # what the trace says of the relation just before: "2 > 3 is false", "2 > 3: no", "is 7+6=15?"
 _REFUTED = re.compile(
     r"\s*(?:(?:is|are|was)\s+)?(?:not\s+true|false|wrong|incorrect|untrue)\b|\s*[:?]\s*no\b"
-    r"|\s*\?(?!\s*(?:yes|yep|yeah|correct|right|true|indeed|exactly)\b)",  # "=15? Yes" claims it
+    # a question, unless answered yes on its own ("=15? Yes, so", not "=15? Correct answer: 13")
+    r"|\s*\?(?!\s*(?:yes|yep|yeah|correct|right|true|indeed|exactly)\s*(?:[.!,;]|$))",
     re.IGNORECASE,
 )
 # `7 + 6 is 15` claims 7 + 6 = 15 ("is" otherwise ends a clause: "the answer is 13"): an
@@ -129,7 +130,8 @@ def _is_claims(text: str) -> str:
     so a long run of arithmetic costs no more than a short one)."""
     out, last = [], 0
     for m in _IS.finditer(text):
-        if _ARITH_TAIL.search(text, max(last, m.start() - _MAX_EXPR_CHARS), m.start()):
+        tail = _ARITH_TAIL.search(text, max(last, m.start() - _MAX_EXPR_CHARS), m.start())
+        if tail and "/" not in tail.group(0):  # "17 / 5 is 3, remainder 2": integer division
             out += [text[last:m.start()], " = "]
             last = m.end()
     return "".join(out) + text[last:] if out else text

@@ -29,21 +29,27 @@ def _read(path: Path) -> pl.DataFrame:
         except (pl.exceptions.PolarsError, OSError) as err:
             raise ValueError(f"{path}: not a parquet file ({err})") from None
     if path.suffix in (".jsonl", ".ndjson", ".json"):
+        if path.suffix == ".json" and path.read_text(errors="replace").lstrip().startswith("["):
+            try:  # a JSON array of rows
+                return pl.DataFrame(json.loads(path.read_text()), infer_schema_length=None)
+            except ValueError as err:
+                raise ValueError(f"{path}: not a JSON array of rows ({err})") from None
         try:
             return read_jsonl(path, infer_schema_length=None)
-        except pl.exceptions.PolarsError as err:  # name the line, as task files do
+        except (pl.exceptions.PolarsError, UnicodeDecodeError) as err:  # name the line
             raise ValueError(_bad_line(path) or f"{path}: not JSON lines ({err})") from None
     raise ValueError(f"{path}: expected .jsonl or .parquet")
 
 
 def _bad_line(path: Path) -> str | None:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
                     json.loads(line)
-                except ValueError as err:
-                    return f"{path}:{n}: not JSON ({err})"
+            except ValueError as err:  # UnicodeDecodeError is one
+                return f"{path}:{n}: not JSON ({err})"
     return None
 
 
