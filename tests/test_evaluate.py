@@ -206,6 +206,17 @@ def test_inspect_eval_compares_each_answer_with_the_model_before():
     with pytest.raises(ValueError, match="no held-out answers for round 3; stored: base, 0"):
         eval_samples(stored, round=3)
 
+    # the report's table: per model and family, passed, fixed and broken (none for the first)
+    from thinkwheel.curated.inspect import eval_changes
+    from thinkwheel.curated.report import render_report
+
+    changes = {(r["model"], r["family"]): r for r in eval_changes(stored).to_dicts()}
+    assert changes[("round 0", "addition")] == {
+        "model": "round 0", "family": "addition", "n": 2, "passed": 1, "fixed": 1, "broken": 1}
+    assert changes[("base", "addition")]["fixed"] is None
+    page = render_report({}, evals={}, answers=stored)
+    assert "fixed and broken against the model before" in page and "fraction_addition" in page
+
 
 def test_clean_accuracy_does_not_count_a_right_answer_reached_through_a_false_step():
     lucky = {

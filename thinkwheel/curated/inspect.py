@@ -441,6 +441,30 @@ def eval_answers(answers: Mapping[int, pl.DataFrame],
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def eval_changes(answers: Mapping[int, pl.DataFrame]) -> pl.DataFrame:
+    """Per model and family: held-out tasks passed, and how many the model fixed and broke
+    against the model evaluated before it: what a round's data taught, and what it cost."""
+    df = eval_answers(answers)
+    if df.height == 0:
+        return pl.DataFrame(schema={"model": pl.Utf8, "family": pl.Utf8, "n": pl.UInt32,
+                                    "passed": pl.Int64, "fixed": pl.Int64, "broken": pl.Int64})
+    order = {_model_name(k): i for i, k in enumerate(sorted(answers))}
+    return (
+        df.group_by("model", "family")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("passed").sum().alias("passed"),
+            *(pl.when(pl.col("was_passed").is_not_null().any())  # the first model: no "before"
+              .then(e.sum()).otherwise(None).alias(name)
+              for name, e in (("fixed", pl.col("passed") & (pl.col("was_passed") == False)),  # noqa: E712
+                              ("broken", ~pl.col("passed") & pl.col("was_passed")))),
+        )
+        .with_columns(pl.col("model").replace_strict(order, return_dtype=pl.Int64).alias("_o"))
+        .sort("_o", "family")
+        .drop("_o")
+    )
+
+
 def eval_samples(
     answers: Mapping[int, pl.DataFrame],
     n: int = 5,

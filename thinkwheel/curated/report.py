@@ -223,8 +223,10 @@ def render_report(
     train_logs: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
     title: str = "thinkwheel run",
     max_samples: int = 2000,
+    answers: Mapping[int, pl.DataFrame] | None = None,
 ) -> str:
-    """The whole report as one HTML string (no external resources)."""
+    """The whole report as one HTML string (no external resources). `answers` are the stored
+    held-out answers (eval-answers.parquet) by round, BASE_ROUND for the base model."""
     evals = evals or {}
     train_logs = {k: v for k, v in (train_logs or {}).items() if v}
     tables = {k: ins.record_table(rounds[k]) for k in sorted(rounds)}
@@ -259,6 +261,8 @@ def render_report(
         '<section id="eval"><h2>Accuracy per round</h2>'
         + (accuracy_chart(evals) + _html_table(ins.eval_table(evals)) if evals
            else "<p class=muted>no eval.json yet</p>")
+        + ("<h3>Held-out tasks fixed and broken against the model before</h3>"
+           + _html_table(ins.eval_changes(answers)) if answers else "")
         + "</section>",
         '<section id="train"><h2>Training curves</h2><div class="charts">'
         + ("".join(training_charts(train_logs)) or "<p class=muted>no training logs</p>")
