@@ -62,7 +62,8 @@ def funnel_chart(funnels: Mapping[int, pl.DataFrame]) -> str:
     ax.set_yticks([s + 0.4 - height / 2 for s in range(len(ins.FUNNEL))], ins.FUNNEL)
     ax.invert_yaxis()
     ax.set_xlabel("rows")
-    ax.legend(frameon=False, fontsize=8)
+    if funnels:  # a run with no finished round yet has no bars to name
+        ax.legend(frameon=False, fontsize=8)
     ax.set_title("Funnel per round")
     return _svg(fig)
 
