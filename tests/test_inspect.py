@@ -79,6 +79,10 @@ def test_funnel_with_unverified_samples_kept_follows_the_filters():
         .then(None).otherwise(pl.col("drop_reason")).alias("drop_reason"))
     f = ins.funnel({**r, "filtered": kept_all})
     assert f["count"].to_list() == [2, 8, 8, 7, 7, 6, 5]
+    # the row says verification let everything through, and how many really passed
+    passed = int(r["verdicts"]["passed"].fill_null(False).sum())
+    assert f["stage"][2] == f"verified: off ({passed} passed)" and passed < 8
+    assert ins.funnel(r)["stage"][2] == "verified"
 
 
 def test_funnel_counts_the_tasks_that_were_sampled():

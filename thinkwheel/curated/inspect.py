@@ -136,11 +136,15 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
     n_tasks = 0 if tasks is None else tasks.height
     has_v = bool(t["has_verdict"].any()) if t.height else _get(frames, "verdicts").height > 0
     has_f = bool(t["has_filter"].any()) if t.height else _get(frames, "filtered").height > 0
+    passed = t.filter(pl.col("passed") == True)  # noqa: E712
     if has_f:  # what the filters counted as verified
         ok = t.filter(pl.col("has_filter") & (pl.col("drop_stage") != "verify"))
     else:
-        ok = t.filter(pl.col("passed") == True)  # noqa: E712
+        ok = passed
     verified = ok.height if has_v else None
+    # `export.verified_only: false` lets failed answers into the filters: the row counts what
+    # entered them, and says so (it read "verified" beside the candidates' own count)
+    unchecked = has_f and has_v and ok.height > passed.height
     filters: list[int | None] = [None, None, None]
     kept = None
     if has_f:
@@ -152,7 +156,10 @@ def funnel(frames: Frames, table: pl.DataFrame | None = None) -> pl.DataFrame:
                 filters[i] = left
     counts = [n_tasks, t.height, verified, *filters, kept]
     rows, prev = [], None
-    for i, (stage, c) in enumerate(zip(FUNNEL, counts, strict=True)):
+    stages = [*FUNNEL]
+    if unchecked:
+        stages[2] = f"verified: off ({passed.height:,} passed)"
+    for i, (stage, c) in enumerate(zip(stages, counts, strict=True)):
         pct = None if i == 0 or c is None or not t.height else round(100 * c / t.height, 1)
         step = None if i < 2 or c is None or not prev else round(100 * c / prev, 1)
         rows.append({"stage": stage, "count": c, "pct": pct, "pct_of_previous": step})
