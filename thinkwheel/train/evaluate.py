@@ -187,32 +187,28 @@ def verdict_reasons(
 ) -> dict[str, dict[str, Any]]:
     """candidate_id -> the verdict's verifier names, score, reason and detail, so a stored
     held-out answer says why it failed (`wrong_answer`, with what the verifier read), not
-    only that."""
-    verdicts = verdicts.filter(pl.col("candidate_id").is_in(cands["candidate_id"].implode()))
-    if verdicts.height == 0:
+    only that: from the first failing row of those that judge it (`judging_rows`)."""
+    rows = judging_rows(verdicts, tasks, cands)
+    if rows.height == 0:
         return {}
-    own = dict(zip(tasks["task_id"], tasks["verifier"], strict=True))
-    task_of = dict(zip(cands["candidate_id"], cands["task_id"], strict=True))
-    out: dict[str, dict[str, Any]] = {}
-    for cid, rows in _rows_by(verdicts, "candidate_id"):
-        # as `verdict_by_candidate` reads them: the task's own verifier when it answered
-        mine = [r for r in rows if r.get("verifier") == own.get(task_of.get(cid))] or rows
-        first = next((r for r in mine if r.get("passed") is not True), mine[0])
-        out[cid] = {
-            "verifiers": ",".join(dict.fromkeys(str(r["verifier"]) for r in rows
-                                                if r.get("verifier"))) or None,
-            "score": first.get("score"),
-            "verdict_reason": first.get("reason"),
-            "verdict_detail": first.get("detail"),
-        }
-    return out
-
-
-def _rows_by(df: pl.DataFrame, key: str) -> list[tuple[str, list[dict[str, Any]]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in df.to_dicts():
-        groups.setdefault(r[key], []).append(r)
-    return list(groups.items())
+    names = (
+        records.conform(verdicts, records.VERDICTS)
+        .group_by("candidate_id")
+        .agg(pl.col("verifier").drop_nulls().unique(maintain_order=True).str.join(",")
+             .alias("verifiers"))
+    )
+    why = (
+        rows.with_row_index("_at")
+        .sort((pl.col("passed") == True).fill_null(False), "_at")  # noqa: E712  failing first
+        .group_by("candidate_id", maintain_order=True)
+        .first()
+        .join(names, on="candidate_id", how="left")
+    )
+    return {
+        r["candidate_id"]: {"verifiers": r["verifiers"] or None, "score": r["score"],
+                            "verdict_reason": r["reason"], "verdict_detail": r["detail"]}
+        for r in why.iter_rows(named=True)
+    }
 
 
 def eval_candidates(
@@ -324,29 +320,26 @@ def candidate_row(
     }
 
 
-def verdict_by_candidate(
-    verdicts: pl.DataFrame, tasks: pl.DataFrame, cands: pl.DataFrame
-) -> dict[str, bool | None]:
-    """candidate_id -> passed (True/False/None) from its task's own verifier.
-
-    Extra verdict rows (e.g. `think_format`) are ignored when the task's verifier answered;
-    otherwise all rows must pass. Callers count only `True` as correct.
-    """
-    if verdicts.height == 0:
-        return {}
-    has_name = "verifier" in verdicts.columns
-    v = verdicts.select("candidate_id", "passed", *(["verifier"] if has_name else []))
+def judging_rows(verdicts: pl.DataFrame, tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
+    """The verdict rows that decide each of `cands`: its task's own verifier's when it answered,
+    else all of them (extra rows such as `think_format` then count too)."""
+    v = records.conform(verdicts, records.VERDICTS).drop("task_id")
     want = cands.select("candidate_id", "task_id").join(
         tasks.select("task_id", pl.col("verifier").alias("task_verifier")), on="task_id", how="left"
     )
     v = v.join(want, on="candidate_id", how="inner")
-    if has_name:
-        own = v.filter(pl.col("verifier") == pl.col("task_verifier"))
-        others = v.join(own.select("candidate_id"), on="candidate_id", how="anti")
-        v = pl.concat(
-            [own.select("candidate_id", "passed"), others.select("candidate_id", "passed")]
-        )
-    agg = v.group_by("candidate_id").agg(
+    own = v.filter(pl.col("verifier") == pl.col("task_verifier"))
+    return pl.concat([own, v.join(own.select("candidate_id"), on="candidate_id", how="anti")])
+
+
+def verdict_by_candidate(
+    verdicts: pl.DataFrame, tasks: pl.DataFrame, cands: pl.DataFrame
+) -> dict[str, bool | None]:
+    """candidate_id -> passed (True/False/None) from the rows that judge it (`judging_rows`):
+    all of them must pass. Callers count only `True` as correct."""
+    if verdicts.height == 0:
+        return {}
+    agg = judging_rows(verdicts, tasks, cands).group_by("candidate_id").agg(
         pl.when(pl.col("passed").is_null().any())
         .then(pl.lit(None, dtype=pl.Boolean))
         .otherwise(pl.col("passed").all())
