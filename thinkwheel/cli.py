@@ -516,13 +516,10 @@ def inspect(
 
 def _inspect_eval(store, rounds, n: int, where: str | None, reason: str | None,  # noqa: ANN001
                   round: int | None, as_json: bool) -> None:
-    from thinkwheel.curated import inspect as ins
-    from thinkwheel.store import eval_paths
+    from thinkwheel.curated.inspect import BASE_ROUND
 
-    keys = {ins.BASE_ROUND: "base", **{k: k for k in rounds}}
-    answers = {k: df for k, key in keys.items()
-               if (df := store.read_parquet(eval_paths(key)[1])) is not None}
-    _inspect_eval_answers(answers, n, where, reason, round, as_json)
+    _inspect_eval_answers(store.eval_answers(rounds, BASE_ROUND), n, where, reason, round,
+                          as_json)
 
 
 def _inspect_eval_answers(answers: dict, n: int, where: str | None, reason: str | None,

@@ -411,6 +411,12 @@ class RunStore:
         p = self.root / rel
         return pl.read_parquet(p) if p.exists() else None
 
+    def eval_answers(self, rounds: Iterable[int], base_key: int) -> dict[int, pl.DataFrame]:
+        """The held-out answers stored for the base model (under `base_key`) and `rounds`."""
+        keys = {base_key: "base", **{k: k for k in rounds}}
+        return {k: df for k, key in keys.items()
+                if (df := self.read_parquet(eval_paths(key)[1])) is not None}
+
     def write_json(self, rel: str | Path, obj: Any) -> Path:
         p = self.root / rel
         atomic_write_text(p, json.dumps(obj, indent=2, sort_keys=True))

@@ -489,9 +489,9 @@ def eval_samples(
                          "kept have only eval.json: re-run it to score again)")
     key = max(answers) if round is None else round
     if key not in answers:
-        have = ", ".join("base" if k == BASE_ROUND else str(k) for k in sorted(answers))
-        raise ValueError(f"no held-out answers for {'the base model' if key == BASE_ROUND else f'round {key}'}; "
-                         f"stored: {have}")
+        have = ", ".join(_model_name(k, names).removeprefix("round ") for k in sorted(answers))
+        who = "the base model" if key == BASE_ROUND else _model_name(key, names)
+        raise ValueError(f"no held-out answers for {who}; stored: {have}")
     df = eval_answers(answers, names)
     df = df.filter(pl.col("model") == _model_name(key, names))
     if where:

@@ -41,7 +41,7 @@ _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
 _MARKUP = re.compile(r"\*\*|`|\\[()\[\]]|&(?==)")  # and LaTeX's aligned `&=`
 # end a clause: `<think>ok</think>7+6=15` claims 7+6=15; so do a LaTeX row break `\\` and
 # an environment's \begin{aligned} / \end{aligned}
-_THINK_TAG = re.compile(r"</?think>|\\\\|\\(?:begin|end)\{\w+\*?\}")
+_BREAK = re.compile(r"</?think>|\\\\|\\(?:begin|end)\{\w+\*?\}")
 _LIST_CUT = re.compile(r",\s*|\band\b", re.IGNORECASE)  # what joins the numbers of a list
 # `7 x 6` and `7×6`; not `3x = 12` (no digit after x) nor hex `0x10` (no spaces)
 _TIMES_X = re.compile(r"(?<=\d)(?:\s+x\s+|\s*×\s*)(?=\d)")
@@ -143,7 +143,7 @@ def false_claims(text: str | None) -> list[str]:
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    text = _is_claims(_MARKUP.sub(" ", _THINK_TAG.sub("\n", text or "")))
+    text = _is_claims(_MARKUP.sub(" ", _BREAK.sub("\n", text or "")))
     cuts = list(_CLAUSE.finditer(text))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]

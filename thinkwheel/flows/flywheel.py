@@ -153,7 +153,6 @@ def _flywheel(cfg: RunConfig, store: RunStore) -> dict[str, Any]:
 def _write_report(store: RunStore) -> None:
     from thinkwheel.curated.inspect import BASE_ROUND
     from thinkwheel.curated.report import read_round_logs, render_report, write_report
-    from thinkwheel.store import eval_paths
 
     rounds = {k: store.load_round(k) for k in store.rounds()}
     evals = {k: store.read_json(f"round-{k}/eval.json") for k in rounds}
@@ -161,10 +160,8 @@ def _write_report(store: RunStore) -> None:
     if base := store.read_json("eval-base.json"):  # the starting point every round is read against
         evals[BASE_ROUND] = base
     logs = {k: read_round_logs(store.round_dir(k)) for k in rounds}
-    keys = {BASE_ROUND: "base", **{k: k for k in rounds}}
-    answers = {k: df for k, key in keys.items()
-               if (df := store.read_parquet(eval_paths(key)[1])) is not None}
-    html = render_report(rounds, store.manifest(), evals, logs, answers=answers,
+    html = render_report(rounds, store.manifest(), evals, logs,
+                         answers=store.eval_answers(rounds, BASE_ROUND),
                          title=f"thinkwheel: {store.root.name}")
     write_report(html, store.root / "report.html")
 

@@ -138,7 +138,7 @@ def extract_answer(completion: str) -> str | None:
     else:
         answer = completion[close + len("</think>") :]
     answer = answer.strip()
-    boxes = all_boxed(answer) if "\\boxed" in answer or "\\fbox" in answer else []
+    boxes = all_boxed(answer)
     if not answer or (len(boxes) > 1 and len({_box_key(b) for b in boxes}) > 1):
         return None  # `\\boxed{5} or \\boxed{6}` hedges (a GRPO reward hack); it answers nothing
     marked, value = _marked(answer)
