@@ -8,7 +8,10 @@ own verified traces under-cover carries and borrows (`bench/trace_coverage.py`).
 level-1 addition tasks with a units carry and subtraction tasks with a borrow, it samples `--n`
 completions per task with the plain prompt and with the hint after or before it, and prints the
 tasks solved cleanly (the right answer, no false arithmetic step) and the clean samples per
-prompt. The model (the bundled one by default) runs on CPU with the run's sampling settings.
+prompt. A fourth arm asks the plain question after two worked examples of the same kind (earlier
+chat turns in the model's own trace format): sampling under demonstrations and training without
+them would be context distillation. The model (the bundled one by default) runs on CPU with the
+run's sampling settings.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ PROMPTS = {
     "plain": lambda p: p.prompt,
     "hint after": lambda p: f"{p.prompt} The answer is {p.answer}.",
     "hint before": lambda p: f"The answer is {p.answer}. {p.prompt}",
+    "2 examples": lambda p: p.prompt,
 }
 
 
@@ -57,13 +61,18 @@ def main() -> None:
     print(f"{engine.model_name}: {args.n} samples per task at temperature {s.temperature}")
     for family in ("addition", "subtraction"):
         problems = []
-        while len(problems) < args.tasks:
+        while len(problems) < args.tasks + 2:
             p = procedural.make_problem(family, 1, rng.randrange(10**9), 0)
             if hard(family, p.prompt):
                 problems.append(p)
+        problems, demos = problems[:-2], problems[-2:]
+        shots = [turn for d in demos for turn in (
+            {"role": "user", "content": d.prompt},
+            {"role": "assistant", "content": f"<think>{d.trace}</think>\n{d.answer}"})]
         for name, ask in PROMPTS.items():
-            requests = [[{"role": "system", "content": system}, {"role": "user", "content": ask(p)}]
-                        for p in problems]
+            before = shots if name == "2 examples" else []
+            requests = [[{"role": "system", "content": system}, *before,
+                         {"role": "user", "content": ask(p)}] for p in problems]
             outs = engine.generate(requests, params)
             solved = clean = 0
             for p, samples in zip(problems, outs, strict=True):

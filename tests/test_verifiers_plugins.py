@@ -130,7 +130,10 @@ def test_unknown_verifier_raises_keyerror() -> None:
     [("<think>a</think>b", True, True), ("a</think>b", True, True), ("a</think>b", False, False),
      ("<think>a</think>", True, False), ("<think>a</think>b</think>c", True, False),
      ("<think><think>a</think>b", True, False), ("x<think>a</think>b", True, False),
-     ("<think> </think>b", True, False), ("no tags", True, False)],
+     ("<think> </think>b", True, False), ("no tags", True, False),
+     ("<think>.</think>.", True, False), ("<think>...</think>5", True, False),
+     ("<think>ok</think> - ", True, False), ("<think>7+6=13</think>∞", True, True),
+     ("<think>π/2</think>π", True, True)],
 )
 def test_think_format(text: str, tolerant: bool, ok: bool) -> None:
     assert check_format(text, tolerant)[0] is ok

@@ -3,9 +3,14 @@
 Tolerant mode (the default) accepts a completion without the opening `<think>`, because
 chat templates that pre-fill it make the model's text start inside the thought; strict mode
 requires the tag in the text. A naive format reward is always 0 under such templates.
+A thought needs a letter or digit and an answer more than punctuation: as a GRPO reward,
+`<think>.</think>.` would otherwise pay for the form with nothing in it.
 """
 
 from __future__ import annotations
+
+import re
+import string
 
 from thinkwheel.verifiers.base import (
     Candidate,
@@ -32,9 +37,17 @@ def check_format(text: str, tolerant: bool = True) -> tuple[bool, str]:
     reasoning = head.split("<think>", 1)[-1]
     if not reasoning.strip():
         return False, "empty reasoning"
+    if not _WORD.search(reasoning):
+        return False, "no letter or digit in the reasoning"
     if not answer.strip():
         return False, "empty answer"
+    if not answer.strip(_BLANK):
+        return False, "only punctuation in the answer"
     return True, ""
+
+
+_WORD = re.compile(r"[^\W_]")
+_BLANK = string.punctuation + string.whitespace
 
 
 @register("think_format")
