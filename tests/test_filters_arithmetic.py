@@ -76,6 +76,12 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("Is 2 + 2 = 5? Correct answer: 4. 1 + 1 = 3? Right?", []),
         ("17 / 5 is 3, remainder 2", []),  # integer division in prose
         ("\\begin{aligned} 7 + 6 &= 15 \\\\ 2 + 2 &= 5 \\end{aligned}", ["7 + 6=15", "2 + 2=5"]),
+        # a row that starts with the relation goes on from the row above
+        ("\\begin{aligned} x &= 7 + 9 \\\\ &= 17 \\\\ &= 16 + 1 \\end{aligned}", ["7 + 9=17"]),
+        ("91 + 4\n= 96\n= 95 + 1", ["91 + 4=96"]),
+        ("7 + 9 \\\\ &= 16 \\\\ &= 8 \\times 2", []),
+        ("Step 2\n= 5, so 7 = 7", []),  # a line of words is no side
+        ("so 9 = 9.\nThen = 10", []),  # continues only across a line, from a side
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:

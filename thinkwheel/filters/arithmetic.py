@@ -148,9 +148,14 @@ def false_claims(text: str | None) -> list[str]:
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]
     listed = False  # the clause before ended a list of numbers: "12 and 8", "5, 10, and 15"
+    last_side = ""  # the previous line's last side, which a row starting `= 16` goes on from
     for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
         clause = text[start:end]
         pieces = _RELATION.split(clause)  # side, relation, side, relation, side ...
+        if len(pieces) > 1 and not pieces[0].strip() and i and cuts[i - 1].group(0) == "\n":
+            pieces[0] = last_side  # `7 + 9 \\ &= 17`: an aligned row continues the one above
+        if clause.strip():
+            last_side = pieces[-1]
         was_listed = listed
         if clause.strip():  # ", and" leaves an empty clause between its two cuts
             listed = len(pieces) == 1 and bool(_ENDS_IN_NUMBER.search(clause))
