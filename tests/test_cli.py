@@ -844,3 +844,47 @@ def test_inspect_eval_reads_an_evals_own_answers(tmp_path):
     r = runner.invoke(app, ["inspect", str(tmp_path / "mine-answers.parquet"), "--eval",
                             "--round", "3"])
     assert r.exit_code == 2 and "one model's answers" in " ".join(r.output.split())
+
+
+def test_train_grpo_reads_a_math_only_jsonl_and_names_an_unknown_verifier_before_training(
+        tmp_path, monkeypatch):
+    """A JSONL GRPO set with no code row types its all-null `tests` column Null, and
+    `verifiable_prompts` crashed on it with a polars traceback; a row naming a verifier that
+    resolves to nothing failed at TRL's first reward call, after the model had loaded."""
+    from thinkwheel.train.grpo import verifiable_prompts
+
+    rows = [{"prompt": "What is 2 + 2?", "reference": "4", "tests": None},
+            {"prompt": "What is 3 + 4?", "reference": "7", "tests": None}]
+    jsonl = tmp_path / "grpo.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    g = verifiable_prompts(pl.read_ndjson(jsonl))
+    assert g["verifier"].to_list() == ["math", "math"] and g.schema["tests"] == pl.List(pl.Utf8)
+
+    jsonl.write_text("".join(json.dumps({**r, "verifier": "nosuch_mod_xyz:check"}) + "\n"
+                             for r in rows))
+    r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "cannot import 'nosuch_mod_xyz'" in said, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert not (tmp_path / "m").exists()
+
+    (tmp_path / "tw_grpo_checks.py").write_text(
+        "from thinkwheel.verifiers import register\n"
+        "@register('tw_upper_grpo')\n"
+        "def upper(completion, task):\n    return completion.isupper()\n")
+    jsonl.write_text("".join(json.dumps({**r, "verifier": "tw_upper_grpo"}) + "\n" for r in rows))
+    r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "needs --plugin MODULE" in " ".join(r.output.split()), r.output
+
+    import thinkwheel.train.grpo as grpo_mod
+
+    seen = []
+    monkeypatch.setattr(grpo_mod, "train_grpo", lambda path, g, out, cfg, rewards, weights, **kw:
+                        seen.append(rewards[0](completions=["YES"] * g.height, prompts=g["prompt"],
+                                               **{c: g[c].to_list() for c in ("reference", "tests",
+                                                                              "verifier")})) or {})
+    monkeypatch.chdir(tmp_path)  # a plugin module beside the user is found
+    r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m"),
+                            "--plugin", "tw_grpo_checks"])
+    assert r.exit_code == 0, r.output
+    assert seen == [[1.0, 1.0]]

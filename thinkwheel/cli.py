@@ -801,14 +801,25 @@ def train_grpo_cmd(
     model: ModelOpt = None,
     out: Annotated[Path, typer.Option(help="Output model folder")] = Path("model-grpo"),
     config: ConfigOpt = None,
+    plugin: PluginOpt = None,
 ) -> None:
     """GRPO with the verifiers as rewards (plus the format reward)."""
     from thinkwheel.train.grpo import train_grpo, verifiable_prompts
     from thinkwheel.train.rewards import grpo_rewards, unjudged_warning
+    from thinkwheel.verifiers import UnknownVerifierError, load_plugins
+    from thinkwheel.verifiers.registry import resolve
 
     cfg, grpo, path = _train_inputs(data, "grpo", model, config, out)
+    if plugin:
+        cfg.verify.plugins = [*cfg.verify.plugins, *plugin]
     try:
         grpo = verifiable_prompts(grpo)
+        load_plugins(cfg.verify.plugins)
+        for name in grpo["verifier"].drop_nulls().unique().sort():
+            resolve(name)  # found at the first reward call, it failed after the model loaded
+    except UnknownVerifierError as err:
+        fail(f"{err} (a verifier a plugin module registers needs --plugin MODULE or the "
+             "config's verify.plugins)")
     except ValueError as err:
         fail(str(err))
     rewards, weights = grpo_rewards(cfg.train.grpo, cfg.verify, strict_format=True)

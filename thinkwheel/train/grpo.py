@@ -209,7 +209,7 @@ def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
         g = g.with_columns(pl.col("ability").alias("domain"))
     for name, dtype in (("reference", pl.Utf8), ("tests", pl.List(pl.Utf8)), ("verifier", pl.Utf8),
                         ("domain", pl.Utf8)):
-        if name not in g.columns:
+        if name not in g.columns or g.schema[name] == pl.Null:  # JSONL types an all-null column Null
             g = g.with_columns(pl.lit(None, dtype).alias(name))
     g = g.with_columns(pl.col("reference").cast(pl.Utf8).replace("", None))
     g = g.with_columns(pl.struct("verifier", "domain", "tests").map_elements(
