@@ -98,12 +98,15 @@ def test_a_plugin_verifier_sees_the_same_task_in_grpo_as_in_the_verify_stage(tmp
     from thinkwheel.config import TaskFilesConfig
     from thinkwheel.curated import export
     from thinkwheel.generators.task_files import load_task_files
+    from thinkwheel.train.grpo import grpo_dataset
     from thinkwheel.train.rewards import as_reward
     from thinkwheel.verifiers import verify_frame
 
     mod = types.ModuleType("tw_meta_plugin")
+    prompts_seen = []
 
     def has_keyword(completion, task):
+        prompts_seen.append(task["prompt"])
         return json.loads(task["meta"])["keyword"] in completion
 
     mod.has_keyword = has_keyword
@@ -118,9 +121,12 @@ def test_a_plugin_verifier_sees_the_same_task_in_grpo_as_in_the_verify_stage(tmp
         assert verify_frame(tasks, cands)["passed"].to_list() == [True, False]
         grpo = export.grpo_frame(tasks, {}, system_prompt="s")
         columns = {c: grpo[c].to_list() * 2 for c in grpo.columns if c != "prompt"}
-        reward = as_reward(None)(prompts=grpo["prompt"].to_list() * 2,
+        chats = list(grpo_dataset(grpo)["prompt"])  # what TRL hands the reward: the whole chat
+        assert chats[0][0] == {"role": "system", "content": "s"}
+        reward = as_reward(None)(prompts=chats * 2,
                                  completions=cands["completion"].to_list(), **columns)
         assert reward == [1.0, 0.0]
+        assert prompts_seen == ["Name a fruit."] * 4  # the task's text in both
     finally:
         del sys.modules["tw_meta_plugin"]
 

@@ -46,9 +46,21 @@ def _tasks(n: int, prompts: Sequence[Any] | None, columns: dict[str, Any]) -> li
         values = list(values)
         if len(values) != n:
             continue
+        if key == "prompt":
+            values = [_user_text(v) for v in values]
         for task, value in zip(tasks, values, strict=True):
             task[key] = value
     return tasks
+
+
+def _user_text(prompt: Any) -> Any:
+    """A conversational prompt's last user turn: a plugin reads `task["prompt"]` as the task's
+    text in the verify stage, and TRL hands the reward the whole chat (system turn included)."""
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+        users = [m.get("content") for m in prompt if m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1]
+    return prompt
 
 
 def _score(v: Verdict, weight: float) -> float | None:
