@@ -269,3 +269,19 @@ def test_a_plugin_by_file_path_and_a_broken_plugin_module(tmp_path) -> None:
         reg.load_plugins([f"{tmp_path}/twraises.py"])
     with pytest.raises(reg.UnknownVerifierError, match="cannot import .*nowhere.py"):
         reg.resolve(f"{tmp_path}/nowhere.py:f")
+
+
+def test_a_plugin_cannot_take_a_built_in_verifiers_name(tmp_path, monkeypatch) -> None:
+    """`@register("math")` in a plugin lost to the built-in in a run and replaced it through
+    the API, by import order, without a word either way."""
+    from thinkwheel.verifiers import UnknownVerifierError, load_plugins
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "tw_clash_checks.py").write_text(
+        "from thinkwheel.verifiers import register\n\n"
+        "@register('math')\n"
+        "def anything(completion, task):\n    return True\n")
+    with pytest.raises(UnknownVerifierError, match="'math' is a built-in verifier's name"):
+        load_plugins(["tw_clash_checks"])
+    assert dict(list_verifiers())["math"] == "builtin"
+    assert get_verifier("math").verify("<think>x</think>5", {"reference": "6"}).passed is False

@@ -83,8 +83,17 @@ def register(name: str, origin: str | None = None) -> Callable[[Callable[..., Ve
 
     def deco(factory: Callable[..., Verifier]) -> Callable[..., Verifier]:
         module = getattr(factory, "__module__", None) or "?"
-        _REGISTRY[name] = (factory, origin or (
-            "builtin" if module.split(".")[0] == "thinkwheel" else f"register:{module}"))
+        origin_ = origin or (
+            "builtin" if module.split(".")[0] == "thinkwheel" else f"register:{module}")
+        if origin_ != "builtin":
+            # a plugin named "math" lost to the built-in or replaced it, by import order
+            from thinkwheel.verifiers.registry import _load_builtins
+
+            _load_builtins()
+            if _REGISTRY.get(name, (None, ""))[1] == "builtin":
+                raise ValueError(f"{module}: {name!r} is a built-in verifier's name; register "
+                                 "yours under another")
+        _REGISTRY[name] = (factory, origin_)
         return factory
 
     return deco
