@@ -185,6 +185,6 @@ def test_a_plugin_that_raises_is_said_in_grpo_and_in_the_eval(tmp_path):
             result, _ = steps.score_model(parse_config({}), Engine(),
                                           records.conform(held, records.TASKS))
         assert result["accuracy"] == 0.5
-        assert any("tw_boom_plugin:boom raised on 1" in line for line in said.lines), said.lines
+        assert any("tw_boom_plugin:boom failed on 1" in line for line in said.lines), said.lines
     finally:
         del sys.modules["tw_boom_plugin"]

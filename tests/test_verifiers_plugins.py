@@ -181,7 +181,7 @@ def test_a_raising_plugin_is_named_not_just_counted(plugin_module: types.ModuleT
     verdicts = verify_frame(tasks, cands)
     note = verifier_errors(verdicts)
     assert note is not None and note.startswith("2 of 3 candidates could not be verified")
-    assert "tw_test_plugins:boom raised on 2 (first: RuntimeError: plugin exploded)" in note
+    assert "tw_test_plugins:boom failed on 2 (first: RuntimeError: plugin exploded)" in note
     assert verifier_errors(verdicts.filter(verdicts["verifier"] == "math")) is None
 
 
@@ -193,7 +193,7 @@ def test_thinkwheel_verify_names_a_raising_plugin_in_its_summary(plugin_module, 
     f.write_text('{"completion": "x"}\n{"completion": "y"}\n')
     summary = verify_file(f, "tw_test_plugins:boom", tmp_path / "v.parquet", workers=1)
     assert summary["reasons"] == {"verifier_error": 2}
-    assert "tw_test_plugins:boom raised on 2 (first: RuntimeError: plugin exploded)" in summary["errors"]
+    assert "tw_test_plugins:boom failed on 2 (first: RuntimeError: plugin exploded)" in summary["errors"]
 
 
 def _checks_module(tmp_path, monkeypatch, name: str) -> None:
@@ -285,3 +285,34 @@ def test_a_plugin_cannot_take_a_built_in_verifiers_name(tmp_path, monkeypatch) -
         load_plugins(["tw_clash_checks"])
     assert dict(list_verifiers())["math"] == "builtin"
     assert get_verifier("math").verify("<think>x</think>5", {"reference": "6"}).passed is False
+
+
+def test_a_plugins_bad_score_exit_or_signature_is_a_verifier_error_and_its_time_is_kept(
+        plugin_module: types.ModuleType) -> None:
+    """A score of 2.0 became a GRPO reward of 2.0 and NaN broke the summary's JSON; a plugin's
+    sys.exit() ended `thinkwheel verify` with no word; every plugin verdict read 0 seconds; a
+    function taking (completion, task, meta) failed on every row as a "factory"."""
+    import math
+    import time
+
+    plugin_module.big = lambda completion, task: 2.0
+    plugin_module.nan = lambda completion, task: math.nan
+    plugin_module.over = lambda completion, task: Verdict(True, 1.5, "ok")
+    plugin_module.leaves = lambda completion, task: sys.exit(3)
+    plugin_module.slow = lambda completion, task: time.sleep(0.05) or True
+
+    def three(completion, task, meta):  # noqa: ANN001, ANN202
+        return True
+
+    plugin_module.three = three
+    for name, says in (("big", "score 2.0"), ("nan", "score nan"), ("over", "score 1.5"),
+                       ("leaves", "SystemExit: 3")):
+        v = get_verifier(f"tw_test_plugins:{name}")
+        for verdict in (v.verify("x", {}), v.verify_batch(["x"], [{}])[0]):
+            assert verdict.passed is None and verdict.reason == "verifier_error", name
+            assert says in verdict.detail, (name, verdict.detail)
+    slow = get_verifier("tw_test_plugins:slow")
+    assert slow.verify("x", {}).seconds >= 0.04
+    assert min(v.seconds for v in slow.verify_batch(["x", "y"], [{}, {}])) >= 0.04
+    with pytest.raises(TypeError, match=r"takes \(completion, task\).*requires 3 arguments"):
+        get_verifier("tw_test_plugins:three")

@@ -106,13 +106,13 @@ def _with_format(verdicts: list[Verdict | None], cands: list[dict[str, Any]],
 
 
 def verifier_errors(verdicts: pl.DataFrame) -> str | None:
-    """A verifier that raised gives a None verdict, which never counts as passed: a broken
+    """A verifier that raised (or returned None) gives a None verdict, which never counts as passed: a broken
     plugin read as "passed 0" with its error only in verdicts.parquet. Say which and why."""
     bad = verdicts.filter(pl.col("reason") == "verifier_error")
     if bad.height == 0:
         return None
     by = bad.group_by("verifier").agg(pl.len(), pl.col("detail").first())
-    parts = [f"{name} raised on {n} (first: {detail})"
+    parts = [f"{name} failed on {n} (first: {detail})"
              for name, n, detail in by.sort("len", descending=True).iter_rows()]
     return (f"{bad.height} of {verdicts.height} candidates could not be verified, counted as "
             f"not passed: " + "; ".join(parts))

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -44,9 +45,10 @@ def _entry_points() -> dict[str, Any]:
 
 
 def as_verdict(value: Any) -> Verdict:
-    """Coerce a plugin's return value into a Verdict."""
+    """Coerce a plugin's return value into a Verdict. A score outside [0, 1] (or NaN) is an
+    error, not a verdict: it became a GRPO reward as it was, and NaN broke the summary's JSON."""
     if isinstance(value, Verdict):
-        return value
+        return _in_range(value)
     if value is None:
         return Verdict(None, 0.0, "verifier_error", "plugin returned None")
     if callable(getattr(value, "item", None)) and getattr(value, "shape", None) == ():
@@ -55,8 +57,19 @@ def as_verdict(value: Any) -> Verdict:
         return Verdict(value, float(value), "ok" if value else "wrong_answer")
     if isinstance(value, (int, float)):
         score = float(value)
-        return Verdict(score >= 1.0, score, "ok" if score >= 1.0 else "wrong_answer")
+        return _in_range(Verdict(score >= 1.0, score, "ok" if score >= 1.0 else "wrong_answer"))
     raise TypeError(f"a verifier returned {type(value).__name__}, not bool/float/Verdict")
+
+
+def _in_range(v: Verdict) -> Verdict:
+    if not 0.0 <= v.score <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"a verifier returned score {v.score}; a score is in [0, 1]")
+    return v
+
+
+def _timed(v: Verdict, seconds: float) -> Verdict:
+    """A plugin's verdict with the time it took, unless it says: every plugin verdict read 0 s."""
+    return v if v.seconds else replace(v, seconds=seconds)
 
 
 class FunctionVerifier:
@@ -81,31 +94,36 @@ class SafeVerifier:
     def verify(self, candidate: Candidate, task: Task) -> Verdict:
         start = time.perf_counter()
         try:
-            return as_verdict(self.inner.verify(candidate, task))
-        except Exception as err:
+            return _timed(as_verdict(self.inner.verify(candidate, task)), time.perf_counter() - start)
+        except (Exception, SystemExit) as err:  # a plugin's sys.exit() ended `verify` silently
             return error_verdict(err, time.perf_counter() - start)
 
     def verify_batch(self, candidates: Sequence[Candidate], tasks: Sequence[Task]) -> list[Verdict]:
+        start = time.perf_counter()
         try:
             batch = getattr(self.inner, "verify_batch", None)
             if batch is not None:
                 out = [as_verdict(v) for v in batch(candidates, tasks)]
                 if len(out) == len(candidates):
-                    return out
-        except Exception:
+                    each = (time.perf_counter() - start) / max(len(out), 1)
+                    return [_timed(v, each) for v in out]
+        except (Exception, SystemExit):
             pass  # retry one by one so one bad item does not sink its neighbours
         return [self.verify(c, t) for c, t in zip(candidates, tasks, strict=True)]
+
+
+def _required_positional(obj: Any) -> int:
+    try:
+        return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                   for p in inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):
+        return -1
 
 
 def _is_plain_function(obj: Any) -> bool:
     if inspect.isclass(obj) or not callable(obj):
         return False
-    try:
-        params = [p for p in inspect.signature(obj).parameters.values()
-                  if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return False
-    return len(params) == 2
+    return _required_positional(obj) == 2
 
 
 def _build(obj: Any, name: str, opts: dict[str, Any]) -> Verifier:
@@ -113,6 +131,10 @@ def _build(obj: Any, name: str, opts: dict[str, Any]) -> Verifier:
         return obj  # already an instance
     if _is_plain_function(obj):
         return FunctionVerifier(obj, name)
+    if inspect.isfunction(obj) and (n := _required_positional(obj)) > 2:
+        # called as a factory, it failed on every row with "missing 3 required arguments"
+        raise TypeError(f"{name}: a verifier function takes (completion, task) and reads extra "
+                        f"fields from task['meta']; this one requires {n} arguments")
     try:
         sig = inspect.signature(obj)
         if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -189,7 +211,7 @@ def _resolve_spec(spec: str) -> Any:
         raise UnknownVerifierError(f"verifier {spec!r}: expected 'module:callable'")
     try:
         obj: Any = _import_user_module(mod)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         raise _import_error(f"verifier {spec!r}", mod, err) from err
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -207,7 +229,7 @@ def _load_module(spec: str) -> None:
         return
     try:
         _MODULES[spec] = _import_user_module(spec)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         raise _import_error(f"plugin module {spec!r}", spec, err) from err
 
 
