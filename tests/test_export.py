@@ -487,3 +487,26 @@ def test_a_task_dropped_whole_by_the_filters_is_no_grpo_prompt(tmp_path):
     steps.export(store, parse_config({}), 0, "m")
     grpo = pl.read_parquet(store.round_dir(0) / "curated" / "grpo.parquet")
     assert grpo["task_id"].to_list() == ["ok"] and grpo["pass_rate"].to_list() == [0.5]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
+def test_the_cards_loading_snippet_runs_in_the_export(frames, tmp_path, monkeypatch, fmt):
+    """The jsonl card said `load_dataset("jsonl", ...)`, which `datasets` has no builder for;
+    an export without SFT rows still showed loading `sft`. Run the snippet as a user would."""
+    import re
+
+    from thinkwheel.curated import card
+
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
+    for name, (s, g) in {"full": (sft, grpo), "no-sft": (sft.head(0), grpo)}.items():
+        out = tmp_path / name
+        export.write_dataset(s, g, out, formats=(fmt,),
+                             card=card.dataset_card(s, g, data_format=fmt))
+        code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+        monkeypatch.chdir(out)
+        scope: dict = {}
+        exec(code, scope)  # noqa: S102 (the card's own example)
+        split = "sft" if s.height else "grpo"
+        assert scope[split].num_rows == (s if s.height else g).height, (name, code)

@@ -169,14 +169,20 @@ def _examples(dec: Mapping[str, Any]) -> str:
     return f" (e.g. {', '.join(f'`{r}`' for r in refs)})" if refs else ""
 
 
-def _loading(data_format: str) -> str:
-    if data_format in ("parquet", "jsonl"):
-        return (f'from datasets import load_dataset\nsft = load_dataset("{data_format}", '
-                f'data_files="{data_path("sft", data_format)}", split="train")')
+def _loading(data_format: str, counts: Mapping[str, int]) -> str:
+    """Code that loads a set this export holds: `datasets` has no "jsonl" builder (it is
+    "json"), and an export with no SFT rows has no `sft` to load."""
+    if data_format == "verl":
+        return ("# the GRPO set in verl's RL format, for data.train_files:\n"
+                "import polars as pl\ngrpo = pl.read_parquet(\"verl/train.parquet\")")
+    split = next((s for s in ("sft", "grpo", "dpo") if counts.get(s)), None)
+    if split is None:
+        return "# this export holds no rows"
     if data_format == "hf":
-        return 'import datasets\nsft = datasets.load_from_disk("hf")["sft"]'
-    return ("# the GRPO set in verl's RL format, for data.train_files:\n"
-            "import polars as pl\ngrpo = pl.read_parquet(\"verl/train.parquet\")")
+        return f'import datasets\n{split} = datasets.load_from_disk("hf")["{split}"]'
+    builder = "json" if data_format == "jsonl" else data_format
+    return (f'from datasets import load_dataset\n{split} = load_dataset("{builder}", '
+            f'data_files="{data_path(split, data_format)}", split="train")')
 
 
 def _md_table(rows: Mapping[str, Any], key: str, value: str) -> str:
@@ -230,7 +236,7 @@ and the survivors of decontamination, quality filters and near-dedup were kept, 
   `reference`, `tests` and `verifier` for the reward, and the task's `pass_rate`.{_dpo_line(m)}
 
 ```python
-{_loading(data_format)}
+{_loading(data_format, m["counts"])}
 ```
 
 ## Provenance
