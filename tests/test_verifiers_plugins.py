@@ -316,3 +316,17 @@ def test_a_plugins_bad_score_exit_or_signature_is_a_verifier_error_and_its_time_
     assert min(v.seconds for v in slow.verify_batch(["x", "y"], [{}, {}])) >= 0.04
     with pytest.raises(TypeError, match=r"takes \(completion, task\).*requires 3 arguments"):
         get_verifier("tw_test_plugins:three")
+
+
+def test_verify_summary_names_the_verifiers_the_rows_used(plugin_module, tmp_path) -> None:
+    """Rows that name their own verifier were summarised under --verifier's default, "math"."""
+    from thinkwheel.verifiers.files import verify_file
+
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"completion": "5", "reference": "5", "verifier": "tw_test_plugins:exact"}\n')
+    summary = verify_file(f, "math", tmp_path / "v.parquet", workers=1)
+    assert summary["verifier"] == "tw_test_plugins:exact" and summary["passed"] == 1
+    f.write_text('{"completion": "5", "reference": "5", "verifier": "tw_test_plugins:exact"}\n'
+                 '{"completion": "<think>x</think>5", "reference": "5"}\n')
+    assert verify_file(f, "math", tmp_path / "v.parquet", workers=1)["verifier"] == \
+        "math, tw_test_plugins:exact"

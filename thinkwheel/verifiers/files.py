@@ -114,7 +114,8 @@ def verify_file(path: str | Path, verifier: str, out: str | Path, *, workers: in
     _write_atomic(verdicts.drop("task_id").with_columns(pl.Series("row", range(n))), out)
     passed = verdicts["passed"].to_list()
     summary = {
-        "file": str(path), "out": str(out), "verifier": verifier, "rows": n,
+        # the verifiers the rows were judged by: a row's own `verifier` overrides --verifier
+        "file": str(path), "out": str(out), "verifier": ", ".join(sorted(names)), "rows": n,
         "passed": sum(p is True for p in passed), "failed": sum(p is False for p in passed),
         "unverified": sum(p is None for p in passed),
         "pass_rate": (sum(p is True for p in passed) / n) if n else 0.0,
