@@ -641,6 +641,13 @@ def test_run_on_a_served_model_checks_the_server_before_starting(tmp_path, monke
         assert r.exit_code == 0 and "not among the models" not in r.output
         r = run_with(srv.base_url, model="other-model")
         assert r.exit_code == 0 and "other-model is not among the models" in " ".join(r.output.split())
+        # the endpoint pasted whole, and a root without /v1 (every call 404s after Prefect starts)
+        r = run_with(srv.base_url + "/chat/completions")
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2 and f"is an endpoint; give the API root ({srv.base_url})" in said
+        r = run_with(srv.base_url.removesuffix("/v1"))
+        said = " ".join(r.output.split())
+        assert r.exit_code == 0 and "usually ends in /v1" in said, said
         # of several servers, one that is down is a warning: the others take its calls
         r = run_with([f"http://127.0.0.1:{free}/v1", srv.base_url])
         out = " ".join(r.output.split())

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from thinkwheel.config import EngineConfig  # noqa: E402
 from thinkwheel.engines.base import Completion, SamplingParams  # noqa: E402
 from thinkwheel.engines.cache import RequestCache, request_key  # noqa: E402
 from thinkwheel.engines.local_server import FaultPlan, LocalServer  # noqa: E402
-from thinkwheel.engines.openai import EngineError, OpenAIEngine  # noqa: E402
+from thinkwheel.engines.openai import EngineError, OpenAIEngine, sample_seed  # noqa: E402
 
 REQUESTS = [f"What is {i} + {3 * i + 1}?" for i in range(12)]
 PARAMS = SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=5)
@@ -50,8 +51,10 @@ def hf_engine(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def clean(hf_engine) -> list[list[Completion]]:
-    """What the model itself says: the reference every HTTP run must reproduce."""
-    return hf_engine.generate(REQUESTS, PARAMS)
+    """What the model itself says, each request under the seed the engine sends for it: the
+    reference every HTTP run must reproduce."""
+    return [hf_engine.generate([r], replace(PARAMS, seed=sample_seed(PARAMS.seed, [_user(r)], 0)))[0]
+            for r in REQUESTS]
 
 
 def texts(out: list[list[Completion]]) -> list[list[tuple[str, str]]]:
@@ -148,7 +151,7 @@ def test_crash_then_resume_sends_only_unfinished(hf_engine, clean, tmp_path: Pat
     assert resent == set(REQUESTS) - set(done)
     assert first_run >= len(done)
     assert eng.stats["cached_samples"] == sum(have.values())
-    assert [row[0].text for row in out] == [row[0].text for row in clean]  # sample 0 is seed 5
+    assert [row[0].text for row in out] == [row[0].text for row in clean]  # sample 0 as the model says it
     assert all(len({c.text for c in row}) == PARAMS.n for row in out)
     with LocalServer(hf_engine) as srv:  # a third run is free
         again = OpenAIEngine(srv.base_url, "tiny", cache_dir=cache_dir).generate(REQUESTS, PARAMS)
@@ -288,17 +291,34 @@ def test_thought_returned_apart_goes_back_into_think(field) -> None:
     assert [(c.text, c.finish_reason) for c in plain] == [*_Scripted.script[:4], got[4]]
 
 
-def test_the_servers_finish_reason_is_kept() -> None:
-    """A filtered or aborted completion was recorded as "stop", so it read as finished text."""
+def test_the_servers_finish_reason_is_kept_and_an_aborted_call_is_asked_again(tmp_path) -> None:
+    """A filtered completion was recorded as "stop", so it read as finished text. An aborted
+    one (vLLM shutting down, preempting) is a partial text: it was cached for good and passed
+    the quality filter; the call is retried instead."""
 
     class Finishes(_Scripted):
-        script = (("7", "stop"), ("<think>3+", "length"), ("", "content_filter"), ("<think>3", "abort"),
-                  ("7", None))
+        script = (("7", "stop"), ("<think>3+", "length"), ("", "content_filter"), ("7", None))
 
-    params = SamplingParams(n=5, temperature=1.0, max_tokens=8, seed=1)
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=1)
     with LocalServer(Finishes()) as srv:
         out = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?"], params)[0]
-    assert [c.finish_reason for c in out] == ["stop", "length", "content_filter", "abort", "stop"]
+    assert [c.finish_reason for c in out] == ["stop", "length", "content_filter", "stop"]
+
+    class AbortsOnce(_Scripted):
+        calls = 0
+
+        def generate(self, requests, params, progress=None):
+            AbortsOnce.calls += 1
+            reason = "abort" if AbortsOnce.calls == 1 else "stop"
+            return [[Completion(text="<think>3+4=7</think>7"[: 9 if reason == "abort" else None],
+                                finish_reason=reason, n_tokens=4)] for _ in requests]
+
+    one = SamplingParams(n=1, temperature=1.0, max_tokens=8, seed=1)
+    with LocalServer(AbortsOnce()) as srv:
+        eng = OpenAIEngine(srv.base_url, "m", backoff_s=0.0, cache_dir=tmp_path)
+        got = eng.generate(["What is 3 + 4?"], one)[0][0]
+    assert (got.text, got.finish_reason) == ("<think>3+4=7</think>7", "stop")
+    assert eng.stats["retry:abort"] == 1 and AbortsOnce.calls == 2
 
 
 def test_a_request_over_the_context_is_an_empty_sample_not_a_failed_shard(tmp_path: Path) -> None:
@@ -348,3 +368,58 @@ def test_extra_body_reaches_the_server_and_the_cache_key(tmp_path: Path) -> None
     from thinkwheel.engines.factory import make_engine
 
     assert make_engine(cfg).extra_body == extra
+
+
+@pytest.mark.parametrize("msg", [
+    "This model's maximum context length is 512 tokens.",  # vLLM, OpenAI
+    "the request exceeds the available context size, try increasing it",  # llama.cpp
+    "`inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens",  # TGI
+    "Input validation error: `inputs` must have less than 4096 tokens. Given: 5000",  # TGI
+    "The decoder prompt (length 900) is longer than the maximum model length of 512.",  # vLLM
+])
+def test_every_servers_wording_of_a_request_over_the_context(msg) -> None:
+    """llama.cpp's and TGI's wordings failed the shard, and every re-run on the same task."""
+    from thinkwheel.engines.openai import _over_context
+
+    assert _over_context(msg)
+
+
+def test_greedy_samples_seeds_parts_and_the_servers_own_words(tmp_path: Path) -> None:
+    """vLLM refuses n > 1 at temperature 0, which failed the stage; one seed per call made
+    round k+1 (seed + 1) repeat round k's samples on vLLM, which seeds a call's sample j
+    `seed + j`; content sent as a list of parts was stored as a list; and an error after
+    the retries said only "last: 503", not what the server said."""
+    seen: list[dict] = []
+
+    class VllmLike(LocalServer):
+        def complete(self, body: dict, fault: str):
+            seen.append(body)
+            if body.get("n", 1) > 1 and body["temperature"] == 0:
+                return 400, b'{"message": "n must be 1 when using greedy sampling"}'
+            if "parts" in body["messages"][-1]["content"]:
+                msg = {"role": "assistant", "content": [{"type": "text", "text": "<think>a</think>"},
+                                                       {"type": "thinking", "thinking": "x"},
+                                                       {"type": "text", "text": "7"}]}
+                return 200, json.dumps({"choices": [{"index": 0, "message": msg,
+                                                     "finish_reason": "stop"}]}).encode()
+            if "oom" in body["messages"][-1]["content"]:
+                return 503, b'{"message": "CUDA out of memory. Tried to allocate 2.00 GiB"}'
+            return super().complete(body, fault)
+
+    with VllmLike(_Scripted()) as srv:
+        eng = OpenAIEngine(srv.base_url, "m", backoff_s=0.0, max_retries=1)
+        greedy = eng.generate(["What is 3 + 4?"], SamplingParams(n=3, temperature=0.0, seed=1))
+        assert [c.text for c in greedy[0]] == [_Scripted.script[0][0]] * 3
+        assert [b.get("n", 1) for b in seen] == [1]
+
+        seen.clear()
+        prompts = ["What is 3 + 4?", "What is 5 + 6?"]
+        for seed in (5, 6):  # two rounds' sampling seeds
+            eng.generate(prompts, SamplingParams(n=4, temperature=1.0, seed=seed))
+        streams = [{b["seed"] + j for j in range(4)} for b in seen]
+        assert len(seen) == 4 and all(a.isdisjoint(b) for i, a in enumerate(streams)
+                                      for b in streams[i + 1:])
+
+        assert eng.generate(["parts"], SamplingParams(n=1, seed=1))[0][0].text == "<think>a</think>7"
+        with pytest.raises(EngineError, match="last: 503: .*CUDA out of memory"):
+            eng.generate(["oom"], SamplingParams(n=1, seed=1))

@@ -418,6 +418,57 @@ def test_the_sample_stage_records_only_its_own_calls(flow_run, tmp_path):
     assert store.stage_entry(0, "sample")["calls"] == {"calls": tasks.height}
 
 
+def test_a_served_models_over_context_samples_are_asked_again_and_a_whole_shard_stops(
+        flow_run, tmp_path):
+    """The run's warning says to serve a longer context, but a finished sample stage kept the
+    empty answers for good: a re-run sent nothing. They are asked for again (only they), under
+    the same candidate ids. A shard the server refused whole is the budget, not the tasks: the
+    run stops and says so, rather than finishing with nothing kept."""
+    import shutil
+
+    from thinkwheel.engines.base import OVER_CONTEXT, Completion
+    from thinkwheel.engines.openai import EngineError
+    from thinkwheel.flows import steps
+
+    class Served:
+        def __init__(self, refuse):
+            self.refuse, self.asked = refuse, []
+
+        def generate(self, requests, params, progress=None):
+            prompts = [r[-1]["content"] for r in requests]
+            self.asked += prompts
+            return [[OVER_CONTEXT if self.refuse(p) else Completion(f"<think>{p}</think> 2", "stop", 5)]
+                    * params.n for p in prompts]
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    cfg = parse_config({**SMALL, "engine": {"kind": "openai", "model": "m"},
+                        "train": {"sft": {"enabled": False}},
+                        "sampling": {**SMALL["sampling"], "seed": 9}})
+    prompts = store.read_table(0, "tasks").filter(pl.col("drop_reason").is_null())["prompt"]
+    long = set(prompts[:2])
+    steps.sample(store, cfg, 0, "model-x", lambda m: Served(lambda p: p in long))
+    first = store.read_table(0, "candidates")
+    assert (first["finish_reason"] == "context_length").sum() == 2 * cfg.sampling.n
+
+    longer = Served(lambda p: False)  # the server, restarted with a longer context
+    cands = steps.sample(store, cfg, 0, "model-x", lambda m: longer)
+    assert sorted(longer.asked) == sorted(long)
+    assert cands["candidate_id"].to_list() == first["candidate_id"].to_list()
+    assert (cands["finish_reason"] == "context_length").sum() == 0
+    assert store.read_table(0, "candidates").equals(cands)
+    assert store.stage_done(0, "sample", store.stage_entry(0, "sample")["input_hash"],
+                            store.stage_entry(0, "sample")["config_hash"])
+    again = Served(lambda p: False)
+    steps.sample(store, cfg, 0, "model-x", lambda m: again)
+    assert again.asked == []  # nothing over the context is left to ask for
+
+    cfg.sampling.seed = 10  # a new stage; the server refuses every request of a shard
+    with pytest.raises(EngineError, match=r"refused all \d+ requests of shard 0.*sampling.max_tokens"):
+        steps.sample(store, cfg, 0, "model-x", lambda m: Served(lambda p: True))
+
+
 def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     """Switching formats, verified_only or keep_per_task re-filters and re-exports, never
     re-samples; a new system prompt changes what the model sees, so it does re-sample, and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -125,6 +126,9 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0, *,
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     urls, down, warnings = cfg.engine.base_urls(), [], []
     for base in urls:
+        root = re.sub(r"(/chat)?/completions/?$", "", base)
+        if root != base:  # the endpoint pasted whole: every call went to .../completions/chat/completions
+            return f"engine.base_url: {base} is an endpoint; give the API root ({root})", None
         try:
             resp = httpx.get(base.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
         except httpx.HTTPError as err:
@@ -137,6 +141,9 @@ def server_check(cfg: RunConfig, timeout_s: float = 5.0, *,
                         "variable)"), None
             return f"engine.base_url: {base} refused the API key from ${cfg.engine.api_key_env} " \
                    f"(HTTP {resp.status_code})", None
+        if resp.status_code == 404 and not base.rstrip("/").endswith("/v1"):
+            warnings.append(f"engine.base_url: {base} has no /models (HTTP 404); an OpenAI-"
+                            f"compatible server's API root usually ends in /v1 ({base.rstrip('/')}/v1)")
         try:
             served = [m["id"] for m in resp.json()["data"]] if resp.status_code == 200 else []
         except (ValueError, KeyError, TypeError):

@@ -71,8 +71,10 @@ class EngineConfig(_Section):
     base_url: str | list[str] = Field("http://127.0.0.1:8000/v1", json_schema_extra=SERVING)
     api_key_env: str = Field("OPENAI_API_KEY", json_schema_extra=SERVING)
     concurrency: int = Field(16, ge=1, json_schema_extra=SERVING)  # calls in flight per server
-    max_retries: int = Field(6, ge=0, json_schema_extra=SERVING)
-    timeout_s: float = Field(120.0, gt=0, json_schema_extra=SERVING)
+    # 10 retries back off for about two minutes in all: a per-minute rate limit outlasted six
+    max_retries: int = Field(10, ge=0, json_schema_extra=SERVING)
+    # per call: a long reasoning trace on a busy server takes minutes (openai's client waits 600 s)
+    timeout_s: float = Field(600.0, gt=0, json_schema_extra=SERVING)
     server_supports_n: bool = True
 
     @model_validator(mode="after")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -70,3 +72,10 @@ def request_for(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
     so the model sees the same context everywhere."""
     msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return msgs + [{"role": "user", "content": prompt}]
+
+
+def sequence_seed(seed: int, messages: Sequence[Mapping[str, str]], sample_idx: int) -> int:
+    """A 32-bit seed for one sequence, from the run seed, the request content and the sample:
+    no two prompts, samples or rounds (whose seeds differ by one) share a stream."""
+    blob = json.dumps([seed, list(messages), sample_idx], sort_keys=True).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "little")

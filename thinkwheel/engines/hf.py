@@ -9,8 +9,6 @@ batch shapes can in rare near-tie cases still flip a token; that is the only cav
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,16 +29,11 @@ from thinkwheel.engines.base import (
     SamplingParams,
     as_messages,
     first_stop,
+    sequence_seed,
 )
 
 _M32 = 0xFFFFFFFF
 Progress = Callable[[int], None]  # called with the number of sequences just finished
-
-
-def sequence_seed(seed: int, messages: Sequence[dict[str, str]], sample_idx: int) -> int:
-    """A 32-bit seed for one sequence, from the run seed, the request content and the sample."""
-    blob = json.dumps([seed, list(messages), sample_idx], sort_keys=True).encode()
-    return int.from_bytes(hashlib.blake2b(blob, digest_size=4).digest(), "little")
 
 
 def _mix32(x: Any) -> Any:
@@ -160,8 +153,11 @@ class HFEngine:
         requests: Sequence[Request],
         params: SamplingParams,
         progress: Progress | None = None,
+        *,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[list[Completion]]:
-        """n completions per request, in order; batches of `batch_size` sequences."""
+        """n completions per request, in order; batches of `batch_size` sequences. `seeds`, one
+        per request, stand in for `params.seed` (a server batches calls that each send one)."""
         import torch
 
         if not requests:
@@ -178,7 +174,8 @@ class HFEngine:
                 results.update({(i, j): OVER_CONTEXT for j in range(draws)})
                 continue
             msgs = as_messages(req)
-            seqs += [(i, j, sequence_seed(seed, msgs, j)) for j in range(draws)]
+            own = seed if seeds is None or seeds[i] is None else seeds[i]
+            seqs += [(i, j, sequence_seed(own, msgs, j)) for j in range(draws)]
         if progress is not None and results:
             progress(len(results) * (params.n if greedy else 1))
         seqs.sort(key=lambda s: lengths[s[0]])  # similar lengths together: less padding

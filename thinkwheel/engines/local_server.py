@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from thinkwheel.engines.base import Completion, Engine, SamplingParams
@@ -89,13 +90,18 @@ class _Batcher:
                     self.jobs.put(None)  # finish this batch, then stop
                     break
                 pending.append(job)
+            # calls that differ only in their seed batch together, as on vLLM, when the engine
+            # takes a seed per request
+            per_seed = "seeds" in inspect.signature(self.engine.generate).parameters
             groups: dict[SamplingParams, list] = {}
             for job in pending:
-                groups.setdefault(job[1], []).append(job)
+                groups.setdefault(replace(job[1], seed=None) if per_seed else job[1], []).append(job)
             for params, jobs in groups.items():
                 self.batches += 1
                 try:
-                    out = self.engine.generate([m for m, _, _ in jobs], params)
+                    msgs = [m for m, _, _ in jobs]
+                    out = (self.engine.generate(msgs, params, seeds=[p.seed for _, p, _ in jobs])
+                           if per_seed else self.engine.generate(msgs, params))
                 except Exception as err:  # the handler turns it into a 500
                     for _, _, fut in jobs:
                         fut.set_exception(err)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 import random
 import time
@@ -38,6 +37,7 @@ from thinkwheel.engines.base import (
     SamplingParams,
     as_messages,
     first_stop,
+    sequence_seed,
 )
 from thinkwheel.engines.cache import RequestCache, request_key
 
@@ -55,9 +55,12 @@ class _TooLong(Exception):
     failing its shard, and every re-run of it, for good."""
 
 
-# how vLLM, SGLang, TGI and OpenAI word a request over the context window
+# how vLLM, SGLang, TGI, llama.cpp and OpenAI word a request over the context window (TGI:
+# "`inputs` tokens + `max_new_tokens` must be <= 4096", "`inputs` must have less than 4096
+# tokens"; llama.cpp: "exceeds the available context size"; vLLM: "maximum model length")
 _CONTEXT_WORDS = ("context length", "context_length", "context window", "maximum input length",
-                  "too many tokens", "prompt is too long")
+                  "too many tokens", "prompt is too long", "context size", "maximum model length",
+                  "max_new_tokens` must be", "`inputs` must have less than")
 
 
 def _over_context(text: str) -> bool:
@@ -67,18 +70,19 @@ def _over_context(text: str) -> bool:
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, said: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.said = said  # what the server answered, for the error once retries are spent
 
 
-def sample_seed(seed: int | None, idx: int) -> int | None:
-    """Seed for the call that starts at sample `idx`; idx 0 keeps the user's seed unchanged."""
-    if seed is None or idx == 0:
-        return seed
-    digest = hashlib.blake2b(f"{seed}:{idx}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+def sample_seed(seed: int | None, messages: Sequence[dict[str, str]], idx: int) -> int | None:
+    """Seed for the call that asks for samples `idx`.. of this request. vLLM seeds a call's
+    j-th sample `seed + j`, so one seed per call (the run's, plus one per round) gave round
+    k+1 three of round k's four samples of a prompt, and every prompt of a shard the same
+    noise: the seed comes from the prompt and the sample, as the other engines' do."""
+    return None if seed is None else sequence_seed(seed, messages, idx) & 0x7FFFFFFF
 
 
 @dataclass(eq=False)
@@ -154,8 +158,8 @@ class OpenAIEngine:
         *,
         api_key: str | None = None,
         concurrency: int = 16,
-        max_retries: int = 6,
-        timeout_s: float = 120.0,
+        max_retries: int = 10,
+        timeout_s: float = 600.0,
         server_supports_n: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         backoff_s: float = 0.5,
@@ -261,6 +265,9 @@ class OpenAIEngine:
         record: Callable[[str, int, Completion], None],
     ) -> None:
         """Fetch the samples of one request that are not cached yet."""
+        if params.temperature <= 0 and params.n > 1:
+            await self._fill_greedy(servers, key, messages, params, have, record)
+            return
         if not self.server_supports_n:
             missing = [j for j in range(params.n) if j not in have]
             outcomes = await asyncio.gather(
@@ -274,7 +281,7 @@ class OpenAIEngine:
             return
         while missing := [j for j in range(params.n) if j not in have]:
             payload = self._payload(
-                messages, params, len(missing), sample_seed(params.seed, missing[0])
+                messages, params, len(missing), sample_seed(params.seed, messages, missing[0])
             )
             try:
                 choices = await self._call(servers, payload)
@@ -286,6 +293,31 @@ class OpenAIEngine:
             for j, comp in zip(missing, choices, strict=False):
                 record(key, j, comp)
 
+    async def _fill_greedy(
+        self,
+        servers: _Servers,
+        key: str,
+        messages: list[dict[str, str]],
+        params: SamplingParams,
+        have: dict[int, Completion],
+        record: Callable[[str, int, Completion], None],
+    ) -> None:
+        """Greedy samples are one decode, copied: vLLM refuses `n` > 1 at temperature 0 ("n
+        must be 1 when using greedy sampling"), which failed the whole stage."""
+        missing = [j for j in range(params.n) if j not in have]
+        if not missing:
+            return
+        first = next(iter(have.values()), None)
+        if first is None:
+            payload = self._payload(messages, params, 1, sample_seed(params.seed, messages, 0))
+            try:
+                first = (await self._call(servers, payload))[0]
+            except _TooLong:
+                self._over_context(have, missing)
+                return
+        for j in missing:
+            record(key, j, first)
+
     async def _fetch_one(
         self,
         servers: _Servers,
@@ -296,7 +328,7 @@ class OpenAIEngine:
         record: Callable[[str, int, Completion], None],
         have: dict[int, Completion],
     ) -> None:
-        payload = self._payload(messages, params, 1, sample_seed(params.seed, idx))
+        payload = self._payload(messages, params, 1, sample_seed(params.seed, messages, idx))
         try:
             record(key, idx, (await self._call(servers, payload))[0])
         except _TooLong:
@@ -335,15 +367,17 @@ class OpenAIEngine:
         for attempt in range(self.max_retries + 1):
             server = await servers.acquire()
             retry_after: float | None = None
+            said = ""
             try:
                 self.stats["calls"] += 1
                 self.stats[f"calls:{server.url}"] += 1
                 resp = await server.client.post("/chat/completions", json=payload)
                 out = _parse(resp, stop)
             except _Retryable as err:
-                reason, retry_after = err.reason, err.retry_after
+                reason, retry_after, said = err.reason, err.retry_after, err.said
             except httpx.TimeoutException:
                 reason = "timeout"
+                said = f"no answer in engine.timeout_s = {self.timeout_s:g} s"
             except httpx.TransportError as err:  # refused, reset, dropped mid-response
                 reason = f"transport:{type(err).__name__}"
             except BaseException:  # a 4xx, too long, or cancelled: not the server's health
@@ -356,7 +390,8 @@ class OpenAIEngine:
             self.stats[f"retry:{reason}"] += 1
             if attempt == self.max_retries:
                 where = f" from {server.url}" if len(servers.servers) > 1 else ""
-                raise EngineError(f"gave up after {attempt + 1} attempts (last: {reason}{where})")
+                said = f": {' '.join(said.split())[:300]}" if said else ""
+                raise EngineError(f"gave up after {attempt + 1} attempts (last: {reason}{where}{said})")
             if servers.up():
                 continue  # another server is up: no reason to wait
             delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
@@ -376,7 +411,8 @@ def _loop_running() -> bool:
 def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
     if resp.status_code in RETRY_STATUS:
         after = resp.headers.get("retry-after")
-        raise _Retryable(str(resp.status_code), float(after) if _is_number(after) else None)
+        raise _Retryable(str(resp.status_code), float(after) if _is_number(after) else None,
+                         resp.text)
     if resp.status_code in (400, 413, 422) and _over_context(resp.text):
         raise _TooLong(resp.text[:200])
     if resp.status_code >= 400:
@@ -387,9 +423,11 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
         texts = [_with_reasoning(c["message"]) for c in choices]
         reasons = [c.get("finish_reason") for c in choices]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise _Retryable("malformed") from err
+        raise _Retryable("malformed", said=resp.text) from err
     if not texts:
-        raise _Retryable("no_choices")
+        raise _Retryable("no_choices", said=resp.text)
+    if "abort" in reasons:  # vLLM aborted the request (shutdown, preemption): a partial text
+        raise _Retryable("abort", said=resp.text)
     tokens = _split_tokens((body.get("usage") or {}).get("completion_tokens"), texts)
     out = []
     for text, reason, n_tok in zip(texts, reasons, tokens, strict=True):
@@ -411,7 +449,7 @@ def _with_reasoning(message: dict[str, Any]) -> str:
     a closed thought with no opening tag, which gets its tag back here, as the transformers and
     vLLM engines restore the pre-fill. A thought such a server cut off has neither tag and
     cannot be told from an answer: serve those models with `--reasoning-parser`."""
-    content = message.get("content") or ""
+    content = _text(message.get("content"))
     thought = message.get("reasoning") or message.get("reasoning_content")
     if not isinstance(thought, str) or not thought or "</think>" in content:
         if "</think>" in content and "<think>" not in content:
@@ -420,9 +458,18 @@ def _with_reasoning(message: dict[str, Any]) -> str:
     return f"<think>{thought}</think>{content}" if content else f"<think>{thought}"
 
 
+def _text(content: Any) -> str:
+    """`content` as text: some servers (Mistral's reasoning models, gateways) send a list of
+    parts, `[{"type": "text", "text": ...}]`, which was stored as the completion as it was."""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" if isinstance(p, dict) else str(p) for p in content
+                       if not isinstance(p, dict) or p.get("type", "text") == "text")
+    return content if isinstance(content, str) else ""
+
+
 def _finish(reason: Any) -> str:
-    """The server's own reason ("content_filter", "abort" stay visible in the candidates and
-    inspect), "stop" when it gave none."""
+    """The server's own reason ("content_filter" stays visible in the candidates and inspect),
+    "stop" when it gave none."""
     return reason if isinstance(reason, str) and reason else "stop"
 
 

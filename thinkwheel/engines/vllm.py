@@ -39,8 +39,8 @@ from thinkwheel.engines.base import (
     SamplingParams,
     as_messages,
     first_stop,
+    sequence_seed,
 )
-from thinkwheel.engines.hf import sequence_seed
 
 Progress = Callable[[int], None]
 

@@ -385,14 +385,21 @@ def sample(
 ) -> pl.DataFrame:
     """Rejection sampling, sharded: each finished shard is on disk before the next starts, so a
     crash loses at most the shard in flight and a re-run regenerates only missing shards. The
-    shards go once the candidates are stored."""
+    shards go once the candidates are stored.
+
+    A served model's answers over its context are asked for again when the stage is reused:
+    restarting the server with a longer context is the fix the run's warning gives, and a
+    finished stage kept the empty answers for good. A shard of nothing but such answers stops
+    the run: the budget, not the tasks, is over the server's context."""
     tasks = _kept(store.read_table(k, "tasks"))
     s, params = cfg.sampling, sampling_params(cfg, k)
     model = model_hash(model_dir)
     in_hash = _hash(ids_hash(tasks["task_id"]), model)
     cfg_hash = _generation(cfg)
+    served = cfg.engine.kind == "openai"
     if _reused(store, k, "sample", in_hash, cfg_hash):
-        return store.read_table(k, "candidates")
+        cands = store.read_table(k, "candidates")
+        return _reask_over_context(store, cfg, k, tasks, cands, model_dir, engines) if served else cands
     t0 = time.time()
     key = _hash(in_hash, cfg_hash, _order(tasks["task_id"]))
     n_shards = (tasks.height + s.shard_size - 1) // s.shard_size
@@ -411,6 +418,14 @@ def sample(
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
         ticks = _Ticks(rep)
         outs = engine.generate(reqs, params, progress=ticks)
+        if served and all(c.finish_reason == "context_length" for row in outs for c in row):
+            from thinkwheel.engines.openai import EngineError
+
+            raise EngineError(
+                f"round {k}: the server refused all {shard.height} requests of shard {i} as longer "
+                f"than the model's context: is sampling.max_tokens ({s.max_tokens}) at or over the "
+                "server's context length (vllm serve --max-model-len)? Lower it, or serve a "
+                "longer context")
         rows = candidate_rows(shard, outs, model_name, params, k)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
         rep.advance(max(0, shard.height * s.n - ticks.n))
@@ -436,6 +451,39 @@ def sample(
     over = int((cands["finish_reason"] == "context_length").sum())
     if w := context_warning(f"round {k}: candidates", over, cands.height, "sampling.max_tokens"):
         rep.message(w)
+    return cands
+
+
+def _reask_over_context(store: RunStore, cfg: RunConfig, k: int, tasks: pl.DataFrame,
+                        cands: pl.DataFrame, model_dir: str, engines: EngineFactory) -> pl.DataFrame:
+    """The stored candidates, with the samples the server refused as over its context asked for
+    again (the same ids: sample i of a task is the same candidate); the stage is re-marked only
+    when an answer came back."""
+    over = cands.filter(pl.col("finish_reason") == "context_length")["task_id"].unique()
+    if over.is_empty():
+        return cands
+    redo = tasks.filter(pl.col("task_id").is_in(over.implode()))
+    params = sampling_params(cfg, k)
+    reqs = [request_for(p, cfg.export.system_prompt) for p in redo["prompt"]]
+    outs = engines(model_dir).generate(reqs, params)
+    model_name = f"{Path(model_dir).name}@{model_hash(model_dir)}"
+    fresh = records.frame(candidate_rows(redo, outs, model_name, params, k), records.CANDIDATES)
+    fresh = fresh.filter(pl.col("finish_reason") != "context_length")
+    still = int((cands["finish_reason"] == "context_length").sum()) - fresh.height
+    reporter().message(f"round {k}: asked the server again for the samples of {redo.height} "
+                       f"task(s) it refused as over its context: {fresh.height} came back, "
+                       f"{still} still over it")
+    if fresh.is_empty():
+        return cands
+    merged = pl.concat([cands.filter(~pl.col("candidate_id").is_in(fresh["candidate_id"].implode())),
+                        records.conform(fresh, cands.schema)], how="diagonal_relaxed")
+    cands = cands.select("candidate_id").join(merged, on="candidate_id", how="left",
+                                              maintain_order="left")
+    path = store.write_table(k, "candidates", cands)
+    entry = store.stage_entry(k, "sample") or {}
+    store.mark_stage(k, "sample", **{key: v for key, v in entry.items()
+                                     if key not in ("status", "outputs", "finished_at", "version")},
+                     outputs=[path])
     return cands
 
 
