@@ -510,3 +510,31 @@ def test_the_cards_loading_snippet_runs_in_the_export(frames, tmp_path, monkeypa
         exec(code, scope)  # noqa: S102 (the card's own example)
         split = "sft" if s.height else "grpo"
         assert scope[split].num_rows == (s if s.height else g).height, (name, code)
+
+
+def test_the_dpo_split_comes_out_in_the_same_order_every_time():
+    """Its rows came out of two joins in whatever order polars gave: a re-export changed
+    DPO's input hash, and an export-only change retrained the model."""
+    from thinkwheel.store import frame_hash
+
+    rows, cands, verdicts = [], [], []
+    for i in range(400):
+        prompt = f"What is {i} + 1?"
+        tid = records.task_id("math", prompt, str(i + 1))
+        rows.append({"task_id": tid, "domain": "math", "family": "addition", "difficulty": 1,
+                     "source": "procedural:addition", "prompt": prompt, "reference": str(i + 1),
+                     "tests": None, "verifier": "math", "round": 0, "parent_id": None, "meta": "{}"})
+        for j, answer in enumerate((i + 1, i + 2)):
+            cid = f"{tid}-{j}"
+            text = f"<think>{i}+1={answer}</think>\n{answer}"
+            cands.append({"candidate_id": cid, "task_id": tid, "round": 0, "sample_idx": j,
+                          "model": "m", "completion": text, "reasoning": f"{i}+1={answer}",
+                          "answer": str(answer), "finish_reason": "stop"})
+            verdicts.append({"candidate_id": cid, "passed": j == 0})
+    tasks, cands = records.frame(rows, records.TASKS), records.frame(cands, records.CANDIDATES)
+    verdicts = pl.DataFrame(verdicts)
+    filtered = verdicts.select("candidate_id", pl.lit(None, pl.Utf8).alias("drop_reason"))
+    hashes = {frame_hash(export.dpo_frame(tasks, cands, verdicts, filtered, SYSTEM)) for _ in range(8)}
+    dpo = export.dpo_frame(tasks, cands, verdicts, filtered, SYSTEM)
+    assert len(hashes) == 1 and dpo.height == 400
+    assert dpo["task_id"].to_list() == sorted(dpo["task_id"].to_list())

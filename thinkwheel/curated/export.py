@@ -169,7 +169,11 @@ def dpo_frame(
     task_cols = ["task_id", "round", "domain", "family", "prompt"]
     t = conform(tasks, TASKS).select(task_cols).unique("task_id", keep="first")
     rows = []
-    for r in chosen.join(rejected, on="task_id").join(t, on="task_id").iter_rows(named=True):
+    # in task order, every time: a join's order is not kept, and DPO's input hash (and its data
+    # order) changed on every export, so an export-only change retrained the model
+    pairs = chosen.join(rejected, on="task_id", maintain_order="left").join(
+        t, on="task_id", maintain_order="left")
+    for r in pairs.iter_rows(named=True):
         for i in range(min(pairs_per_task, len(r["rejected"]))):
             c = i % len(r["chosen"])
             rows.append({
