@@ -494,6 +494,8 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     cfg.export.verified_only, cfg.export.formats = False, ["jsonl"]
     # and the curation settings under `sampling`, which only the filter and export read
     cfg.sampling.keep_per_task, cfg.sampling.grpo_pass_band = 1, (0.1, 0.9)
+    # and what only spreads the work (lowered after running out of memory): not what is said
+    cfg.engine.batch_size, cfg.engine.gpu_memory_utilization, cfg.sampling.shard_size = 8, 0.5, 7
     steps.sample(store, cfg, 0, model, engines)
     assert calls == [] and store.stage_entry(0, "sample")["finished_at"] == before
     cfg.export.system_prompt = "Answer briefly."
@@ -527,10 +529,12 @@ def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
     assert set(store.read_table(0, "verdicts")["candidate_id"]) == set(old["candidate_id"])
 
 
-def test_reordered_tasks_do_not_reuse_sample_shards(flow_run, tmp_path):
+@pytest.mark.parametrize("change", ["reorder", "shard_size"])
+def test_reordered_tasks_do_not_reuse_sample_shards(flow_run, tmp_path, change):
     """Shard i is the i-th slice of the tasks in their order: after a crash, the same tasks in
     another order (a reordered mix or task file) must not take the old shards for other rows.
-    The shard key was order-free, so some tasks got no samples and others two sets."""
+    The shard key was order-free, so some tasks got no samples and others two sets. Nor may
+    slices of another size (the shard size is no longer in the stage's config hash)."""
     import shutil
 
     from thinkwheel.engines.factory import make_engine, resolve_model
@@ -559,7 +563,10 @@ def test_reordered_tasks_do_not_reuse_sample_shards(flow_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         steps.sample(store, cfg, 0, model, crashing)
     tasks = store.read_table(0, "tasks")
-    store.write_table(0, "tasks", tasks.reverse())  # the same tasks, reordered
+    if change == "reorder":
+        store.write_table(0, "tasks", tasks.reverse())  # the same tasks, reordered
+    else:
+        cfg.sampling.shard_size = 3
     cands = steps.sample(store, cfg, 0, model, lambda m: make_engine(cfg.engine, m))
     assert store.stage_entry(0, "sample")["shards_reused"] == 0
     per_task = cands.group_by("task_id").len()["len"]

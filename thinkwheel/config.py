@@ -54,16 +54,18 @@ def hashed(section: BaseModel) -> dict[str, Any]:
 class EngineConfig(_Section):
     kind: Literal["hf", "vllm", "openai"] = "hf"
     model: str = "bundled"  # "bundled" = thinkwheel/assets/model; else a local path or model id
+    # how a model is spread over the hardware, not what it says: lowered after an out-of-memory
+    # crash, they must not throw away every finished shard and round (SERVING: not hashed)
     # hf
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, json_schema_extra=SERVING)
     device: str = "cpu"
     # torch's names (transformers) and vLLM's ("half", "float"); a typo failed after Prefect started
     dtype: Literal["auto", "float32", "float16", "bfloat16", "half", "float"] = "auto"
     # vllm
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
-    enable_prefix_caching: bool = True
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=SERVING)
+    data_parallel_size: int = Field(1, ge=1, json_schema_extra=SERVING)
+    enable_prefix_caching: bool = Field(True, json_schema_extra=SERVING)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, json_schema_extra=SERVING)
     max_model_len: int | None = None
     lora_path: str | None = None
     # openai: one server, or several serving the same model (calls spread over them; one that

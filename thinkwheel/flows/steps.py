@@ -90,8 +90,9 @@ def _reused(store: RunStore, k: int | str, stage: str, in_hash: str, cfg_hash: s
     return True
 
 
-# sampling settings that only the filter and export read: changing them must not re-sample
-_CURATION = ("keep_per_task", "grpo_pass_band")
+# sampling settings that only the filter and export read: changing them must not re-sample;
+# nor must the shard size, which only says how much a crash loses (the shard keys hold it)
+_CURATION = ("keep_per_task", "grpo_pass_band", "shard_size")
 
 
 def _generation(cfg: RunConfig) -> str:
@@ -224,7 +225,7 @@ def make_tasks(
     if llm:
         made = _llm_tasks(engines(model_dir), tasks, cfg, k) if generated else []
         labelled = _references(store, cfg, k, unlabeled, lambda: engines(model_dir),
-                               key=_hash(in_hash, cfg_hash))
+                               key=_hash(in_hash, cfg_hash, cfg.sampling.shard_size))
         tasks = pl.concat([tasks, *made, labelled], how="diagonal_relaxed")
         tasks = tasks.unique("task_id", keep="first", maintain_order=True)
     pre_dropped = tasks.filter(pl.col("drop_reason").is_not_null()) if llm else None
@@ -401,7 +402,7 @@ def sample(
         cands = store.read_table(k, "candidates")
         return _reask_over_context(store, cfg, k, tasks, cands, model_dir, engines) if served else cands
     t0 = time.time()
-    key = _hash(in_hash, cfg_hash, _order(tasks["task_id"]))
+    key = _hash(in_hash, cfg_hash, _order(tasks["task_id"]), s.shard_size)
     n_shards = (tasks.height + s.shard_size - 1) // s.shard_size
     done = store.done_shards(k, "sample", key)
     todo = [i for i in range(n_shards) if i not in done]
