@@ -574,6 +574,29 @@ def test_reordered_tasks_do_not_reuse_sample_shards(flow_run, tmp_path, change):
     assert per_task.len() == live and (per_task == cfg.sampling.n).all()
 
 
+def test_a_round_left_with_nothing_to_train_keeps_no_stale_model(flow_run, tmp_path):
+    """A config change that left a round no curated sample carried the model forward, but the
+    earlier run's round-k/model, its curves and its train records stayed: a model trained on
+    data the run no longer has, under the name of the round's model."""
+    import shutil
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store, cfg = RunStore(out), parse_config(SMALL)
+    if store.stage_entry(0, "train") is None:
+        pytest.skip("round 0 kept no sample, so it trained nothing")
+    assert (out / "round-0" / "model").is_dir() and list((out / "round-0" / "logs").glob("*.jsonl"))
+    sft = out / "round-0" / "curated" / "sft.parquet"
+    pl.read_parquet(sft).head(0).write_parquet(sft)
+    assert steps.train(store, cfg, 0, str(MODEL_DIR)) == str(MODEL_DIR)
+    assert not (out / "round-0" / "model").exists()
+    assert not list((out / "round-0" / "logs").glob("*.jsonl"))
+    assert [s for s in store.manifest()["rounds"]["0"]["stages"] if s.startswith("train")] == []
+
+
 def test_a_train_stage_whose_model_was_replaced_is_redone(flow_run, tmp_path):
     """A finished train stage counts only while the model folder holds its model: a trainer
     of another config (cut short, then the config reverted) may have republished the folder.

@@ -358,6 +358,15 @@ class RunStore:
 
         self._update(fn)
 
+    def forget_stages(self, k: int, stage: str) -> None:
+        """Drop the record of `stage` and its sub-stages (`train`, `train.sft`, ...) in round k."""
+        def fn(m: dict[str, Any]) -> None:
+            stages = m["rounds"].get(str(k), {}).get("stages", {})
+            for name in [n for n in stages if n == stage or n.startswith(stage + ".")]:
+                del stages[name]
+
+        self._update(fn)
+
     def stale_versions(self) -> dict[str, list[str]]:
         """{version: ["round-0/tasks", ...]} for finished stages made by another thinkwheel
         version ("unknown" before versions were recorded). Stage hashes see inputs and config,

@@ -694,6 +694,17 @@ def round_card(
 
 
 # ------------------------------------------------------------------ train
+def _forget_training(store: RunStore, k: int) -> None:
+    """A round that now trains nothing keeps no model, curves or records from a run of an
+    earlier config: `round-k/model` would be a model trained on data the run no longer has."""
+    import shutil
+
+    shutil.rmtree(store.round_dir(k) / "model", ignore_errors=True)
+    for log in (store.round_dir(k) / "logs").glob("*.jsonl"):
+        log.unlink()
+    store.forget_stages(k, "train")
+
+
 def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     """Cold-start SFT on this round's curated set, then DPO and GRPO when enabled; returns the
     model dir. With SFT off, the first enabled trainer starts from `start_model` (GRPO on an
@@ -729,6 +740,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     sft = data["sft"]
     if sft is not None and sft.height == 0:  # nothing verified: carry the model forward, say so
         reporter().message(f"round {k}: no curated samples; the model is carried forward")
+        _forget_training(store, k)
         return start_model
     minutes = t.checkpoint_minutes
 
