@@ -78,6 +78,8 @@ def test_sft_cut_short_resumes_to_the_same_model(tiny, tmp_path):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert [s for s in steps_logged(out) if s] == [1, 2, 3, 4, 5, 6, 6]  # the last: the summary
     assert [r.get("loss") for r in res["log_history"]] == [r.get("loss") for r in whole["log_history"]]
+    # the run's loss is every step's, not the resumed two's (logged to 4 decimals)
+    assert res["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-4)
     # the published folder is a model, not a training run
     leftovers = {"README.md", checkpoints.FINGERPRINT} | {p.name for p in out.glob("checkpoint-*")}
     assert not leftovers & {p.name for p in out.iterdir()} and not staged.exists()

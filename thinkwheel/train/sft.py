@@ -137,6 +137,11 @@ def train_and_publish(
     metrics = {**result.metrics, "global_step": trainer.state.global_step, **extra}
     if resume:
         metrics["resumed_from_step"] = checkpoints.checkpoint_step(Path(resume))
+        # the trainer's train_loss averages only the steps this process ran; the log history
+        # (restored with the checkpoint, one entry a step) has them all
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        if losses and "train_loss" in metrics:
+            metrics["train_loss"] = sum(losses) / len(losses)
     Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     checkpoints.clear(tmp)
     publish_dir(tmp, out_dir)
