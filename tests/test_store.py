@@ -31,6 +31,20 @@ def test_stage_done_needs_same_hashes_and_outputs(tmp_path):
     assert not store.stage_done(0, "tasks", "i", "c")  # outputs must exist too
 
 
+def test_a_cut_short_output_is_no_finished_stage(tmp_path):
+    """A parquet cut short outside our atomic writes read as a done stage, and the reuse then
+    failed with a bare polars error ("must end with PAR1") that named no file."""
+    store = RunStore.create(tmp_path / "run", RunConfig())
+    path = store.write_table(0, "verdicts", pl.DataFrame({"a": list(range(1000))}))
+    store.mark_stage(0, "verify", input_hash="i", config_hash="c", outputs=[path])
+    assert store.stage_done(0, "verify", "i", "c")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    assert not store.stage_done(0, "verify", "i", "c")
+    path.write_bytes(b"PA")
+    assert not store.stage_done(0, "verify", "i", "c")
+
+
 def test_stages_made_by_another_version_are_named(tmp_path, monkeypatch):
     """Stage hashes see inputs and config, not code: a resumed run after an upgrade reuses
     stages an older version made, so the manifest records who made each one and says so."""

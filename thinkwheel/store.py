@@ -159,6 +159,20 @@ def file_hash(path: Path) -> str:
 _NOT_MODEL = frozenset({"train_metrics.json", "trainer_state.json", "training_args.bin"})
 
 
+def _whole(path: Path) -> bool:
+    """Whether a stage output is whole: a parquet file ends in its footer's magic bytes. Ours
+    are written atomically, but a copy cut short (a full disk, a sync) read as a done stage
+    and failed later with a bare polars error naming no file; now the stage is redone."""
+    if path.suffix != ".parquet" or not path.is_file():
+        return True
+    try:
+        with path.open("rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return f.read(4) == b"PAR1"
+    except OSError:  # shorter than 4 bytes
+        return False
+
+
 def model_hash(model_dir: str | Path) -> str:
     """Identity of a model folder: every file that shapes what it generates (weights in any
     format, config, generation config with its stop ids, tokenizer, chat template), not its
@@ -320,11 +334,11 @@ class RunStore:
 
     def _output_exists(self, p: str) -> bool:
         if (self.root / p).exists():
-            return True
+            return _whole(self.root / p)
         # manifests written before outputs were made root-relative hold `runs/x/round-0/...`,
         # relative to the working directory the run was started from
         q = Path(p)
-        return q.exists() and q.resolve().is_relative_to(self.root.resolve())
+        return q.exists() and q.resolve().is_relative_to(self.root.resolve()) and _whole(q)
 
     def mark_stage(
         self,
