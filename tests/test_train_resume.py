@@ -107,6 +107,37 @@ def test_a_crash_while_saving_the_model_resumes_from_the_checkpoint(tiny, tmp_pa
     assert not list(out.glob("checkpoint-*"))
 
 
+@pytest.mark.parametrize("when", ["before the swap", "after the swap"])
+def test_a_crash_while_publishing_keeps_the_finished_training(tiny, tmp_path, monkeypatch, when):
+    """Killed once the model was saved and the checkpoints cleared, but before (or in) the swap
+    into place: the staging folder held no checkpoint, so the re-run emptied it and trained
+    from scratch. The finished model is published instead, with its metrics, and not retrained."""
+    cfg = SFTConfig(trainer="trl", max_steps=3, epochs=100, batch_size=4, learning_rate=3e-3)
+    out = tmp_path / "m"
+    publish = checkpoints.publish
+
+    def killed(tmp, out_dir):
+        if when == "after the swap":
+            os.replace(tmp, out_dir)  # moved into place, the fingerprint not yet removed
+        raise Crash("killed while publishing")
+
+    monkeypatch.setattr(checkpoints, "publish", killed)
+    with pytest.raises(Crash):
+        sft_mod.train_sft(tiny, sft_frame(12), str(out), cfg, checkpoint_minutes=0)
+    saved = weights(out if when == "after the swap" else Path(f"{out}.tmp"))
+    monkeypatch.setattr(checkpoints, "publish", publish)
+    monkeypatch.setattr(sft_mod, "train_and_publish", lambda *a, **k: pytest.fail("retrained"))
+    res = sft_mod.train_sft(tiny, sft_frame(12), str(out), cfg, checkpoint_minutes=0)
+    assert res["global_step"] == 3 and [r["step"] for r in res["log_history"]][:3] == [1, 2, 3]
+    now = weights(out)
+    assert now.keys() == saved.keys() and all((now[k] == saved[k]).all() for k in now)
+    assert not Path(f"{out}.tmp").exists() and not (out / checkpoints.FINGERPRINT).exists()
+    changed = cfg.model_copy(update={"learning_rate": 1e-3})  # another training: not this model
+    monkeypatch.undo()
+    assert "resumed_from_step" not in sft_mod.train_sft(tiny, sft_frame(12), str(out), changed,
+                                                        checkpoint_minutes=0)
+
+
 def test_a_different_training_does_not_resume_anothers_checkpoint(tiny, tmp_path):
     """Same output folder, changed learning rate (or data): the stale checkpoint is thrown
     away and training starts from the model, not from a run it was not part of."""

@@ -114,12 +114,46 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 
 def clear(folder: str) -> None:
-    """Remove the checkpoints and the fingerprint before the trained model is published, and
-    the model card TRL writes with each checkpoint ("a fine-tuned version of [None]")."""
+    """Remove the checkpoints before the trained model is published, and the model card TRL
+    writes with each checkpoint ("a fine-tuned version of [None]"). The fingerprint stays
+    until the model is published (`publish`): with `train_metrics.json` it marks a finished
+    training that a crash kept from being published (`finished`)."""
     for c in _checkpoints(Path(folder)):
         shutil.rmtree(c, ignore_errors=True)
-    for name in (FINGERPRINT, "README.md"):
-        Path(folder, name).unlink(missing_ok=True)
+    Path(folder, "README.md").unlink(missing_ok=True)
+
+
+def publish(tmp: str, out_dir: str) -> None:
+    """Swap `tmp` into place: rename is atomic; the old model is removed only after it moved."""
+    check_model_dir(out_dir)
+    old = out_dir.rstrip("/") + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    Path(out_dir, FINGERPRINT).unlink(missing_ok=True)
+
+
+def finished(out_dir: str, fp: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of a training of this fingerprint that ended, saved its model and was cut
+    before the model was published (between the checkpoints' removal and the swap, or in the
+    swap): it is published now. Such a crash used to cost the whole training: the staging
+    folder held no checkpoint any more, so the re-run emptied it and started over. None when
+    there is no such model."""
+    want = _normal(fp)
+    tmp = Path(out_dir.rstrip("/") + ".tmp")
+    for folder in (tmp, Path(out_dir)):
+        metrics = _read(folder / "train_metrics.json")
+        if isinstance(metrics, dict) and _read(folder / FINGERPRINT) == want:
+            if folder == tmp:
+                clear(str(tmp))
+                publish(str(tmp), out_dir)
+            Path(out_dir, FINGERPRINT).unlink(missing_ok=True)
+            log = Path(out_dir, "train_log.jsonl")
+            rows = [_row(line) for line in log.read_text().splitlines()] if log.is_file() else []
+            return {**metrics, "log_history": [r for r in rows if r is not None]}
+    return None
 
 
 _stop_code: int | None = None  # set by a SIGTERM while a trainer runs

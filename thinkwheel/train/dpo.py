@@ -120,7 +120,10 @@ def train_dpo(
         )
     longer = ([*r["prompt"], *max(r["chosen"], r["rejected"], key=_chars)] for r in dataset)
     over, longest = over_length(longer, tokenizer, cfg.max_length)
-    tmp, resume = checkpoints.staging(out_dir, checkpoints.fingerprint("dpo", model_path, dataset, cfg))
+    fp = checkpoints.fingerprint("dpo", model_path, dataset, cfg)
+    if (done := checkpoints.finished(out_dir, fp)) is not None:
+        return done
+    tmp, resume = checkpoints.staging(out_dir, fp)
     trainer = build_dpo_trainer(model, tokenizer, dataset, cfg, tmp, callbacks=callbacks)
     return train_and_publish(
         trainer, tokenizer, tmp, out_dir, resume, checkpoint_minutes, n_pairs=len(dataset), lora=cfg.lora,

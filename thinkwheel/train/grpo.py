@@ -75,9 +75,10 @@ def train_grpo(
         raise ValueError("the GRPO set is empty: no prompts to train on")
     rewards = {"rewards": [checkpoints.callable_name(f) for f in reward_funcs],
                "weights": list(reward_weights), **({"stop": list(stop)} if stop else {})}
-    tmp, resume = checkpoints.staging(
-        out_dir, checkpoints.fingerprint("grpo", model_path, dataset, cfg, **rewards)
-    )
+    fp = checkpoints.fingerprint("grpo", model_path, dataset, cfg, **rewards)
+    if (done := checkpoints.finished(out_dir, fp)) is not None:
+        return done
+    tmp, resume = checkpoints.staging(out_dir, fp)
 
     model, tokenizer = load_hf(model_path)
     if not tokenizer.chat_template:  # a base model: TRL cannot render conversations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,7 +57,10 @@ def train_sft(
     if len(dataset) == 0:
         raise ValueError("the SFT set is empty: nothing to train on")
     kind = pick_trainer(cfg.trainer)
-    tmp, resume = checkpoints.staging(out_dir, checkpoints.fingerprint(kind, model_path, dataset, cfg))
+    fp = checkpoints.fingerprint(kind, model_path, dataset, cfg)
+    if (done := checkpoints.finished(out_dir, fp)) is not None:
+        return done
+    tmp, resume = checkpoints.staging(out_dir, fp)
 
     if kind == "unsloth":
         model, tokenizer = load_unsloth(model_path, cfg)
@@ -144,7 +146,7 @@ def train_and_publish(
             metrics["train_loss"] = sum(losses) / len(losses)
     Path(tmp, "train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     checkpoints.clear(tmp)
-    publish_dir(tmp, out_dir)
+    checkpoints.publish(tmp, out_dir)
     return {**metrics, "log_history": trainer.state.log_history}
 
 
@@ -428,17 +430,6 @@ def stop_on_end_of_turn(out: str, tokenizer: Any) -> None:
     if stop not in ids:
         gen.eos_token_id = [*ids, stop]
         gen.save_pretrained(out)
-
-
-def publish_dir(tmp: str, out_dir: str) -> None:
-    """Swap `tmp` into place: rename is atomic; the old model is removed only after it moved."""
-    checkpoints.check_model_dir(out_dir)
-    old = out_dir.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def jsonl_log_callback(path: Path) -> Any:
