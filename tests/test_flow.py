@@ -597,6 +597,29 @@ def test_a_round_left_with_nothing_to_train_keeps_no_stale_model(flow_run, tmp_p
     assert [s for s in store.manifest()["rounds"]["0"]["stages"] if s.startswith("train")] == []
 
 
+def test_export_is_redone_when_only_a_drop_reason_changed(flow_run, tmp_path):
+    """The export's key held the kept ids alone, but its DPO pairs (a false step is a rejected
+    answer) and its card's funnel read why each sample was dropped: a filter change that only
+    re-labelled dropped samples left the old export in place."""
+    import shutil
+
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store, cfg = RunStore(out), parse_config(SMALL)
+    before = store.stage_entry(0, "export")["finished_at"]
+    steps.export(store, cfg, 0, "m")
+    assert store.stage_entry(0, "export")["finished_at"] == before  # nothing changed: reused
+    filtered = store.read_table(0, "filtered")
+    dropped = filtered.filter(pl.col("drop_reason").is_not_null())["candidate_id"][0]
+    store.write_table(0, "filtered", filtered.with_columns(
+        pl.when(pl.col("candidate_id") == dropped).then(pl.lit("too_long"))
+        .otherwise(pl.col("drop_reason")).alias("drop_reason")))
+    steps.export(store, cfg, 0, "m")
+    assert store.stage_entry(0, "export")["finished_at"] > before
+
+
 def test_a_train_stage_whose_model_was_replaced_is_redone(flow_run, tmp_path):
     """A finished train stage counts only while the model folder holds its model: a trainer
     of another config (cut short, then the config reverted) may have republished the folder.

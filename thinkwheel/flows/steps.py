@@ -626,8 +626,9 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
 
     tasks, cands = store.read_table(k, "tasks"), store.read_table(k, "candidates")
     verdicts, filtered = store.read_table(k, "verdicts"), store.read_table(k, "filtered")
-    in_hash = _hash(ids_hash(filtered.filter(pl.col("drop_reason").is_null())["candidate_id"]),
-                    _content(verdicts), _content(tasks), _content(cands))
+    # the filter's reasons too, not only what it kept: DPO's rejected side and the card's
+    # funnel read why each sample was dropped
+    in_hash = _hash(_content(filtered), _content(verdicts), _content(tasks), _content(cands))
     cfg_hash = cfg.section_hash("export", "sampling")
     out_dir = store.round_dir(k) / "curated"
     # parquet is always written: it is what the trainers, `inspect` and `thinkwheel export` read
