@@ -221,10 +221,12 @@ def test_a_sample_cut_at_the_token_budget_is_no_training_example() -> None:
     tasks = records.frame([{"task_id": "t", "domain": "code", "family": "f", "verifier": "code",
                             "prompt": "Write f(x) returning x + 1.", "reference": "def f(x): return x + 1"}],
                           records.TASKS)
+    # so is one a hosted API's content filter stopped part-way (it was kept)
+    reasons = ("length", "stop", "content_filter")
     cands = _cands([{"candidate_id": f"c{i}", "task_id": "t", "sample_idx": i, "completion": code,
-                     "finish_reason": reason} for i, reason in enumerate(("length", "stop"))])
-    verdicts = records.frame([{"candidate_id": f"c{i}", "passed": True} for i in (0, 1)],
+                     "finish_reason": reason} for i, reason in enumerate(reasons)])
+    verdicts = records.frame([{"candidate_id": f"c{i}", "passed": True} for i in (0, 1, 2)],
                              records.VERDICTS)
     out = stage.filter_candidates(tasks, cands, verdicts, config.FilterConfig())
     got = dict(zip(out["candidate_id"], out["drop_reason"], strict=True))
-    assert got == {"c0": "truncated", "c1": None}
+    assert got == {"c0": "truncated", "c1": None, "c2": "truncated"}

@@ -16,7 +16,10 @@ from thinkwheel.filters.shingles import ngram_hashes, normalise, token_hashes
 MISSING_THINK = "missing_think"
 UNCLOSED_THINK = "unclosed_think"
 EMPTY_ANSWER = "empty_answer"
-TRUNCATED = "truncated"  # stopped at the token budget (finish_reason "length"): never finished
+# stopped before it finished: at the token budget (finish_reason "length"), over the context,
+# or by a hosted API's content filter
+TRUNCATED = "truncated"
+_UNFINISHED = ("length", "context_length", "content_filter")
 TOO_LONG = "too_long"
 TOO_SHORT = "too_short"
 REPETITIVE = "repetitive"
@@ -123,7 +126,7 @@ def quality_reasons(
     reasoning_len = reasoning.str.strip_chars().str.len_chars().to_numpy()
     comp_len = comp.str.len_chars().to_numpy()
     cut = (
-        candidates["finish_reason"].is_in(["length", "context_length"]).fill_null(False).to_numpy()
+        candidates["finish_reason"].is_in(_UNFINISHED).fill_null(False).to_numpy()
         if "finish_reason" in candidates.columns
         else np.zeros(len(comp), dtype=bool)
     )
