@@ -82,6 +82,13 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("7 + 9 \\\\ &= 16 \\\\ &= 8 \\times 2", []),
         ("Step 2\n= 5, so 7 = 7", []),  # a line of words is no side
         ("so 9 = 9.\nThen = 10", []),  # continues only across a line, from a side
+        # ...from arithmetic or a chain, not from a list's last number
+        ("We add 12 and 8\n= 20, so the answer is 20.", []),
+        ("We add 3 and 4\n= 7", []),
+        ("Numbers: 3, 4\n= 7", []),
+        ("So far the total is 5\n> 3 + 4 = 7 more", []),
+        ("7 + 9 \\\\ & = 17 \\\\ &< 15", ["7 + 9=17", "17<15"]),
+        ("3 \\times 4\n= 13", ["3 \\times 4=13"]),
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:

@@ -38,7 +38,9 @@ _SYMBOLS = {
 }
 _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
 # markup around a claim (`7+6=15`, **7+6=15**, \(7+6=15\)) is not part of it
-_MARKUP = re.compile(r"\*\*|`|\\[()\[\]]|&(?==)")  # and LaTeX's aligned `&=`
+_MARKUP = re.compile(r"\*\*|`|\\[()\[\]]|&(?=\s*[=<>≤≥])")  # and LaTeX's aligned `&=`
+# an operation between numbers: what makes a line's last side a value to go on from
+_OPERATION = re.compile(r"\d\s*(?:[+\-*/×·÷]|\\times|\\cdot|\\div)\s*\(?\s*-?\d")
 # end a clause: `<think>ok</think>7+6=15` claims 7+6=15; so do a LaTeX row break `\\` and
 # an environment's \begin{aligned} / \end{aligned}
 _BREAK = re.compile(r"</?think>|\\\\|\\(?:begin|end)\{\w+\*?\}")
@@ -155,7 +157,9 @@ def false_claims(text: str | None) -> list[str]:
         if len(pieces) > 1 and not pieces[0].strip() and i and cuts[i - 1].group(0) == "\n":
             pieces[0] = last_side  # `7 + 9 \\ &= 17`: an aligned row continues the one above
         if clause.strip():
-            last_side = pieces[-1]
+            # ...a row of arithmetic or a chain: not a list's last number ("add 12 and 8\n= 20")
+            chain = len(pieces) > 1 or bool(_OPERATION.search(pieces[-1]))
+            last_side = pieces[-1] if chain else ""
         was_listed = listed
         if clause.strip():  # ", and" leaves an empty clause between its two cuts
             listed = len(pieces) == 1 and bool(_ENDS_IN_NUMBER.search(clause))
