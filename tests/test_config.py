@@ -185,3 +185,19 @@ def test_a_served_model_runs_without_training():
 def test_a_model_of_your_own_can_have_a_bigger_held_out_split():
     cfg = parse_config({"engine": {"model": "/models/mine"}, "eval": {"per_family": 200, "seed": 7}})
     assert (cfg.eval.per_family, cfg.eval.seed) == (200, 7)
+
+
+def test_what_only_spreads_the_work_is_hashed_as_its_default():
+    """Lowered after running out of memory, these re-sampled and re-evaluated every finished
+    round; hashed as their defaults (not dropped), a run made before keeps its stage hashes."""
+    from thinkwheel.config import hashed
+
+    base = RunConfig()
+    spread = parse_config({"engine": {"batch_size": 8, "gpu_memory_utilization": 0.5,
+                                      "tensor_parallel_size": 2, "data_parallel_size": 2,
+                                      "enable_prefix_caching": False},
+                           "sampling": {"shard_size": 7}})
+    assert spread.section_hash("engine", "sampling") == base.section_hash("engine", "sampling")
+    assert hashed(spread.sampling)["shard_size"] == 32 and hashed(spread.engine)["batch_size"] == 64
+    assert parse_config({"engine": {"device": "cuda"}}).section_hash("engine") != \
+        base.section_hash("engine")  # what the model runs on is still part of it

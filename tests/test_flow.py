@@ -418,12 +418,13 @@ def test_the_sample_stage_records_only_its_own_calls(flow_run, tmp_path):
     assert store.stage_entry(0, "sample")["calls"] == {"calls": tasks.height}
 
 
-def test_a_served_models_over_context_samples_are_asked_again_and_a_whole_shard_stops(
+def test_a_served_models_over_context_samples_are_asked_again_and_a_whole_stage_stops(
         flow_run, tmp_path):
     """The run's warning says to serve a longer context, but a finished sample stage kept the
     empty answers for good: a re-run sent nothing. They are asked for again (only they), under
-    the same candidate ids. A shard the server refused whole is the budget, not the tasks: the
-    run stops and says so, rather than finishing with nothing kept."""
+    the same candidate ids (or kept, when the server is down now). A stage the server refused
+    whole is the budget, not the tasks: the run stops and says so, rather than finishing with
+    nothing kept; one long task in a shard of its own is no such thing."""
     import shutil
 
     from thinkwheel.engines.base import OVER_CONTEXT, Completion
@@ -447,10 +448,17 @@ def test_a_served_models_over_context_samples_are_asked_again_and_a_whole_shard_
                         "train": {"sft": {"enabled": False}},
                         "sampling": {**SMALL["sampling"], "seed": 9}})
     prompts = store.read_table(0, "tasks").filter(pl.col("drop_reason").is_null())["prompt"]
-    long = set(prompts[:2])
+    cfg.sampling.shard_size = len(prompts) - 1  # the last task is a shard of its own
+    long = {prompts[0], prompts[-1]}
     steps.sample(store, cfg, 0, "model-x", lambda m: Served(lambda p: p in long))
     first = store.read_table(0, "candidates")
     assert (first["finish_reason"] == "context_length").sum() == 2 * cfg.sampling.n
+
+    class Down(Served):
+        def generate(self, requests, params, progress=None):
+            raise EngineError("gave up after 11 attempts (last: transport:ConnectError)")
+
+    assert steps.sample(store, cfg, 0, "model-x", lambda m: Down(None)).equals(first)
 
     longer = Served(lambda p: False)  # the server, restarted with a longer context
     cands = steps.sample(store, cfg, 0, "model-x", lambda m: longer)
@@ -464,9 +472,12 @@ def test_a_served_models_over_context_samples_are_asked_again_and_a_whole_shard_
     steps.sample(store, cfg, 0, "model-x", lambda m: again)
     assert again.asked == []  # nothing over the context is left to ask for
 
-    cfg.sampling.seed = 10  # a new stage; the server refuses every request of a shard
-    with pytest.raises(EngineError, match=r"refused all \d+ requests of shard 0.*sampling.max_tokens"):
+    cfg.sampling.seed = 10  # a new stage; the server refuses every request
+    with pytest.raises(EngineError, match=r"refused all \d+ requests as longer.*sampling.max_tokens"):
         steps.sample(store, cfg, 0, "model-x", lambda m: Served(lambda p: True))
+    longer = Served(lambda p: False)
+    steps.sample(store, cfg, 0, "model-x", lambda m: longer)  # its empty shards were not kept
+    assert len(longer.asked) == len(prompts)
 
 
 def test_sampling_is_kept_when_only_export_settings_change(flow_run, tmp_path):
@@ -589,11 +600,22 @@ def test_a_round_left_with_nothing_to_train_keeps_no_stale_model(flow_run, tmp_p
     if store.stage_entry(0, "train") is None:
         pytest.skip("round 0 kept no sample, so it trained nothing")
     assert (out / "round-0" / "model").is_dir() and list((out / "round-0" / "logs").glob("*.jsonl"))
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
     sft = out / "round-0" / "curated" / "sft.parquet"
     pl.read_parquet(sft).head(0).write_parquet(sft)
     assert steps.train(store, cfg, 0, str(MODEL_DIR)) == str(MODEL_DIR)
     assert not (out / "round-0" / "model").exists()
     assert not list((out / "round-0" / "logs").glob("*.jsonl"))
+    assert [s for s in store.manifest()["rounds"]["0"]["stages"] if s.startswith("train")] == []
+
+    # SFT off (as a served engine needs) and DPO with no pair: every trainer skipped
+    store = RunStore(again)
+    cfg = parse_config({**SMALL, "train": {"sft": {"enabled": False}, "dpo": {"enabled": True}}})
+    dpo = again / "round-0" / "curated" / "dpo.parquet"
+    pl.read_parquet(dpo).head(0).write_parquet(dpo)
+    assert steps.train(store, cfg, 0, str(MODEL_DIR)) == str(MODEL_DIR)
+    assert not (again / "round-0" / "model").exists()
     assert [s for s in store.manifest()["rounds"]["0"]["stages"] if s.startswith("train")] == []
 
 

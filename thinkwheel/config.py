@@ -235,7 +235,9 @@ class SamplingConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(160, ge=1)
     seed: int = 0
-    shard_size: int = Field(32, ge=1)  # tasks per resumable shard
+    # tasks per resumable shard: how much a crash loses, not what is sampled (the shard keys
+    # hold it; SERVING keeps it out of the stage hashes, as its default for runs made before)
+    shard_size: int = Field(32, ge=1, json_schema_extra=SERVING)
     keep_per_task: int = Field(4, ge=1)  # at most K verified candidates per task (ReST-EM)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
 

@@ -90,9 +90,8 @@ def _reused(store: RunStore, k: int | str, stage: str, in_hash: str, cfg_hash: s
     return True
 
 
-# sampling settings that only the filter and export read: changing them must not re-sample;
-# nor must the shard size, which only says how much a crash loses (the shard keys hold it)
-_CURATION = ("keep_per_task", "grpo_pass_band", "shard_size")
+# sampling settings that only the filter and export read: changing them must not re-sample
+_CURATION = ("keep_per_task", "grpo_pass_band")
 
 
 def _generation(cfg: RunConfig) -> str:
@@ -390,7 +389,7 @@ def sample(
 
     A served model's answers over its context are asked for again when the stage is reused:
     restarting the server with a longer context is the fix the run's warning gives, and a
-    finished stage kept the empty answers for good. A shard of nothing but such answers stops
+    finished stage kept the empty answers for good. A stage of nothing but such answers stops
     the run: the budget, not the tasks, is over the server's context."""
     tasks = _kept(store.read_table(k, "tasks"))
     s, params = cfg.sampling, sampling_params(cfg, k)
@@ -419,20 +418,20 @@ def sample(
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
         ticks = _Ticks(rep)
         outs = engine.generate(reqs, params, progress=ticks)
-        if served and all(c.finish_reason == "context_length" for row in outs for c in row):
-            from thinkwheel.engines.openai import EngineError
-
-            raise EngineError(
-                f"round {k}: the server refused all {shard.height} requests of shard {i} as longer "
-                f"than the model's context: is sampling.max_tokens ({s.max_tokens}) at or over the "
-                "server's context length (vllm serve --max-model-len)? Lower it, or serve a "
-                "longer context")
         rows = candidate_rows(shard, outs, model_name, params, k)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
         rep.advance(max(0, shard.height * s.n - ticks.n))
     rep.finish()
     cands = records.conform(store.read_shards(k, "sample", key), records.CANDIDATES)
     cands = cands.unique("candidate_id", keep="first", maintain_order=True)
+    if served and cands.height and (cands["finish_reason"] == "context_length").all():
+        store.drop_shards(k, "sample")  # empty answers all: the re-run asks again, whole
+        from thinkwheel.engines.openai import EngineError
+
+        raise EngineError(
+            f"round {k}: the server refused all {tasks.height} requests as longer than the "
+            f"model's context: is sampling.max_tokens ({s.max_tokens}) at or over the server's "
+            "context length (vllm serve --max-model-len)? Lower it, or serve a longer context")
     path = store.write_table(k, "candidates", cands)
     cut = int((cands["finish_reason"] == "length").sum())
     calls = dict(Counter(getattr(engine, "stats", None) or {}) - before)  # a served model's, per server
@@ -466,7 +465,14 @@ def _reask_over_context(store: RunStore, cfg: RunConfig, k: int, tasks: pl.DataF
     redo = tasks.filter(pl.col("task_id").is_in(over.implode()))
     params = sampling_params(cfg, k)
     reqs = [request_for(p, cfg.export.system_prompt) for p in redo["prompt"]]
-    outs = engines(model_dir).generate(reqs, params)
+    from thinkwheel.engines.openai import EngineError
+
+    try:
+        outs = engines(model_dir).generate(reqs, params)
+    except EngineError as err:  # the stage is finished: a server down now must not undo it
+        reporter().message(f"[yellow]round {k}: could not ask the server again for the samples "
+                           f"over its context ({err}); the stored ones are kept[/]")
+        return cands
     model_name = f"{Path(model_dir).name}@{model_hash(model_dir)}"
     fresh = records.frame(candidate_rows(redo, outs, model_name, params, k), records.CANDIDATES)
     fresh = fresh.filter(pl.col("finish_reason") != "context_length")
@@ -763,6 +769,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         src = str(model_dir) if once.published else start_model
         metrics[name] = once(name, functools.partial(runs[name], src, str(model_dir)))
     if not once.published:  # every trainer skipped for want of data
+        _forget_training(store, k)
         return start_model
     first = metrics[plan[0][0]]  # SFT's loss and steps when it ran
     store.mark_stage(
