@@ -882,6 +882,14 @@ def test_train_grpo_reads_a_math_only_jsonl_and_names_an_unknown_verifier_before
     jsonl.write_text("".join(json.dumps({**r, "verifier": "tw_upper_grpo"}) + "\n" for r in rows))
     r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "needs --plugin MODULE" in " ".join(r.output.split()), r.output
+    (tmp_path / "tw_grpo_three.py").write_text("def three(completion, task, meta):\n    return True\n")
+    three = tmp_path / "three.jsonl"
+    three.write_text("".join(json.dumps({**r, "verifier": "tw_grpo_three:three"}) + "\n"
+                             for r in rows))
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", "grpo", str(three), "--out", str(tmp_path / "m")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "requires 3 arguments" in said and "--plugin" not in said, r.output
 
     import thinkwheel.train.grpo as grpo_mod
 

@@ -421,5 +421,12 @@ def test_greedy_samples_seeds_parts_and_the_servers_own_words(tmp_path: Path) ->
                                       for b in streams[i + 1:])
 
         assert eng.generate(["parts"], SamplingParams(n=1, seed=1))[0][0].text == "<think>a</think>7"
+    from thinkwheel.engines.openai import _with_reasoning
+
+    magistral = {"content": [{"type": "thinking", "thinking": [{"type": "text", "text": "7+6=13"}]},
+                             {"type": "text", "text": "13"}]}
+    assert _with_reasoning(magistral) == "<think>7+6=13</think>13"
+    with VllmLike(_Scripted()) as srv:
+        eng = OpenAIEngine(srv.base_url, "m", backoff_s=0.0, max_retries=1)
         with pytest.raises(EngineError, match="last: 503: .*CUDA out of memory"):
             eng.generate(["oom"], SamplingParams(n=1, seed=1))

@@ -813,7 +813,8 @@ def train_grpo_cmd(
     """GRPO with the verifiers as rewards (plus the format reward)."""
     from thinkwheel.train.grpo import train_grpo, verifiable_prompts
     from thinkwheel.train.rewards import grpo_rewards, unjudged_warning
-    from thinkwheel.verifiers import UnknownVerifierError, load_plugins
+    from thinkwheel.verifiers import UnknownVerifierError, get_verifier, load_plugins
+    from thinkwheel.verifiers.batch import verifier_options
     from thinkwheel.verifiers.registry import resolve
 
     cfg, grpo, path = _train_inputs(data, "grpo", model, config, out)
@@ -823,11 +824,15 @@ def train_grpo_cmd(
         grpo = verifiable_prompts(grpo)
         load_plugins(cfg.verify.plugins)
         for name in grpo["verifier"].drop_nulls().unique().sort():
-            resolve(name)  # found at the first reward call, it failed after the model loaded
+            # found at the first reward call, it failed after the model loaded; a plugin is
+            # built too (a function of three arguments fails there)
+            if resolve(name)[1] != "builtin":
+                get_verifier(name, **verifier_options(name, plugins=cfg.verify.plugins))
     except UnknownVerifierError as err:
-        fail(f"{err} (a verifier a plugin module registers needs --plugin MODULE or the "
-             "config's verify.plugins)")
-    except ValueError as err:
+        hint = (" (a verifier a plugin module registers needs --plugin MODULE or the config's "
+                "verify.plugins)") if str(err).startswith("unknown verifier") else ""
+        fail(f"{err}{hint}")
+    except (ValueError, TypeError) as err:
         fail(str(err))
     rewards, weights = grpo_rewards(cfg.train.grpo, cfg.verify, strict_format=True)
     try:

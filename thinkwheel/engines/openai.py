@@ -449,8 +449,8 @@ def _with_reasoning(message: dict[str, Any]) -> str:
     a closed thought with no opening tag, which gets its tag back here, as the transformers and
     vLLM engines restore the pre-fill. A thought such a server cut off has neither tag and
     cannot be told from an answer: serve those models with `--reasoning-parser`."""
-    content = _text(message.get("content"))
-    thought = message.get("reasoning") or message.get("reasoning_content")
+    content, part_thought = _parts(message.get("content"))
+    thought = message.get("reasoning") or message.get("reasoning_content") or part_thought
     if not isinstance(thought, str) or not thought or "</think>" in content:
         if "</think>" in content and "<think>" not in content:
             return "<think>" + content
@@ -458,13 +458,24 @@ def _with_reasoning(message: dict[str, Any]) -> str:
     return f"<think>{thought}</think>{content}" if content else f"<think>{thought}"
 
 
-def _text(content: Any) -> str:
-    """`content` as text: some servers (Mistral's reasoning models, gateways) send a list of
-    parts, `[{"type": "text", "text": ...}]`, which was stored as the completion as it was."""
-    if isinstance(content, list):
-        return "".join(p.get("text") or "" if isinstance(p, dict) else str(p) for p in content
-                       if not isinstance(p, dict) or p.get("type", "text") == "text")
-    return content if isinstance(content, str) else ""
+def _parts(content: Any) -> tuple[str, str]:
+    """(text, thought) of `content`. Some servers send a list of parts, stored as the completion
+    as it was: `{"type": "text", "text": ...}`, and Mistral's reasoning models (Magistral) the
+    thought as `{"type": "thinking", "thinking": [text parts]}`."""
+    if isinstance(content, str):
+        return content, ""
+    if not isinstance(content, list):
+        return "", ""
+    text, thought = [], []
+    for part in content:
+        if isinstance(part, str):
+            text.append(part)
+        elif isinstance(part, dict) and part.get("type", "text") == "text":
+            text.append(str(part.get("text") or ""))
+        elif isinstance(part, dict) and part.get("type") == "thinking":
+            inner = part.get("thinking")
+            thought.append(inner if isinstance(inner, str) else _parts(inner)[0])
+    return "".join(text), "".join(thought)
 
 
 def _finish(reason: Any) -> str:

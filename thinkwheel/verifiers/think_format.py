@@ -3,8 +3,8 @@
 Tolerant mode (the default) accepts a completion without the opening `<think>`, because
 chat templates that pre-fill it make the model's text start inside the thought; strict mode
 requires the tag in the text. A naive format reward is always 0 under such templates.
-A thought needs a letter or digit and an answer more than punctuation: as a GRPO reward,
-`<think>.</think>.` would otherwise pay for the form with nothing in it.
+A thought needs a letter or digit and an answer more than sentence punctuation: as a GRPO
+reward, `<think>.</think>.` would otherwise pay for the form with nothing in it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def check_format(text: str, tolerant: bool = True) -> tuple[bool, str]:
 
 
 _WORD = re.compile(r"[^\W_]")
-_BLANK = string.punctuation + string.whitespace
+# what ends or joins a sentence: an answer of only these says nothing. Brackets, quotes and
+# operators are answers (`[]` for "what does sorted([]) return?", `>` for a comparison).
+_BLANK = ".,;:!?…-–—" + string.whitespace
 
 
 @register("think_format")
