@@ -44,10 +44,18 @@ class _Output:
     def __init__(self, outputs):
         self.outputs = outputs
 
+def _core():
+    pass
+
 class LLM:
     def __init__(self, model, **kwargs):
         if os.environ.get("FAKE_VLLM_FAIL"):
             raise RuntimeError("no CUDA GPUs are available")
+        # as vLLM's LLM starts its engine core (VLLM_ENABLE_V1_MULTIPROCESSING, the default)
+        import multiprocessing as mp
+        core = mp.get_context("spawn").Process(target=_core)
+        core.start()
+        core.join()
         _log("init", model=model, kwargs=kwargs, gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
         ALIVE.add(self)
         self.model_config = types.SimpleNamespace(max_model_len=kwargs.get("max_model_len", 2048))
@@ -60,13 +68,17 @@ class LLM:
         return AutoTokenizer.from_pretrained(path)
 
     def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None,
-             add_generation_prompt=True, **kw):
+             add_generation_prompt=True, plain=False, **kw):
         assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
-        _log("chat", n_requests=len(messages), lora=getattr(lora_request, "lora_path", None),
-             add_generation_prompt=add_generation_prompt,
-             stop_token_ids=sampling_params[0].stop_token_ids if sampling_params else None)
-        if os.environ.get("FAKE_VLLM_TOKENIZER"):  # vLLM's own check, for the whole call
+        if not plain:
+            _log("chat", n_requests=len(messages), lora=getattr(lora_request, "lora_path", None),
+                 add_generation_prompt=add_generation_prompt,
+                 stop_token_ids=sampling_params[0].stop_token_ids if sampling_params else None)
+        if os.environ.get("FAKE_VLLM_TOKENIZER") and not plain:  # vLLM's check, for the call
             tok = self.get_tokenizer()
+            if tok.chat_template is None:  # vLLM's safe_apply_chat_template
+                raise ValueError("As of transformers v4.44, default chat template is no longer "
+                                 "allowed, so you must provide a chat template")
             for conv in messages:
                 text = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
                 n = len(tok(text, add_special_tokens=False)["input_ids"])
@@ -90,6 +102,13 @@ class LLM:
                 samples.append(_Sample(k, text, ids, reason))
             outs.append(_Output(samples))
         return outs
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=True, lora_request=None, **kw):
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(prompts)
+        _log("generate", prompt_token_ids=[p["prompt_token_ids"] for p in prompts])
+        tok = self.get_tokenizer()
+        return self.chat([[{"role": "user", "content": tok.decode(p["prompt_token_ids"])}]
+                          for p in prompts], sampling_params=sampling_params, plain=True)
 """
 LORA = """
 class LoRARequest:
@@ -352,3 +371,41 @@ def test_think_tags_marked_special_are_kept(fake_vllm: Path, tmp_path: Path, mon
     monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(tmp_path / "special"))
     got = VLLMEngine("m").generate([said], SamplingParams(max_tokens=4))[0][0].text
     assert got.startswith("<think>2+2</think> 4|") and "<|end|>" not in got
+
+
+def test_a_model_without_a_chat_template_is_prompted_as_the_hf_engine_prompts_it(
+        fake_vllm: Path, tmp_path: Path, monkeypatch) -> None:
+    """vLLM's chat() refuses a model with no chat template, so a base model's round crashed on
+    vLLM where the transformers engine joins the turns one per line: the engine now sends
+    that text's token ids itself."""
+    from transformers import AutoTokenizer
+
+    from thinkwheel.chat_template import render_prompt
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    try:
+        from test_train_sft import build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import build_tiny_model
+    path = build_tiny_model(tmp_path / "base", None)
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(path))
+    got = VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(n=2, max_tokens=4))
+    assert len(got[0]) == 2 and got[0][0].text.startswith("What is 1 + 1?")
+    tok = AutoTokenizer.from_pretrained(path)
+    want = tok(render_prompt(tok, [{"role": "user", "content": REQUESTS[0]}]),
+               add_special_tokens=False)["input_ids"]
+    assert calls(fake_vllm, "generate")[-1]["prompt_token_ids"] == [want]
+
+
+def test_data_parallel_replicas_exit_with_the_program(fake_vllm: Path, tmp_path: Path) -> None:
+    """Replicas cannot be daemons (vLLM starts a child in each); one left open must still not
+    keep the program from exiting: multiprocessing joins such children at exit."""
+    import subprocess
+
+    code = ("import os; os.environ['CUDA_VISIBLE_DEVICES'] = '0,1'\n"
+            "from thinkwheel.engines.vllm import VLLMEngine\n"
+            "from thinkwheel.engines.base import SamplingParams\n"
+            "e = VLLMEngine('m', data_parallel_size=2)\n"
+            "print(len(e.generate(['What is 1 + 1?'], SamplingParams(max_tokens=8))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-2000:]

@@ -289,10 +289,12 @@ def test_stop_settings_and_the_cut_in_the_rewards(plain_model):
     assert kwargs is None
     assert grpo_mod.stop_settings(tok, [], use_vllm=False) == ([turn_end], [], None)
     # vLLM cuts its text at the stop, but TRL decodes the token ids, which keep the stop's
-    # tokens (and the rest of its last one): the rewards cut again
+    # tokens (and the rest of its last one): the rewards cut again. The turn end is TRL's eos
+    # too: a completion not ending in one of its eos ids counts as clipped
     assert grpo_mod.stop_settings(tok, [one, longer], use_vllm=True) == (
-        [], [one, longer], {"stop": [one, longer], "stop_token_ids": [turn_end]})
-    assert grpo_mod.stop_settings(tok, [], use_vllm=True) == ([], [], {"stop_token_ids": [turn_end]})
+        [turn_end], [one, longer], {"stop": [one, longer], "stop_token_ids": [turn_end]})
+    assert grpo_mod.stop_settings(tok, [], use_vllm=True) == (
+        [turn_end], [], {"stop_token_ids": [turn_end]})
 
     def score(completions, **kw):
         return [float(len(c if isinstance(c, str) else c[0]["content"])) for c in completions]

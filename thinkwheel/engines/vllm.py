@@ -15,11 +15,13 @@ requests between them.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import json
 import multiprocessing as mp
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ class _Replica:
         self.prefill = template_prefill(self.llm)
         self.fits = context_check(self.llm)
         self.drop = special_texts_to_drop(self.llm)
+        self.plain = plain_tokenizer(self.llm)
         self.lora = None
         if lora_path:
             from vllm.lora.request import LoRARequest
@@ -105,13 +108,20 @@ class _Replica:
             )
             for msgs in messages
         ]
-        outputs = self.llm.chat(
-            messages,
-            sampling_params=per_request,
-            use_tqdm=False,
-            lora_request=self.lora,
-            add_generation_prompt=True,
-        )
+        if self.plain is not None:  # no chat template: vLLM's chat() refuses the model
+            prompts = [{"prompt_token_ids": self.plain(render_prompt(self.plain, m),
+                                                       add_special_tokens=False)["input_ids"]}
+                       for m in messages]
+            outputs = self.llm.generate(prompts, sampling_params=per_request, use_tqdm=False,
+                                        lora_request=self.lora)
+        else:
+            outputs = self.llm.chat(
+                messages,
+                sampling_params=per_request,
+                use_tqdm=False,
+                lora_request=self.lora,
+                add_generation_prompt=True,
+            )
         if len(outputs) != len(messages):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
         rows = [_completions(out, params, draws, self.prefill, self.drop) for out in outputs]
@@ -128,6 +138,18 @@ def turn_end_ids(llm: Any) -> list[int] | None:
     except Exception:
         return None
     return None if stop is None else [stop]
+
+
+def plain_tokenizer(llm: Any) -> Any:
+    """The tokenizer of a model without a chat template (a base model), else None. vLLM's
+    chat() refuses such a model ("you must provide a chat template"), where the transformers
+    engine joins the turns' text one per line (`render_prompt`): the vLLM engine sends that
+    text's token ids itself, as the context check measures it."""
+    try:
+        tok = llm.get_tokenizer()
+    except Exception:
+        return None
+    return None if getattr(tok, "chat_template", None) else tok
 
 
 def template_prefill(llm: Any) -> str:
@@ -216,11 +238,27 @@ def _replica_main(conn: Any, gpus: str, model: str, kwargs: dict, lora: str | No
     except Exception as err:
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
-    while (job := conn.recv()) is not None:
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if job is None:
+            return
         try:
             conn.send(("ok", replica.generate(*job)))
         except Exception as err:
             conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # engines with replica processes
+
+
+def _close_replicas() -> None:
+    """Replicas are not daemons, and multiprocessing's exit handler joins such children: this
+    one, registered after it (handlers run last-registered first), tells them to stop."""
+    for engine in list(_OPEN):
+        engine.close()
 
 
 class VLLMEngine:
@@ -276,10 +314,17 @@ class VLLMEngine:
             proc = ctx.Process(
                 target=_replica_main,
                 args=(child, mine, self.model_path, self.llm_kwargs, self.lora_path),
-                daemon=True,
+                # not a daemon: vLLM's LLM starts its engine core as a child process, which
+                # Python refuses a daemon ("daemonic processes are not allowed to have
+                # children"); close() stops and joins them
+                daemon=False,
             )
             proc.start()
             self._workers.append((proc, parent))
+        if not _OPEN:  # once multiprocessing has started a process, so its handler is older
+            atexit.unregister(_close_replicas)
+            atexit.register(_close_replicas)
+        _OPEN.add(self)  # stopped at exit: multiprocessing would wait on them forever
         for _, conn in self._workers:
             status, detail = conn.recv()
             if status != "ready":

@@ -701,6 +701,20 @@ def round_card(
 
 
 # ------------------------------------------------------------------ train
+def _release_gpu_memory() -> None:
+    """Hand the trainers' GPU memory back before the eval starts its engine: PyTorch keeps what
+    it freed reserved (weights, optimizer state, activations; Unsloth's bound methods are a
+    reference cycle), and vLLM refuses to start with less free memory than
+    `gpu_memory_utilization` asks for."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _forget_training(store: RunStore, k: int) -> None:
     """A round that now trains nothing keeps no model, curves or records from a run of an
     earlier config: `round-k/model` would be a model trained on data the run no longer has."""
@@ -771,6 +785,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
     if not once.published:  # every trainer skipped for want of data
         _forget_training(store, k)
         return start_model
+    _release_gpu_memory()
     first = metrics[plan[0][0]]  # SFT's loss and steps when it ran
     store.mark_stage(
         k, "train", input_hash=in_hash, config_hash=cfg_hash, count=0 if sft is None else sft.height,

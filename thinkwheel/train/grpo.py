@@ -156,9 +156,12 @@ def stop_settings(
     turn_end = stop_token_id(tokenizer)
     if use_vllm:  # vLLM cuts the text but keeps the stop's tokens, which TRL decodes: cut again
         kwargs: dict[str, Any] = {"stop": list(stop)} if stop else {}
-        if turn_end is not None:
-            kwargs["stop_token_ids"] = [turn_end]
-        return [], list(stop), kwargs or None
+        if turn_end is None:
+            return [], list(stop), kwargs or None
+        kwargs["stop_token_ids"] = [turn_end]
+        # and an end-of-sequence id for TRL too: it counts a completion whose last token is not
+        # one of its eos ids as clipped (clipped_ratio, mask_truncated_completions)
+        return [turn_end], list(stop), kwargs
     ids: list[int] = [] if turn_end is None else [turn_end]
     longer: list[str] = []
     for s in stop:
