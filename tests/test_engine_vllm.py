@@ -51,6 +51,9 @@ class LLM:
     def __init__(self, model, **kwargs):
         if os.environ.get("FAKE_VLLM_FAIL"):
             raise RuntimeError("no CUDA GPUs are available")
+        die_on = os.environ.get("FAKE_VLLM_DIE_ON")
+        if die_on is not None and die_on == os.environ.get("CUDA_VISIBLE_DEVICES"):
+            os._exit(3)  # killed without a word: the OOM killer, a segfault in CUDA
         # as vLLM's LLM starts its engine core (VLLM_ENABLE_V1_MULTIPROCESSING, the default)
         import multiprocessing as mp
         core = mp.get_context("spawn").Process(target=_core)
@@ -409,3 +412,34 @@ def test_data_parallel_replicas_exit_with_the_program(fake_vllm: Path, tmp_path:
             "print(len(e.generate(['What is 1 + 1?'], SamplingParams(max_tokens=8))))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-2000:]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dies", ["0", "1"])
+def test_a_replica_that_dies_while_starting_is_an_error_not_a_hang(fake_vllm: Path, monkeypatch,
+                                                                    dies) -> None:
+    """The parent kept the last replica's end of its pipe open, so that replica's death went
+    unseen and the run waited forever; the first one's raised a bare EOFError."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("FAKE_VLLM_DIE_ON", dies)
+    with pytest.raises(RuntimeError, match="a vLLM replica failed to start: the process died"):
+        VLLMEngine("m", data_parallel_size=2)
+
+
+def test_only_a_tokenizer_without_a_template_is_prompted_by_token_ids(fake_vllm: Path) -> None:
+    """vLLM's Mistral tokenizer has no chat_template attribute at all, yet chat() renders for
+    it: it must not be taken for a base model."""
+    import types
+
+    from thinkwheel.engines.vllm import plain_tokenizer
+
+    def llm(tok):
+        return types.SimpleNamespace(get_tokenizer=lambda: tok)
+
+    base = types.SimpleNamespace(chat_template=None)
+    assert plain_tokenizer(llm(base)) is base
+    assert plain_tokenizer(llm(types.SimpleNamespace(chat_template="{{ x }}"))) is None
+    assert plain_tokenizer(llm(types.SimpleNamespace(IS_MISTRAL_TOKENIZER=True))) is None
+    assert plain_tokenizer(llm(types.SimpleNamespace())) is None

@@ -89,6 +89,8 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         ("So far the total is 5\n> 3 + 4 = 7 more", []),
         ("7 + 9 \\\\ & = 17 \\\\ &< 15", ["7 + 9=17", "17<15"]),
         ("3 \\times 4\n= 13", ["3 \\times 4=13"]),
+        ("7 x 6\n= 43", ["7 x 6=43"]),
+        ("12 − 8\n= 5", ["12 − 8=5"]),
     ],
 )
 def test_false_claims(text: str, claims: list[str]) -> None:

@@ -135,6 +135,7 @@ def test_unknown_verifier_raises_keyerror() -> None:
      ("<think>ok</think> - ", True, False), ("<think>7+6=13</think>∞", True, True),
      ("<think>sorted of nothing</think>\n[]", True, True), ("<think>7 vs 3</think>>", True, True),
      ('<think>an empty string</think>""', True, True), ("<think>ok</think>…", True, False),
+     ("<think>ok</think>\n\n**", True, False), ("<think>ok</think>$$", True, False),
      ("<think>π/2</think>π", True, True)],
 )
 def test_think_format(text: str, tolerant: bool, ok: bool) -> None:

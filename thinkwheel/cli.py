@@ -827,7 +827,7 @@ def train_grpo_cmd(
             # found at the first reward call, it failed after the model loaded; a plugin is
             # built too (a function of three arguments fails there)
             if resolve(name)[1] != "builtin":
-                get_verifier(name, **verifier_options(name, plugins=cfg.verify.plugins))
+                get_verifier(name, **verifier_options(name, **cfg.verify.options()))
     except UnknownVerifierError as err:
         hint = (" (a verifier a plugin module registers needs --plugin MODULE or the config's "
                 "verify.plugins)") if str(err).startswith("unknown verifier") else ""

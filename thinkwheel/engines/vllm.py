@@ -149,7 +149,9 @@ def plain_tokenizer(llm: Any) -> Any:
         tok = llm.get_tokenizer()
     except Exception:
         return None
-    return None if getattr(tok, "chat_template", None) else tok
+    if getattr(tok, "IS_MISTRAL_TOKENIZER", False) or not hasattr(tok, "chat_template"):
+        return None  # vLLM's Mistral tokenizer has no such attribute: chat() renders for it
+    return None if tok.chat_template else tok
 
 
 def template_prefill(llm: Any) -> str:
@@ -238,17 +240,37 @@ def _replica_main(conn: Any, gpus: str, model: str, kwargs: dict, lora: str | No
     except Exception as err:
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if job is None:
-            return
-        try:
-            conn.send(("ok", replica.generate(*job)))
-        except Exception as err:
-            conn.send(("error", f"{type(err).__name__}: {err}"))
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if job is None:
+                return
+            try:
+                conn.send(("ok", replica.generate(*job)))
+            except Exception as err:
+                conn.send(("error", f"{type(err).__name__}: {err}"))
+    finally:  # vLLM's engine core is a (non-daemon) child of this process: stop it, as close()
+        del replica  # does in process, or this process's exit waits on it
+        _free_vllm()
+
+
+def _free_vllm() -> None:
+    gc.collect()
+    try:
+        from vllm.distributed import cleanup_dist_env_and_memory
+    except ImportError:  # an older vLLM: the collection above is what it had
+        return
+    cleanup_dist_env_and_memory()
+
+
+def _reply(conn: Any) -> tuple[str, Any]:
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return "error", "the replica process died"
 
 
 _OPEN: weakref.WeakSet = weakref.WeakSet()  # engines with replica processes
@@ -320,13 +342,17 @@ class VLLMEngine:
                 daemon=False,
             )
             proc.start()
+            child.close()  # the replica's end: kept open here, its death went unseen (a hang)
             self._workers.append((proc, parent))
         if not _OPEN:  # once multiprocessing has started a process, so its handler is older
             atexit.unregister(_close_replicas)
             atexit.register(_close_replicas)
         _OPEN.add(self)  # stopped at exit: multiprocessing would wait on them forever
         for _, conn in self._workers:
-            status, detail = conn.recv()
+            try:
+                status, detail = conn.recv()
+            except (EOFError, OSError):  # died without a word: the OOM killer, a segfault
+                status, detail = "error", "the process died before it was ready"
             if status != "ready":
                 self.close()
                 raise RuntimeError(f"a vLLM replica failed to start: {detail}")
@@ -345,7 +371,7 @@ class VLLMEngine:
                 conn.send((shard, params))
             # every reply is read before any error is raised: a reply left in a pipe would be
             # the answer to the next call's requests
-            replies = [conn.recv() for _, conn in self._workers]
+            replies = [_reply(conn) for _, conn in self._workers]
             if failed := [payload for status, payload in replies if status != "ok"]:
                 raise RuntimeError(f"a vLLM replica failed: {failed[0]}")
             parts = [payload for _, payload in replies]
@@ -363,13 +389,7 @@ class VLLMEngine:
         before training, which needs that memory."""
         if self._local is not None:
             self._local = None
-            gc.collect()
-            try:
-                from vllm.distributed import cleanup_dist_env_and_memory
-            except ImportError:  # an older vLLM: the collection above is what it had
-                pass
-            else:
-                cleanup_dist_env_and_memory()
+            _free_vllm()
         for proc, conn in self._workers:
             try:
                 conn.send(None)

@@ -40,7 +40,7 @@ _MAX_EXPR_CHARS = 80  # a claim longer than this is not a step anyone writes out
 # markup around a claim (`7+6=15`, **7+6=15**, \(7+6=15\)) is not part of it
 _MARKUP = re.compile(r"\*\*|`|\\[()\[\]]|&(?=\s*[=<>≤≥])")  # and LaTeX's aligned `&=`
 # an operation between numbers: what makes a line's last side a value to go on from
-_OPERATION = re.compile(r"\d\s*(?:[+\-*/×·÷]|\\times|\\cdot|\\div)\s*\(?\s*-?\d")
+_OPERATION = re.compile(r"\d\s*(?:[+\-*/×·÷−]|\\times|\\cdot|\\div|\bx\b)\s*\(?\s*-?\d")
 # end a clause: `<think>ok</think>7+6=15` claims 7+6=15; so do a LaTeX row break `\\` and
 # an environment's \begin{aligned} / \end{aligned}
 _BREAK = re.compile(r"</?think>|\\\\|\\(?:begin|end)\{\w+\*?\}")

@@ -47,9 +47,10 @@ def check_format(text: str, tolerant: bool = True) -> tuple[bool, str]:
 
 
 _WORD = re.compile(r"[^\W_]")
-# what ends or joins a sentence: an answer of only these says nothing. Brackets, quotes and
-# operators are answers (`[]` for "what does sorted([]) return?", `>` for a comparison).
-_BLANK = ".,;:!?…-–—" + string.whitespace
+# what ends or joins a sentence, and markdown or LaTeX markup: an answer of only these says
+# nothing. Brackets, quotes and operators are answers (`[]` for "what does sorted([])
+# return?", `>` for a comparison).
+_BLANK = ".,;:!?…-–—*_#`$" + string.whitespace
 
 
 @register("think_format")
