@@ -538,3 +538,23 @@ def test_the_dpo_split_comes_out_in_the_same_order_every_time():
     dpo = export.dpo_frame(tasks, cands, verdicts, filtered, SYSTEM)
     assert len(hashes) == 1 and dpo.height == 400
     assert dpo["task_id"].to_list() == sorted(dpo["task_id"].to_list())
+
+
+def test_what_a_killed_export_left_behind_is_swept(frames, tmp_path):
+    """A SIGKILL mid-export left `.curated.tmp-*` (and, between its two renames, the old export
+    moved aside) for good. Each is named with its writer's process id: a dead writer's go, a
+    live one's stay."""
+    import subprocess
+
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    dead = [tmp_path / f".curated.tmp-{gone.pid}-abcd1234", tmp_path / f".curated.old-{gone.pid}-ef56"]
+    live = tmp_path / f".curated.tmp-{os.getpid()}-0000ffff"
+    for d in (*dead, live):
+        d.mkdir()
+        (d / "sft.parquet").write_text("half")
+    export.write_dataset(sft, grpo, tmp_path / "curated", formats=("parquet",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["curated", live.name])

@@ -19,6 +19,7 @@ and they record a `drop_reason`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -274,7 +275,8 @@ def write_dataset(
     out = Path(out_dir)
     check_export_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _sweep_dead_writes(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         frames = {"sft": sft, "grpo": grpo, **({"dpo": dpo} if dpo is not None else {})}
@@ -335,11 +337,32 @@ def check_export_dir(out: Path) -> None:
             "another --out")
 
 
+def _sweep_dead_writes(out: Path) -> None:
+    """Remove what an export killed mid-write left beside `out` (its temporary folder, or the
+    old export it had moved aside): each is named with the writing process's id, and only a
+    process that is gone leaves its own behind. One still running keeps its folders."""
+    for left in out.parent.glob(f".{out.name}.*-*-*"):
+        kind, _, rest = left.name[len(out.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     # Two renames: the old export moves aside, the new one moves in, then the old is deleted.
     old = None
     if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         dst.rename(old)
     src.rename(dst)
     if old is not None:
