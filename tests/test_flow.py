@@ -893,7 +893,11 @@ def test_a_card_for_generated_data_is_apache(flow_run):
 
     out, _ = flow_run
     card = (out / "round-0" / "curated" / "README.md").read_text()
-    assert yaml.safe_load(card.split("---")[1])["license"] == "apache-2.0"
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "apache-2.0"
+    # the model as the candidates name it, as `thinkwheel export` writes it; not a local path
+    sampled = pl.read_parquet(out / "round-0" / "candidates.parquet")["model"].unique().to_list()
+    assert [front["thinkwheel"]["generator_model"]] == sampled and "/" not in sampled[0]
 
 
 def test_served_run_resends_only_what_a_crash_lost(tmp_path):

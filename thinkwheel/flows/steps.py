@@ -663,7 +663,10 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     )
     fun = funnel(filtered)
     frames = {"tasks": tasks, "candidates": cands, "verdicts": verdicts, "filtered": filtered}
-    card = round_card(cfg, {k: frames}, sft, grpo, dpo, "parquet", generator_model)
+    # named as the candidates name it (`thinkwheel export` reads it there): a path is this
+    # machine's, and a card pushed to the Hub showed it
+    named = f"{Path(generator_model).name}@{model_hash(generator_model)}"
+    card = round_card(cfg, {k: frames}, sft, grpo, dpo, "parquet", named)
     write_dataset(sft, grpo, out_dir, formats=formats, card=card, dpo=dpo)
     store.mark_stage(
         k, "export", input_hash=in_hash, config_hash=cfg_hash, count=sft.height,
