@@ -449,3 +449,28 @@ def test_the_tasks_stage_says_why_it_made_fewer_tasks_than_asked(tmp_path):
     twice = sum(int(n.split(" ")[0]) for n in short if "drawn twice" in n)
     assert lost > 0 and twice > 0
     assert lost + twice == asked - made  # every missing task is accounted for
+
+
+def test_consensus_draws_are_not_the_sampling_stages_draws(tmp_path):
+    """Consensus used the sampling stage's seed, and the engines seed each sample from the
+    seed, the prompt and its index: the sample stage drew the labelling votes again, so a
+    model-labelled task's pass rate was its vote share and a wrong label passed as verified."""
+    from thinkwheel.engines.base import Completion
+    from thinkwheel.flows.steps import make_tasks, sampling_params
+
+    seeds = []
+
+    class Votes:
+        def generate(self, requests, params, progress=None):
+            seeds.append(params.seed)
+            return [[Completion("<think>2+5=7</think>\n7", "stop", 4)] * params.n for _ in requests]
+
+    rows = [{"prompt": "What is 2 + 5?"}]
+    cfg = parse_config({
+        "generate": {"tasks": GenerateTasksConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))])
+                     .model_dump(), "procedural": {"per_family": 0}, "consensus": {"samples": 4}},
+        "sampling": {"n": 4},
+    })
+    tasks = make_tasks(RunStore.create(tmp_path / "run", cfg), cfg, 0, "m", lambda m: Votes())
+    assert tasks.filter(pl.col("drop_reason").is_null())["reference"].to_list() == ["7"]
+    assert seeds and sampling_params(cfg, 0).seed not in seeds

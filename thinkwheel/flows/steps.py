@@ -11,6 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -268,13 +269,22 @@ def make_tasks(
 def _consensus(
     engine: Engine, tasks: pl.DataFrame, cfg: RunConfig, k: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """References by consensus with the run's consensus, verify and sampling settings."""
+    """References by consensus with the run's consensus, verify and sampling settings, under a
+    seed of its own: with the sampling stage's, the engines drew the same samples again (their
+    seeds come from the run seed, the prompt and the sample), so a model-labelled task's pass
+    rate was its vote share by construction, its wrong labels "verified" by the votes that made
+    them."""
     from thinkwheel.generators.consensus import consensus_references, registry_verify_fn
 
+    params = sampling_params(cfg, k)
+    params = replace(params, seed=None if params.seed is None else params.seed + CONSENSUS_SEED)
     return consensus_references(
         engine, tasks, cfg.generate.consensus, registry_verify_fn(**cfg.verify.options()),
-        params=sampling_params(cfg, k), system_prompt=cfg.export.system_prompt,
+        params=params, system_prompt=cfg.export.system_prompt,
     )
+
+
+CONSENSUS_SEED = 7_919_000  # far from any round's `sampling.seed + k`
 
 
 def _references(
