@@ -201,3 +201,10 @@ def test_what_only_spreads_the_work_is_hashed_as_its_default():
     assert hashed(spread.sampling)["shard_size"] == 32 and hashed(spread.engine)["batch_size"] == 64
     assert parse_config({"engine": {"device": "cuda"}}).section_hash("engine") != \
         base.section_hash("engine")  # what the model runs on is still part of it
+
+
+@pytest.mark.parametrize("samples", [1, 0, -3])
+def test_consensus_needs_two_votes(samples):
+    """One sample was taken as agreement 1.0; none dropped every task as unanswered."""
+    with pytest.raises(ConfigError, match="generate.consensus.samples"):
+        parse_config({"generate": {"consensus": {"samples": samples}}})

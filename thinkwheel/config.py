@@ -176,7 +176,9 @@ class EvolInstructConfig(_Section):
 
 
 class ConsensusConfig(_Section):
-    samples: int = 8
+    # a majority needs two votes: one sample was taken as agreement (1.0), and 0 or fewer
+    # dropped every task as having no answer
+    samples: int = Field(8, ge=2)
     min_agreement: float = Field(0.5, ge=0, le=1)
     # Code tasks without tests (generators/codet.py): completions asking the engine for tests
     # (0 drops such tasks), distinct tests kept per task, and the fewest the agreed solutions
