@@ -474,3 +474,13 @@ def test_consensus_draws_are_not_the_sampling_stages_draws(tmp_path):
     tasks = make_tasks(RunStore.create(tmp_path / "run", cfg), cfg, 0, "m", lambda m: Votes())
     assert tasks.filter(pl.col("drop_reason").is_null())["reference"].to_list() == ["7"]
     assert seeds and sampling_params(cfg, 0).seed not in seeds
+
+
+def test_a_row_with_tests_is_code_however_its_prompt_reads(tmp_path):
+    """A code row without a domain was read from its prompt alone: "for x = 3 the result is
+    10" made it math, its tests were ignored and the model labelled it by vote."""
+    rows = [{"prompt": "Return x squared plus 1, e.g. for x = 3 the result is 10.",
+             "tests": ["assert f(3) == 10", "assert f(0) == 1"]}]
+    t = load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))]))
+    assert t["domain"].to_list() == ["code"] and t["verifier"].to_list() == ["code"]
+    assert t["tests"][0].to_list() == rows[0]["tests"]

@@ -115,7 +115,9 @@ def seed_pool(
         prompt = (prompt or "").strip()
         if not prompt:
             raise ValueError(f"row {i} has no prompt")
-        domain = r.get("domain") or label_domain(prompt)
+        # a row that carries tests is code, however its prompt reads ("e.g. for x = 3 the result
+        # is 10" read as math: its tests were ignored and the model labelled it by vote)
+        domain = r.get("domain") or ("code" if r.get("tests") else label_domain(prompt))
         if domain is None:
             raise ValueError(
                 f"row {i}: cannot infer a domain, set a 'domain' column or the file's domain "
