@@ -484,3 +484,26 @@ def test_a_row_with_tests_is_code_however_its_prompt_reads(tmp_path):
     t = load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))]))
     assert t["domain"].to_list() == ["code"] and t["verifier"].to_list() == ["code"]
     assert t["tests"][0].to_list() == rows[0]["tests"]
+
+
+@pytest.mark.parametrize("tests", [
+    [{"input": "1\n", "output": "2\n"}, {"input": "5\n", "output": "6\n"}],
+    '{"inputs": ["1\\n", "5\\n"], "outputs": ["2\\n", "6\\n"]}',  # APPS, as a string
+    {"inputs": ["1\n", "5\n"], "outputs": ["2\n", "6\n"]},
+])
+def test_stdin_stdout_tests_in_their_usual_spellings_judge_programs(tests):
+    """`{"input", "output"}` and APPS' lists were stored under their own names, which the
+    sandbox ran as a dict expression: a wrong program passed and a right one failed."""
+    from thinkwheel.generators.seeds import parse_tests
+    from thinkwheel.verifiers import get_verifier
+
+    parsed = parse_tests(tests)
+    assert [json.loads(t) for t in parsed] == [{"stdin": "1\n", "stdout": "2\n"},
+                                               {"stdin": "5\n", "stdout": "6\n"}]
+    code = get_verifier("code", workers=1)
+    task = {"tests": parsed}
+    right = "<think>add one</think>\n```python\nprint(int(input()) + 1)\n```"
+    wrong = "<think>guess</think>\n```python\nprint('nonsense')\n```"
+    assert code.verify(right, task).passed is True and code.verify(wrong, task).passed is False
+    with pytest.raises(ValueError, match="call-based tests"):
+        parse_tests({"fn_name": "f", "inputs": [[1]], "outputs": [2]})
