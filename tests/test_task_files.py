@@ -273,6 +273,13 @@ def test_run_fails_before_starting_on_a_task_file_it_cannot_use(tmp_path, monkey
     assert code == 2 and "eval.tasks: e.jsonl: 1 held-out row(s) cannot be verified" in out
     code, out = run_with("verify: {plugins: ['json:no_such_fn']}\n")
     assert code == 2 and "verify.plugins: verifier 'json:no_such_fn': 'json' has no 'no_such_fn'" in out
+    # Self-Instruct with nothing to start from, or a template that is not there: after the
+    # base model's eval, minutes in; Evol-Instruct without seeds made nothing, silently
+    for gen in ("self_instruct", "evol_instruct"):
+        code, out = run_with(f"generate: {{procedural: {{per_family: 0}}, {gen}: {{enabled: true}}}}\n")
+        assert code == 2 and f"generate.{gen} needs seed tasks to start from" in out, out
+    code, out = run_with("generate: {self_instruct: {enabled: true, template: nope.txt}}\n")
+    assert code == 2 and "generate.self_instruct.template: nope.txt: no such file" in out, out
 
 
 def test_consensus_labelling_resumes_after_a_crash(tmp_path):

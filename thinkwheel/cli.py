@@ -257,6 +257,17 @@ def unknown_names(cfg: RunConfig) -> str | None:
     if g.evol_instruct.enabled and (bad := [o for o in g.evol_instruct.operators
                                             if o not in OPERATORS]):
         return f"generate.evol_instruct.operators: unknown {bad}; known: {', '.join(OPERATORS)}"
+    # found after the base model's eval, minutes in; Evol-Instruct without seeds made nothing
+    seeded = g.tasks.paths or any(per > 0 and families for families, per, _ in p.plan())
+    for key, gen in (("self_instruct", g.self_instruct), ("evol_instruct", g.evol_instruct)):
+        if gen.enabled and gen.num_tasks > 0 and not seeded:
+            return (f"generate.{key} needs seed tasks to start from: give generate.procedural "
+                    "families with per_family > 0, or generate.tasks.paths")
+    for key, gen, path in (
+            ("generate.self_instruct.template", g.self_instruct, g.self_instruct.template),
+            ("generate.evol_instruct.template_dir", g.evol_instruct, g.evol_instruct.template_dir)):
+        if gen.enabled and path and not Path(path).expanduser().exists():
+            return f"{key}: {path}: no such file or folder"
     if cfg.filters.decontam.enabled:
         from thinkwheel.filters.decontam import load_benchmarks
 
