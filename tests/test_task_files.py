@@ -514,3 +514,22 @@ def test_stdin_stdout_tests_in_their_usual_spellings_judge_programs(tests):
     assert code.verify(right, task).passed is True and code.verify(wrong, task).passed is False
     with pytest.raises(ValueError, match="call-based tests"):
         parse_tests({"fn_name": "f", "inputs": [[1]], "outputs": [2]})
+
+
+def test_a_code_prompt_given_twice_keeps_both_tests_and_a_bare_copy_is_the_labelled_task(tmp_path):
+    """The second row's tests were dropped without a word (a code task's id is its prompt's);
+    an unlabelled copy of a labelled prompt went to the model's vote, and the run trained on
+    both the file's answer and the model's."""
+    from thinkwheel.generators.task_files import load_task_files
+
+    rows = [{"prompt": "Write f(x) returning x + 1.", "tests": ["assert f(1) == 2"]},
+            {"prompt": "Write f(x) returning x + 1.", "tests": ["assert f(5) == 6", "assert f(1) == 2"]},
+            {"prompt": "What is 17 * 23?", "reference": "391"},
+            {"prompt": "What is 17 * 23?"}]
+    notes: list[str] = []
+    t = load_task_files(TaskFilesConfig(paths=[str(_jsonl(tmp_path / "t.jsonl", rows))]), notes=notes)
+    assert t.height == 2
+    by = {r["prompt"]: r for r in t.to_dicts()}
+    assert by["Write f(x) returning x + 1."]["tests"] == ["assert f(1) == 2", "assert f(5) == 6"]
+    assert by["What is 17 * 23?"]["reference"] == "391"
+    assert any("repeat a prompt another row gives with one" in n for n in notes), notes

@@ -132,9 +132,24 @@ def load_task_files(
     if not frames:
         return pl.DataFrame(schema=records.TASKS)
     rows = pl.concat(frames)
+    # a prompt the files also give labelled: the unlabelled copy would be labelled again by the
+    # model's vote, and trained on beside the file's own answer
+    labelled = rows.filter(~unverifiable()).select("domain", "prompt").unique()
+    bare = rows.filter(unverifiable()).join(labelled, on=["domain", "prompt"], how="semi")
+    rows = rows.join(bare.select("task_id"), on="task_id", how="anti") if bare.height else rows
+    # one code prompt given twice with different tests is one task (its id is the prompt's):
+    # it keeps every row's tests, not the first row's alone
+    pooled = (rows.filter(pl.col("tests").is_not_null()).group_by("task_id", maintain_order=True)
+              .agg(pl.col("tests").explode().unique(maintain_order=True).alias("_tests")))
     tasks = rows.unique("task_id", keep="first", maintain_order=True)
+    if pooled.height:
+        tasks = (tasks.join(pooled, on="task_id", how="left", maintain_order="left")
+                 .with_columns(pl.coalesce("_tests", "tests").alias("tests")).drop("_tests"))
     if notes is not None:
         notes += duplicate_notes(rows, tasks)
+        if bare.height:
+            notes.append(f"{bare.height} row(s) without a reference or tests repeat a prompt "
+                         "another row gives with one, and are that task (not labelled by vote)")
     return tasks
 
 
@@ -143,8 +158,8 @@ def duplicate_notes(rows: pl.DataFrame, tasks: pl.DataFrame) -> list[str]:
     both used to happen without a word."""
     out = []
     if merged := rows.height - tasks.height:
-        out.append(f"{merged} row(s) repeat an earlier row (same prompt and reference) and are "
-                   "one task each")
+        out.append(f"{merged} row(s) repeat an earlier row's prompt and reference and are one "
+                   "task each (a code prompt's tests pooled)")
     split = tasks.group_by("domain", "prompt").agg(pl.col("reference").n_unique().alias("n"))
     if (clash := split.filter(pl.col("n") > 1)).height:
         out.append(f"{clash.height} prompt(s) come with different references and are separate "
