@@ -63,6 +63,7 @@ class _Batcher:
 
     def __init__(self, engine: Engine, window_s: float) -> None:
         self.engine = engine
+        self.per_seed = "seeds" in inspect.signature(engine.generate).parameters
         self.window_s = window_s
         self.jobs: queue.Queue = queue.Queue()  # (messages, params, future), or None to stop
         self.batches = 0
@@ -92,7 +93,7 @@ class _Batcher:
                 pending.append(job)
             # calls that differ only in their seed batch together, as on vLLM, when the engine
             # takes a seed per request
-            per_seed = "seeds" in inspect.signature(self.engine.generate).parameters
+            per_seed = self.per_seed
             groups: dict[SamplingParams, list] = {}
             for job in pending:
                 groups.setdefault(replace(job[1], seed=None) if per_seed else job[1], []).append(job)

@@ -266,7 +266,17 @@ class OpenAIEngine:
     ) -> None:
         """Fetch the samples of one request that are not cached yet."""
         if params.temperature <= 0 and params.n > 1:
-            await self._fill_greedy(servers, key, messages, params, have, record)
+            # greedy samples are one decode, copied: vLLM refuses `n` > 1 at temperature 0
+            # ("n must be 1 when using greedy sampling"), which failed the whole stage
+            missing = [j for j in range(params.n) if j not in have]
+            if missing and not have:
+                await self._fetch_one(servers, key, messages, params, missing.pop(0), record, have)
+            first = next(iter(have.values()), None)
+            if first is OVER_CONTEXT:
+                self._over_context(have, missing)
+            else:
+                for j in missing:
+                    record(key, j, first)
             return
         if not self.server_supports_n:
             missing = [j for j in range(params.n) if j not in have]
@@ -292,31 +302,6 @@ class OpenAIEngine:
                 self.stats["short_responses"] += 1  # the server ignored n: ask again for the rest
             for j, comp in zip(missing, choices, strict=False):
                 record(key, j, comp)
-
-    async def _fill_greedy(
-        self,
-        servers: _Servers,
-        key: str,
-        messages: list[dict[str, str]],
-        params: SamplingParams,
-        have: dict[int, Completion],
-        record: Callable[[str, int, Completion], None],
-    ) -> None:
-        """Greedy samples are one decode, copied: vLLM refuses `n` > 1 at temperature 0 ("n
-        must be 1 when using greedy sampling"), which failed the whole stage."""
-        missing = [j for j in range(params.n) if j not in have]
-        if not missing:
-            return
-        first = next(iter(have.values()), None)
-        if first is None:
-            payload = self._payload(messages, params, 1, sample_seed(params.seed, messages, 0))
-            try:
-                first = (await self._call(servers, payload))[0]
-            except _TooLong:
-                self._over_context(have, missing)
-                return
-        for j in missing:
-            record(key, j, first)
 
     async def _fetch_one(
         self,
