@@ -63,7 +63,8 @@ class _Batcher:
 
     def __init__(self, engine: Engine, window_s: float) -> None:
         self.engine = engine
-        self.per_seed = "seeds" in inspect.signature(engine.generate).parameters
+        generate = getattr(engine, "generate", None)  # a server asked only for /models has none
+        self.per_seed = generate is not None and "seeds" in inspect.signature(generate).parameters
         self.window_s = window_s
         self.jobs: queue.Queue = queue.Queue()  # (messages, params, future), or None to stop
         self.batches = 0
