@@ -192,6 +192,26 @@ def test_a_pre_filled_think_is_part_of_the_completion(engine) -> None:
     assert judged.passed is False and judged.reason == "no_answer"
 
 
+def test_a_final_assistant_turn_is_continued(engine) -> None:
+    """A request ending in an assistant turn goes on from that text (a trace continued from a
+    corrected step): the prompt is the template's, then the turn less the pre-fill the template
+    wrote; the reply is only the new text, and a fresh request in the same call keeps its
+    pre-fill."""
+    import torch
+
+    head = "<think>3+5=8, 2+4="
+    turn = [*REQUESTS[2], {"role": "assistant", "content": head}]
+    prompt = engine.render(turn)
+    assert prompt == engine.render(REQUESTS[2]) + "3+5=8, 2+4="
+    out = engine.generate([turn, REQUESTS[2]], SamplingParams(n=1, temperature=0.0, max_tokens=8))
+    enc = engine.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        ids = engine.model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=0)
+    bare = engine.tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert out[0][0].text == bare and not bare.startswith("<think>")
+    assert out[1][0].text.startswith("<think>")
+
+
 def test_eos_from_generation_config(tiny_path: Path, tmp_path: Path, engine) -> None:
     """A model whose EOS is the token greedy decoding emits first stops after one token."""
     import shutil
@@ -291,7 +311,7 @@ def test_think_tags_marked_special_are_kept(tiny_path: Path, tmp_path: Path) -> 
     tok.save_pretrained(tmp_path / "m")
     engine = HFEngine(tmp_path / "m", batch_size=2)
     ids = tok.encode("<think>add</think> 423", add_special_tokens=False) + [tok.eos_token_id]
-    got = engine._completion(ids, SamplingParams(max_tokens=len(ids) + 5), len(ids) + 5)
+    got = engine._completion(ids, SamplingParams(max_tokens=len(ids) + 5), len(ids) + 5, "")
     assert got.text == "<think>add</think> 423" and got.finish_reason == "stop"
 
 

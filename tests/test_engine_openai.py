@@ -430,3 +430,37 @@ def test_greedy_samples_seeds_parts_and_the_servers_own_words(tmp_path: Path) ->
         eng = OpenAIEngine(srv.base_url, "m", backoff_s=0.0, max_retries=1)
         with pytest.raises(EngineError, match="last: 503: .*CUDA out of memory"):
             eng.generate(["oom"], SamplingParams(n=1, seed=1))
+
+
+@pytest.mark.parametrize("field", [None, "reasoning"])
+def test_a_trailing_assistant_message_is_continued(field) -> None:
+    """A request ending in an assistant message (a corrected reasoning prefix) asks vLLM's
+    server to extend that message, and its text is only what follows the prefix: the `<think>`
+    put back on a fresh reply is already in the prefix the caller prepends."""
+    seen: list[dict] = []
+
+    class Recording(LocalServer):
+        def complete(self, body: dict, fault: str):
+            seen.append(body)
+            return super().complete(body, fault)
+
+    class Suffix(_Scripted):
+        script = (("3+4=7</think>\n7", "stop"),)
+
+    class Open(_Scripted):
+        script = (("so 3+4 is", "length"),)  # the budget ran out, still inside the thought
+
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=8, seed=1)
+    prefix = [_user("What is 3 + 4?"), {"role": "assistant", "content": "<think>Adding: "}]
+    with Recording(Suffix(), reasoning_field=field) as srv:
+        fresh, cont = OpenAIEngine(srv.base_url, "m").generate(["What is 3 + 4?", prefix], params)
+    by_last_role = {b["messages"][-1]["role"]: b for b in seen}
+    assert by_last_role["assistant"]["continue_final_message"] is True
+    assert by_last_role["assistant"]["add_generation_prompt"] is False
+    assert not {"continue_final_message", "add_generation_prompt"} & by_last_role["user"].keys()
+    assert by_last_role["assistant"]["seed"] == sample_seed(1, prefix, 0)
+    assert fresh[0].text == "<think>3+4=7</think>\n7"
+    assert cont[0].text == "3+4=7</think>\n7"
+    with LocalServer(Open(), reasoning_field=field) as srv:
+        cut = OpenAIEngine(srv.base_url, "m").generate([prefix], params)[0][0]
+    assert (cut.text, cut.finish_reason) == ("so 3+4 is", "length")

@@ -71,11 +71,15 @@ class LLM:
         return AutoTokenizer.from_pretrained(path)
 
     def chat(self, messages, sampling_params=None, use_tqdm=True, lora_request=None,
-             add_generation_prompt=True, plain=False, **kw):
+             add_generation_prompt=True, continue_final_message=False, plain=False, **kw):
         assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
+        if add_generation_prompt and continue_final_message:  # transformers refuses both
+            raise ValueError("continue_final_message and add_generation_prompt are not compatible")
         if not plain:
             _log("chat", n_requests=len(messages), lora=getattr(lora_request, "lora_path", None),
                  add_generation_prompt=add_generation_prompt,
+                 continue_final_message=continue_final_message,
+                 last_roles=[conv[-1]["role"] for conv in messages],
                  stop_token_ids=sampling_params[0].stop_token_ids if sampling_params else None)
         if os.environ.get("FAKE_VLLM_TOKENIZER") and not plain:  # vLLM's check, for the call
             tok = self.get_tokenizer()
@@ -83,7 +87,9 @@ class LLM:
                 raise ValueError("As of transformers v4.44, default chat template is no longer "
                                  "allowed, so you must provide a chat template")
             for conv in messages:
-                text = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+                text = tok.apply_chat_template(conv, add_generation_prompt=add_generation_prompt,
+                                               continue_final_message=continue_final_message,
+                                               tokenize=False)
                 n = len(tok(text, add_special_tokens=False)["input_ids"])
                 if n >= self.model_config.max_model_len:
                     raise ValueError(f"The decoder prompt (length {n}) plus the number of "
@@ -278,6 +284,52 @@ def test_vllm_completions_hold_the_templates_pre_fill(fake_vllm: Path, tmp_path:
     monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(build_tiny_model(tmp_path / "tok", prefill)))
     got = VLLMEngine("m").generate(REQUESTS[:1], SamplingParams(max_tokens=4))[0][0].text
     assert got == "<think>" + plain
+
+
+CONTINUED = [{"role": "user", "content": "What is 2 + 2?"},
+             {"role": "assistant", "content": "2 + 2 is"}]  # a corrected reasoning prefix
+
+
+def test_a_trailing_assistant_message_is_continued_not_answered(fake_vllm: Path) -> None:
+    """A request ending in an assistant message continues that message: vLLM's chat() takes the
+    template flags per call, so a mixed batch is one call per kind, put back in request order."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine("m")
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=5, seed=11, stop=("|STOP",))
+    other = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "so far"}]
+    out = engine.generate([REQUESTS[0], CONTINUED, REQUESTS[1], other], params)
+    chats = calls(fake_vllm, "chat")
+    assert sorted((c["add_generation_prompt"], c["continue_final_message"], c["last_roles"])
+                  for c in chats) == [(False, True, ["assistant", "assistant"]),
+                                      (True, False, ["user", "user"])]
+    heads = [row[0].text.split("|")[0] for row in out]
+    assert heads == ["What is 1 + 1?", "2 + 2 is", "What is 2 + 2?", "so far"]
+    assert all(len(row) == 2 for row in out)
+    assert engine.generate([CONTINUED], params)[0] == out[1]  # same seed alone as in the mix
+    assert calls(fake_vllm, "chat")[-1]["continue_final_message"] is True
+    engine.generate(REQUESTS[:1], params)  # fresh only: one call, as before
+    last = calls(fake_vllm, "chat")[-1]
+    assert (last["add_generation_prompt"], last["continue_final_message"]) == (True, False)
+
+
+def test_a_continuation_gets_no_pre_fill(fake_vllm: Path, tmp_path: Path, monkeypatch) -> None:
+    """The template's `<think>` pre-fill opened the assistant prefix the caller holds: put
+    before a continuation's text, the caller's prefix + text would carry it twice."""
+    from thinkwheel.engines.vllm import VLLMEngine
+
+    try:
+        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    prefill = TEMPLATE_PLAIN.replace("{{ '<|assistant|>\\n' }}{% endif %}",
+                                     "{{ '<|assistant|>\\n<think>' }}{% endif %}")
+    assert prefill != TEMPLATE_PLAIN
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(build_tiny_model(tmp_path / "tok", prefill)))
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=4, seed=3)
+    fresh, cont = VLLMEngine("m").generate([REQUESTS[0], CONTINUED], params)
+    assert all(c.text.startswith("<think>What is 1 + 1?|") for c in fresh)
+    assert all(c.text.startswith("2 + 2 is|") for c in cont)
 
 
 def test_a_broken_vllm_install_is_a_clear_error(fake_vllm: Path, monkeypatch) -> None:

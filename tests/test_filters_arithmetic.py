@@ -159,3 +159,35 @@ def test_filter_drops_false_arithmetic_with_the_claim_as_ref() -> None:
     kept = stage.filter_candidates(tasks, cands, verdicts, off, {})
     assert kept.filter(pl.col("drop_reason").is_null())["candidate_id"].sort().to_list() == [
         "c0", "c1", "c3"]
+
+
+@pytest.mark.parametrize(
+    ("text", "head"),
+    [
+        # the first false step, its value corrected; what followed it is gone
+        ("<think>9+5=16, 7+8+1=15. So 79 + 85 = 155.</think>\n155", "<think>9+5=14"),
+        ("<think>5-6=1, 8-1=7.", "<think>5-6=-1"),
+        ("x = 2+2 = 5 = 5", "x = 2+2 = 4"),  # a chain: the false link
+        ("12/4 + 4/4 = 5/4, simplify", "12/4 + 4/4 = 4"),
+        ("1/2 + 1/3 = 0.9 so", "1/2 + 1/3 = 0.8"),  # 5/6 to the places written
+        ("1/2 + 1/4 = 1/2 so", "1/2 + 1/4 = 3/4"),
+        # a list's last number is not the sum's left side: the first false step is later
+        ("add 12 and 8 = 20, so 3+4=8", "add 12 and 8 = 20, so 3+4=7"),
+    ],
+)
+def test_repair_head_corrects_the_first_false_step(text: str, head: str) -> None:
+    from thinkwheel.filters.arithmetic import repair_head
+
+    assert repair_head(text) == head
+    assert not false_claims(repair_head(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2+2=4, so 4", "7+6=15? no, 7+6=13", "2 > 3 so 5", "7 + 6 is 15 so", "no numbers", ""],
+)
+def test_repair_head_leaves_what_it_cannot_rewrite(text: str) -> None:
+    """True traces, refuted claims, inequalities and `is` claims are not rewritten."""
+    from thinkwheel.filters.arithmetic import repair_head
+
+    assert repair_head(text) is None

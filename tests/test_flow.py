@@ -940,3 +940,44 @@ def test_served_run_resends_only_what_a_crash_lost(tmp_path):
     assert resent == len(prompts) - answered
     assert pl.read_parquet(out / "round-0" / "candidates.parquet").height == 2 * len(prompts)
     assert cache.stat().st_size == 0  # emptied once the samples were stored
+
+
+def test_step_repair_adds_a_candidate_per_broken_task(flow_run, tmp_path):
+    """`sampling.repair` re-samples (it changes what is generated), keeps every sample as it
+    was, and adds one candidate per task whose samples all state false arithmetic: the bundled
+    model's own trace continued from its corrected step, stating no false step, marked in its
+    gen_params and counted in the manifest; the GRPO band reads the model's own samples only."""
+    import shutil
+
+    from thinkwheel.engines.factory import make_engine, resolve_model
+    from thinkwheel.filters.arithmetic import false_claims
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    first = store.read_table(0, "candidates")
+    cfg = parse_config({**SMALL, "sampling": {**SMALL["sampling"], "repair": 4}})
+    model = resolve_model(cfg.engine)
+    cands = steps.sample(store, cfg, 0, model, lambda m: make_engine(cfg.engine, m))
+    n = cfg.sampling.n
+    own, extra = cands.filter(pl.col("sample_idx") < n), cands.filter(pl.col("sample_idx") >= n)
+    assert own.sort("candidate_id").select("candidate_id", "completion").equals(
+        first.sort("candidate_id").select("candidate_id", "completion"))
+    assert extra.height >= 1 and (extra["sample_idx"] == n).all()
+    assert store.stage_entry(0, "sample")["repaired"] == extra.height
+    broken = own.group_by("task_id").agg(
+        pl.col("completion").map_elements(lambda t: bool(false_claims(t)),
+                                          return_dtype=pl.Boolean).all().alias("broken"))
+    assert set(extra["task_id"]) <= set(broken.filter("broken")["task_id"])
+    for row in extra.iter_rows(named=True):
+        assert not false_claims(row["completion"])
+        assert json.loads(row["gen_params"])["repairs"] >= 1
+    steps.verify(store, cfg, 0)
+    steps.filter_and_select(store, cfg, 0)
+    steps.export(store, cfg, 0, model)
+    # pass rates over the model's own n samples: a passing repaired trace made 1 of 4 a rate
+    verdicts = store.read_table(0, "verdicts")
+    assert verdicts.filter(pl.col("candidate_id").is_in(extra["candidate_id"].implode()))["passed"].any()
+    grpo = pl.read_parquet(out / "round-0" / "curated" / "grpo.parquet")
+    assert grpo.height and ((grpo["pass_rate"] * n).round(6) % 1 == 0).all()

@@ -10,7 +10,7 @@ SFT and GRPO ask these questions once per tokenizer and train on the tokens the 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -26,9 +26,23 @@ def has_generation_markers(tokenizer: Any) -> bool:
     return GENERATION_TAG.search(template) is not None
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def continues(messages: Sequence[Mapping[str, str]]) -> bool:
+    """A request ending in an assistant turn asks the engine to go on with that turn (vLLM's and
+    transformers' `continue_final_message`): the reply is only the text written after it."""
+    return bool(messages) and messages[-1].get("role") == "assistant"
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], prefill: str | None = None) -> str:
     """The prompt text the transformers engine generates from: the chat template with the
-    generation prompt, or, for a base model without one, the turns' text one per line."""
+    generation prompt, or, for a base model without one, the turns' text one per line.
+
+    A final assistant turn is continued: it follows the generation prompt as the model wrote it,
+    less the pre-fill (`prefill`, found when not given) the template already put there."""
+    if continues(messages):
+        prompt = render_prompt(tokenizer, messages[:-1])
+        head = messages[-1]["content"]
+        prefill = generation_prefill(tokenizer) if prefill is None else prefill
+        return prompt + (head[len(prefill):] if prefill and head.startswith(prefill) else head)
     if not tokenizer.chat_template:
         return "\n".join(m["content"] for m in messages) + "\n"
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -241,6 +241,10 @@ class SamplingConfig(_Section):
     # hold it; SERVING keeps it out of the stage hashes, as its default for runs made before)
     shard_size: int = Field(32, ge=1, json_schema_extra=SERVING)
     keep_per_task: int = Field(4, ge=1)  # at most K verified candidates per task (ReST-EM)
+    # > 0: a task whose every sample states false arithmetic gets one more candidate, a sample
+    # continued from its first false step with the value corrected, at most this many times
+    # (generators/repair.py); 0 (the default, not hashed) samples as before
+    repair: int = Field(0, ge=0, json_schema_extra=ADDITIVE)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
 
     @model_validator(mode="after")

@@ -22,7 +22,8 @@ import polars as pl
 
 from thinkwheel.curated import inspect as ins
 from thinkwheel.curated.export import task_pass_rates
-from thinkwheel.records import VERDICTS, conform
+from thinkwheel.generators.repair import own_verdicts
+from thinkwheel.records import CANDIDATES, VERDICTS, conform
 
 TEXT_LIMIT = 2000  # characters of prompt/reasoning/answer kept per sample in the table
 LOG_SKIP = {"step", "epoch", "global_step", "round", "timestamp", "time"}
@@ -234,7 +235,9 @@ def render_report(
     funnels = {k: ins.funnel(rounds[k], t) for k, t in tables.items()}
     drops = {k: ins.drop_reasons(t) for k, t in tables.items()}
     rates = {
-        k: task_pass_rates(conform(rounds[k].get("verdicts", pl.DataFrame()), VERDICTS))
+        k: task_pass_rates(own_verdicts(conform(rounds[k].get("candidates", pl.DataFrame()),
+                                                CANDIDATES),
+                                        conform(rounds[k].get("verdicts", pl.DataFrame()), VERDICTS)))
         for k in tables
     }
     stages = (manifest or {}).get("rounds", {})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkwheel.chat_template import (
+    continues,
     decode_text,
     generation_prefill,
     prefilled_text,
@@ -145,8 +146,9 @@ class HFEngine:
         return cls(model_path, **kwargs)
 
     def render(self, request: Request) -> str:
-        """The prompt text a request turns into (chat template with the generation prompt)."""
-        return render_prompt(self.tokenizer, as_messages(request))
+        """The prompt text a request turns into (chat template with the generation prompt, and
+        a final assistant turn to continue after it)."""
+        return render_prompt(self.tokenizer, as_messages(request), self.prefill)
 
     def generate(
         self,
@@ -166,6 +168,8 @@ class HFEngine:
         draws = 1 if greedy else params.n  # greedy samples are identical: decode once, copy
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
         texts = [self.render(r) for r in requests]
+        # a continued turn's reply is the new text alone: the template's pre-fill is in the turn
+        prefills = ["" if continues(as_messages(r)) else self.prefill for r in requests]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         results: dict[tuple[int, int], Completion] = {}
         seqs: list[tuple[int, int, int]] = []  # (request index, sample index, sequence seed)
@@ -182,7 +186,8 @@ class HFEngine:
         with torch.inference_mode():
             for start in range(0, len(seqs), self.batch_size):
                 batch = seqs[start : start + self.batch_size]
-                outs = self._generate_batch([texts[i] for i, _, _ in batch], batch, params, greedy)
+                outs = self._generate_batch([texts[i] for i, _, _ in batch], batch, params, greedy,
+                                            [prefills[i] for i, _, _ in batch])
                 results.update({(i, j): c for (i, j, _), c in zip(batch, outs, strict=True)})
                 if progress is not None:
                     progress(len(batch) * (params.n if greedy else 1))
@@ -197,6 +202,7 @@ class HFEngine:
         batch: list[tuple[int, int, int]],
         params: SamplingParams,
         greedy: bool,
+        prefills: list[str],
     ) -> list[Completion]:
         import torch
         from transformers import LogitsProcessorList
@@ -229,7 +235,8 @@ class HFEngine:
             logits_processor=processors,
             stopping_criteria=self._stop_criterion(params.stop, prompt_len),
         )
-        return [self._completion(row[prompt_len:].tolist(), params, budget) for row in out]
+        return [self._completion(row[prompt_len:].tolist(), params, budget, prefill)
+                for row, prefill in zip(out, prefills, strict=True)]
 
     def _stop_criterion(self, stop: tuple[str, ...], prompt_len: int) -> Any:
         from transformers import StoppingCriteriaList, StopStringCriteria
@@ -242,7 +249,8 @@ class HFEngine:
             [_InGenerated(self._stop_criteria[stop], self.tokenizer, stop, prompt_len,
                           self.think_ids)])
 
-    def _completion(self, ids: list[int], params: SamplingParams, budget: int) -> Completion:
+    def _completion(self, ids: list[int], params: SamplingParams, budget: int,
+                    prefill: str) -> Completion:
         end = next((k + 1 for k, t in enumerate(ids) if t in self.eos_ids), None)
         hit_eos = end is not None
         ids = ids[:end] if hit_eos else ids
@@ -254,5 +262,5 @@ class HFEngine:
         if cut >= 0:
             text = text[:cut]
         reason = "stop" if hit_eos or cut >= 0 or len(ids) < budget else "length"
-        return Completion(text=prefilled_text(text, self.prefill), finish_reason=reason,
+        return Completion(text=prefilled_text(text, prefill), finish_reason=reason,
                           n_tokens=len(ids))

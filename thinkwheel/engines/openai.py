@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from thinkwheel.chat_template import continues
 from thinkwheel.engines.base import (
     OVER_CONTEXT,
     Completion,
@@ -343,12 +344,16 @@ class OpenAIEngine:
             body["stop"] = list(params.stop)
         if seed is not None:
             body["seed"] = seed
+        if continues(messages):  # vLLM's extra parameters: extend the last turn, no new header
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         return body
 
     async def _call(self, servers: _Servers, payload: dict[str, Any]) -> list[Completion]:
         """POST with retries; returns at least one parsed choice or raises EngineError. A failed
         call is retried at once when another server is up, else after a backoff."""
         stop = tuple(payload.get("stop", ()))
+        continued = continues(payload["messages"])
         for attempt in range(self.max_retries + 1):
             server = await servers.acquire()
             retry_after: float | None = None
@@ -357,7 +362,7 @@ class OpenAIEngine:
                 self.stats["calls"] += 1
                 self.stats[f"calls:{server.url}"] += 1
                 resp = await server.client.post("/chat/completions", json=payload)
-                out = _parse(resp, stop)
+                out = _parse(resp, stop, continued)
             except _Retryable as err:
                 reason, retry_after, said = err.reason, err.retry_after, err.said
             except httpx.TimeoutException:
@@ -393,7 +398,7 @@ def _loop_running() -> bool:
     return True
 
 
-def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
+def _parse(resp: httpx.Response, stop: tuple[str, ...], continued: bool = False) -> list[Completion]:
     if resp.status_code in RETRY_STATUS:
         after = resp.headers.get("retry-after")
         raise _Retryable(str(resp.status_code), float(after) if _is_number(after) else None,
@@ -405,7 +410,7 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
     try:
         body = resp.json()
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-        texts = [_with_reasoning(c["message"]) for c in choices]
+        texts = [_with_reasoning(c["message"], continued) for c in choices]
         reasons = [c.get("finish_reason") for c in choices]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise _Retryable("malformed", said=resp.text) from err
@@ -423,7 +428,7 @@ def _parse(resp: httpx.Response, stop: tuple[str, ...]) -> list[Completion]:
     return out
 
 
-def _with_reasoning(message: dict[str, Any]) -> str:
+def _with_reasoning(message: dict[str, Any], continued: bool = False) -> str:
     """The completion as the model wrote it. A server run with a reasoning parser (`vllm serve
     --reasoning-parser`, SGLang, DeepSeek's API) returns the thought apart, in `reasoning` (vLLM
     since 0.11) or `reasoning_content`, and only the answer in `content`; it goes back into
@@ -433,9 +438,16 @@ def _with_reasoning(message: dict[str, Any]) -> str:
     Without a parser, a template that pre-fills `<think>` (DeepSeek-R1-Distill, Qwen3) sends
     a closed thought with no opening tag, which gets its tag back here, as the transformers and
     vLLM engines restore the pre-fill. A thought such a server cut off has neither tag and
-    cannot be told from an answer: serve those models with `--reasoning-parser`."""
+    cannot be told from an answer: serve those models with `--reasoning-parser`.
+
+    A continuation (`continued`) gets no tag: the `<think>` is in the assistant prefix the
+    caller prepends, and the text is only what the model wrote after it."""
     content, part_thought = _parts(message.get("content"))
     thought = message.get("reasoning") or message.get("reasoning_content") or part_thought
+    if continued:
+        if isinstance(thought, str) and thought and content:
+            return f"{thought}</think>{content}"
+        return thought if isinstance(thought, str) and thought else content
     if not isinstance(thought, str) or not thought or "</think>" in content:
         if "</think>" in content and "<think>" not in content:
             return "<think>" + content

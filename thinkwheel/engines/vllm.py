@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkwheel.chat_template import (
+    continues,
     generation_prefill,
     prefilled_text,
     render_prompt,
@@ -108,24 +109,46 @@ class _Replica:
             )
             for msgs in messages
         ]
+        continued = [continues(m) for m in messages]
         if self.plain is not None:  # no chat template: vLLM's chat() refuses the model
             prompts = [{"prompt_token_ids": self.plain(render_prompt(self.plain, m),
                                                        add_special_tokens=False)["input_ids"]}
-                       for m in messages]
+                       for m in messages]  # render_prompt leaves a trailing assistant turn open
             outputs = self.llm.generate(prompts, sampling_params=per_request, use_tqdm=False,
                                         lora_request=self.lora)
         else:
-            outputs = self.llm.chat(
-                messages,
-                sampling_params=per_request,
-                use_tqdm=False,
-                lora_request=self.lora,
-                add_generation_prompt=True,
-            )
+            outputs = self._chat(messages, per_request, continued)
         if len(outputs) != len(messages):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
-        rows = [_completions(out, params, draws, self.prefill, self.drop) for out in outputs]
+        # a continuation's text is only what follows the given assistant prefix: the template's
+        # pre-fill (`<think>`) opened that prefix, not this text
+        rows = [_completions(out, params, draws, "" if cont else self.prefill, self.drop)
+                for out, cont in zip(outputs, continued, strict=True)]
         return [row * params.n for row in rows] if greedy else rows
+
+    def _chat(self, messages: list[list[dict[str, str]]], per_request: list[Any],
+              continued: list[bool]) -> list[Any]:
+        """`LLM.chat` over fresh and continued conversations, outputs in request order. The
+        template flags are per call (a continuation must not get a new assistant header, and
+        vLLM refuses both flags at once), so a mixed batch is two calls."""
+        outputs: list[Any] = [None] * len(messages)
+        for cont in (False, True):
+            idx = [i for i, c in enumerate(continued) if c is cont]
+            if not idx:
+                continue
+            got = self.llm.chat(
+                [messages[i] for i in idx],
+                sampling_params=[per_request[i] for i in idx],
+                use_tqdm=False,
+                lora_request=self.lora,
+                add_generation_prompt=not cont,
+                continue_final_message=cont,
+            )
+            if len(got) != len(idx):
+                raise RuntimeError(f"vLLM returned {len(got)} outputs for {len(idx)} requests")
+            for i, out in zip(idx, got, strict=True):
+                outputs[i] = out
+        return outputs
 
 
 def turn_end_ids(llm: Any) -> list[int] | None:

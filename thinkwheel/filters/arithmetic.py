@@ -177,3 +177,48 @@ def false_claims(text: str | None) -> list[str]:
             if a is not None and b is not None and not _holds(left, a, rel, right, b):
                 bad.append(f"{left.strip()}{rel}{right.strip().rstrip('.')}")
     return bad
+
+
+def _written(value: Fraction, like: str) -> str:
+    """`value` as the trace would write it: an integer, a decimal to `like`'s places, or p/q."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    if m := re.search(r"\.(\d+)", like):
+        return f"{float(value):.{len(m.group(1))}f}"
+    return f"{value.numerator}/{value.denominator}"
+
+
+def repair_head(text: str) -> str | None:
+    """`text` up to its first false `lhs = rhs` claim, with `rhs` replaced by the true value,
+    or None when it states no false claim or the first one is not an `=` this can rewrite (an
+    inequality, `7 + 6 is 15`, a claim inside markup).
+
+    Why: a model continued from the corrected step writes a trace through the step it got
+    wrong (the carry, the borrow) that resampling almost never yields (bench/step_resample.py),
+    as a calculator fills in GSM8K's annotated steps (Cobbe et al. 2021). The first false claim
+    is found as `false_claims` reads the whole text (lists, refutations, aligned rows), clause
+    by clause, so a step it would not flag is never "corrected"."""
+    bad = false_claims(text)
+    if not bad:
+        return None
+    cuts = list(_CLAUSE.finditer(text))
+    starts = [0, *(m.end() for m in cuts)]
+    ends = [*(m.start() for m in cuts), len(text)]
+    for start, end in zip(starts, ends, strict=True):
+        if not false_claims(text[:end]):
+            continue
+        clause = text[start:end]
+        rels = list(_RELATION.finditer(clause))
+        edges = [0, *(x for m in rels for x in (m.start(), m.end())), len(clause)]
+        for i, rel in enumerate(rels):
+            left, right = clause[edges[2 * i]:edges[2 * i + 1]], clause[edges[2 * i + 2]:edges[2 * i + 3]]
+            claim = f"{left.strip()}{rel.group(0)}{right.strip().rstrip('.')}"
+            a = evaluate(left)
+            if claim not in bad or a is None or evaluate(right) is None:
+                continue
+            if rel.group(0) != "=":
+                return None
+            pad = right[: len(right) - len(right.lstrip())]
+            return text[:start] + clause[: edges[2 * i + 2]] + pad + _written(a, right)
+        return None
+    return None

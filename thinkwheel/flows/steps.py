@@ -22,6 +22,7 @@ from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
+from thinkwheel.generators.repair import own_verdicts, repaired
 from thinkwheel.store import (
     RunStore,
     atomic_write_bytes,
@@ -349,12 +350,15 @@ def _llm_tasks(engine: Engine, seeds: pl.DataFrame, cfg: RunConfig, k: int) -> l
 
 # ------------------------------------------------------------------ sample
 def candidate_rows(
-    tasks: pl.DataFrame, outs: list, model: str, params: SamplingParams, k: int
+    tasks: pl.DataFrame, outs: list, model: str, params: SamplingParams, k: int,
+    repairs: dict[int, tuple[Any, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    gen = params.as_dict()
+    """One row per sample; a task's repaired trace (`repairs`: task index -> (completion,
+    repairs made)) is one more, sample `n`, with `"repairs"` in its gen_params."""
     rows = []
-    for task, completions in zip(tasks.iter_rows(named=True), outs, strict=True):
-        for i, c in enumerate(completions):
+    for t, (task, completions) in enumerate(zip(tasks.iter_rows(named=True), outs, strict=True)):
+        extra = [(repairs[t][0], {**params.as_dict(), "repairs": repairs[t][1]})] if repairs and t in repairs else []
+        for i, (c, gen) in enumerate([*((c, params.as_dict()) for c in completions), *extra]):
             reasoning, answer = records.split_think(c.text)
             rows.append(
                 {
@@ -428,7 +432,8 @@ def sample(
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
         ticks = _Ticks(rep)
         outs = engine.generate(reqs, params, progress=ticks)
-        rows = candidate_rows(shard, outs, model_name, params, k)
+        fixed = repaired(engine, reqs, outs, params, s.repair) if s.repair else None
+        rows = candidate_rows(shard, outs, model_name, params, k, fixed)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
         rep.advance(max(0, shard.height * s.n - ticks.n))
     rep.finish()
@@ -449,6 +454,7 @@ def sample(
         k, "sample", input_hash=in_hash, config_hash=cfg_hash, count=cands.height,
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
         truncated=cut, **({"calls": calls} if calls else {}),
+        **({"repaired": int((cands["sample_idx"] >= s.n).sum())} if s.repair else {}),
     )
     store.drop_shards(k, "sample")
     if retried := {r.split(":", 1)[1]: n for r, n in calls.items() if r.startswith("retry:")}:
@@ -662,7 +668,8 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
         whole = pl.concat([whole, pl.Series("task_id", leaked_tasks(tasks, cfg.filters.quality),
                                             dtype=pl.Utf8)])
     grpo = grpo_frame(
-        tasks.filter(~pl.col("task_id").is_in(whole.implode())), task_pass_rates(verdicts),
+        tasks.filter(~pl.col("task_id").is_in(whole.implode())),
+        task_pass_rates(own_verdicts(cands, verdicts)),
         cfg.export.system_prompt, band=cfg.sampling.grpo_pass_band,
     )
     e = cfg.export

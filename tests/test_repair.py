@@ -1,0 +1,65 @@
+"""Step repair: traces continued from their first false step, corrected."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from thinkwheel import records
+from thinkwheel.engines.base import Completion, SamplingParams
+from thinkwheel.filters.arithmetic import false_claims
+from thinkwheel.generators.repair import own_verdicts, repaired
+
+
+class Scripted:
+    """An engine that answers a continued turn by what its script says comes after the head."""
+
+    def __init__(self, script: dict[str, str]) -> None:
+        self.script, self.calls = script, []
+
+    def generate(self, requests, params, progress=None):
+        self.calls.append(requests)
+        assert params.n == 1
+        return [[Completion(self.script[r[-1]["content"]], n_tokens=3)] for r in requests]
+
+
+def test_a_broken_trace_is_continued_from_each_corrected_step() -> None:
+    engine = Scripted({
+        "<think>9+5=14": ", 7+8+1=15. So 79 + 85 = 155.</think>\n155",  # errs again
+        "<think>9+5=14, 7+8+1=16": ". So 79 + 85 = 164.</think>\n164",
+    })
+    reqs = [[{"role": "user", "content": "What is 79 + 85?"}]]
+    outs = [[Completion("<think>9+5=16, 7+8+1=15. So 79 + 85 = 155.</think>\n155"),
+             Completion("<think>9+5=15, 7+8=15.</think>\n155")]]
+    got = repaired(engine, reqs, outs, SamplingParams(n=2, temperature=0.8), 4)
+    (c, repairs), = got.values()
+    assert c.text == "<think>9+5=14, 7+8+1=16. So 79 + 85 = 164.</think>\n164"
+    assert repairs == 2 and c.n_tokens == 6 and not false_claims(c.text)
+    # each call continues the user's request as an assistant turn holding the corrected head
+    assert [r[0][-1] for r in engine.calls] == [
+        {"role": "assistant", "content": "<think>9+5=14"},
+        {"role": "assistant", "content": "<think>9+5=14, 7+8+1=16"}]
+    assert all(r[0][:-1] == reqs[0] for r in engine.calls)
+    # one repair allowed: the trace still states a false step, so there is nothing to add
+    assert repaired(Scripted(engine.script), reqs, outs, SamplingParams(n=2), 1) == {}
+
+
+def test_only_tasks_whose_every_sample_is_broken_are_repaired() -> None:
+    engine = Scripted({"<think>2+2=4": ". So 4.</think>\n4"})
+    reqs = [[{"role": "user", "content": "q"}]] * 3
+    outs = [
+        [Completion("<think>2+2=5.</think>5"), Completion("<think>2+2=4.</think>4")],  # one clean
+        [Completion("<think>2+2=5.</think>5"), Completion("")],  # one empty
+        [Completion("<think>so 2 > 3.</think>5"), Completion("<think>2+2=5.</think>5")],
+    ]
+    got = repaired(engine, reqs, outs, SamplingParams(n=2), 3)
+    # the third task's first sample states only an inequality: its second is the one repaired
+    assert list(got) == [2] and got[2][0].text == "<think>2+2=4. So 4.</think>\n4"
+    assert repaired(engine, reqs, outs, SamplingParams(n=2), 0) == {}
+
+
+def test_pass_rates_leave_repaired_traces_out() -> None:
+    gen = records.dumps(SamplingParams(n=1).as_dict())
+    fixed = records.dumps({**SamplingParams(n=1).as_dict(), "repairs": 1})
+    cands = pl.DataFrame({"candidate_id": ["a", "b"], "gen_params": [gen, fixed]})
+    verdicts = pl.DataFrame({"candidate_id": ["a", "b"], "passed": [False, True]})
+    assert own_verdicts(cands, verdicts)["candidate_id"].to_list() == ["a"]

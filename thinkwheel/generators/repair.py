@@ -1,0 +1,81 @@
+"""Step repair: a task whose every sample states false arithmetic gets one more candidate, its
+first repairable sample continued by the same model from its first false step, corrected.
+
+Why: what a model learns from its own verified samples is biased towards what it already
+solves. The bundled model's traces under-cover exactly the steps it gets wrong (carries,
+borrows; `bench/trace_coverage.py`), and no amount of resampling finds them: a task it fails
+twice it nearly always fails again, and re-sampling from the step before the error repeats the
+error (`bench/step_resample.py`). Corrected at that step (as a calculator fills in GSM8K's
+annotated steps, Cobbe et al. 2021), the model writes on through it, and a repaired trace that
+states no false step and reaches the verified answer is the data the flywheel was missing.
+The model still writes every step; the checker only supplies the value of a step it stated
+wrongly, at most `max_repairs` times per trace. The candidate goes through the verify stage
+and the filters like any other and is marked in its `gen_params` (`"repairs": k`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import polars as pl
+
+from thinkwheel.engines.base import Completion, Engine, Request, SamplingParams, as_messages
+from thinkwheel.filters.arithmetic import false_claims, repair_head
+
+
+def _broken(completions: Sequence[Completion]) -> bool:
+    """Every sample has text and states a false step: nothing the model wrote is clean."""
+    return bool(completions) and all(c.text and false_claims(c.text) for c in completions)
+
+
+def repaired(
+    engine: Engine,
+    requests: Sequence[Request],
+    outs: Sequence[Sequence[Completion]],
+    params: SamplingParams,
+    max_repairs: int,
+) -> dict[int, tuple[Completion, int]]:
+    """Request index -> (repaired completion, repairs made), for the requests whose samples all
+    state a false step and whose repaired trace states none. Each pass continues every open
+    trace in one engine call, so the cost is at most `max_repairs` calls of one sample each."""
+    one = replace(params, n=1)
+    open_: dict[int, tuple[str, str, int, int]] = {}  # index -> (head, text, repairs, tokens)
+    for i, completions in enumerate(outs):
+        if max_repairs < 1 or not _broken(completions):
+            continue
+        for c in completions:
+            if head := repair_head(c.text):
+                open_[i] = (head, c.text, 0, 0)
+                break
+    done: dict[int, tuple[Completion, int]] = {}
+    for _ in range(max_repairs):
+        turns = {i: head for i, (head, *_rest) in open_.items()}
+        if not turns:
+            break
+        order = sorted(turns)
+        calls = [[*as_messages(requests[i]), {"role": "assistant", "content": turns[i]}]
+                 for i in order]
+        for i, (c,) in zip(order, engine.generate(calls, one), strict=True):
+            head, _, repairs, tokens = open_[i]
+            text = head + c.text
+            repairs, tokens = repairs + 1, tokens + c.n_tokens
+            nxt = repair_head(text)
+            if not false_claims(text):
+                done[i] = (Completion(text=text, finish_reason=c.finish_reason, n_tokens=tokens),
+                           repairs)
+                del open_[i]
+            elif nxt is None or len(nxt) <= len(head):  # nothing more this can correct
+                del open_[i]
+            else:
+                open_[i] = (nxt, text, repairs, tokens)
+    return done
+
+
+def own_verdicts(cands: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
+    """The verdicts of the model's own samples: a repaired trace is not one the model wrote
+    alone, so a task's pass rate (the GRPO band, the report) leaves it out."""
+    if "gen_params" not in cands.columns or not cands.height:
+        return verdicts
+    fixed = cands.filter(pl.col("gen_params").str.contains('"repairs"', literal=True))
+    return verdicts.filter(~pl.col("candidate_id").is_in(fixed["candidate_id"].implode()))
