@@ -63,3 +63,20 @@ def test_pass_rates_leave_repaired_traces_out() -> None:
     cands = pl.DataFrame({"candidate_id": ["a", "b"], "gen_params": [gen, fixed]})
     verdicts = pl.DataFrame({"candidate_id": ["a", "b"], "passed": [False, True]})
     assert own_verdicts(cands, verdicts)["candidate_id"].to_list() == ["a"]
+
+
+def test_the_funnel_shows_repaired_candidates_only_when_repair_is_on(capsys) -> None:
+    from thinkwheel.cli import print_summary
+    from thinkwheel.flows.flywheel import _funnel_markdown
+
+    row = {"round": 0, "tasks": 4, "candidates": 9, "passed": 3, "kept": 2, "sft": 2, "grpo": 1,
+           "accuracy": 0.5, "clean_accuracy": 0.5}
+    base = {"accuracy": 0.25, "clean_accuracy": 0.25}
+    for fixed in (None, 1):
+        md = _funnel_markdown([{**row, "repaired": fixed}], base).splitlines()
+        assert len({line.count("|") for line in md}) == 1  # every row as wide as the header
+        assert ("repaired" in md[0]) is (fixed is not None)
+        assert md[-1].startswith("| 0 | 4 | 9 | " + ("1 | 3" if fixed else "3"))
+        print_summary({"base": base, "rounds": [{**row, "repaired": fixed}]})
+        printed = capsys.readouterr().out
+        assert printed.count("┳") == (9 if fixed else 8)  # one column more

@@ -417,8 +417,11 @@ def not_a_run_dir(out: Path) -> str | None:
 
 def print_summary(summary: dict) -> None:
     t = Table(title="flywheel funnel and held-out accuracy per round")
-    cols = ("round", "tasks", "candidates", "passed", "kept", "SFT", "GRPO", "accuracy", "clean")
-    for col in cols:
+    counts = ["tasks", "candidates", "passed", "kept", "sft", "grpo"]
+    if any(r.get("repaired") is not None for r in summary["rounds"]):  # sampling.repair on
+        counts.insert(2, "repaired")
+    for col in ("round", *(c if c in ("tasks", "candidates", "passed", "kept", "repaired")
+                           else c.upper() for c in counts), "accuracy", "clean"):
         t.add_column(col, justify="right")
 
     def pct(v: float | None) -> str:
@@ -426,9 +429,10 @@ def print_summary(summary: dict) -> None:
 
     base = summary.get("base")
     if base:
-        t.add_row("base", *[""] * 6, pct(base["accuracy"]), pct(base.get("clean_accuracy")))
+        t.add_row("base", *[""] * len(counts), pct(base["accuracy"]),
+                  pct(base.get("clean_accuracy")))
     for r in summary["rounds"]:
-        vals = [r[c] for c in ("tasks", "candidates", "passed", "kept", "sft", "grpo")]
+        vals = [r.get(c) for c in counts]
         t.add_row(str(r["round"]), *["" if v is None else str(v) for v in vals],
                   pct(r["accuracy"]), pct(r.get("clean_accuracy")))
     console.print(t)

@@ -72,17 +72,21 @@ eval_task = _task(steps.evaluate, name="evaluate")
 
 
 def _funnel_markdown(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> str:
-    head = "| round | tasks | candidates | passed | kept | SFT | GRPO | held-out acc | clean |\n"
-    head += "|---|---|---|---|---|---|---|---|---|\n"
+    fixed = any(r.get("repaired") is not None for r in rows)  # sampling.repair on
+    head = ("| round | tasks | candidates | " + ("repaired | " if fixed else "")
+            + "passed | kept | SFT | GRPO | held-out acc | clean |\n")
+    head += "|---" * (10 if fixed else 9) + "|\n"
 
     def num(v: float | None) -> str:
         return "" if v is None else f"{v:.3f}"
 
     if base:
-        head += f"| base | | | | | | | {num(base.get('accuracy'))} | {num(base.get('clean_accuracy'))} |\n"
+        head += ("| base | | | | | | | " + ("| " if fixed else "")
+                 + f"{num(base.get('accuracy'))} | {num(base.get('clean_accuracy'))} |\n")
     for r in rows:
         head += (
-            f"| {r['round']} | {r['tasks']} | {r['candidates']} | {r['passed']} | {r['kept']} "
+            f"| {r['round']} | {r['tasks']} | {r['candidates']} | "
+            + (f"{r.get('repaired')} | " if fixed else "") + f"{r['passed']} | {r['kept']} "
             f"| {r['sft']} | {r['grpo']} | {num(r['accuracy'])} | {num(r.get('clean_accuracy'))} |\n"
         )
     return head

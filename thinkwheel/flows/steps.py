@@ -1017,6 +1017,7 @@ def funnel_row(store: RunStore, k: int) -> dict[str, Any]:
         "round": k,
         "tasks": m.get("tasks", {}).get("count"),
         "candidates": m.get("sample", {}).get("count"),
+        "repaired": m.get("sample", {}).get("repaired"),  # of the candidates; None: repair off
         "passed": m.get("verify", {}).get("count"),
         "kept": m.get("filter", {}).get("count"),
         "sft": exp.get("sft"),

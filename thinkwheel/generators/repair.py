@@ -38,26 +38,26 @@ def repaired(
 ) -> dict[int, tuple[Completion, int]]:
     """Request index -> (repaired completion, repairs made), for the requests whose samples all
     state a false step and whose repaired trace states none. Each pass continues every open
-    trace in one engine call, so the cost is at most `max_repairs` calls of one sample each."""
+    trace in one engine call, so the cost is at most `max_repairs` calls of one sample each.
+    Each continuation has the whole `max_tokens` budget; `n_tokens` counts what they wrote."""
     one = replace(params, n=1)
-    open_: dict[int, tuple[str, str, int, int]] = {}  # index -> (head, text, repairs, tokens)
+    open_: dict[int, tuple[str, int, int]] = {}  # index -> (head, repairs made, tokens written)
     for i, completions in enumerate(outs):
         if max_repairs < 1 or not _broken(completions):
             continue
         for c in completions:
             if head := repair_head(c.text):
-                open_[i] = (head, c.text, 0, 0)
+                open_[i] = (head, 0, 0)
                 break
     done: dict[int, tuple[Completion, int]] = {}
     for _ in range(max_repairs):
-        turns = {i: head for i, (head, *_rest) in open_.items()}
-        if not turns:
+        if not open_:
             break
-        order = sorted(turns)
-        calls = [[*as_messages(requests[i]), {"role": "assistant", "content": turns[i]}]
+        order = sorted(open_)
+        calls = [[*as_messages(requests[i]), {"role": "assistant", "content": open_[i][0]}]
                  for i in order]
         for i, (c,) in zip(order, engine.generate(calls, one), strict=True):
-            head, _, repairs, tokens = open_[i]
+            head, repairs, tokens = open_[i]
             text = head + c.text
             repairs, tokens = repairs + 1, tokens + c.n_tokens
             nxt = repair_head(text)
@@ -68,7 +68,7 @@ def repaired(
             elif nxt is None or len(nxt) <= len(head):  # nothing more this can correct
                 del open_[i]
             else:
-                open_[i] = (nxt, text, repairs, tokens)
+                open_[i] = (nxt, repairs, tokens)
     return done
 
 
