@@ -208,3 +208,10 @@ def test_consensus_needs_two_votes(samples):
     """One sample was taken as agreement 1.0; none dropped every task as unanswered."""
     with pytest.raises(ConfigError, match="generate.consensus.samples"):
         parse_config({"generate": {"consensus": {"samples": samples}}})
+
+
+def test_step_repair_is_refused_for_a_served_model() -> None:
+    served = {"engine": {"kind": "openai"}, "train": {"sft": {"enabled": False}}}
+    with pytest.raises(ConfigError, match="sampling.repair needs engine.kind hf or vllm"):
+        parse_config({**served, "sampling": {"repair": 2}})
+    assert parse_config({"engine": {"kind": "vllm"}, "sampling": {"repair": 2}}).sampling.repair == 2

@@ -290,27 +290,47 @@ CONTINUED = [{"role": "user", "content": "What is 2 + 2?"},
              {"role": "assistant", "content": "2 + 2 is"}]  # a corrected reasoning prefix
 
 
-def test_a_trailing_assistant_message_is_continued_not_answered(fake_vllm: Path) -> None:
-    """A request ending in an assistant message continues that message: vLLM's chat() takes the
-    template flags per call, so a mixed batch is one call per kind, put back in request order."""
+def _tiny_tokenizer(tmp_path: Path, prefill: bool) -> str:
+    try:
+        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    except ImportError:  # tests/ imported as a package
+        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
+    template = TEMPLATE_PLAIN
+    if prefill:
+        template = TEMPLATE_PLAIN.replace("{{ '<|assistant|>\\n' }}{% endif %}",
+                                          "{{ '<|assistant|>\\n<think>' }}{% endif %}")
+        assert template != TEMPLATE_PLAIN
+    return str(build_tiny_model(tmp_path / "tok", template))
+
+
+def test_a_trailing_assistant_message_is_continued_not_answered(
+    fake_vllm: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A request ending in an assistant message continues that message. It goes as the token
+    ids of the transformers engine's prompt (the template's, then the turn as written): vLLM's
+    chat(continue_final_message=True) renders the turn through the template, which Qwen3's
+    garbles and R1-Distill's refuses. Fresh requests still go through chat(); the outputs come
+    back in request order."""
+    from transformers import AutoTokenizer
+
+    from thinkwheel.chat_template import render_prompt
     from thinkwheel.engines.vllm import VLLMEngine
 
+    path = _tiny_tokenizer(tmp_path, prefill=False)
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", path)
+    tok = AutoTokenizer.from_pretrained(path)
     engine = VLLMEngine("m")
     params = SamplingParams(n=2, temperature=1.0, max_tokens=5, seed=11, stop=("|STOP",))
-    other = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "so far"}]
-    out = engine.generate([REQUESTS[0], CONTINUED, REQUESTS[1], other], params)
-    chats = calls(fake_vllm, "chat")
-    assert sorted((c["add_generation_prompt"], c["continue_final_message"], c["last_roles"])
-                  for c in chats) == [(False, True, ["assistant", "assistant"]),
-                                      (True, False, ["user", "user"])]
-    heads = [row[0].text.split("|")[0] for row in out]
-    assert heads == ["What is 1 + 1?", "2 + 2 is", "What is 2 + 2?", "so far"]
+    out = engine.generate([REQUESTS[0], CONTINUED, REQUESTS[1]], params)
+    (chat,), (gen,) = calls(fake_vllm, "chat"), calls(fake_vllm, "generate")
+    assert chat["last_roles"] == ["user", "user"] and chat["add_generation_prompt"] is True
+    prompt = render_prompt(tok, CONTINUED)
+    assert prompt.endswith("<|assistant|>\n2 + 2 is")
+    assert gen["prompt_token_ids"] == [tok(prompt, add_special_tokens=False)["input_ids"]]
+    assert [out[i][0].text.split("|")[0] for i in (0, 2)] == ["What is 1 + 1?", "What is 2 + 2?"]
+    assert "2 + 2 is|seed=" in out[1][0].text  # the fake answers with the prompt it was given
     assert all(len(row) == 2 for row in out)
     assert engine.generate([CONTINUED], params)[0] == out[1]  # same seed alone as in the mix
-    assert calls(fake_vllm, "chat")[-1]["continue_final_message"] is True
-    engine.generate(REQUESTS[:1], params)  # fresh only: one call, as before
-    last = calls(fake_vllm, "chat")[-1]
-    assert (last["add_generation_prompt"], last["continue_final_message"]) == (True, False)
 
 
 def test_a_continuation_gets_no_pre_fill(fake_vllm: Path, tmp_path: Path, monkeypatch) -> None:
@@ -318,18 +338,11 @@ def test_a_continuation_gets_no_pre_fill(fake_vllm: Path, tmp_path: Path, monkey
     before a continuation's text, the caller's prefix + text would carry it twice."""
     from thinkwheel.engines.vllm import VLLMEngine
 
-    try:
-        from test_train_sft import TEMPLATE_PLAIN, build_tiny_model
-    except ImportError:  # tests/ imported as a package
-        from tests.test_train_sft import TEMPLATE_PLAIN, build_tiny_model
-    prefill = TEMPLATE_PLAIN.replace("{{ '<|assistant|>\\n' }}{% endif %}",
-                                     "{{ '<|assistant|>\\n<think>' }}{% endif %}")
-    assert prefill != TEMPLATE_PLAIN
-    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", str(build_tiny_model(tmp_path / "tok", prefill)))
+    monkeypatch.setenv("FAKE_VLLM_TOKENIZER", _tiny_tokenizer(tmp_path, prefill=True))
     params = SamplingParams(n=2, temperature=1.0, max_tokens=4, seed=3)
     fresh, cont = VLLMEngine("m").generate([REQUESTS[0], CONTINUED], params)
     assert all(c.text.startswith("<think>What is 1 + 1?|") for c in fresh)
-    assert all(c.text.startswith("2 + 2 is|") for c in cont)
+    assert all(not c.text.startswith("<think>") and "2 + 2 is|" in c.text for c in cont)
 
 
 def test_a_broken_vllm_install_is_a_clear_error(fake_vllm: Path, monkeypatch) -> None:

@@ -173,6 +173,13 @@ def test_filter_drops_false_arithmetic_with_the_claim_as_ref() -> None:
         ("1/2 + 1/4 = 1/2 so", "1/2 + 1/4 = 3/4"),
         # a list's last number is not the sum's left side: the first false step is later
         ("add 12 and 8 = 20, so 3+4=8", "add 12 and 8 = 20, so 3+4=7"),
+        # a bullet is no minus sign: `- 9 + 5 = 14` is true, the next step is the false one
+        ("<think>Add:\n- 9 + 5 = 14\n- 7 + 8 + 1 = 15\nSo", "<think>Add:\n- 9 + 5 = 14\n- 7 + 8 + 1 = 16"),
+        # a refuted claim is passed over; markup before the claim stays as written
+        ("Is 9+5=16? No, 9+5=14. Then 7+8+1=15.", "Is 9+5=16? No, 9+5=14. Then 7+8+1=16"),
+        ("**Step 1:** 9 + 5 = 16, then", "**Step 1:** 9 + 5 = 14"),
+        ("$5 + $6 = $12", "$5 + $6 = $11"),
+        ("1/3 = 0.3334 so", "1/3 = 0.3333"),  # to the places written
     ],
 )
 def test_repair_head_corrects_the_first_false_step(text: str, head: str) -> None:
@@ -184,10 +191,49 @@ def test_repair_head_corrects_the_first_false_step(text: str, head: str) -> None
 
 @pytest.mark.parametrize(
     "text",
-    ["2+2=4, so 4", "7+6=15? no, 7+6=13", "2 > 3 so 5", "7 + 6 is 15 so", "no numbers", ""],
+    ["2+2=4, so 4", "7+6=15? no, 7+6=13", "2 > 3 so 5", "7 + 6 is 15 so", "no numbers", "",
+     "14 = 9+6 so",  # the false side is an expression: its value is not what to write there
+     "2 > 3, so 2+2=5"],  # the first false claim is an inequality: left for the filter
 )
 def test_repair_head_leaves_what_it_cannot_rewrite(text: str) -> None:
-    """True traces, refuted claims, inequalities and `is` claims are not rewritten."""
+    """True traces, refuted claims, inequalities, `is` claims and false expressions are not
+    rewritten."""
     from thinkwheel.filters.arithmetic import repair_head
 
     assert repair_head(text) is None
+
+
+def test_a_bullet_is_not_a_minus_sign() -> None:
+    assert false_claims("Steps:\n- 9 + 5 = 14\n* 3 * 4 = 12\n• 2 + 2 = 4") == []
+    assert false_claims("- 9 + 5 = 15") == ["9 + 5=15"]
+    assert false_claims("x\n-9 + 5 = -4") == []  # a negative number is still one
+
+
+def test_repair_head_on_a_long_trace_is_a_few_checks() -> None:
+    """The first false clause is found by bisection: a 24k-character trace used to take
+    minutes (one whole-prefix check per clause)."""
+    from thinkwheel.filters import arithmetic
+    from thinkwheel.filters.arithmetic import repair_head
+
+    text = "".join(f"{i}+1={i + 1}, " for i in range(2000)) + "2+2=5"
+    calls = []
+    real = arithmetic.false_claims
+
+    def counted(t):
+        calls.append(1)
+        return real(t)
+
+    arithmetic.false_claims = counted
+    try:
+        assert repair_head(text).endswith(", 2+2=4")
+    finally:
+        arithmetic.false_claims = real
+    assert len(calls) < 20
+
+
+def test_a_corrected_decimal_is_exact_to_the_places_written() -> None:
+    from thinkwheel.filters.arithmetic import _written
+
+    # through a float, 1/3 to 19 places was 0.3333333333333333148: still false
+    assert _written(Fraction(1, 3), "0.3333333333333333334") == "0.3333333333333333333"
+    assert _written(Fraction(-7, 4), " $1.2") == "-$1.8" and _written(Fraction(6), "7.5") == "6"

@@ -80,3 +80,36 @@ def test_the_funnel_shows_repaired_candidates_only_when_repair_is_on(capsys) -> 
         print_summary({"base": base, "rounds": [{**row, "repaired": fixed}]})
         printed = capsys.readouterr().out
         assert printed.count("┳") == (9 if fixed else 8)  # one column more
+
+
+def test_a_continuation_refused_or_empty_ends_the_repair() -> None:
+    """A server refuses a continuation over its context with an empty answer: the head alone
+    states no false step, and was stored as a repaired trace."""
+
+    class Refusing:
+        def generate(self, requests, params, progress=None):
+            return [[Completion("", finish_reason="context_length")] for _ in requests]
+
+    outs = [[Completion("<think>9+5=16.</think>16")]]
+    reqs = [[{"role": "user", "content": "What is 9 + 5?"}]]
+    assert repaired(Refusing(), reqs, outs, SamplingParams(n=1), 3) == {}
+
+
+def test_dpo_pairs_leave_out_repaired_traces_that_were_not_kept() -> None:
+    from thinkwheel.generators.repair import dpo_candidates
+
+    gen = records.dumps(SamplingParams(n=1).as_dict())
+    fixed = records.dumps({**SamplingParams(n=1).as_dict(), "repairs": 1})
+    cands = pl.DataFrame({"candidate_id": ["own", "kept", "failed"], "gen_params": [gen, fixed, fixed]})
+    assert dpo_candidates(cands, ["kept"])["candidate_id"].to_list() == ["own", "kept"]
+
+
+def test_repair_does_not_regenerate_the_tasks() -> None:
+    """The tasks stage's key covers the sampling settings (the model writes and labels tasks
+    under them); step repair only adds candidates, so turning it on keeps them."""
+    from thinkwheel.config import parse_config
+    from thinkwheel.flows.steps import _generation
+
+    off, on = parse_config({}), parse_config({"sampling": {"repair": 4}})
+    assert _generation(off, repair=False) == _generation(on, repair=False)
+    assert _generation(off) != _generation(on)  # the sample stage re-samples

@@ -496,6 +496,18 @@ class RunConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _repair_runs_on_a_local_engine(self) -> RunConfig:
+        """Step repair continues a reply mid-thought: the local engines send the prompt as the
+        transformers engine renders it, a server renders the turn through its template (Qwen3's
+        puts an empty thought before it, R1-Distill's refuses one past `</think>`, OpenAI's API
+        refuses vLLM's `continue_final_message`)."""
+        if self.sampling.repair and self.engine.kind == "openai":
+            raise ValueError("sampling.repair needs engine.kind hf or vllm: a served model renders "
+                             "a continued reply through its chat template, which can change or "
+                             "refuse it; set sampling.repair: 0 for a served model")
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections: a stage re-runs only when its own config changed."""
         data = {s: hashed(getattr(self, s)) for s in sections}

@@ -110,45 +110,47 @@ class _Replica:
             for msgs in messages
         ]
         continued = [continues(m) for m in messages]
-        if self.plain is not None:  # no chat template: vLLM's chat() refuses the model
-            prompts = [{"prompt_token_ids": self.plain(render_prompt(self.plain, m),
-                                                       add_special_tokens=False)["input_ids"]}
-                       for m in messages]  # render_prompt leaves a trailing assistant turn open
-            outputs = self.llm.generate(prompts, sampling_params=per_request, use_tqdm=False,
-                                        lora_request=self.lora)
-        else:
-            outputs = self._chat(messages, per_request, continued)
-        if len(outputs) != len(messages):
-            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(messages)} requests")
+        # a continued turn is sent as the token ids of the transformers engine's prompt: through
+        # chat(continue_final_message=True) the template renders the turn, and Qwen3's puts an
+        # empty thought before it, R1-Distill's refuses one past </think>
+        as_ids = [i for i, cont in enumerate(continued) if cont or self.plain is not None]
+        as_chat = [i for i, cont in enumerate(continued) if not cont and self.plain is None]
+        outputs: list[Any] = [None] * len(messages)
+        if as_ids:
+            tok = self.plain if self.plain is not None else self.hf_tokenizer()
+            prompts = [{"prompt_token_ids": tok(render_prompt(tok, messages[i], self.prefill),
+                                                add_special_tokens=False)["input_ids"]}
+                       for i in as_ids]
+            got = self.llm.generate(prompts, sampling_params=[per_request[i] for i in as_ids],
+                                    use_tqdm=False, lora_request=self.lora)
+            self._place(outputs, as_ids, got)
+        if as_chat:
+            got = self.llm.chat([messages[i] for i in as_chat],
+                                sampling_params=[per_request[i] for i in as_chat],
+                                use_tqdm=False, lora_request=self.lora, add_generation_prompt=True)
+            self._place(outputs, as_chat, got)
         # a continuation's text is only what follows the given assistant prefix: the template's
         # pre-fill (`<think>`) opened that prefix, not this text
         rows = [_completions(out, params, draws, "" if cont else self.prefill, self.drop)
                 for out, cont in zip(outputs, continued, strict=True)]
         return [row * params.n for row in rows] if greedy else rows
 
-    def _chat(self, messages: list[list[dict[str, str]]], per_request: list[Any],
-              continued: list[bool]) -> list[Any]:
-        """`LLM.chat` over fresh and continued conversations, outputs in request order. The
-        template flags are per call (a continuation must not get a new assistant header, and
-        vLLM refuses both flags at once), so a mixed batch is two calls."""
-        outputs: list[Any] = [None] * len(messages)
-        for cont in (False, True):
-            idx = [i for i, c in enumerate(continued) if c is cont]
-            if not idx:
-                continue
-            got = self.llm.chat(
-                [messages[i] for i in idx],
-                sampling_params=[per_request[i] for i in idx],
-                use_tqdm=False,
-                lora_request=self.lora,
-                add_generation_prompt=not cont,
-                continue_final_message=cont,
-            )
-            if len(got) != len(idx):
-                raise RuntimeError(f"vLLM returned {len(got)} outputs for {len(idx)} requests")
-            for i, out in zip(idx, got, strict=True):
-                outputs[i] = out
-        return outputs
+    @staticmethod
+    def _place(outputs: list[Any], idx: list[int], got: list[Any]) -> None:
+        if len(got) != len(idx):
+            raise RuntimeError(f"vLLM returned {len(got)} outputs for {len(idx)} requests")
+        for i, out in zip(idx, got, strict=True):
+            outputs[i] = out
+
+    def hf_tokenizer(self) -> Any:
+        """The model's transformers tokenizer, which renders a continued turn as the transformers
+        engine does; vLLM's Mistral tokenizer has no chat template of that kind."""
+        tok = self.llm.get_tokenizer()
+        if getattr(tok, "IS_MISTRAL_TOKENIZER", False) or not hasattr(tok, "apply_chat_template"):
+            raise RuntimeError("continuing a reply (sampling.repair) needs the model's "
+                               "transformers tokenizer; vLLM's Mistral tokenizer has none: "
+                               "set sampling.repair: 0 for this model")
+        return tok
 
 
 def turn_end_ids(llm: Any) -> list[int] | None:

@@ -44,6 +44,8 @@ _OPERATION = re.compile(r"\d\s*(?:[+\-*/×·÷−]|\\times|\\cdot|\\div|\bx\b)\s
 # end a clause: `<think>ok</think>7+6=15` claims 7+6=15; so do a LaTeX row break `\\` and
 # an environment's \begin{aligned} / \end{aligned}
 _BREAK = re.compile(r"</?think>|\\\\|\\(?:begin|end)\{\w+\*?\}")
+# a list's bullet at the start of a line (`- 9 + 5 = 14`) is no minus sign
+_BULLET = re.compile(r"(?m)^([ \t]*)[-*•](?=[ \t])")
 _LIST_CUT = re.compile(r",\s*|\band\b", re.IGNORECASE)  # what joins the numbers of a list
 # `7 x 6` and `7×6`; not `3x = 12` (no digit after x) nor hex `0x10` (no spaces)
 _TIMES_X = re.compile(r"(?<=\d)(?:\s+x\s+|\s*×\s*)(?=\d)")
@@ -62,6 +64,7 @@ _ARITH_TAIL = re.compile(r"\d[\d\s.,]*(?:[+\-*/×·÷][\d\s.,()]*)+\d\)?$")
 
 _ENDS_IN_NUMBER = re.compile(r"\d\s*$")
 _LONE_NUMBER = re.compile(r"^\s*\$?-?[\d.,]+\s*$")
+_VALUE = re.compile(r"^\s*\$?-?[\d.,]+(?:\s*/\s*\d+)?\s*$")  # a number or p/q: a value as written
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
@@ -145,7 +148,7 @@ def false_claims(text: str | None) -> list[str]:
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    text = _is_claims(_MARKUP.sub(" ", _BREAK.sub("\n", text or "")))
+    text = _is_claims(_MARKUP.sub(" ", _BULLET.sub(r"\1 ", _BREAK.sub("\n", text or ""))))
     cuts = list(_CLAUSE.finditer(text))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]
@@ -180,45 +183,64 @@ def false_claims(text: str | None) -> list[str]:
 
 
 def _written(value: Fraction, like: str) -> str:
-    """`value` as the trace would write it: an integer, a decimal to `like`'s places, or p/q."""
+    """`value` as `like` writes a number: an integer, a decimal to its places, or p/q (a `$`
+    before it kept)."""
+    cur = "$" if like.lstrip().startswith("$") else ""
     if value.denominator == 1:
-        return str(value.numerator)
+        return f"{cur}{value.numerator}"
     if m := re.search(r"\.(\d+)", like):
-        return f"{float(value):.{len(m.group(1))}f}"
-    return f"{value.numerator}/{value.denominator}"
+        places = len(m.group(1))
+        q = round(value * 10**places)  # exact: float would write 1/3 as 0.3333333333333333148
+        sign, q = ("-" if q < 0 else ""), abs(q)
+        return f"{sign}{cur}{q // 10**places}.{q % 10**places:0{places}d}"
+    return f"{cur}{value.numerator}/{value.denominator}"
+
+
+def _same_length(text: str) -> str:
+    """What `false_claims` reads (tags and LaTeX breaks as new lines, markup and bullets as
+    spaces), with every character where it was, so a claim found in it is cut from `text`."""
+    text = _BREAK.sub(lambda m: "\n" + " " * (len(m.group()) - 1), text)
+    text = _BULLET.sub(lambda m: m.group(1) + " ", text)
+    return _MARKUP.sub(lambda m: " " * len(m.group()), text)
 
 
 def repair_head(text: str) -> str | None:
-    """`text` up to its first false `lhs = rhs` claim, with `rhs` replaced by the true value,
-    or None when it states no false claim or the first one is not an `=` this can rewrite (an
-    inequality, `7 + 6 is 15`, a claim inside markup).
+    """`text` up to its first false `expr = value` claim, with `value` replaced by the true
+    value, or None when it states no false claim or the first one is not such a claim (an
+    inequality, `7 + 6 is 15`, a false expression on the right: `14 = 9+6`).
 
     Why: a model continued from the corrected step writes a trace through the step it got
     wrong (the carry, the borrow) that resampling almost never yields (bench/step_resample.py),
-    as a calculator fills in GSM8K's annotated steps (Cobbe et al. 2021). The first false claim
-    is found as `false_claims` reads the whole text (lists, refutations, aligned rows), clause
-    by clause, so a step it would not flag is never "corrected"."""
+    as a calculator fills in GSM8K's annotated steps (Cobbe et al. 2021). The claim is one
+    `false_claims` finds in the whole text (lists, refutations, aligned rows), so a step it
+    would not flag is never "corrected"; its clause is found by bisection over prefixes (a
+    longer prefix states what a shorter one does), so a long trace costs a few checks."""
     bad = false_claims(text)
     if not bad:
         return None
-    cuts = list(_CLAUSE.finditer(text))
+    plain = _same_length(text)
+    cuts = list(_CLAUSE.finditer(plain))
     starts = [0, *(m.end() for m in cuts)]
-    ends = [*(m.start() for m in cuts), len(text)]
-    for start, end in zip(starts, ends, strict=True):
-        if not false_claims(text[:end]):
-            continue
-        clause = text[start:end]
+    ends = [*(m.start() for m in cuts), len(plain)]
+
+    def states(j: int) -> bool:
+        return any(c in bad for c in false_claims(text[: ends[j]]))
+
+    lo, hi = 0, len(ends) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if states(mid) else (mid + 1, hi)
+    for start, end in zip(starts[lo:], ends[lo:], strict=True):
+        clause = plain[start:end]
         rels = list(_RELATION.finditer(clause))
         edges = [0, *(x for m in rels for x in (m.start(), m.end())), len(clause)]
         for i, rel in enumerate(rels):
             left, right = clause[edges[2 * i]:edges[2 * i + 1]], clause[edges[2 * i + 2]:edges[2 * i + 3]]
-            claim = f"{left.strip()}{rel.group(0)}{right.strip().rstrip('.')}"
+            if f"{left.strip()}{rel.group(0)}{right.strip().rstrip('.')}" not in bad:
+                continue  # true, or refuted later in the text
             a = evaluate(left)
-            if claim not in bad or a is None or evaluate(right) is None:
-                continue
-            if rel.group(0) != "=":
-                return None
+            if rel.group(0) != "=" or a is None or not _VALUE.match(right.rstrip(".")):
+                return None  # the first false claim is not one this can rewrite
             pad = right[: len(right) - len(right.lstrip())]
-            return text[:start] + clause[: edges[2 * i + 2]] + pad + _written(a, right)
-        return None
+            return text[: start + edges[2 * i + 2]] + pad + _written(a, right)
     return None

@@ -22,7 +22,7 @@ from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
-from thinkwheel.generators.repair import own_verdicts, repaired
+from thinkwheel.generators.repair import dpo_candidates, own_verdicts, repaired
 from thinkwheel.store import (
     RunStore,
     atomic_write_bytes,
@@ -96,10 +96,12 @@ def _reused(store: RunStore, k: int | str, stage: str, in_hash: str, cfg_hash: s
 _CURATION = ("keep_per_task", "grpo_pass_band")
 
 
-def _generation(cfg: RunConfig) -> str:
+def _generation(cfg: RunConfig, *, repair: bool = True) -> str:
     """What shapes a generated text: the sampling and engine settings, and the system prompt
-    (the only part of `export` a model sees; switching formats must not throw samples away)."""
-    shaping = {k: v for k, v in hashed(cfg.sampling).items() if k not in _CURATION}
+    (the only part of `export` a model sees; switching formats must not throw samples away).
+    `repair` off for the tasks stage: step repair changes the candidates, not the tasks."""
+    drop = _CURATION if repair else (*_CURATION, "repair")
+    shaping = {k: v for k, v in hashed(cfg.sampling).items() if k not in drop}
     return _hash(shaping, cfg.section_hash("engine"), cfg.export.system_prompt)
 
 
@@ -196,7 +198,7 @@ def make_tasks(
     cfg_hash = cfg.section_hash("generate", "filters")
     if llm:  # the model writes and labels tasks: with the engine and sampling settings, under
         # the system prompt, and consensus judges agreement with the verify settings and plugins
-        cfg_hash = _hash(cfg_hash, _generation(cfg), cfg.section_hash("verify"),
+        cfg_hash = _hash(cfg_hash, _generation(cfg, repair=False), cfg.section_hash("verify"),
                          _plugin_code(unlabeled))
     if _reused(store, k, "tasks", in_hash, cfg_hash):
         return store.read_table(k, "tasks")
@@ -475,7 +477,9 @@ def _reask_over_context(store: RunStore, cfg: RunConfig, k: int, tasks: pl.DataF
     """The stored candidates, with the samples the server refused as over its context asked for
     again (the same ids: sample i of a task is the same candidate); the stage is re-marked only
     when an answer came back."""
-    over = cands.filter(pl.col("finish_reason") == "context_length")["task_id"].unique()
+    # the model's own samples: a repaired trace is never stored over the context
+    over = cands.filter((pl.col("finish_reason") == "context_length")
+                        & (pl.col("sample_idx") < cfg.sampling.n))["task_id"].unique()
     if over.is_empty():
         return cands
     redo = tasks.filter(pl.col("task_id").is_in(over.implode()))
@@ -674,7 +678,8 @@ def export(store: RunStore, cfg: RunConfig, k: int, generator_model: str) -> dic
     )
     e = cfg.export
     dpo = (
-        dpo_frame(tasks, cands, verdicts, filtered, e.system_prompt, e.dpo_pairs_per_task)
+        dpo_frame(tasks, dpo_candidates(cands, kept_ids), verdicts, filtered, e.system_prompt,
+                  e.dpo_pairs_per_task)
         if e.dpo_pairs_per_task
         else None
     )

@@ -58,6 +58,9 @@ def repaired(
                  for i in order]
         for i, (c,) in zip(order, engine.generate(calls, one), strict=True):
             head, repairs, tokens = open_[i]
+            if not c.text or c.finish_reason == "context_length":  # no continuation came back
+                del open_[i]
+                continue
             text = head + c.text
             repairs, tokens = repairs + 1, tokens + c.n_tokens
             nxt = repair_head(text)
@@ -72,10 +75,21 @@ def repaired(
     return done
 
 
+def repaired_ids(cands: pl.DataFrame) -> pl.Series:
+    """The ids of the repaired candidates (`"repairs"` in their gen_params)."""
+    if "gen_params" not in cands.columns:
+        return pl.Series("candidate_id", [], dtype=pl.Utf8)
+    return cands.filter(pl.col("gen_params").str.contains('"repairs"', literal=True))["candidate_id"]
+
+
 def own_verdicts(cands: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
     """The verdicts of the model's own samples: a repaired trace is not one the model wrote
-    alone, so a task's pass rate (the GRPO band, the report) leaves it out."""
-    if "gen_params" not in cands.columns or not cands.height:
-        return verdicts
-    fixed = cands.filter(pl.col("gen_params").str.contains('"repairs"', literal=True))
-    return verdicts.filter(~pl.col("candidate_id").is_in(fixed["candidate_id"].implode()))
+    alone, so a task's pass rate (the GRPO band, the report's histogram) leaves it out."""
+    return verdicts.filter(~pl.col("candidate_id").is_in(repaired_ids(cands).implode()))
+
+
+def dpo_candidates(cands: pl.DataFrame, kept_ids: list[str]) -> pl.DataFrame:
+    """The candidates DPO pairs are drawn from: a repaired trace that was not kept is no
+    rejected answer, since its wrong part may be the step the checker corrected."""
+    dropped = repaired_ids(cands).filter(~repaired_ids(cands).is_in(kept_ids))
+    return cands.filter(~pl.col("candidate_id").is_in(dropped.implode()))
