@@ -221,10 +221,13 @@ def test_write_dataset_all_formats_round_trip(frames, tmp_path, capfd):
     sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
     grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM)
     out = tmp_path / "curated"
+    # the user's setting: on, unless an import of the flow (which quiets the libraries through
+    # the environment, read when `datasets` is imported) came first in this process
+    before = datasets.are_progress_bars_disabled()
     info = export.write_dataset(sft, grpo, out, card="---\nlicense: apache-2.0\n---\n# card\n")
     # the hf write printed a "Saving the dataset" bar per split; the user's own setting stays
     assert "Saving the dataset" not in capfd.readouterr().err
-    assert not datasets.are_progress_bars_disabled()
+    assert datasets.are_progress_bars_disabled() is before
     assert info["counts"] == {"sft": 5, "grpo": 3}
     assert {
         "sft.parquet",

@@ -113,3 +113,26 @@ def test_repair_does_not_regenerate_the_tasks() -> None:
     off, on = parse_config({}), parse_config({"sampling": {"repair": 4}})
     assert _generation(off, repair=False) == _generation(on, repair=False)
     assert _generation(off) != _generation(on)  # the sample stage re-samples
+
+
+def test_the_sft_set_and_its_card_say_which_traces_were_repaired() -> None:
+    from thinkwheel.curated.card import dataset_card
+    from thinkwheel.curated.export import sft_frame
+
+    task = {"task_id": "t", "round": 0, "domain": "math", "family": "addition",
+            "source": "procedural:addition", "prompt": "What is 9 + 5?", "reference": "14",
+            "verifier": "math"}
+    gen = SamplingParams(n=1).as_dict()
+    cands = records.frame([
+        {"candidate_id": c, "task_id": "t", "round": 0, "sample_idx": i, "model": "m",
+         "completion": text, "reasoning": text[7:-11], "answer": "14",
+         "gen_params": records.dumps(g)}
+        for i, (c, text, g) in enumerate([
+            ("own", "<think>9+5=14</think>\n14", gen),
+            ("fixed", "<think>9+5=14.</think>\n14", {**gen, "repairs": 2})])
+    ], records.CANDIDATES)
+    sft = sft_frame(records.frame([task], records.TASKS), cands, ["own", "fixed"], "sys")
+    assert dict(zip(sft["candidate_id"], sft["repairs"], strict=True)) == {"own": 0, "fixed": 2}
+    card = dataset_card(sft, sft.head(0))
+    assert "1 of the 2 SFT solutions were repaired" in card
+    assert "were repaired" not in dataset_card(sft.filter(pl.col("repairs") == 0), sft.head(0))

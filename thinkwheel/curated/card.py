@@ -133,6 +133,8 @@ def dataset_card(
         "filters": filter_settings(config),
         "decontamination": decontam,
         "funnel": funnel.to_dicts() if funnel is not None else None,
+        # SFT rows whose trace the checker corrected at a false step (sampling.repair)
+        "repaired": int((sft["repairs"] > 0).sum()) if "repairs" in sft.columns else 0,
     }
     front = {
         "license": license,
@@ -203,6 +205,14 @@ def _dpo_line(m: Mapping[str, Any]) -> str:
     )
 
 
+def _repaired_line(m: dict[str, Any]) -> str:
+    if not m.get("repaired"):
+        return ""
+    return (f"\n{m['repaired']} of the {m['counts']['sft']} SFT solutions were repaired: the model's "
+            "trace continued from its first false arithmetic step with the value corrected "
+            "(`repairs` > 0; sampling.repair).")
+
+
 def _labelled_line(m: Mapping[str, Any]) -> str:
     n = m.get("model_labelled") or {}
     if not any(n.values()):
@@ -227,11 +237,11 @@ def _body(name: str, m: Mapping[str, Any], data_format: str) -> str:
 Synthetic reasoning data made by thinkwheel, round {m["round"]}:
 candidate solutions were sampled from `{m["generator_model"]}`, each was checked by a verifier,
 and the survivors of decontamination, quality filters and near-dedup were kept, at most
-{f["keep_per_task"]} per task.{_labelled_line(m)}
+{f["keep_per_task"]} per task.{_labelled_line(m)}{_repaired_line(m)}
 
 - **sft** ({m["counts"]["sft"]} rows): `messages` = [system, user, assistant]; the assistant
   turn is exactly `<think>` + reasoning + `</think>` + newline + answer. Lineage columns:
-  task_id, candidate_id, round, domain, family, source, verifier, model.
+  task_id, candidate_id, round, domain, family, source, verifier, model, repairs.
 - **grpo** ({m["counts"]["grpo"]} rows): conversational `prompt` = [system, user], plus
   `reference`, `tests` and `verifier` for the reward, and the task's `pass_rate`.{_dpo_line(m)}
 

@@ -44,6 +44,7 @@ SFT_LINEAGE = [
     "source",
     "verifier",
     "model",
+    "repairs",  # steps the checker corrected (sampling.repair); 0: the model's own sample
 ]
 GRPO_COLUMNS = [
     "prompt",
@@ -122,6 +123,8 @@ def sft_frame(
         "source",
         "verifier",
         "model",
+        pl.col("gen_params").str.json_path_match("$.repairs").cast(pl.Int32).fill_null(0)
+        .alias("repairs"),
     )
 
 
