@@ -422,7 +422,9 @@ def sample(
     done = store.done_shards(k, "sample", key)
     todo = [i for i in range(n_shards) if i not in done]
     rep = reporter()
-    rep.start(f"round {k}: sampling {s.n}x{tasks.height}", tasks.height * s.n)
+    # step repair's continuations run inside each shard: the bar names them
+    rep.start(f"round {k}: sampling {s.n}x{tasks.height}" + (" + step repair" if s.repair else ""),
+              tasks.height * s.n)
     rep.advance(min(len(done) * s.shard_size, tasks.height) * s.n)
     engine = engines(model_dir) if todo else None
     # the flow keeps one engine per model: its counts include the base eval's calls, so the
@@ -469,6 +471,9 @@ def sample(
     over = int((cands["finish_reason"] == "context_length").sum())
     if w := context_warning(f"round {k}: candidates", over, cands.height, "sampling.max_tokens"):
         rep.message(w)
+    if s.repair:
+        rep.message(f"round {k}: step repair added {int((cands['sample_idx'] >= s.n).sum())} "
+                    "candidates, traces continued from a corrected false step")
     return cands
 
 
