@@ -420,8 +420,8 @@ def print_summary(summary: dict) -> None:
     counts = ["tasks", "candidates", "passed", "kept", "sft", "grpo"]
     if any(r.get("repaired") is not None for r in summary["rounds"]):  # sampling.repair on
         counts.insert(2, "repaired")
-    for col in ("round", *(c if c in ("tasks", "candidates", "passed", "kept", "repaired")
-                           else c.upper() for c in counts), "accuracy", "clean"):
+    for col in ("round", *(c.upper() if c in ("sft", "grpo") else c for c in counts),
+                "accuracy", "clean"):
         t.add_column(col, justify="right")
 
     def pct(v: float | None) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.config import ExportConfig
+from thinkwheel.generators.repair import repairs_made
 from thinkwheel.generators.selection import candidate_outcomes  # noqa: F401 (re-exported)
 from thinkwheel.generators.selection import pass_rates as task_pass_rates  # noqa: F401
 from thinkwheel.records import CANDIDATES, TASKS, conform
@@ -123,8 +124,7 @@ def sft_frame(
         "source",
         "verifier",
         "model",
-        pl.col("gen_params").str.json_path_match("$.repairs").cast(pl.Int32).fill_null(0)
-        .alias("repairs"),
+        repairs_made().alias("repairs"),
     )
 
 

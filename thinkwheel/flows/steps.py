@@ -22,7 +22,7 @@ from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.flows.progress import reporter
-from thinkwheel.generators.repair import dpo_candidates, own_verdicts, repaired
+from thinkwheel.generators.repair import dpo_candidates, own_verdicts, repaired, repaired_ids
 from thinkwheel.store import (
     RunStore,
     atomic_write_bytes,
@@ -357,10 +357,12 @@ def candidate_rows(
 ) -> list[dict[str, Any]]:
     """One row per sample; a task's repaired trace (`repairs`: task index -> (completion,
     repairs made)) is one more, sample `n`, with `"repairs"` in its gen_params."""
-    rows = []
+    own, rows = params.as_dict(), []
     for t, (task, completions) in enumerate(zip(tasks.iter_rows(named=True), outs, strict=True)):
-        extra = [(repairs[t][0], {**params.as_dict(), "repairs": repairs[t][1]})] if repairs and t in repairs else []
-        for i, (c, gen) in enumerate([*((c, params.as_dict()) for c in completions), *extra]):
+        samples = [(c, own) for c in completions]
+        if repairs and t in repairs:
+            samples.append((repairs[t][0], {**own, "repairs": repairs[t][1]}))
+        for i, (c, gen) in enumerate(samples):
             reasoning, answer = records.split_think(c.text)
             rows.append(
                 {
@@ -453,12 +455,13 @@ def sample(
             "context length (vllm serve --max-model-len)? Lower it, or serve a longer context")
     path = store.write_table(k, "candidates", cands)
     cut = int((cands["finish_reason"] == "length").sum())
+    n_repaired = repaired_ids(cands).len()
     calls = dict(Counter(getattr(engine, "stats", None) or {}) - before)  # a served model's, per server
     store.mark_stage(
         k, "sample", input_hash=in_hash, config_hash=cfg_hash, count=cands.height,
         seconds=time.time() - t0, outputs=[path], shards=n_shards, shards_reused=len(done),
         truncated=cut, **({"calls": calls} if calls else {}),
-        **({"repaired": int((cands["sample_idx"] >= s.n).sum())} if s.repair else {}),
+        **({"repaired": n_repaired} if s.repair else {}),
     )
     store.drop_shards(k, "sample")
     if retried := {r.split(":", 1)[1]: n for r, n in calls.items() if r.startswith("retry:")}:
@@ -472,7 +475,7 @@ def sample(
     if w := context_warning(f"round {k}: candidates", over, cands.height, "sampling.max_tokens"):
         rep.message(w)
     if s.repair:
-        rep.message(f"round {k}: step repair added {int((cands['sample_idx'] >= s.n).sum())} "
+        rep.message(f"round {k}: step repair added {n_repaired} "
                     "candidates, traces continued from a corrected false step")
     return cands
 

@@ -63,13 +63,12 @@ def repaired(
                 continue
             text = head + c.text
             repairs, tokens = repairs + 1, tokens + c.n_tokens
-            nxt = repair_head(text)
             if not false_claims(text):
                 done[i] = (Completion(text=text, finish_reason=c.finish_reason, n_tokens=tokens),
                            repairs)
                 del open_[i]
-            elif nxt is None or len(nxt) <= len(head):  # nothing more this can correct
-                del open_[i]
+            elif (nxt := repair_head(text)) is None or len(nxt) <= len(head):
+                del open_[i]  # nothing more this can correct
             else:
                 open_[i] = (nxt, repairs, tokens)
     return done
@@ -79,7 +78,13 @@ def repaired_ids(cands: pl.DataFrame) -> pl.Series:
     """The ids of the repaired candidates (`"repairs"` in their gen_params)."""
     if "gen_params" not in cands.columns:
         return pl.Series("candidate_id", [], dtype=pl.Utf8)
-    return cands.filter(pl.col("gen_params").str.contains('"repairs"', literal=True))["candidate_id"]
+    return cands.filter(repairs_made().gt(0))["candidate_id"]
+
+
+def repairs_made() -> pl.Expr:
+    """A candidate's repairs from its gen_params (0 for the model's own sample): the one place
+    the mark is read."""
+    return pl.col("gen_params").str.json_path_match("$.repairs").cast(pl.Int32).fill_null(0)
 
 
 def own_verdicts(cands: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
@@ -91,5 +96,6 @@ def own_verdicts(cands: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
 def dpo_candidates(cands: pl.DataFrame, kept_ids: list[str]) -> pl.DataFrame:
     """The candidates DPO pairs are drawn from: a repaired trace that was not kept is no
     rejected answer, since its wrong part may be the step the checker corrected."""
-    dropped = repaired_ids(cands).filter(~repaired_ids(cands).is_in(kept_ids))
+    fixed = repaired_ids(cands)
+    dropped = fixed.filter(~fixed.is_in(kept_ids))
     return cands.filter(~pl.col("candidate_id").is_in(dropped.implode()))
