@@ -127,6 +127,24 @@ def test_pass_rate_slices():
     assert ins.pass_rates(t, "difficulty")["difficulty"].to_list() == [1, 2]
 
 
+def test_pass_rates_leave_repaired_candidates_out_of_the_rate():
+    """A step-repaired candidate is kept data but no sample the model wrote alone: the rate is
+    the model's own, the repaired one is counted beside it."""
+    r = _round()
+    assert "repaired" not in ins.pass_rates(ins.record_table(r), "family").columns
+    own = r["candidates"].row(0, named=True)
+    fixed = {**own, "candidate_id": "c-fixed", "sample_idx": 8,
+             "gen_params": records.dumps({"n": 2, "repairs": 2})}
+    r["candidates"] = pl.concat([r["candidates"], records.frame([fixed], records.CANDIDATES)])
+    r["verdicts"] = pl.concat([r["verdicts"], r["verdicts"].head(1).with_columns(
+        candidate_id=pl.lit("c-fixed"))])
+    r["filtered"] = pl.concat([r["filtered"], r["filtered"].head(1).with_columns(
+        candidate_id=pl.lit("c-fixed"), drop_reason=pl.lit(None, pl.Utf8))])
+    add = ins.pass_rates(ins.record_table(r), "family").row(0, named=True)
+    assert add["family"] == "addition" and add["pass_rate"] == 0.75  # as without it
+    assert (add["candidates"], add["passed"], add["repaired"], add["kept"]) == (4, 3, 1, 2)
+
+
 def test_length_stats():
     s = {
         (r["field"], r["subset"]): r

@@ -28,6 +28,7 @@ from rich.text import Text
 from thinkwheel.curated.export import candidate_outcomes
 from thinkwheel.filters.quality import QUALITY_REASONS
 from thinkwheel.filters.stage import CONTAMINATED, NEAR_DUPLICATE, NOT_VERIFIED, UNVERIFIABLE
+from thinkwheel.generators.repair import repairs_made
 from thinkwheel.generators.selection import FAILED, NO_VERDICT, OVER_K, UNVERIFIED
 from thinkwheel.records import SCHEMAS, conform
 
@@ -198,21 +199,26 @@ def task_drops(tasks: pl.DataFrame | None) -> pl.DataFrame:
 
 
 def pass_rates(table: pl.DataFrame, by: str) -> pl.DataFrame:
-    """Pass rate (passed / candidates; unverified counts as not passed) per slice value."""
+    """Pass rate (passed / candidates; unverified counts as not passed) per slice value, over
+    the model's own samples: a step-repaired candidate is no sample the model wrote alone (the
+    GRPO band leaves it out too), so it is counted in `repaired`, present when there are any."""
     col = SLICES.get(by, by)
-    return (
+    own = repairs_made().eq(0) if "gen_params" in table.columns else pl.lit(True)
+    rates = (
         table.group_by(col)
         .agg(
             pl.col("task_id").n_unique().alias("tasks"),
-            pl.len().alias("candidates"),
-            (pl.col("passed") == True).sum().alias("passed"),  # noqa: E712
-            (pl.col("has_verdict") & pl.col("passed").is_null()).sum().alias("unverified"),
+            own.sum().alias("candidates"),
+            ((pl.col("passed") == True) & own).sum().alias("passed"),  # noqa: E712
+            (pl.col("has_verdict") & pl.col("passed").is_null() & own).sum().alias("unverified"),
             (pl.col("status") == "kept").sum().alias("kept"),
+            own.not_().sum().alias("repaired"),
         )
         .with_columns((pl.col("passed") / pl.col("candidates")).round(4).alias("pass_rate"))
         .rename({col: by})
         .sort(by, nulls_last=True)
     )
+    return rates if rates["repaired"].sum() else rates.drop("repaired")
 
 
 def length_stats(table: pl.DataFrame) -> pl.DataFrame:
