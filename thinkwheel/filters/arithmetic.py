@@ -209,9 +209,11 @@ def repair_head(text: str, answer: str | None = None) -> str | None:
     value, or None when it states no false claim or the first one is not such a claim (an
     inequality, `7 + 6 is 15`, a false expression on the right: `14 = 9+6`), or when the true
     value is `answer`, the task's: the checker corrects steps, it does not state the answer.
-    Corrected there, a trace whose steps do not reach the answer gets it anyway (`10-3=7,
-    5-0=5. So 90 - 3 = 87.`): bench/repair_traces.py found most repaired subtraction traces
-    were such leaps, and the model learns the leap.
+    Such a claim is cut before its value instead, for the model to write again from its steps:
+    corrected there, a trace whose steps do not reach the answer gets it anyway (`10-3=7,
+    5-0=5. So 90 - 3 = 87.`; most repaired subtraction traces were such leaps), and refused
+    there, the traces whose steps were right but whose last sum was not went too (round 1 fell
+    from 60.0% to 55.6% held-out, bench/flywheel-repair.yaml).
 
     Why: a model continued from the corrected step writes a trace through the step it got
     wrong (the carry, the borrow) that resampling almost never yields (bench/step_resample.py),
@@ -246,7 +248,7 @@ def repair_head(text: str, answer: str | None = None) -> str | None:
             if rel.group(0) != "=" or a is None or not _VALUE.match(right.rstrip(".")):
                 return None  # the first false claim is not one this can rewrite
             if answer is not None and a == evaluate(answer):
-                return None  # its value is the answer, which the model did not reach
+                return text[: start + edges[2 * i + 2]]  # the model writes the answer, or not
             pad = right[: len(right) - len(right.lstrip())]
             return text[: start + edges[2 * i + 2]] + pad + _written(a, right)
     return None

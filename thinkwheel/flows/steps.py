@@ -96,7 +96,7 @@ def _reused(store: RunStore, k: int | str, stage: str, in_hash: str, cfg_hash: s
 _CURATION = ("keep_per_task", "grpo_pass_band")
 
 
-_REPAIR_RULE = "never the answer"  # generators/repair.py: change it when what a repair writes does
+_REPAIR_RULE = "the answer asked again"  # generators/repair.py: change it when what a repair writes does
 
 
 def _generation(cfg: RunConfig, *, repair: bool = True) -> str:

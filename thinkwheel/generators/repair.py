@@ -9,8 +9,9 @@ error (`bench/step_resample.py`). Corrected at that step (as a calculator fills 
 annotated steps, Cobbe et al. 2021), the model writes on through it, and a repaired trace that
 states no false step and reaches the verified answer is the data the flywheel was missing.
 The model still writes every step; the checker only supplies the value of a step it stated
-wrongly, at most `max_repairs` times per trace, and never the task's answer: a trace whose
-steps did not reach it is not continued (`repair_head`). The candidate goes through the verify stage
+wrongly, and never the task's answer: a conclusion stated wrongly is cut before its value and
+the model writes it once more from its steps (`repair_head`). At most `max_repairs` continuations
+per trace. The candidate goes through the verify stage
 and the filters like any other and is marked in its `gen_params` (`"repairs": k`).
 """
 
@@ -72,7 +73,7 @@ def repaired(
                            repairs)
                 del open_[i]
             elif (nxt := repair_head(text, answer[i])) is None or len(nxt) <= len(head):
-                del open_[i]  # nothing more this can correct
+                del open_[i]  # nothing more to correct, or the answer missed a second time
             else:
                 open_[i] = (nxt, repairs, tokens)
     return done
