@@ -212,8 +212,8 @@ def repair_head(text: str, answer: str | None = None) -> str | None:
     Such a claim is cut before its value instead, for the model to write again from its steps:
     corrected there, a trace whose steps do not reach the answer gets it anyway (`10-3=7,
     5-0=5. So 90 - 3 = 87.`; most repaired subtraction traces were such leaps), and refused
-    there, the traces whose steps were right but whose last sum was not went too (round 1 fell
-    from 60.0% to 55.6% held-out, bench/flywheel-repair.yaml).
+    there, the traces whose steps were right but whose last sum was not went too (repaired
+    addition traces that verified fell from 48% to 8%, round 0 of bench/flywheel-repair.yaml).
 
     Why: a model continued from the corrected step writes a trace through the step it got
     wrong (the carry, the borrow) that resampling almost never yields (bench/step_resample.py),
