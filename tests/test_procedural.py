@@ -112,3 +112,19 @@ def test_a_family_short_of_tasks_says_so() -> None:
     assert 0 < made < 200 and tasks.filter(pl.col("family") == "addition").height == 200
     assert len(notes) == 1 and notes[0].startswith(f"count_char (difficulty 1): {made} tasks, not 200")
     assert "held-out ones" in notes[0]
+
+
+def test_column_steps_are_the_traces_steps() -> None:
+    """The steps a faithful trace shows: what each family's trace says before its conclusion."""
+    assert procedural.column_steps("addition", 79, 85) == "9+5=14, 7+8+1=16"
+    assert procedural.column_steps("subtraction", 27, 62) == (
+        "27 < 62, so compute 62 - 27 and negate. 12-7=5, 5-2=3")
+    assert procedural.column_steps("multiplication", 43, 4) == "3*4=12, 4*4+1=17"
+    assert procedural.column_steps("multiplication", 43, 12) is None  # two digits: no columns
+    assert procedural.column_steps("linear_equation", 1, 2) is None
+    import random
+
+    for family in ("addition", "subtraction", "multiplication"):
+        p = procedural.MATH[family](random.Random(3), 1)
+        a, b = (int(x) for x in p.prompt.rstrip("?").split()[-3::2])
+        assert p.trace.startswith(procedural.column_steps(family, a, b) + ". So ")

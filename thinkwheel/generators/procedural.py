@@ -73,6 +73,30 @@ def _column_sub(a: int, b: int) -> str:
     return ", ".join(steps)
 
 
+def _column_mul(a: int, b: int) -> str:
+    """Digit-by-digit a * b for a one-digit b, least significant digit first, with carries."""
+    parts, carry = [], 0
+    for d in str(a)[::-1]:
+        s = int(d) * b + carry
+        parts.append(f"{d}*{b}+{carry}={s}" if carry else f"{d}*{b}={s}")
+        carry = s // 10
+    return ", ".join(parts)
+
+
+def column_steps(family: str, a: int, b: int) -> str | None:
+    """The steps this module's trace for `a <op> b` shows (before `So ...`), for addition,
+    subtraction and one-digit multiplication; None for anything else. What a faithful trace
+    of the bundled model writes: bench/repair_traces.py compares kept traces with it."""
+    if family == "addition":
+        return _column_add(a, b)
+    if family == "subtraction":
+        steps = _column_sub(max(a, b), min(a, b))
+        return f"{a} < {b}, so compute {b} - {a} and negate. {steps}" if a < b else steps
+    if family == "multiplication" and 0 <= b < 10:
+        return _column_mul(a, b)
+    return None
+
+
 @_family(MATH)
 def addition(rng: random.Random, difficulty: int) -> Problem:
     a, b = _num(rng, difficulty + 1), _num(rng, rng.randint(1, difficulty + 1))
@@ -84,10 +108,7 @@ def addition(rng: random.Random, difficulty: int) -> Problem:
 def subtraction(rng: random.Random, difficulty: int) -> Problem:
     a, b = _num(rng, difficulty + 1), _num(rng, rng.randint(1, difficulty + 1))
     ref = str(sympy.Integer(a) - sympy.Integer(b))
-    hi, lo = max(a, b), min(a, b)
-    trace = _column_sub(hi, lo)
-    if a < b:
-        trace = f"{a} < {b}, so compute {b} - {a} and negate. {trace}"
+    trace = column_steps("subtraction", a, b)
     return Problem(f"What is {a} - {b}?", ref, f"{trace}. So {a} - {b} = {ref}.", ref)
 
 
@@ -95,13 +116,8 @@ def subtraction(rng: random.Random, difficulty: int) -> Problem:
 def multiplication(rng: random.Random, difficulty: int) -> Problem:
     a, b = _num(rng, difficulty + 1), rng.randint(2, 9 if difficulty < 3 else 99)
     ref = str(sympy.Integer(a) * sympy.Integer(b))
-    parts, carry = [], 0
     if b < 10:
-        for d in str(a)[::-1]:
-            s = int(d) * b + carry
-            parts.append(f"{d}*{b}+{carry}={s}" if carry else f"{d}*{b}={s}")
-            carry = s // 10
-        trace = ", ".join(parts)
+        trace = _column_mul(a, b)
     else:
         t, u = divmod(b, 10)
         trace = f"{a}*{u}={a * u}, {a}*{t}0={a * t * 10}, {a * u}+{a * t * 10}={ref}"
