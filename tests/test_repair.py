@@ -57,30 +57,6 @@ def test_only_tasks_whose_every_sample_is_broken_are_repaired() -> None:
     assert repaired(engine, reqs, outs, SamplingParams(n=2), 0) == {}
 
 
-def test_a_repair_never_writes_the_answer() -> None:
-    """A false conclusion is asked of the model once more, not corrected to the task's answer:
-    kept when the model then writes it from its corrected steps, dropped when its steps lead
-    elsewhere (a leap)."""
-    reqs = [[{"role": "user", "content": "What is 79 + 85?"}]] * 2
-    outs = [[Completion("<think>9+5=16, 7+8+1=15. So 79 + 85 = 155.</think>\n155")],
-            [Completion("<think>9+5=14, 7+8=15. So 79 + 85 = 154.</think>\n154")]]
-    script = {"<think>9+5=14": ", 7+8+1=15. So 79 + 85 = 155.</think>\n155",
-              "<think>9+5=14, 7+8+1=16": ". So 79 + 85 = 165.</think>\n165",
-              "<think>9+5=14, 7+8+1=16. So 79 + 85 =": " 164.</think>\n164",
-              "<think>9+5=14, 7+8=15. So 79 + 85 =": " 154.</think>\n154",
-              "<think>9+5=14, 7+8+1=16. So 79 + 85 = 164": ".</think>\n164",
-              "<think>9+5=14, 7+8=15. So 79 + 85 = 164": ".</think>\n164"}
-    engine = Scripted(script)
-    got = repaired(engine, reqs, outs, SamplingParams(n=1), 4, ["164", "164"])
-    assert list(got) == [0] and got[0][1] == 3
-    assert got[0][0].text == "<think>9+5=14, 7+8+1=16. So 79 + 85 = 164.</think>\n164"
-    leap_heads = [r[-1]["content"] for call in engine.calls for r in call if "7+8=15" in r[-1]["content"]]
-    assert leap_heads == ["<think>9+5=14, 7+8=15. So 79 + 85 ="]  # asked once, then dropped
-    # without the answer the checker writes the conclusion itself: the leap is kept
-    loose = repaired(Scripted(script), reqs, outs, SamplingParams(n=1), 4)
-    assert loose[1][0].text == "<think>9+5=14, 7+8=15. So 79 + 85 = 164.</think>\n164"
-
-
 def test_pass_rates_leave_repaired_traces_out() -> None:
     gen = records.dumps(SamplingParams(n=1).as_dict())
     fixed = records.dumps({**SamplingParams(n=1).as_dict(), "repairs": 1})

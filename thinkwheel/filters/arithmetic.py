@@ -204,16 +204,10 @@ def _same_length(text: str) -> str:
     return _MARKUP.sub(lambda m: " " * len(m.group()), text)
 
 
-def repair_head(text: str, answer: str | None = None) -> str | None:
+def repair_head(text: str) -> str | None:
     """`text` up to its first false `expr = value` claim, with `value` replaced by the true
     value, or None when it states no false claim or the first one is not such a claim (an
-    inequality, `7 + 6 is 15`, a false expression on the right: `14 = 9+6`), or when the true
-    value is `answer`, the task's: the checker corrects steps, it does not state the answer.
-    Such a claim is cut before its value instead, for the model to write again from its steps:
-    corrected there, a trace whose steps do not reach the answer gets it anyway (`10-3=7,
-    5-0=5. So 90 - 3 = 87.`; most repaired subtraction traces were such leaps), and refused
-    there, the traces whose steps were right but whose last sum was not went too (repaired
-    addition traces that verified fell from 48% to 8%, round 0 of bench/flywheel-repair.yaml).
+    inequality, `7 + 6 is 15`, a false expression on the right: `14 = 9+6`).
 
     Why: a model continued from the corrected step writes a trace through the step it got
     wrong (the carry, the borrow) that resampling almost never yields (bench/step_resample.py),
@@ -247,8 +241,6 @@ def repair_head(text: str, answer: str | None = None) -> str | None:
             a = evaluate(left)
             if rel.group(0) != "=" or a is None or not _VALUE.match(right.rstrip(".")):
                 return None  # the first false claim is not one this can rewrite
-            if answer is not None and a == evaluate(answer):
-                return text[: start + edges[2 * i + 2]]  # the model writes the answer, or not
             pad = right[: len(right) - len(right.lstrip())]
             return text[: start + edges[2 * i + 2]] + pad + _written(a, right)
     return None

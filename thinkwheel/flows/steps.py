@@ -96,17 +96,12 @@ def _reused(store: RunStore, k: int | str, stage: str, in_hash: str, cfg_hash: s
 _CURATION = ("keep_per_task", "grpo_pass_band")
 
 
-_REPAIR_RULE = "the answer asked again"  # generators/repair.py: change it when what a repair writes does
-
-
 def _generation(cfg: RunConfig, *, repair: bool = True) -> str:
     """What shapes a generated text: the sampling and engine settings, and the system prompt
     (the only part of `export` a model sees; switching formats must not throw samples away).
     `repair` off for the tasks stage: step repair changes the candidates, not the tasks."""
     drop = _CURATION if repair else (*_CURATION, "repair")
     shaping = {k: v for k, v in hashed(cfg.sampling).items() if k not in drop}
-    if "repair" in shaping:  # what a repair may write changed: a repaired round re-samples
-        shaping["repair_rule"] = _REPAIR_RULE
     return _hash(shaping, cfg.section_hash("engine"), cfg.export.system_prompt)
 
 
@@ -443,8 +438,7 @@ def sample(
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
         ticks = _Ticks(rep)
         outs = engine.generate(reqs, params, progress=ticks)
-        fixed = (repaired(engine, reqs, outs, params, s.repair, list(shard["reference"]))
-                 if s.repair else None)
+        fixed = repaired(engine, reqs, outs, params, s.repair) if s.repair else None
         rows = candidate_rows(shard, outs, model_name, params, k, fixed)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
         rep.advance(max(0, shard.height * s.n - ticks.n))

@@ -9,9 +9,7 @@ error (`bench/step_resample.py`). Corrected at that step (as a calculator fills 
 annotated steps, Cobbe et al. 2021), the model writes on through it, and a repaired trace that
 states no false step and reaches the verified answer is the data the flywheel was missing.
 The model still writes every step; the checker only supplies the value of a step it stated
-wrongly, and never the task's answer: a conclusion stated wrongly is cut before its value and
-the model writes it once more from its steps (`repair_head`). At most `max_repairs` continuations
-per trace. The candidate goes through the verify stage
+wrongly, at most `max_repairs` times per trace. The candidate goes through the verify stage
 and the filters like any other and is marked in its `gen_params` (`"repairs": k`).
 """
 
@@ -37,21 +35,18 @@ def repaired(
     outs: Sequence[Sequence[Completion]],
     params: SamplingParams,
     max_repairs: int,
-    answers: Sequence[str | None] | None = None,
 ) -> dict[int, tuple[Completion, int]]:
     """Request index -> (repaired completion, repairs made), for the requests whose samples all
     state a false step and whose repaired trace states none. Each pass continues every open
     trace in one engine call, so the cost is at most `max_repairs` calls of one sample each.
-    Each continuation has the whole `max_tokens` budget; `n_tokens` counts what they wrote.
-    `answers` (a reference per request, None where there is none) are values no repair writes."""
+    Each continuation has the whole `max_tokens` budget; `n_tokens` counts what they wrote."""
     one = replace(params, n=1)
-    answer = list(answers) if answers is not None else [None] * len(requests)
     open_: dict[int, tuple[str, int, int]] = {}  # index -> (head, repairs made, tokens written)
     for i, completions in enumerate(outs):
         if max_repairs < 1 or not _broken(completions):
             continue
         for c in completions:
-            if head := repair_head(c.text, answer[i]):
+            if head := repair_head(c.text):
                 open_[i] = (head, 0, 0)
                 break
     done: dict[int, tuple[Completion, int]] = {}
@@ -72,8 +67,8 @@ def repaired(
                 done[i] = (Completion(text=text, finish_reason=c.finish_reason, n_tokens=tokens),
                            repairs)
                 del open_[i]
-            elif (nxt := repair_head(text, answer[i])) is None or len(nxt) <= len(head):
-                del open_[i]  # nothing more to correct, or the answer missed a second time
+            elif (nxt := repair_head(text)) is None or len(nxt) <= len(head):
+                del open_[i]  # nothing more this can correct
             else:
                 open_[i] = (nxt, repairs, tokens)
     return done
