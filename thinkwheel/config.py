@@ -325,6 +325,9 @@ class QualityConfig(_Section):
     answer_leak_min_chars: int = 3
     # drop traces that state a false `expr = value` (a right answer reached by wrong steps)
     check_arithmetic: bool = True
+    # drop a procedural task's trace that does not state its worked steps (filters/steps.py):
+    # true steps that do not lead to the answer; for the column-arithmetic families
+    check_steps: bool = Field(False, json_schema_extra=ADDITIVE)
 
 
 class FilterConfig(_Section):

@@ -26,6 +26,7 @@ REPETITIVE = "repetitive"
 GARBAGE = "garbage"
 ANSWER_LEAK = "answer_leak"
 FALSE_ARITHMETIC = "false_arithmetic"  # drop_ref = the first false claim, e.g. "7+6=15"
+MISSING_STEP = "missing_step"  # drop_ref = the first worked step not stated, e.g. "7+8+1=16"
 QUALITY_REASONS = (
     MISSING_THINK,
     UNCLOSED_THINK,
@@ -37,6 +38,7 @@ QUALITY_REASONS = (
     GARBAGE,
     ANSWER_LEAK,
     FALSE_ARITHMETIC,
+    MISSING_STEP,
 )
 
 # Characters that are neither text, punctuation, math/currency symbols nor printable ASCII:

@@ -97,6 +97,22 @@ def column_steps(family: str, a: int, b: int) -> str | None:
     return None
 
 
+_OPERANDS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
+
+
+def worked_steps(family: str, prompt: str) -> list[str] | None:
+    """The `=` steps of the worked solution to this family's task `prompt` (`What is 79 +
+    85?` -> `9+5=14`, `7+8+1=16`), or None when the family has no column algorithm or the
+    prompt is not one it writes. The column steps, not the conclusion: a trace that states
+    them derived its answer, one that does not reached it some other way."""
+    op = _OPERANDS.get(family)
+    m = re.fullmatch(rf"What is (\d+) {re.escape(op)} (\d+)\?", prompt.strip()) if op else None
+    steps = column_steps(family, int(m[1]), int(m[2])) if m else None
+    if steps is None:
+        return None
+    return [s for s in steps.rsplit(". ", 1)[-1].split(", ") if "=" in s]
+
+
 @_family(MATH)
 def addition(rng: random.Random, difficulty: int) -> Problem:
     a, b = _num(rng, difficulty + 1), _num(rng, rng.randint(1, difficulty + 1))

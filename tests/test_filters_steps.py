@@ -1,0 +1,89 @@
+"""The step check: a procedural task's kept trace states its worked steps, in order."""
+
+from __future__ import annotations
+
+import random
+
+import polars as pl
+import pytest
+
+from thinkwheel import config, records
+from thinkwheel.filters import stage
+from thinkwheel.filters.steps import missing_step
+from thinkwheel.generators import procedural
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "missing"),
+    [
+        ("11-5=6, 1-0=1. So 21 - 5 = 16.", None),
+        ("11 - 5 = 6,\n1 - 0 = 1", None),  # spaces and lines aside
+        ("11-5=6, 2-0=2. So 21 - 5 = 16.", "1-0=1"),  # true steps, a guessed answer
+        ("1-0=1, 11-5=6", "1-0=1"),  # out of order
+        ("11-5=6, 21-0=21", "1-0=1"),  # not inside a longer number
+        ("11-5=6, 1-0=1.5", "1-0=1"),
+        ("", "11-5=6"),
+    ],
+)
+def test_missing_step(reasoning: str, missing: str | None) -> None:
+    assert missing_step(reasoning, ["11-5=6", "1-0=1"]) == missing
+
+
+def test_worked_steps_are_the_gold_traces() -> None:
+    """Every column family's gold trace states its own worked steps; other families have none."""
+    assert procedural.worked_steps("addition", "What is 79 + 85?") == ["9+5=14", "7+8+1=16"]
+    assert procedural.worked_steps("subtraction", "What is 27 - 62?") == ["12-7=5", "5-2=3"]
+    assert procedural.worked_steps("multiplication", "What is 43 * 12?") is None
+    assert procedural.worked_steps("addition", "What is 79 - 85?") is None  # not its prompt
+    assert procedural.worked_steps("linear_equation", "Solve for x: 2x + 1 = 5") is None
+    for family in ("addition", "subtraction", "multiplication"):
+        rng = random.Random(5)
+        for level in (1, 2):
+            for _ in range(50):
+                p = procedural.MATH[family](rng, level)
+                steps = procedural.worked_steps(family, p.prompt)
+                assert steps or family == "multiplication"
+                assert missing_step(p.trace, steps or []) is None
+
+
+def _filter(rows: list[tuple[str, str, str]], cfg: config.FilterConfig) -> pl.DataFrame:
+    tasks = records.frame([
+        {"task_id": "add", "prompt": "What is 37 + 6?", "reference": "43",
+         "family": "addition", "source": "procedural:addition"},
+        {"task_id": "own", "prompt": "What is 37 + 6?", "reference": "43", "family": "addition",
+         "source": "self_instruct"},  # a prompt of the same shape that no generator worked out
+    ], records.TASKS)
+    cands = records.frame([
+        {"candidate_id": c, "task_id": t, "sample_idx": i, "completion": text,
+         "reasoning": records.split_think(text)[0], "answer": records.split_think(text)[1]}
+        for i, (c, t, text) in enumerate(rows)
+    ], records.CANDIDATES)
+    verdicts = records.frame([{"candidate_id": c, "passed": True} for c, _, _ in rows],
+                             records.VERDICTS)
+    return stage.filter_candidates(tasks, cands, verdicts, cfg, {})
+
+
+def _drops(out: pl.DataFrame) -> dict[str, tuple]:
+    return dict(zip(out["candidate_id"], zip(out["drop_reason"], out["drop_ref"], strict=True),
+                    strict=True))
+
+
+def test_the_filter_drops_a_trace_whose_steps_do_not_lead_to_its_answer() -> None:
+    rows = [
+        ("faithful", "add", "<think>7+6=13, 3+0+1=4. So 37 + 6 = 43.</think>\n43"),
+        ("leap", "add", "<think>7+6=13, 3+0=3. So 37 + 6 = 43.</think>\n43"),
+        ("false", "add", "<think>7+6=14, 3+0=3. So 37 + 6 = 43.</think>\n43"),
+        ("not ours", "own", "<think>7+6=13, 3+0=3. So 37 + 6 = 43.</think>\n43"),
+    ]
+    on = config.FilterConfig.model_validate({"quality": {"check_steps": True}})
+    out = _filter(rows, on)
+    assert _drops(out) == {
+        "faithful": (None, None),
+        "leap": ("missing_step", "3+0+1=4"),
+        "false": ("false_arithmetic", "7+6=14"),  # the first reason wins
+        "not ours": (None, None),
+    }
+    assert stage.funnel(out)["drop_reasons"]["missing_step"] == 1
+    # off by default, and so out of every stage hash made before it
+    assert _drops(_filter(rows, config.FilterConfig()))["leap"] == (None, None)
+    assert "check_steps" not in config.hashed(config.FilterConfig().quality)
