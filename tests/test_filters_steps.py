@@ -33,17 +33,17 @@ def test_worked_steps_are_the_gold_traces() -> None:
     """Every column family's gold trace states its own worked steps; other families have none."""
     assert procedural.worked_steps("addition", "What is 79 + 85?") == ["9+5=14", "7+8+1=16"]
     assert procedural.worked_steps("subtraction", "What is 27 - 62?") == ["12-7=5", "5-2=3"]
-    assert procedural.worked_steps("multiplication", "What is 43 * 12?") is None
+    assert procedural.worked_steps("multiplication", "What is 43 * 12?") == [
+        "43*2=86", "43*10=430", "86+430=516"]
     assert procedural.worked_steps("addition", "What is 79 - 85?") is None  # not its prompt
     assert procedural.worked_steps("linear_equation", "Solve for x: 2x + 1 = 5") is None
     for family in ("addition", "subtraction", "multiplication"):
         rng = random.Random(5)
-        for level in (1, 2):
+        for level in (1, 2, 3):
             for _ in range(50):
                 p = procedural.MATH[family](rng, level)
                 steps = procedural.worked_steps(family, p.prompt)
-                assert steps or family == "multiplication"
-                assert missing_step(p.trace, steps or []) is None
+                assert steps and missing_step(p.trace, steps) is None
 
 
 def _filter(rows: list[tuple[str, str, str]], cfg: config.FilterConfig) -> pl.DataFrame:

@@ -120,7 +120,7 @@ def test_column_steps_are_the_traces_steps() -> None:
     assert procedural.column_steps("subtraction", 27, 62) == (
         "27 < 62, so compute 62 - 27 and negate. 12-7=5, 5-2=3")
     assert procedural.column_steps("multiplication", 43, 4) == "3*4=12, 4*4+1=17"
-    assert procedural.column_steps("multiplication", 43, 12) is None  # two digits: no columns
+    assert procedural.column_steps("multiplication", 43, 12) == "43*2=86, 43*10=430, 86+430=516"
     assert procedural.column_steps("linear_equation", 1, 2) is None
     import random
 

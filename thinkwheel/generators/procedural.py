@@ -85,15 +85,19 @@ def _column_mul(a: int, b: int) -> str:
 
 def column_steps(family: str, a: int, b: int) -> str | None:
     """The steps this module's trace for `a <op> b` shows (before `So ...`), for addition,
-    subtraction and one-digit multiplication; None for anything else. What a faithful trace
-    of the bundled model writes: bench/repair_traces.py compares kept traces with it."""
+    subtraction and multiplication (by one digit column by column, by two digits as two
+    partial products); None for any other family. What a faithful trace of the bundled model
+    writes: the step check (filters/steps.py) and bench/repair_traces.py compare with it."""
     if family == "addition":
         return _column_add(a, b)
     if family == "subtraction":
         steps = _column_sub(max(a, b), min(a, b))
         return f"{a} < {b}, so compute {b} - {a} and negate. {steps}" if a < b else steps
-    if family == "multiplication" and 0 <= b < 10:
-        return _column_mul(a, b)
+    if family == "multiplication":
+        if b < 10:
+            return _column_mul(a, b)
+        t, u = divmod(b, 10)
+        return f"{a}*{u}={a * u}, {a}*{t}0={a * t * 10}, {a * u}+{a * t * 10}={a * b}"
     return None
 
 
@@ -102,8 +106,8 @@ _OPERANDS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
 
 def worked_steps(family: str, prompt: str) -> list[str] | None:
     """The `=` steps of the worked solution to this family's task `prompt` (`What is 79 +
-    85?` -> `9+5=14`, `7+8+1=16`), or None when the family has no column algorithm or the
-    prompt is not one it writes. The column steps, not the conclusion: a trace that states
+    85?` -> `9+5=14`, `7+8+1=16`), or None when the family has no such steps or the prompt is
+    not one it writes. The column steps, not the conclusion: a trace that states
     them derived its answer, one that does not reached it some other way."""
     op = _OPERANDS.get(family)
     m = re.fullmatch(rf"What is (\d+) {re.escape(op)} (\d+)\?", prompt.strip()) if op else None
@@ -132,11 +136,7 @@ def subtraction(rng: random.Random, difficulty: int) -> Problem:
 def multiplication(rng: random.Random, difficulty: int) -> Problem:
     a, b = _num(rng, difficulty + 1), rng.randint(2, 9 if difficulty < 3 else 99)
     ref = str(sympy.Integer(a) * sympy.Integer(b))
-    if b < 10:
-        trace = _column_mul(a, b)
-    else:
-        t, u = divmod(b, 10)
-        trace = f"{a}*{u}={a * u}, {a}*{t}0={a * t * 10}, {a * u}+{a * t * 10}={ref}"
+    trace = column_steps("multiplication", a, b)
     return Problem(f"What is {a} * {b}?", ref, f"{trace}. So {a} * {b} = {ref}.", ref)
 
 
