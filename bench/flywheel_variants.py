@@ -7,9 +7,9 @@ Takes a finished `bench/flywheel.py` run and re-runs the training step of round 
 with the run's own SFT settings, then the held-out eval. Each variant changes one thing: the
 start model (the previous round's, as `strategy: continue` would), the step count, the
 learning rate, the mix of the SFT set (tasks the model solved only once repeated; families or
-trace shapes rebalanced), or a second stage after SFT (DPO with an NLL term on
-verified-vs-failed pairs from the same task, as in Iterative RPO; GRPO with the verifier
-rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
+trace shapes rebalanced; only the traces the step check keeps), or a second stage after SFT
+(DPO with an NLL term on verified-vs-failed pairs from the same task, as in Iterative RPO;
+GRPO with the verifier rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
 the same step with two other SFT seeds (data order) is the noise floor the others are read
 against. Nothing is re-sampled. Results are cached per variant in `--out`, so
 a re-run only trains what is missing; the table goes to <out>/variants.md.
@@ -86,6 +86,24 @@ def rebalance(sft: pl.DataFrame, key: str, alpha: float, within: str | None = No
             reps, extra = divmod(target, d.height)
             out += [d] * reps + ([d.sample(extra, seed=0)] if extra else [])
     return pl.concat(out).sample(fraction=1.0, shuffle=True, seed=1)
+
+
+def steps_stated(sft: pl.DataFrame) -> pl.DataFrame:
+    """The rows the step check (`filters.quality.check_steps`) keeps: a procedural column task's
+    trace states the task's worked steps. What a run without the check would have trained on
+    without its leaps."""
+    from thinkwheel.filters.steps import missing_step
+    from thinkwheel.generators.procedural import worked_steps
+
+    def keeps(row: dict[str, Any]) -> bool:
+        if not (row["source"] or "").startswith("procedural:"):
+            return True
+        prompt = next(m["content"] for m in row["messages"] if m["role"] == "user")
+        steps = worked_steps(row["family"] or "", prompt)
+        reasoning = next(m["content"] for m in row["messages"] if m["role"] == "assistant")
+        return not steps or missing_step(reasoning.split("</think>")[0], steps) is None
+
+    return sft.filter(pl.Series([keeps(r) for r in sft.iter_rows(named=True)], dtype=pl.Boolean))
 
 
 def trace_shape(messages: list[dict[str, str]]) -> str:
@@ -220,6 +238,7 @@ def main() -> None:
             "steps-x2", lambda: sft, max_steps=2 * sft_cfg.max_steps
         ),
         "learning rate x3": sft_variant("lr-x3", lambda: sft, learning_rate=3 * sft_cfg.learning_rate),
+        "worked steps stated (step check)": sft_variant("steps-stated", lambda: steps_stated(sft)),
         "tasks solved once, twice": sft_variant(
             "upweight", lambda: upweight_solved_once(sft, clean_rates(args.run, rounds))
         ),
