@@ -89,6 +89,25 @@ def test_an_added_field_at_its_default_keeps_old_hashes():
     assert cfg.section_hash("engine") != old
 
 
+def test_an_added_field_inside_a_section_keeps_old_hashes() -> None:
+    """filters.quality.check_steps sits a level down: at its default the filters hash is what it
+    was before the field existed (the tasks and filter stages of runs made then are reused), and
+    a GPU memory share of GRPO's vLLM (SERVING, a level down too) never enters the train hash."""
+    import hashlib
+    import json
+
+    cfg = RunConfig()
+    before = cfg.filters.model_dump(mode="json")
+    before["quality"].pop("check_steps")
+    old = hashlib.sha256(json.dumps({"filters": before}, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.section_hash("filters") == old
+    cfg.filters.quality.check_steps = True
+    assert cfg.section_hash("filters") != old
+    train = cfg.section_hash("train")
+    cfg.train.grpo.vllm_gpu_memory_utilization = 0.5
+    assert cfg.section_hash("train") == train
+
+
 def test_how_often_training_checkpoints_never_redoes_a_stage():
     """train.checkpoint_minutes changes how training runs, not what it makes: the train
     section's hash ignores it at any value (and was the same before the field existed)."""

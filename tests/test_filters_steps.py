@@ -84,6 +84,5 @@ def test_the_filter_drops_a_trace_whose_steps_do_not_lead_to_its_answer() -> Non
         "not ours": (None, None),
     }
     assert stage.funnel(out)["drop_reasons"]["missing_step"] == 1
-    # off by default, and so out of every stage hash made before it
+    # off by default (its hash: tests/test_config.py)
     assert _drops(_filter(rows, config.FilterConfig()))["leap"] == (None, None)
-    assert "check_steps" not in config.hashed(config.FilterConfig().quality)

@@ -39,15 +39,21 @@ CHECKPOINT_MINUTES = 30.0  # how often training saves a checkpoint to resume fro
 
 
 def hashed(section: BaseModel) -> dict[str, Any]:
-    """What of `section` a stage's config hash covers (additive and operational fields aside)."""
+    """What of `section` a stage's config hash covers (additive and operational fields aside),
+    in the sections inside it too (`filters.quality`, `train.grpo`)."""
     data = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         default = field.get_default(call_default_factory=True)
+        value = getattr(section, name)
         if extra.get("operational") == "as_default":
             data[name] = default
-        elif extra.get("operational") or (extra.get("additive") and getattr(section, name) == default):
+        elif extra.get("operational") or (extra.get("additive") and value == default):
             data.pop(name, None)
+        elif isinstance(value, BaseModel):
+            data[name] = hashed(value)
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            data[name] = [hashed(v) if isinstance(v, BaseModel) else d for v, d in zip(value, data[name], strict=True)]
     return data
 
 
