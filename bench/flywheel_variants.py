@@ -92,18 +92,14 @@ def steps_stated(sft: pl.DataFrame) -> pl.DataFrame:
     """The rows the step check (`filters.quality.check_steps`) keeps: a procedural column task's
     trace states the task's worked steps. What a run without the check would have trained on
     without its leaps."""
-    from thinkwheel.filters.steps import missing_step
-    from thinkwheel.generators.procedural import worked_steps
+    from thinkwheel.filters.steps import unstated_step
 
-    def keeps(row: dict[str, Any]) -> bool:
-        if not (row["source"] or "").startswith("procedural:"):
-            return True
-        prompt = next(m["content"] for m in row["messages"] if m["role"] == "user")
-        steps = worked_steps(row["family"] or "", prompt)
-        reasoning = next(m["content"] for m in row["messages"] if m["role"] == "assistant")
-        return not steps or missing_step(reasoning.split("</think>")[0], steps) is None
+    def text(row: dict[str, Any], role: str) -> str:
+        return next(m["content"] for m in row["messages"] if m["role"] == role)
 
-    return sft.filter(pl.Series([keeps(r) for r in sft.iter_rows(named=True)], dtype=pl.Boolean))
+    keep = [unstated_step(r["source"], r["family"], text(r, "user"), text(r, "assistant")) is None
+            for r in sft.iter_rows(named=True)]
+    return sft.filter(pl.Series(keep, dtype=pl.Boolean))
 
 
 def trace_shape(messages: list[dict[str, str]]) -> str:

@@ -22,6 +22,9 @@ from thinkwheel.generators import procedural
         ("1-0=1, 11-5=6", "1-0=1"),  # out of order
         ("11-5=6, 21-0=21", "1-0=1"),  # not inside a longer number
         ("11-5=6, 1-0=1.5", "1-0=1"),
+        ("11-5=6. 1-0=1.", None),  # a sentence's full stop is no decimal point
+        ("11-5=6.\n1-0=1", None),
+        ("11-5=6.1-0=1", "11-5=6"),  # but written without a space it reads as 6.1
         ("", "11-5=6"),
     ],
 )
@@ -39,11 +42,13 @@ def test_worked_steps_are_the_gold_traces() -> None:
     assert procedural.worked_steps("linear_equation", "Solve for x: 2x + 1 = 5") is None
     for family in ("addition", "subtraction", "multiplication"):
         rng = random.Random(5)
-        for level in (1, 2, 3):
+        for level in range(1, 6):
             for _ in range(50):
                 p = procedural.MATH[family](rng, level)
                 steps = procedural.worked_steps(family, p.prompt)
-                assert steps and missing_step(p.trace, steps) is None
+                # every `=` step of the trace before its conclusion, not a part of them
+                assert steps == [s for s in p.trace.rsplit(". So ", 1)[0].rsplit(". ", 1)[-1]
+                                 .split(", ") if "=" in s]
 
 
 def _filter(rows: list[tuple[str, str, str]], cfg: config.FilterConfig) -> pl.DataFrame:
@@ -74,6 +79,7 @@ def test_the_filter_drops_a_trace_whose_steps_do_not_lead_to_its_answer() -> Non
         ("leap", "add", "<think>7+6=13, 3+0=3. So 37 + 6 = 43.</think>\n43"),
         ("false", "add", "<think>7+6=14, 3+0=3. So 37 + 6 = 43.</think>\n43"),
         ("not ours", "own", "<think>7+6=13, 3+0=3. So 37 + 6 = 43.</think>\n43"),
+        ("after the tags", "add", "<think>Add by columns.</think>\n7+6=13, 3+0+1=4, so 43"),
     ]
     on = config.FilterConfig.model_validate({"quality": {"check_steps": True}})
     out = _filter(rows, on)
@@ -82,6 +88,7 @@ def test_the_filter_drops_a_trace_whose_steps_do_not_lead_to_its_answer() -> Non
         "leap": ("missing_step", "3+0+1=4"),
         "false": ("false_arithmetic", "7+6=14"),  # the first reason wins
         "not ours": (None, None),
+        "after the tags": (None, None),  # the whole completion is read, as for false steps
     }
     assert stage.funnel(out)["drop_reasons"]["missing_step"] == 1
     # off by default (its hash: tests/test_config.py)

@@ -132,6 +132,8 @@ def test_pass_rates_leave_repaired_candidates_out_of_the_rate():
     the model's own, the repaired one is counted beside it."""
     r = _round()
     assert "repaired" not in ins.pass_rates(ins.record_table(r), "family").columns
+    bare = ins.pass_rates(ins.record_table(r).drop("gen_params"), "family").row(0, named=True)
+    assert (bare["candidates"], bare["pass_rate"]) == (4, 0.75)  # no repair marks: every row
     own = r["candidates"].row(0, named=True)
     fixed = {**own, "candidate_id": "c-fixed", "sample_idx": 8,
              "gen_params": records.dumps({"n": 2, "repairs": 2})}

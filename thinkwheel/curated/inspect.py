@@ -201,11 +201,14 @@ def task_drops(tasks: pl.DataFrame | None) -> pl.DataFrame:
 def pass_rates(table: pl.DataFrame, by: str) -> pl.DataFrame:
     """Pass rate (passed / candidates; unverified counts as not passed) per slice value, over
     the model's own samples: a step-repaired candidate is no sample the model wrote alone (the
-    GRPO band leaves it out too), so it is counted in `repaired`, present when there are any."""
+    GRPO band leaves it out too), so it is counted in `repaired`, present when there are any.
+    `kept` counts every kept row, repaired ones too: what went into the data."""
     col = SLICES.get(by, by)
-    own = repairs_made().eq(0) if "gen_params" in table.columns else pl.lit(True)
+    own = pl.col("_own")
     rates = (
-        table.group_by(col)
+        table.with_columns(
+            (repairs_made().eq(0) if "gen_params" in table.columns else pl.lit(True)).alias("_own"))
+        .group_by(col)
         .agg(
             pl.col("task_id").n_unique().alias("tasks"),
             own.sum().alias("candidates"),

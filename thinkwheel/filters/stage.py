@@ -21,8 +21,7 @@ from thinkwheel.filters import quality
 from thinkwheel.filters.arithmetic import false_claims
 from thinkwheel.filters.decontam import build_index, find_contamination
 from thinkwheel.filters.minhash import MinHashParams, cluster_survivors, near_duplicate_pairs
-from thinkwheel.filters.steps import missing_step
-from thinkwheel.generators.procedural import worked_steps
+from thinkwheel.filters.steps import unstated_step
 
 NOT_VERIFIED = "not_verified"  # a verifier said passed=False
 UNVERIFIABLE = "unverifiable"  # passed=None or no verdict: never counted as correct
@@ -227,18 +226,18 @@ def _quality_drops(c: pl.DataFrame, tasks: pl.DataFrame, q: config.QualityConfig
 
 
 def _missing_steps(c: pl.DataFrame, tasks: pl.DataFrame) -> list[str | None]:
-    """Per row still kept, the first worked step of its procedural task it does not state."""
+    """Per row still kept, the first worked step of its procedural task its completion does not
+    state (the whole completion, as the false-arithmetic check reads it)."""
     info = c.select("task_id").join(
-        tasks.select("task_id", "family", "source", "prompt").unique("task_id", keep="first"),
+        records.conform(tasks, records.TASKS).select("task_id", "family", "source", "prompt")
+        .unique("task_id", keep="first"),
         on="task_id", how="left", maintain_order="left",
     )
-    out: list[str | None] = []
-    for row, reasoning, kept in zip(info.iter_rows(named=True), c["reasoning"].to_list(),
-                                    c["drop_reason"].is_null().to_list(), strict=True):
-        procedural = kept and (row["source"] or "").startswith("procedural:")
-        steps = worked_steps(row["family"] or "", row["prompt"] or "") if procedural else None
-        out.append(missing_step(reasoning or "", steps) if steps else None)
-    return out
+    return [
+        unstated_step(row["source"], row["family"], row["prompt"], text) if kept else None
+        for row, text, kept in zip(info.iter_rows(named=True), c["completion"].to_list(),
+                                   c["drop_reason"].is_null().to_list(), strict=True)
+    ]
 
 
 def _decontam_drops(
