@@ -80,8 +80,9 @@ def main() -> None:
     run(cfg, out / "verified")
     t_main = time.time() - t0
     store = RunStore(out / "verified")
-    stage_s = sum(
-        s.get("seconds") or 0 for r in store.manifest()["rounds"].values() for s in r["stages"].values()
+    stage_s = sum(  # `train.sft`, `train.grpo`... run inside `train`, whose seconds hold theirs
+        s.get("seconds") or 0 for r in store.manifest()["rounds"].values()
+        for name, s in r["stages"].items() if "." not in name
     )
     evals = {"base (round 0)": store.read_json("eval-base.json")}
     for k in range(args.rounds):
