@@ -148,7 +148,7 @@ def false_claims(text: str | None) -> list[str]:
     Chains are read link by link: `2+3 = 5 < 4` states `2+3=5` (true) and `5<4` (false).
     """
     bad: list[str] = []
-    text = _is_claims(_MARKUP.sub(" ", _BULLET.sub(r"\1 ", _BREAK.sub("\n", text or ""))))
+    text = _is_claims(_as_read(text or ""))
     cuts = list(_CLAUSE.finditer(text))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(text)]
@@ -196,12 +196,13 @@ def _written(value: Fraction, like: str) -> str:
     return f"{cur}{value.numerator}/{value.denominator}"
 
 
-def _same_length(text: str) -> str:
-    """What `false_claims` reads (tags and LaTeX breaks as new lines, markup and bullets as
-    spaces), with every character where it was, so a claim found in it is cut from `text`."""
-    text = _BREAK.sub(lambda m: "\n" + " " * (len(m.group()) - 1), text)
-    text = _BULLET.sub(lambda m: m.group(1) + " ", text)
-    return _MARKUP.sub(lambda m: " " * len(m.group()), text)
+def _as_read(text: str, *, same_length: bool = False) -> str:
+    """What `false_claims` reads: tags and LaTeX breaks as new lines, markup and bullets as
+    spaces. `same_length` pads each with spaces to its own length, every character where it
+    was, so a claim `repair_head` finds in it is cut from `text` at the same place."""
+    text = _BREAK.sub((lambda m: "\n" + " " * (len(m.group()) - 1)) if same_length else "\n", text)
+    text = _BULLET.sub(r"\1 ", text)  # one character for one
+    return _MARKUP.sub((lambda m: " " * len(m.group())) if same_length else " ", text)
 
 
 def repair_head(text: str) -> str | None:
@@ -218,7 +219,7 @@ def repair_head(text: str) -> str | None:
     bad = false_claims(text)
     if not bad:
         return None
-    plain = _same_length(text)
+    plain = _as_read(text, same_length=True)
     cuts = list(_CLAUSE.finditer(plain))
     starts = [0, *(m.end() for m in cuts)]
     ends = [*(m.start() for m in cuts), len(plain)]
