@@ -117,6 +117,7 @@ def test_how_often_training_checkpoints_never_redoes_a_stage():
     cfg = RunConfig()
     before = cfg.train.model_dump(mode="json")
     before.pop("checkpoint_minutes")
+    before["sft"].pop("max_steps_growth")  # added later, ADDITIVE: not hashed at its default
     old = hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.section_hash("train") == old
     cfg.train.checkpoint_minutes = 5
@@ -180,6 +181,31 @@ def test_accumulate_defaults_follow_the_strategy():
     assert parse_config({"train": {"strategy": "from_base"}}).train.accumulates()
     assert parse_config({"train": {"accumulate": True}}).train.accumulates()
     assert not parse_config({"train": {"strategy": "from_base", "accumulate": False}}).train.accumulates()
+
+
+def test_the_step_cap_grows_by_round_and_hashes_as_written_out() -> None:
+    """Round k trains with max_steps x growth^k; round 0's settings hash as they did without a
+    growth, so turning growth on re-trains only the rounds it changes."""
+    plain = parse_config({"train": {"sft": {"max_steps": 800}}})
+    grown = parse_config({"train": {"sft": {"max_steps": 800, "max_steps_growth": 1.2}}})
+    assert [grown.train.for_round(k).sft.max_steps for k in range(3)] == [800, 960, 1152]
+    assert plain.train.for_round(2).sft.max_steps == 800
+
+    def train_hash(cfg: RunConfig, k: int) -> str:
+        return cfg.model_copy(update={"train": cfg.train.for_round(k)}).section_hash("train")
+
+    assert train_hash(grown, 0) == train_hash(plain, 0) == plain.section_hash("train")
+    written = parse_config({"train": {"sft": {"max_steps": 1152}}})
+    assert train_hash(grown, 2) == written.section_hash("train") != train_hash(plain, 2)
+    with pytest.raises(ConfigError, match="max_steps_growth"):
+        parse_config({"train": {"sft": {"max_steps_growth": 0.5}}})
+
+
+def test_repairing_to_the_worked_steps_needs_repair() -> None:
+    with pytest.raises(ConfigError, match="repair_steps needs repair"):
+        parse_config({"sampling": {"repair_steps": True}})
+    on = parse_config({"sampling": {"repair": 4, "repair_steps": True}})
+    assert on.section_hash("sampling") != parse_config({"sampling": {"repair": 4}}).section_hash("sampling")
 
 
 @pytest.mark.parametrize(

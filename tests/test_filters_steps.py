@@ -9,7 +9,7 @@ import pytest
 
 from thinkwheel import config, records
 from thinkwheel.filters import stage
-from thinkwheel.filters.steps import missing_step
+from thinkwheel.filters.steps import missing_step, task_steps, worked_step_head
 from thinkwheel.generators import procedural
 
 
@@ -30,6 +30,30 @@ from thinkwheel.generators import procedural
 )
 def test_missing_step(reasoning: str, missing: str | None) -> None:
     assert missing_step(reasoning, ["11-5=6", "1-0=1"]) == missing
+
+
+@pytest.mark.parametrize(
+    ("text", "head"),
+    [
+        # a true step off the algorithm: the borrow's 8 is left at 8
+        ("<think>11-2=9, 8-0=8. So 81 - 2 = 89.</think> 89", "<think>11-2=9, 7-0=7"),
+        ("<think>1-2=9, 8-0=8.</think> 89", "<think>11-2=9"),  # false or not, the first
+        ("<think>11 - 2 = 3, 8-0=8.</think>", "<think>11-2=9"),
+        ("<think>11-2=9. So 81 - 2 = 89.</think>", "<think>11-2=9, 7-0=7"),  # one left out
+        ("<think>11-2=9</think> 9", "<think>11-2=9, 7-0=7"),  # stopped after the first
+        ("<think>11 - 2 = 9, 7 - 0 = 7. So 81 - 2 = 80.</think> 80", None),  # the steps are right
+        ("<think>So it is 79.</think> 79", None),  # no step to put one in place of
+        ("<think>11-2=9, 17-0=17.</think>", "<think>11-2=9, 7-0=7"),  # not a part of a number
+    ],
+)
+def test_worked_step_head(text: str, head: str | None) -> None:
+    assert worked_step_head(text, ["11-2=9", "7-0=7"]) == head
+
+
+def test_task_steps_are_only_a_procedural_column_tasks() -> None:
+    assert task_steps("procedural:subtraction", "subtraction", "What is 81 - 2?") == ["11-2=9", "7-0=7"]
+    assert task_steps("self_instruct", "subtraction", "What is 81 - 2?") is None
+    assert task_steps("procedural:linear_equation", "linear_equation", "Solve for x: 2x + 1 = 5") is None
 
 
 def test_worked_steps_are_the_gold_traces() -> None:

@@ -672,6 +672,33 @@ def test_a_train_stage_whose_model_was_replaced_is_redone(flow_run, tmp_path):
     assert after["finished_at"] > before["finished_at"] and after["model"] == model_hash(model)
 
 
+def test_a_grown_step_cap_retrains_only_the_rounds_it_changes(flow_run, tmp_path):
+    """sft.max_steps_growth: round k trains max_steps x growth^k steps. Round 0's settings are
+    the same as before, so its model is reused; round 1 re-trains, twice as long."""
+    import shutil
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    if store.stage_entry(0, "train") is None or store.stage_entry(1, "train") is None:
+        pytest.skip("a round kept no sample, so it trained nothing")
+
+    def config(**sft: Any) -> Any:
+        return parse_config({**SMALL, "train": {"sft": {**SMALL["train"]["sft"], **sft}}})
+
+    before = {k: store.stage_entry(k, "train") for k in (0, 1)}
+    model_0 = steps.train(store, config(max_steps_growth=2.0), 0, str(MODEL_DIR))
+    assert store.stage_entry(0, "train")["finished_at"] == before[0]["finished_at"]  # reused
+    # epochs high enough that the cap, not the set's size, sets the steps
+    steps.train(store, config(max_steps_growth=2.0, epochs=1000), 1, model_0)
+    after = store.stage_entry(1, "train")
+    assert after["finished_at"] > before[1]["finished_at"]
+    assert after["steps"] == 2 * SMALL["train"]["sft"]["max_steps"]
+
+
 def test_a_benchmark_edited_in_place_redoes_decontamination(flow_run, tmp_path):
     """Benchmarks are keyed by their content, not their path: a test set edited in place (or
     a relative path read from another folder) must be decontaminated against again."""

@@ -57,6 +57,25 @@ def test_only_tasks_whose_every_sample_is_broken_are_repaired() -> None:
     assert repaired(engine, reqs, outs, SamplingParams(n=2), 0) == {}
 
 
+def test_with_worked_steps_a_true_step_off_the_algorithm_is_repaired_too() -> None:
+    """`81 - 2` by a model that does not borrow: `11-2=9, 8-0=8` states nothing false, so repair
+    by value corrects only the conclusion, a leap the step check drops; with the task's worked
+    steps the `8-0=8` is put right as `7-0=7`. A task without worked steps is repaired by value."""
+    engine = Scripted({"<think>11-2=9, 7-0=7": ". So 81 - 2 = 79.</think>\n79",
+                       "<think>11-2=9, 8-0=8. So 81 - 2 = 79": ".</think>\n79"})
+    reqs = [[{"role": "user", "content": "What is 81 - 2?"}]] * 2
+    wrong = [Completion("<think>11-2=9, 8-0=8. So 81 - 2 = 89.</think>\n89")] * 2
+    outs = [wrong, wrong]
+    leap = (Completion("<think>11-2=9, 8-0=8. So 81 - 2 = 79.</think>\n79", n_tokens=3), 1)
+    assert repaired(engine, reqs, outs, SamplingParams(n=2), 4) == {0: leap, 1: leap}
+    assert repaired(engine, reqs, outs, SamplingParams(n=2), 4, [["11-2=9", "7-0=7"], None]) == {
+        0: (Completion("<think>11-2=9, 7-0=7. So 81 - 2 = 79.</think>\n79", n_tokens=3), 1),
+        1: leap}
+    # a sample that states the worked steps is clean, as the step check reads it: no repair
+    right = [Completion("<think>11-2=9, 7-0=7. So 81 - 2 = 79.</think>\n79"), wrong[0]]
+    assert repaired(engine, reqs[:1], [right], SamplingParams(n=2), 4, [["11-2=9", "7-0=7"]]) == {}
+
+
 def test_pass_rates_leave_repaired_traces_out() -> None:
     gen = records.dumps(SamplingParams(n=1).as_dict())
     fixed = records.dumps({**SamplingParams(n=1).as_dict(), "repairs": 1})

@@ -251,6 +251,10 @@ class SamplingConfig(_Section):
     # continued from its first false step with the value corrected, at most this many times
     # (generators/repair.py); 0 (the default, not hashed) samples as before
     repair: int = Field(0, ge=0, json_schema_extra=ADDITIVE)
+    # with repair: a procedural column task's trace is also repaired at its first step that is
+    # not the task's worked step (a true step off the algorithm: `8-0=8` where a borrow makes
+    # it `7-0=7`), the steps the step check (filters.quality.check_steps) asks for
+    repair_steps: bool = Field(False, json_schema_extra=ADDITIVE)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
 
     @model_validator(mode="after")
@@ -258,6 +262,8 @@ class SamplingConfig(_Section):
         lo, hi = self.grpo_pass_band
         if not 0 <= lo <= hi <= 1:  # [0.9, 0.1] took no task, so GRPO had no prompts
             raise ValueError(f"grpo_pass_band must be [low, high] within [0, 1], got {[lo, hi]}")
+        if self.repair_steps and not self.repair:  # it would silently repair nothing
+            raise ValueError("repair_steps needs repair > 0 (how many times a trace is repaired)")
         return self
     # strings that end a generation in sampling, consensus labelling and eval (the text stops
     # before them), e.g. "\nuser" for a base model that would write the next turn itself; an
@@ -367,6 +373,10 @@ class SFTConfig(_LoRA):
     enabled: bool = True
     trainer: Literal["auto", "trl", "unsloth"] = "auto"
     max_steps: int = Field(300, ge=1)
+    # round k's cap is max_steps x max_steps_growth^k: an accumulating round trains on more
+    # data than the last, and a fixed cap sees each sample fewer times (STaR grows its steps
+    # 20% a round, Zelikman et al. 2022)
+    max_steps_growth: float = Field(1.0, ge=1.0, json_schema_extra=ADDITIVE)
     epochs: float = 2.0
     learning_rate: float = 3e-4
     batch_size: int = Field(16, ge=1)
@@ -375,6 +385,14 @@ class SFTConfig(_LoRA):
     assistant_only_loss: bool = True
     seed: int = 0
     load_in_4bit: bool = True  # unsloth + lora only: QLoRA-style 4-bit base weights
+
+    def for_round(self, k: int) -> SFTConfig:
+        """The settings round k trains with: its grown step cap, and no growth left to apply,
+        so it hashes as the same settings written out would."""
+        if self.max_steps_growth == 1.0:
+            return self
+        steps = round(self.max_steps * self.max_steps_growth**k)
+        return self.model_copy(update={"max_steps": steps, "max_steps_growth": 1.0})
 
 
 class GRPOTrainConfig(_LoRA):
@@ -438,6 +456,11 @@ class TrainConfig(_Section):
 
     def accumulates(self) -> bool:
         return self.strategy == "from_base" if self.accumulate is None else self.accumulate
+
+    def for_round(self, k: int) -> TrainConfig:
+        """These settings as round k applies them (`sft.max_steps_growth`)."""
+        sft = self.sft.for_round(k)
+        return self if sft is self.sft else self.model_copy(update={"sft": sft})
 
 
 # The bundled model's pretraining left out these many held-out tasks per family, drawn with

@@ -33,11 +33,41 @@ def missing_step(text: str, steps: Sequence[str]) -> str | None:
     return None
 
 
+# a written step: numbers joined by signs, `=`, a number (`7+8+1=16`, `5-7=-2`, `1*3+1=4`)
+_SO = re.compile(r"\bso\s*$", re.IGNORECASE)
+_STEP = re.compile(r"(?<![\d.])\d+(?:\s*[-+*]\s*\d+)+\s*=\s*-?\d+(?:\.\d+)?(?![\d])")
+
+
+def worked_step_head(text: str, steps: Sequence[str]) -> str | None:
+    """`text` up to its first written step that is not the worked one in its place, with the
+    worked step written there instead; None when its steps are the worked ones (or it writes
+    none to put one in place of).
+
+    Why: repair by value (`arithmetic.repair_head`) corrects only false steps, and a step can
+    be true and still not the algorithm's: after `11-2=9` a model that never learned to borrow
+    writes `8-0=8` for 81 - 2, where the worked step is `7-0=7`. Nothing false, so nothing was
+    corrected, and the bundled model's kept subtraction traces held almost no borrow at all."""
+    # the conclusion (`So 81 - 2 = 89`) is no step to put one in place of
+    written = [m for m in _STEP.finditer(text) if not _SO.search(text, 0, m.start())]
+    for j, step in enumerate(steps):
+        if j < len(written) and _AROUND.sub(r"\1", written[j].group()) == _AROUND.sub(r"\1", step):
+            continue
+        if j < len(written):
+            return text[: written[j].start()] + step
+        return text[: written[j - 1].end()] + ", " + step if j else None
+    return None
+
+
+def task_steps(source: str | None, family: str | None, prompt: str | None) -> list[str] | None:
+    """The worked steps of a procedural task of a family that has them, else None."""
+    if not (source or "").startswith("procedural:"):
+        return None
+    return worked_steps(family or "", prompt or "")
+
+
 def unstated_step(source: str | None, family: str | None, prompt: str | None, text: str | None
                   ) -> str | None:
     """The first worked step a completion of this task does not state, or None: for procedural
     tasks of a family with worked steps (`procedural.worked_steps`), None for any other task."""
-    if not (source or "").startswith("procedural:"):
-        return None
-    steps = worked_steps(family or "", prompt or "")
+    steps = task_steps(source, family, prompt)
     return missing_step(text or "", steps) if steps else None

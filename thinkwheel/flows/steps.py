@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
+from thinkwheel.filters.steps import task_steps
 from thinkwheel.flows.progress import reporter
 from thinkwheel.generators.repair import dpo_candidates, own_verdicts, repaired, repaired_ids
 from thinkwheel.store import (
@@ -100,7 +101,7 @@ def _generation(cfg: RunConfig, *, repair: bool = True) -> str:
     """What shapes a generated text: the sampling and engine settings, and the system prompt
     (the only part of `export` a model sees; switching formats must not throw samples away).
     `repair` off for the tasks stage: step repair changes the candidates, not the tasks."""
-    drop = _CURATION if repair else (*_CURATION, "repair")
+    drop = _CURATION if repair else (*_CURATION, "repair", "repair_steps")
     shaping = {k: v for k, v in hashed(cfg.sampling).items() if k not in drop}
     return _hash(shaping, cfg.section_hash("engine"), cfg.export.system_prompt)
 
@@ -438,7 +439,9 @@ def sample(
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
         ticks = _Ticks(rep)
         outs = engine.generate(reqs, params, progress=ticks)
-        fixed = repaired(engine, reqs, outs, params, s.repair) if s.repair else None
+        worked = ([task_steps(*row) for row in shard.select("source", "family", "prompt").rows()]
+                  if s.repair_steps else None)
+        fixed = repaired(engine, reqs, outs, params, s.repair, worked) if s.repair else None
         rows = candidate_rows(shard, outs, model_name, params, k, fixed)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
         rep.advance(max(0, shard.height * s.n - ticks.n))
@@ -772,7 +775,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
 
     model_dir = store.round_dir(k) / "model"
     rounds = range(k + 1) if cfg.train.accumulates() else [k]
-    t = cfg.train
+    t = cfg.train.for_round(k)  # round k's step cap (sft.max_steps_growth)
     data = {"sft": _curated(store, rounds, "sft") if t.sft.enabled else None,
             "dpo": _curated(store, rounds, "dpo") if t.dpo.enabled else None,
             "grpo": _curated(store, [k], "grpo") if t.grpo.enabled else None}
@@ -783,7 +786,7 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
                              *([cfg.sampling.stop] if cfg.sampling.stop else []))
     start = model_hash(start_model)  # reads the weights: once
     in_hash = _hash(start, seen)
-    cfg_hash = cfg.section_hash("train")
+    cfg_hash = cfg.model_copy(update={"train": t}).section_hash("train")
     # the model folder must still hold this stage's model: a trainer of another config (or
     # one cut short) may have republished it since
     entry = store.stage_entry(k, "train") or {}

@@ -22,11 +22,20 @@ import polars as pl
 
 from thinkwheel.engines.base import Completion, Engine, Request, SamplingParams, as_messages
 from thinkwheel.filters.arithmetic import false_claims, repair_head
+from thinkwheel.filters.steps import missing_step, worked_step_head
+
+Steps = Sequence[str] | None  # a task's worked steps (filters.steps.task_steps), if it has them
 
 
-def _broken(completions: Sequence[Completion]) -> bool:
-    """Every sample has text and states a false step: nothing the model wrote is clean."""
-    return bool(completions) and all(c.text and false_claims(c.text) for c in completions)
+def _wrong(text: str, steps: Steps) -> bool:
+    """The trace states a false step, or leaves out one of the task's worked steps."""
+    return bool(false_claims(text)) or bool(steps and missing_step(text, steps))
+
+
+def _head(text: str, steps: Steps) -> str | None:
+    """Where to continue from: the first step that is not the worked one, put right (when the
+    task has worked steps to compare with), else the first false step, corrected."""
+    return (steps and worked_step_head(text, steps)) or repair_head(text)
 
 
 def repaired(
@@ -35,18 +44,24 @@ def repaired(
     outs: Sequence[Sequence[Completion]],
     params: SamplingParams,
     max_repairs: int,
+    steps: Sequence[Steps] | None = None,
 ) -> dict[int, tuple[Completion, int]]:
-    """Request index -> (repaired completion, repairs made), for the requests whose samples all
-    state a false step and whose repaired trace states none. Each pass continues every open
-    trace in one engine call, so the cost is at most `max_repairs` calls of one sample each.
-    Each continuation has the whole `max_tokens` budget; `n_tokens` counts what they wrote."""
+    """Request index -> (repaired completion, repairs made), for the requests whose samples are
+    all wrong and whose repaired trace is not. Wrong is a false step, or, with `steps` (each
+    request's worked steps, `sampling.repair_steps`), a worked step left out. Each pass
+    continues every open trace in one engine call, so the cost is at most `max_repairs` calls
+    of one sample each. Each continuation has the whole `max_tokens` budget; `n_tokens` counts
+    what they wrote."""
     one = replace(params, n=1)
+    worked = list(steps) if steps is not None else [None] * len(outs)
     open_: dict[int, tuple[str, int, int]] = {}  # index -> (head, repairs made, tokens written)
     for i, completions in enumerate(outs):
-        if max_repairs < 1 or not _broken(completions):
+        if max_repairs < 1 or not completions:
             continue
+        if not all(c.text and _wrong(c.text, worked[i]) for c in completions):
+            continue  # a sample is clean (or empty): nothing to repair
         for c in completions:
-            if head := repair_head(c.text):
+            if head := _head(c.text, worked[i]):
                 open_[i] = (head, 0, 0)
                 break
     done: dict[int, tuple[Completion, int]] = {}
@@ -63,11 +78,11 @@ def repaired(
                 continue
             text = head + c.text
             repairs, tokens = repairs + 1, tokens + c.n_tokens
-            if not false_claims(text):
+            if not _wrong(text, worked[i]):
                 done[i] = (Completion(text=text, finish_reason=c.finish_reason, n_tokens=tokens),
                            repairs)
                 del open_[i]
-            elif (nxt := repair_head(text)) is None or len(nxt) <= len(head):
+            elif (nxt := _head(text, worked[i])) is None or len(nxt) <= len(head):
                 del open_[i]  # nothing more this can correct
             else:
                 open_[i] = (nxt, repairs, tokens)
