@@ -50,10 +50,27 @@ def test_worked_step_head(text: str, head: str | None) -> None:
     assert worked_step_head(text, ["11-2=9", "7-0=7"]) == head
 
 
+@pytest.mark.parametrize(
+    ("text", "head"),
+    [
+        # -3x + 18 = 0 with b miscopied: true arithmetic on the wrong number
+        ("<think>-3x = 0 - 11 = -11, x = -11/-3 = 4. So x = 4.</think> 4", "<think>-3x = 0 - 18 = -18"),
+        ("<think>-3x = 0 - 18 = -18, x = -18/-3 = 7. So x = 7.</think> 7",
+         "<think>-3x = 0 - 18 = -18, x = -18/-3 = 6"),
+        ("<think>-3x = 0 - 18 = -18, x = -18/-3 = 6. So x = 6.</think> 6", None),
+    ],
+)
+def test_worked_step_head_of_a_linear_equation(text: str, head: str | None) -> None:
+    steps = procedural.worked_steps("linear_equation", "Solve for x: -3x + 18 = 0")
+    assert worked_step_head(text, steps) == head
+
+
 def test_task_steps_are_only_a_procedural_column_tasks() -> None:
     assert task_steps("procedural:subtraction", "subtraction", "What is 81 - 2?") == ["11-2=9", "7-0=7"]
     assert task_steps("self_instruct", "subtraction", "What is 81 - 2?") is None
-    assert task_steps("procedural:linear_equation", "linear_equation", "Solve for x: 2x + 1 = 5") is None
+    assert task_steps("procedural:linear_equation", "linear_equation", "Solve for x: 2x + 1 = 5") == [
+        "5 - 1 = 4", "4/2 = 2"]
+    assert task_steps("procedural:count_char", "count_char", "How many") is None
 
 
 def test_worked_steps_are_the_gold_traces() -> None:
@@ -63,16 +80,25 @@ def test_worked_steps_are_the_gold_traces() -> None:
     assert procedural.worked_steps("multiplication", "What is 43 * 12?") == [
         "43*2=86", "43*10=430", "86+430=516"]
     assert procedural.worked_steps("addition", "What is 79 - 85?") is None  # not its prompt
-    assert procedural.worked_steps("linear_equation", "Solve for x: 2x + 1 = 5") is None
-    for family in ("addition", "subtraction", "multiplication"):
+    assert procedural.worked_steps("linear_equation", "Solve for x: -3x + 18 = 0") == [
+        "0 - 18 = -18", "-18/-3 = 6"]
+    assert procedural.worked_steps("linear_equation", "Solve for x: 2x - 13 = -29") == [
+        "-29 + 13 = -16", "-16/2 = -8"]
+    assert procedural.worked_steps("fraction_addition", "What is 1/2 + 1/3?") is None
+    for family in ("addition", "subtraction", "multiplication", "linear_equation"):
         rng = random.Random(5)
         for level in range(1, 6):
             for _ in range(50):
                 p = procedural.MATH[family](rng, level)
                 steps = procedural.worked_steps(family, p.prompt)
                 # every `=` step of the trace before its conclusion, not a part of them
-                assert steps == [s for s in p.trace.rsplit(". So ", 1)[0].rsplit(". ", 1)[-1]
-                                 .split(", ") if "=" in s]
+                claims = [s for s in p.trace.rsplit(". So ", 1)[0].rsplit(". ", 1)[-1]
+                          .split(", ") if "=" in s]
+                if family == "linear_equation":  # `3x = 17 - 5 = 12`: the steps after `3x =`
+                    claims = [c.split(" = ", 1)[1] for c in claims]
+                assert steps == claims
+                text = f"<think>{p.trace}</think> {p.answer}"
+                assert missing_step(text, steps) is None and worked_step_head(text, steps) is None
 
 
 def _filter(rows: list[tuple[str, str, str]], cfg: config.FilterConfig) -> pl.DataFrame:

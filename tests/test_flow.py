@@ -969,28 +969,39 @@ def test_served_run_resends_only_what_a_crash_lost(tmp_path):
     assert cache.stat().st_size == 0  # emptied once the samples were stored
 
 
-def test_step_repair_adds_a_candidate_per_broken_task(flow_run, tmp_path):
-    """`sampling.repair` re-samples (it changes what is generated), keeps every sample as it
-    was, and adds one candidate per task whose samples all state false arithmetic: the bundled
-    model's own trace continued from its corrected step, stating no false step, marked in its
-    gen_params and counted in the manifest; the GRPO band reads the model's own samples only."""
+def _repaired_round_0(flow_run, tmp_path, **sampling: Any) -> tuple:
+    """Round 0 of a copy of the run sampled again with these sampling settings: (store, config,
+    model, the model's own samples, the repaired ones). The own samples are the run's, as
+    they were: repair adds candidates, it changes none."""
     import shutil
 
     from thinkwheel.engines.factory import make_engine, resolve_model
-    from thinkwheel.filters.arithmetic import false_claims
     from thinkwheel.flows import steps
 
     out = tmp_path / "copy"
     shutil.copytree(flow_run[0], out)
     store = RunStore(out)
     first = store.read_table(0, "candidates")
-    cfg = parse_config({**SMALL, "sampling": {**SMALL["sampling"], "repair": 4}})
+    cfg = parse_config({**SMALL, "sampling": {**SMALL["sampling"], **sampling}})
     model = resolve_model(cfg.engine)
     cands = steps.sample(store, cfg, 0, model, lambda m: make_engine(cfg.engine, m))
     n = cfg.sampling.n
     own, extra = cands.filter(pl.col("sample_idx") < n), cands.filter(pl.col("sample_idx") >= n)
     assert own.sort("candidate_id").select("candidate_id", "completion").equals(
         first.sort("candidate_id").select("candidate_id", "completion"))
+    return store, cfg, model, own, extra
+
+
+def test_step_repair_adds_a_candidate_per_broken_task(flow_run, tmp_path):
+    """`sampling.repair` re-samples (it changes what is generated), keeps every sample as it
+    was, and adds one candidate per task whose samples all state false arithmetic: the bundled
+    model's own trace continued from its corrected step, stating no false step, marked in its
+    gen_params and counted in the manifest; the GRPO band reads the model's own samples only."""
+    from thinkwheel.filters.arithmetic import false_claims
+    from thinkwheel.flows import steps
+
+    store, cfg, model, own, extra = _repaired_round_0(flow_run, tmp_path, repair=4)
+    n = cfg.sampling.n
     assert extra.height >= 1 and (extra["sample_idx"] == n).all()
     assert store.stage_entry(0, "sample")["repaired"] == extra.height
     broken = own.group_by("task_id").agg(
@@ -1006,5 +1017,24 @@ def test_step_repair_adds_a_candidate_per_broken_task(flow_run, tmp_path):
     # pass rates over the model's own n samples: a passing repaired trace made 1 of 4 a rate
     verdicts = store.read_table(0, "verdicts")
     assert verdicts.filter(pl.col("candidate_id").is_in(extra["candidate_id"].implode()))["passed"].any()
-    grpo = pl.read_parquet(out / "round-0" / "curated" / "grpo.parquet")
+    grpo = pl.read_parquet(store.round_dir(0) / "curated" / "grpo.parquet")
     assert grpo.height and ((grpo["pass_rate"] * n).round(6) % 1 == 0).all()
+
+
+def test_repair_to_the_worked_steps_keeps_every_repaired_column_trace_on_them(flow_run, tmp_path):
+    """`sampling.repair_steps` re-samples (its hash is the sample stage's) and keeps the model's
+    own samples; every repaired trace of a column task states the task's worked steps, so the
+    step check keeps it, and none states a false step."""
+    from thinkwheel.filters.arithmetic import false_claims
+    from thinkwheel.filters.steps import task_steps, unstated_step
+
+    store, _, _, _, extra = _repaired_round_0(flow_run, tmp_path, repair=4, repair_steps=True)
+    tasks = store.read_table(0, "tasks").select("task_id", "source", "family", "prompt")
+    extra = extra.join(tasks, on="task_id")
+    column = extra.filter(pl.struct("source", "family", "prompt").map_elements(
+        lambda r: task_steps(r["source"], r["family"], r["prompt"]) is not None,
+        return_dtype=pl.Boolean))
+    assert column.height >= 1
+    for row in extra.iter_rows(named=True):
+        assert not false_claims(row["completion"])
+        assert unstated_step(row["source"], row["family"], row["prompt"], row["completion"]) is None

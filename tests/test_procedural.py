@@ -126,11 +126,12 @@ def test_column_steps_are_the_traces_steps() -> None:
 
 @pytest.mark.parametrize(("family", "digest"), [
     ("addition", "e0408c80ccbcb62e"), ("subtraction", "a13a7a1f32fa45f0"),
-    ("multiplication", "24d2ac1eb2522985"),
+    ("multiplication", "24d2ac1eb2522985"), ("linear_equation", "d726b9a55496ed8b"),
 ])
 def test_traces_are_what_they_were(family: str, digest: str) -> None:
     """The column traces, moved into column_steps, are the ones runs were made with: 200 per
-    level 1-5 hash as they did before (commit 0063ec7)."""
+    level 1-5 hash as they did before (commit 0063ec7); linear_equation's, moved into
+    linear_steps, as before commit 7764b5a."""
     import hashlib
     import random
 

@@ -251,9 +251,10 @@ class SamplingConfig(_Section):
     # continued from its first false step with the value corrected, at most this many times
     # (generators/repair.py); 0 (the default, not hashed) samples as before
     repair: int = Field(0, ge=0, json_schema_extra=ADDITIVE)
-    # with repair: a procedural column task's trace is also repaired at its first step that is
-    # not the task's worked step (a true step off the algorithm: `8-0=8` where a borrow makes
-    # it `7-0=7`), the steps the step check (filters.quality.check_steps) asks for
+    # with repair: a procedural task with worked steps (the column families, linear_equation)
+    # is also repaired at its first step that is not the worked one (a true step off the
+    # algorithm: `8-0=8` where a borrow makes it `7-0=7`), the steps the step check
+    # (filters.quality.check_steps) asks for
     repair_steps: bool = Field(False, json_schema_extra=ADDITIVE)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
 
@@ -338,7 +339,8 @@ class QualityConfig(_Section):
     # drop traces that state a false `expr = value` (a right answer reached by wrong steps)
     check_arithmetic: bool = True
     # drop a procedural task's trace that does not state its worked steps (filters/steps.py):
-    # true steps that do not lead to the answer; for the column-arithmetic families
+    # true steps that do not lead to the answer; for the column-arithmetic families and
+    # linear_equation (procedural.worked_steps)
     check_steps: bool = Field(False, json_schema_extra=ADDITIVE)
 
 

@@ -33,9 +33,10 @@ def missing_step(text: str, steps: Sequence[str]) -> str | None:
     return None
 
 
-# a written step: numbers joined by signs, `=`, a number (`7+8+1=16`, `5-7=-2`, `1*3+1=4`)
 _SO = re.compile(r"\bso\s*$", re.IGNORECASE)
-_STEP = re.compile(r"(?<![\d.])\d+(?:\s*[-+*]\s*\d+)+\s*=\s*-?\d+(?:\.\d+)?(?![\d])")
+# a written step: numbers joined by signs, `=`, a number (`7+8+1=16`, `5-7=-2`, `1*3+1=4`,
+# `-26 + 12 = -14`, `18/-2 = -9`)
+_STEP = re.compile(r"(?<![\d.])-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*-?\d+(?:\.\d+)?(?!\d)")
 
 
 def worked_step_head(text: str, steps: Sequence[str]) -> str | None:

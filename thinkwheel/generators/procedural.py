@@ -107,14 +107,21 @@ _OPERANDS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
 def worked_steps(family: str, prompt: str) -> list[str] | None:
     """The `=` steps of the worked solution to this family's task `prompt` (`What is 79 +
     85?` -> `9+5=14`, `7+8+1=16`), or None when the family has no such steps or the prompt is
-    not one it writes. The column steps, not the conclusion: a trace that states
-    them derived its answer, one that does not reached it some other way."""
+    not one it writes. The column steps (a linear equation's two: `17 - 5 = 12`, `12/3 = 4`),
+    not the conclusion: a trace that states them derived its answer, one that does not
+    reached it some other way."""
+    if family == "linear_equation":
+        m = _LINEAR.fullmatch(prompt.strip())
+        return list(linear_steps(int(m[1]), int(m[2] + m[3]), int(m[4]))) if m else None
     op = _OPERANDS.get(family)
     m = re.fullmatch(rf"What is (\d+) {re.escape(op)} (\d+)\?", prompt.strip()) if op else None
     steps = column_steps(family, int(m[1]), int(m[2])) if m else None
     if steps is None:
         return None
     return [s for s in steps.rsplit(". ", 1)[-1].split(", ") if "=" in s]
+
+
+_LINEAR = re.compile(r"Solve for x: (-?\d+)x ([+-]) (\d+) = (-?\d+)")
 
 
 @_family(MATH)
@@ -162,12 +169,18 @@ def linear_equation(rng: random.Random, difficulty: int) -> Problem:
     a = rng.choice([k for k in range(-3 - 2 * difficulty, 4 + 2 * difficulty) if k not in (0, 1)])
     b = rng.randint(-20 * difficulty, 20 * difficulty)
     c = a * x0 + b
-    sol = sympy.Rational(c - b, a)  # exact: the unique root of a*x + b = c
+    ref = str(sympy.Rational(c - b, a))  # exact: the unique root of a*x + b = c
     lhs = f"{a}x + {b}" if b >= 0 else f"{a}x - {-b}"
-    rhs_step = f"{c} - {b}" if b >= 0 else f"{c} + {-b}"
-    trace = f"{a}x = {rhs_step} = {c - b}, x = {c - b}/{a} = {sol}"
-    ref = str(sol)
+    move, divide = linear_steps(a, b, c)
+    trace = f"{a}x = {move}, x = {divide}"
     return Problem(f"Solve for x: {lhs} = {c}", ref, f"{trace}. So x = {ref}.", ref)
+
+
+def linear_steps(a: int, b: int, c: int) -> tuple[str, str]:
+    """The two `=` steps of the worked solution of `a x + b = c`, as its trace writes them:
+    b moved across (`17 - 5 = 12`), then the division (`12/3 = 4`)."""
+    move = f"{c} - {b}" if b >= 0 else f"{c} + {-b}"
+    return f"{move} = {c - b}", f"{c - b}/{a} = {sympy.Rational(c - b, a)}"
 
 
 def _code_answer(src: str) -> str:
