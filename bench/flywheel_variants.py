@@ -187,7 +187,8 @@ def main() -> None:
         [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet") for r in rounds],
         how="diagonal_relaxed",
     )
-    base, sft_cfg, sp = model_path(), cfg.train.sft, cfg.export.system_prompt
+    # the settings the round trained with (train.sft.max_steps_growth grows its step cap)
+    base, sft_cfg, sp = model_path(), cfg.train.for_round(args.round).sft, cfg.export.system_prompt
     held = heldout_tasks(cfg.eval)
 
     def train(name: str, data: pl.DataFrame, c: SFTConfig = sft_cfg, start: str = base) -> str:

@@ -44,6 +44,10 @@ def test_missing_step(reasoning: str, missing: str | None) -> None:
         ("<think>11 - 2 = 9, 7 - 0 = 7. So 81 - 2 = 80.</think> 80", None),  # the steps are right
         ("<think>So it is 79.</think> 79", None),  # no step to put one in place of
         ("<think>11-2=9, 17-0=17.</think>", "<think>11-2=9, 7-0=7"),  # not a part of a number
+        # only a sentence starting "So" is the conclusion: a step after "so" is still a step
+        ("<think>A borrow, so 11-2=9, 7-0=7. So 81 - 2 = 80.</think> 80", None),
+        ("<think>A borrow, so 11-2=9, 8-0=8.</think>", "<think>A borrow, so 11-2=9, 7-0=7"),
+        ("<think>7-0=7. So 81 - 2 = 79.</think> 79", None),  # skipped: nothing in its place
     ],
 )
 def test_worked_step_head(text: str, head: str | None) -> None:
@@ -58,6 +62,8 @@ def test_worked_step_head(text: str, head: str | None) -> None:
         ("<think>-3x = 0 - 18 = -18, x = -18/-3 = 7. So x = 7.</think> 7",
          "<think>-3x = 0 - 18 = -18, x = -18/-3 = 6"),
         ("<think>-3x = 0 - 18 = -18, x = -18/-3 = 6. So x = 6.</think> 6", None),
+        # the first step skipped: `x = ` is the second's, so no step goes in after it
+        ("<think>-3x = -18, x = -18/-3 = 7. So x = 7.</think> 7", None),
     ],
 )
 def test_worked_step_head_of_a_linear_equation(text: str, head: str | None) -> None:
@@ -65,7 +71,7 @@ def test_worked_step_head_of_a_linear_equation(text: str, head: str | None) -> N
     assert worked_step_head(text, steps) == head
 
 
-def test_task_steps_are_only_a_procedural_column_tasks() -> None:
+def test_only_procedural_tasks_of_families_with_worked_steps_have_them() -> None:
     assert task_steps("procedural:subtraction", "subtraction", "What is 81 - 2?") == ["11-2=9", "7-0=7"]
     assert task_steps("self_instruct", "subtraction", "What is 81 - 2?") is None
     assert task_steps("procedural:linear_equation", "linear_equation", "Solve for x: 2x + 1 = 5") == [

@@ -76,6 +76,33 @@ def test_with_worked_steps_a_true_step_off_the_algorithm_is_repaired_too() -> No
     assert repaired(engine, reqs[:1], [right], SamplingParams(n=2), 4, [["11-2=9", "7-0=7"]]) == {}
 
 
+def test_a_false_claim_before_the_step_to_put_right_is_corrected_first() -> None:
+    """A head that kept an earlier false claim could never come out clean: repair by value goes
+    first, and a claim it cannot rewrite (an inequality) leaves the task unrepaired, no call."""
+    steps = [["11-2=9", "7-0=7"]]
+    reqs = [[{"role": "user", "content": "What is 81 - 2?"}]]
+    engine = Scripted({"<think>1.5 + 1.5 = 3": ", 11-2=9, 7-0=7. So 81 - 2 = 79.</think>\n79"})
+    outs = [[Completion("<think>1.5 + 1.5 = 4, 11-2=9, 8-0=8. So 81 - 2 = 89.</think>\n89")]]
+    got = repaired(engine, reqs, outs, SamplingParams(n=1), 4, steps)
+    assert got[0][0].text == "<think>1.5 + 1.5 = 3, 11-2=9, 7-0=7. So 81 - 2 = 79.</think>\n79"
+    engine = Scripted({})
+    outs = [[Completion("<think>81 = 80 + 2, so 11-2=9, 8-0=8. So 81 - 2 = 89.</think>\n89")]]
+    assert repaired(engine, reqs, outs, SamplingParams(n=1), 4, steps) == {} and not engine.calls
+
+
+def test_a_new_version_of_the_worked_steps_redoes_the_stages_that_read_them(monkeypatch) -> None:
+    """linear_equation gained worked steps after runs were made with the step check on: their
+    filter stages (and sample stages with repair_steps) must not be reused as they were."""
+    from thinkwheel.config import parse_config
+    from thinkwheel.flows import steps
+
+    on = parse_config({"sampling": {"repair": 4, "repair_steps": True}})
+    off = parse_config({"sampling": {"repair": 4}})
+    before = steps._generation(on), steps._generation(off)
+    monkeypatch.setattr(steps, "STEPS_VERSION", steps.STEPS_VERSION + 1)
+    assert steps._generation(on) != before[0] and steps._generation(off) == before[1]
+
+
 def test_pass_rates_leave_repaired_traces_out() -> None:
     gen = records.dumps(SamplingParams(n=1).as_dict())
     fixed = records.dumps({**SamplingParams(n=1).as_dict(), "repairs": 1})

@@ -264,7 +264,8 @@ class SamplingConfig(_Section):
         if not 0 <= lo <= hi <= 1:  # [0.9, 0.1] took no task, so GRPO had no prompts
             raise ValueError(f"grpo_pass_band must be [low, high] within [0, 1], got {[lo, hi]}")
         if self.repair_steps and not self.repair:  # it would silently repair nothing
-            raise ValueError("repair_steps needs repair > 0 (how many times a trace is repaired)")
+            raise ValueError("sampling.repair_steps needs sampling.repair > 0, the repairs a "
+                             "trace may have (e.g. 4)")
         return self
     # strings that end a generation in sampling, consensus labelling and eval (the text stops
     # before them), e.g. "\nuser" for a base model that would write the next turn itself; an
@@ -539,7 +540,8 @@ class RunConfig(_Section):
         if self.sampling.repair and self.engine.kind == "openai":
             raise ValueError("sampling.repair needs engine.kind hf or vllm: a served model renders "
                              "a continued reply through its chat template, which can change or "
-                             "refuse it; set sampling.repair: 0 for a served model")
+                             "refuse it; set sampling.repair: 0 (and repair_steps: false) "
+                             "for a served model")
         return self
 
     def section_hash(self, *sections: str) -> str:

@@ -149,7 +149,7 @@ class _Replica:
         if getattr(tok, "IS_MISTRAL_TOKENIZER", False) or not hasattr(tok, "apply_chat_template"):
             raise RuntimeError("continuing a reply (sampling.repair) needs the model's "
                                "transformers tokenizer; vLLM's Mistral tokenizer has none: "
-                               "set sampling.repair: 0 for this model")
+                               "set sampling.repair: 0 (and repair_steps: false) for this model")
         return tok
 
 

@@ -33,7 +33,12 @@ def missing_step(text: str, steps: Sequence[str]) -> str | None:
     return None
 
 
-_SO = re.compile(r"\bso\s*$", re.IGNORECASE)
+# the families with worked steps, and how they read: part of the hash of a filter stage with
+# the step check on and of a sample stage with repair to the worked steps, so a run's rounds
+# are not judged by two versions (2: linear_equation has worked steps)
+STEPS_VERSION = 2
+# a sentence that starts with "So" is the conclusion (`. So 81 - 2 = 89`), no step
+_SO = re.compile(r"(?:^|[.!?>\n])\s*so\s*$", re.IGNORECASE)
 # a written step: numbers joined by signs, `=`, a number (`7+8+1=16`, `5-7=-2`, `1*3+1=4`,
 # `-26 + 12 = -14`, `18/-2 = -9`)
 _STEP = re.compile(r"(?<![\d.])-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*-?\d+(?:\.\d+)?(?!\d)")
@@ -41,21 +46,36 @@ _STEP = re.compile(r"(?<![\d.])-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*-?\d+(?:\.\d+)?
 
 def worked_step_head(text: str, steps: Sequence[str]) -> str | None:
     """`text` up to its first written step that is not the worked one in its place, with the
-    worked step written there instead; None when its steps are the worked ones (or it writes
-    none to put one in place of).
+    worked step written there instead; None when its steps are the worked ones, or when it
+    writes none to put one in place of or skipped one (its step in that place is a later
+    worked step: the words before it, `x = `, belong to that one).
 
     Why: repair by value (`arithmetic.repair_head`) corrects only false steps, and a step can
     be true and still not the algorithm's: after `11-2=9` a model that never learned to borrow
     writes `8-0=8` for 81 - 2, where the worked step is `7-0=7`. Nothing false, so nothing was
     corrected, and the bundled model's kept subtraction traces held almost no borrow at all."""
+    cut = worked_step_cut(text, steps)
+    return None if cut is None else text[: cut[0]] + cut[1]
+
+
+def worked_step_cut(text: str, steps: Sequence[str]) -> tuple[int, str] | None:
+    """`worked_step_head` as (where `text` is cut, what is written after the cut)."""
+    def tight(s: str) -> str:
+        return _AROUND.sub(r"\1", s)
+
+    def lhs(s: str) -> str:
+        return tight(s).split("=", 1)[0]
+
     # the conclusion (`So 81 - 2 = 89`) is no step to put one in place of
     written = [m for m in _STEP.finditer(text) if not _SO.search(text, 0, m.start())]
     for j, step in enumerate(steps):
-        if j < len(written) and _AROUND.sub(r"\1", written[j].group()) == _AROUND.sub(r"\1", step):
+        if j < len(written) and tight(written[j].group()) == tight(step):
             continue
         if j < len(written):
-            return text[: written[j].start()] + step
-        return text[: written[j - 1].end()] + ", " + step if j else None
+            if lhs(written[j].group()) in {lhs(s) for s in steps[j + 1:]}:
+                return None  # skipped: repair by value, if anything
+            return written[j].start(), step
+        return (written[j - 1].end(), ", " + step) if j else None
     return None
 
 

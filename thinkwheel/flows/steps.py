@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
-from thinkwheel.filters.steps import task_steps
+from thinkwheel.filters.steps import STEPS_VERSION, task_steps
 from thinkwheel.flows.progress import reporter
 from thinkwheel.generators.repair import dpo_candidates, own_verdicts, repaired, repaired_ids
 from thinkwheel.store import (
@@ -103,6 +103,8 @@ def _generation(cfg: RunConfig, *, repair: bool = True) -> str:
     `repair` off for the tasks stage: step repair changes the candidates, not the tasks."""
     drop = _CURATION if repair else (*_CURATION, "repair", "repair_steps")
     shaping = {k: v for k, v in hashed(cfg.sampling).items() if k not in drop}
+    if shaping.get("repair_steps"):  # which families' steps it repairs to
+        shaping["repair_steps"] = STEPS_VERSION
     return _hash(shaping, cfg.section_hash("engine"), cfg.export.system_prompt)
 
 
@@ -625,6 +627,8 @@ def filter_and_select(store: RunStore, cfg: RunConfig, k: int) -> pl.DataFrame:
     # what the filters and the cap read: the export's formats, card or DPO pairs do not re-filter
     cfg_hash = _hash(cfg.section_hash("filters"), cfg.sampling.keep_per_task,
                      cfg.export.verified_only)
+    if cfg.filters.quality.check_steps:  # which families' steps it reads
+        cfg_hash = _hash(cfg_hash, STEPS_VERSION)
     if _reused(store, k, "filter", in_hash, cfg_hash):
         return store.read_table(k, "filtered")
     t0 = time.time()

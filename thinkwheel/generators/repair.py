@@ -27,7 +27,7 @@ import polars as pl
 
 from thinkwheel.engines.base import Completion, Engine, Request, SamplingParams, as_messages
 from thinkwheel.filters.arithmetic import false_claims, repair_head
-from thinkwheel.filters.steps import missing_step, worked_step_head
+from thinkwheel.filters.steps import missing_step, worked_step_cut
 
 Steps = Sequence[str] | None  # a task's worked steps (filters.steps.task_steps), if it has them
 
@@ -39,8 +39,13 @@ def _wrong(text: str, steps: Steps) -> bool:
 
 def _head(text: str, steps: Steps) -> str | None:
     """Where to continue from: the first step that is not the worked one, put right (when the
-    task has worked steps to compare with), else the first false step, corrected."""
-    return (steps and worked_step_head(text, steps)) or repair_head(text)
+    task has worked steps to compare with), else the first false step, corrected. A false
+    claim before that step is corrected first, or, when it cannot be, the trace is left: a head
+    that keeps it could never come out clean."""
+    cut = worked_step_cut(text, steps) if steps else None
+    if cut is None or false_claims(text[: cut[0]]):
+        return repair_head(text)
+    return text[: cut[0]] + cut[1]
 
 
 def repaired(
