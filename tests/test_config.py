@@ -202,7 +202,7 @@ def test_the_step_cap_grows_by_round_and_hashes_as_written_out() -> None:
 
 
 def test_repairing_to_the_worked_steps_needs_repair() -> None:
-    with pytest.raises(ConfigError, match="repair_steps needs repair"):
+    with pytest.raises(ConfigError, match="repair_steps needs sampling.repair > 0"):
         parse_config({"sampling": {"repair_steps": True}})
     on = parse_config({"sampling": {"repair": 4, "repair_steps": True}})
     assert on.section_hash("sampling") != parse_config({"sampling": {"repair": 4}}).section_hash("sampling")
