@@ -14,8 +14,9 @@ and the filters like any other and is marked in its `gen_params` (`"repairs": k`
 
 A procedural task of the column families or linear_equation knows its worked steps
 (`sampling.repair_steps`): there a step that is true but off the algorithm is wrong too, and
-the checker writes the worked step in its place. A model that never borrows writes `11-2=9, 8-0=8` for 81 - 2, nothing false in it, so
-the value alone only corrected the conclusion, a leap the step check drops.
+the checker writes the worked step in its place. A model that never borrows writes `11-2=9,
+8-0=8` for 81 - 2, nothing false in it, so the value alone only corrected the conclusion, a
+leap the step check drops.
 """
 
 from __future__ import annotations
