@@ -16,16 +16,21 @@ from collections.abc import Sequence
 
 from thinkwheel.generators.procedural import worked_steps
 
-_AROUND = re.compile(r"\s*([-+*/=<>])\s*")  # `7 + 8 = 15` reads as `7+8=15`; other spaces stay
+_AROUND = re.compile(r"\s*([-+*/=<>])\s*")
+
+
+def _tight(text: str) -> str:
+    """`7 + 8 = 15` as `7+8=15`: spaces around signs dropped, other spaces kept."""
+    return _AROUND.sub(r"\1", text)
 
 
 def missing_step(text: str, steps: Sequence[str]) -> str | None:
     """The first of `steps` (`9+5=14`) that `text` does not state after the ones before it,
     spaces around its signs aside and not inside a longer number (`19+5=14` and `9+5=14.5` are
     not `9+5=14`); None when it states them all."""
-    text, at = _AROUND.sub(r"\1", text or ""), 0
+    text, at = _tight(text or ""), 0
     for step in steps:
-        tight = re.escape(_AROUND.sub(r"\1", step))
+        tight = re.escape(_tight(step))
         m = re.compile(rf"(?<!\d)(?<!\d\.){tight}(?!\.?\d)").search(text, at)
         if m is None:
             return step
@@ -60,16 +65,13 @@ def worked_step_head(text: str, steps: Sequence[str]) -> str | None:
 
 def worked_step_cut(text: str, steps: Sequence[str]) -> tuple[int, str] | None:
     """`worked_step_head` as (where `text` is cut, what is written after the cut)."""
-    def tight(s: str) -> str:
-        return _AROUND.sub(r"\1", s)
-
     def lhs(s: str) -> str:
-        return tight(s).split("=", 1)[0]
+        return _tight(s).split("=", 1)[0]
 
     # the conclusion (`So 81 - 2 = 89`) is no step to put one in place of
     written = [m for m in _STEP.finditer(text) if not _SO.search(text, 0, m.start())]
     for j, step in enumerate(steps):
-        if j < len(written) and tight(written[j].group()) == tight(step):
+        if j < len(written) and _tight(written[j].group()) == _tight(step):
             continue
         if j < len(written):
             if lhs(written[j].group()) in {lhs(s) for s in steps[j + 1:]}:
