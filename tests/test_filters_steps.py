@@ -71,6 +71,22 @@ def test_worked_step_head_of_a_linear_equation(text: str, head: str | None) -> N
     assert worked_step_head(text, steps) == head
 
 
+@pytest.mark.parametrize(
+    ("text", "head"),
+    [
+        # the bundled model's fused carry step, true but not the worked one
+        ("<think>3*4=12, 4*4+1=17. So 43 * 4 = 172.</think> 172", "<think>3*4=12, 4*4=16"),
+        # continued from there, it left the carry out
+        ("<think>3*4=12, 4*4=16. So 43 * 4 = 162.</think> 162", "<think>3*4=12, 4*4=16, 16+1=17"),
+        ("<think>3*4=12, 4*4=16, 16+1=17. So 43 * 4 = 172.</think> 172", None),
+    ],
+)
+def test_worked_step_head_of_a_multiplication(text: str, head: str | None) -> None:
+    steps = procedural.worked_steps("multiplication", "What is 43 * 4?")
+    assert worked_step_head(text, steps) == head
+    assert (missing_step(text, steps) is None) == (head is None)
+
+
 def test_only_procedural_tasks_of_families_with_worked_steps_have_them() -> None:
     assert task_steps("procedural:subtraction", "subtraction", "What is 81 - 2?") == ["11-2=9", "7-0=7"]
     assert task_steps("self_instruct", "subtraction", "What is 81 - 2?") is None

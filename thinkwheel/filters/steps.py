@@ -40,8 +40,9 @@ def missing_step(text: str, steps: Sequence[str]) -> str | None:
 
 # the families with worked steps, and how they read: part of the hash of a filter stage with
 # the step check on and of a sample stage with repair to the worked steps, so a run's rounds
-# are not judged by two versions (2: linear_equation has worked steps)
-STEPS_VERSION = 2
+# are not judged by two versions (2: linear_equation has worked steps; 3: multiplication adds
+# its carry in a step of its own)
+STEPS_VERSION = 3
 # a sentence that starts with "So" is the conclusion (`. So 81 - 2 = 89`), no step
 _SO = re.compile(r"(?:^|[.!?>\n])\s*so\s*$", re.IGNORECASE)
 # a written step: numbers joined by signs, `=`, a number (`7+8+1=16`, `5-7=-2`, `1*3+1=4`,
