@@ -6,8 +6,9 @@ Takes the first `--per-family` tasks of each family with worked steps from round
 `bench/flywheel.py` run, samples them with the model that round sampled with (the base model for
 round 0, else round R-1's), as the run's sampling settings say, and repairs the same samples twice
 (`sampling.repair` as configured, at least 1): by value only, and to the worked steps
-(`sampling.repair_steps`). Per family it prints the tasks repaired and the repaired traces that
-would be kept: the answer verifies, no step is false, every worked step is stated.
+(`sampling.repair_steps`; a column task's to its worked conclusion too). Per family it prints
+the tasks repaired and the repaired traces that would be kept: the answer verifies, no step is
+false, every worked step is stated.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
     from thinkwheel.engines.factory import resolve_model
     from thinkwheel.engines.hf import HFEngine
     from thinkwheel.filters.arithmetic import false_claims
-    from thinkwheel.filters.steps import missing_step, task_steps
+    from thinkwheel.filters.steps import missing_step, task_conclusion, task_steps
     from thinkwheel.flows.steps import sampling_params, verifier_settings
     from thinkwheel.generators.repair import repaired
     from thinkwheel.verifiers import verify_frame
@@ -59,13 +60,14 @@ def main() -> None:
     t0 = time.time()
     outs = engine.generate(reqs, params)
     print(f"round {k}: {tasks.height} tasks x {params.n} samples with {model} in {time.time() - t0:.0f} s")
-    steps = [task_steps(*r) for r in tasks.select("source", "family", "prompt").rows()]
+    keys = tasks.select("source", "family", "prompt").rows()
+    steps, ends = [task_steps(*r) for r in keys], [task_conclusion(*r) for r in keys]
     budget = max(1, cfg.sampling.repair)
     print("| repair | family | tasks | repaired | kept (verified, no false step, steps stated) |")
     print("|---|---|---|---|---|")
-    for label, worked in (("by value", None), ("to the worked steps", steps)):
+    for label, worked, concl in (("by value", None, None), ("to the worked steps", steps, ends)):
         t0 = time.time()
-        got = repaired(engine, reqs, outs, params, budget, worked)
+        got = repaired(engine, reqs, outs, params, budget, worked, concl)
         seconds = time.time() - t0
         idx = sorted(got)
         cands = pl.DataFrame({

@@ -9,7 +9,13 @@ import pytest
 
 from thinkwheel import config, records
 from thinkwheel.filters import stage
-from thinkwheel.filters.steps import missing_step, task_steps, worked_step_head
+from thinkwheel.filters.steps import (
+    conclusion_cut,
+    missing_step,
+    task_conclusion,
+    task_steps,
+    worked_step_head,
+)
 from thinkwheel.generators import procedural
 
 
@@ -85,6 +91,43 @@ def test_worked_step_head_of_a_multiplication(text: str, head: str | None) -> No
     steps = procedural.worked_steps("multiplication", "What is 43 * 4?")
     assert worked_step_head(text, steps) == head
     assert (missing_step(text, steps) is None) == (head is None)
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        # the steps are right; the task restated is not (the operand read off three steps)
+        ("<think>7*6=42, 1*6=6, 6+4=10. So 177 * 6 = 1062.</think> 1062", (33, "17 * 6 = 102")),
+        ("<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 112.</think> 112", (33, "17 * 6 = 102")),
+        ("<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 102.</think> 102", None),
+        ("<think>7*6=42, 1*6=6, 6+4=10. so 17*6 = 102. So 177 * 6 = 1062.</think>", None),
+        ("<think>7*6=42, 1*6=6, 6+4=10.</think> 102", None),  # no conclusion to put right
+        ("<think>7*6=42, 1*6=6, 6+4=10, 17*6=102.</think> 102", None),  # no "So": a step
+    ],
+)
+def test_conclusion_cut(text: str, cut: tuple[int, str] | None) -> None:
+    assert conclusion_cut(text, "17 * 6 = 102") == cut
+    if cut:
+        assert text[cut[0]:].startswith(text.split("So ")[1])
+
+
+def test_the_worked_conclusion_is_the_gold_traces() -> None:
+    """A column family's gold trace concludes with its worked conclusion; other families and
+    other prompts have none."""
+    assert task_conclusion("procedural:subtraction", "subtraction", "What is 27 - 62?") == (
+        "27 - 62 = -35")
+    assert task_conclusion("self_instruct", "subtraction", "What is 27 - 62?") is None
+    assert task_conclusion("procedural:addition", "addition", "What is 27 - 62?") is None
+    assert task_conclusion("procedural:linear_equation", "linear_equation",
+                           "Solve for x: 2x + 1 = 5") is None
+    rng = random.Random(7)
+    for family in ("addition", "subtraction", "multiplication"):
+        for level in range(1, 6):
+            for _ in range(40):
+                p = procedural.MATH[family](rng, level)
+                end = task_conclusion(f"procedural:{family}", family, p.prompt)
+                assert p.trace.endswith(f"So {end}.")
+                assert conclusion_cut(f"<think>{p.trace}</think> {p.answer}", end) is None
 
 
 def test_only_procedural_tasks_of_families_with_worked_steps_have_them() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from thinkwheel.generators.procedural import worked_steps
+from thinkwheel.generators.procedural import worked_conclusion, worked_steps
 
 _AROUND = re.compile(r"\s*([-+*/=<>])\s*")
 
@@ -41,7 +41,7 @@ def missing_step(text: str, steps: Sequence[str]) -> str | None:
 # the families with worked steps, and how they read: part of the hash of a filter stage with
 # the step check on and of a sample stage with repair to the worked steps, so a run's rounds
 # are not judged by two versions (2: linear_equation has worked steps; 3: multiplication adds
-# its carry in a step of its own)
+# its carry in a step of its own, and repair puts a column task's conclusion right)
 STEPS_VERSION = 3
 # a sentence that starts with "So" is the conclusion (`. So 81 - 2 = 89`), no step
 _SO = re.compile(r"(?:^|[.!?>\n])\s*so\s*$", re.IGNORECASE)
@@ -82,11 +82,32 @@ def worked_step_cut(text: str, steps: Sequence[str]) -> tuple[int, str] | None:
     return None
 
 
+def conclusion_cut(text: str, conclusion: str) -> tuple[int, str] | None:
+    """Where `text`'s conclusion (`So 177 * 6 = 1062`) starts, and the worked one to write in
+    its place (`17 * 6 = 102`), when it is not that; None when it is, or there is none.
+
+    Why: the bundled model reads the operand's length off the number of steps, so once its
+    one-digit multiplications write the carry in a step of its own (three steps for 17 * 6), it
+    concludes `So 177 * 6 = 1062` after steps that are all right: 449 of the 636 repaired
+    multiplication traces of a round 0. Every claim in it holds, so neither repair saw it."""
+    for m in _STEP.finditer(text):
+        if _SO.search(text, 0, m.start()):  # the first conclusion
+            return None if _tight(m.group()) == _tight(conclusion) else (m.start(), conclusion)
+    return None
+
+
 def task_steps(source: str | None, family: str | None, prompt: str | None) -> list[str] | None:
     """The worked steps of a procedural task of a family that has them, else None."""
     if not (source or "").startswith("procedural:"):
         return None
     return worked_steps(family or "", prompt or "")
+
+
+def task_conclusion(source: str | None, family: str | None, prompt: str | None) -> str | None:
+    """The worked conclusion (`17 * 6 = 102`) of a procedural task of a column family."""
+    if not (source or "").startswith("procedural:"):
+        return None
+    return worked_conclusion(family or "", prompt or "")
 
 
 def unstated_step(source: str | None, family: str | None, prompt: str | None, text: str | None

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from thinkwheel import records
 from thinkwheel.config import DecontamConfig, RunConfig, TaskFilesConfig, hashed
 from thinkwheel.engines.base import Engine, SamplingParams, request_for
-from thinkwheel.filters.steps import STEPS_VERSION, task_steps
+from thinkwheel.filters.steps import STEPS_VERSION, task_conclusion, task_steps
 from thinkwheel.flows.progress import reporter
 from thinkwheel.generators.repair import dpo_candidates, own_verdicts, repaired, repaired_ids
 from thinkwheel.store import (
@@ -441,9 +441,10 @@ def sample(
         reqs = [request_for(p, cfg.export.system_prompt) for p in shard["prompt"]]
         ticks = _Ticks(rep)
         outs = engine.generate(reqs, params, progress=ticks)
-        worked = ([task_steps(*row) for row in shard.select("source", "family", "prompt").rows()]
-                  if s.repair_steps else None)
-        fixed = repaired(engine, reqs, outs, params, s.repair, worked) if s.repair else None
+        keys = shard.select("source", "family", "prompt").rows() if s.repair_steps else None
+        worked = [task_steps(*row) for row in keys] if keys else None
+        ends = [task_conclusion(*row) for row in keys] if keys else None
+        fixed = repaired(engine, reqs, outs, params, s.repair, worked, ends) if s.repair else None
         rows = candidate_rows(shard, outs, model_name, params, k, fixed)
         store.write_shard(k, "sample", key, i, records.frame(rows, records.CANDIDATES))
         rep.advance(max(0, shard.height * s.n - ticks.n))

@@ -10,6 +10,7 @@ so a task set is identical across processes and independent of which families ar
 from __future__ import annotations
 
 import json
+import operator
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -110,6 +111,14 @@ def column_steps(family: str, a: int, b: int) -> str | None:
 
 
 _OPERANDS = {"addition": "+", "subtraction": "-", "multiplication": "*"}
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+def _operands(family: str, prompt: str) -> tuple[int, int] | None:
+    """(a, b) of a column family's task `What is a <op> b?`, None for another prompt."""
+    op = _OPERANDS.get(family)
+    m = re.fullmatch(rf"What is (\d+) {re.escape(op)} (\d+)\?", prompt.strip()) if op else None
+    return (int(m[1]), int(m[2])) if m else None
 
 
 def worked_steps(family: str, prompt: str) -> list[str] | None:
@@ -121,12 +130,21 @@ def worked_steps(family: str, prompt: str) -> list[str] | None:
     if family == "linear_equation":
         m = _LINEAR.fullmatch(prompt.strip())
         return list(linear_steps(int(m[1]), int(m[2] + m[3]), int(m[4]))) if m else None
-    op = _OPERANDS.get(family)
-    m = re.fullmatch(rf"What is (\d+) {re.escape(op)} (\d+)\?", prompt.strip()) if op else None
-    steps = column_steps(family, int(m[1]), int(m[2])) if m else None
+    ab = _operands(family, prompt)
+    steps = column_steps(family, *ab) if ab else None
     if steps is None:
         return None
     return [s for s in steps.rsplit(". ", 1)[-1].split(", ") if "=" in s]
+
+
+def worked_conclusion(family: str, prompt: str) -> str | None:
+    """The equation a column family's trace concludes with (`So 17 * 6 = 102.` -> `17 * 6 =
+    102`): the task restated, and its value. None for other families and prompts."""
+    ab = _operands(family, prompt)
+    if ab is None:
+        return None
+    op = _OPERANDS[family]
+    return f"{ab[0]} {op} {ab[1]} = {_APPLY[op](*ab)}"
 
 
 _LINEAR = re.compile(r"Solve for x: (-?\d+)x ([+-]) (\d+) = (-?\d+)")

@@ -28,22 +28,28 @@ import polars as pl
 
 from thinkwheel.engines.base import Completion, Engine, Request, SamplingParams, as_messages
 from thinkwheel.filters.arithmetic import false_claims, repair_head
-from thinkwheel.filters.steps import missing_step, worked_step_cut
+from thinkwheel.filters.steps import conclusion_cut, missing_step, worked_step_cut
 
 Steps = Sequence[str] | None  # a task's worked steps (filters.steps.task_steps), if it has them
+Conclusion = str | None  # and its worked conclusion (filters.steps.task_conclusion)
 
 
-def _wrong(text: str, steps: Steps) -> bool:
-    """The trace states a false step, or leaves out one of the task's worked steps."""
-    return bool(false_claims(text)) or bool(steps and missing_step(text, steps))
+def _wrong(text: str, steps: Steps, conclusion: Conclusion = None) -> bool:
+    """The trace states a false step, leaves out one of the task's worked steps, or concludes
+    other than the worked conclusion."""
+    return (bool(false_claims(text)) or bool(steps and missing_step(text, steps))
+            or bool(conclusion and conclusion_cut(text, conclusion)))
 
 
-def _head(text: str, steps: Steps) -> str | None:
+def _head(text: str, steps: Steps, conclusion: Conclusion = None) -> str | None:
     """Where to continue from: the first step that is not the worked one, put right (when the
-    task has worked steps to compare with), else the first false step, corrected. A false
-    claim before that step is corrected first, or, when it cannot be, the trace is left: a head
-    that keeps it could never come out clean."""
+    task has worked steps to compare with), or with them all stated a conclusion that is not
+    the worked one; else the first false step, corrected. A false claim before that step is
+    corrected first, or, when it cannot be, the trace is left: a head that keeps it could
+    never come out clean."""
     cut = worked_step_cut(text, steps) if steps else None
+    if cut is None and steps and conclusion and not missing_step(text, steps):
+        cut = conclusion_cut(text, conclusion)
     if cut is None or false_claims(text[: cut[0]]):
         return repair_head(text)
     return text[: cut[0]] + cut[1]
@@ -56,23 +62,26 @@ def repaired(
     params: SamplingParams,
     max_repairs: int,
     steps: Sequence[Steps] | None = None,
+    conclusions: Sequence[Conclusion] | None = None,
 ) -> dict[int, tuple[Completion, int]]:
     """Request index -> (repaired completion, repairs made), for the requests whose samples are
     all wrong and whose repaired trace is not. Wrong is a false step, or, with `steps` (each
-    request's worked steps, `sampling.repair_steps`), a worked step left out. Each pass
+    request's worked steps, `sampling.repair_steps`), a worked step left out, or with
+    `conclusions` too (each request's worked conclusion), another conclusion. Each pass
     continues every open trace in one engine call, so the cost is at most `max_repairs` calls
     of one sample each. Each continuation has the whole `max_tokens` budget; `n_tokens` counts
     what they wrote."""
     one = replace(params, n=1)
     worked = list(steps) if steps is not None else [None] * len(outs)
+    ends = list(conclusions) if conclusions is not None else [None] * len(outs)
     open_: dict[int, tuple[str, int, int]] = {}  # index -> (head, repairs made, tokens written)
     for i, completions in enumerate(outs):
         if max_repairs < 1 or not completions:
             continue
-        if not all(c.text and _wrong(c.text, worked[i]) for c in completions):
+        if not all(c.text and _wrong(c.text, worked[i], ends[i]) for c in completions):
             continue  # a sample is clean (or empty): nothing to repair
         for c in completions:
-            if head := _head(c.text, worked[i]):
+            if head := _head(c.text, worked[i], ends[i]):
                 open_[i] = (head, 0, 0)
                 break
     done: dict[int, tuple[Completion, int]] = {}
@@ -89,11 +98,11 @@ def repaired(
                 continue
             text = head + c.text
             repairs, tokens = repairs + 1, tokens + c.n_tokens
-            if not _wrong(text, worked[i]):
+            if not _wrong(text, worked[i], ends[i]):
                 done[i] = (Completion(text=text, finish_reason=c.finish_reason, n_tokens=tokens),
                            repairs)
                 del open_[i]
-            elif (nxt := _head(text, worked[i])) is None or len(nxt) <= len(head):
+            elif (nxt := _head(text, worked[i], ends[i])) is None or len(nxt) <= len(head):
                 del open_[i]  # nothing more this can correct
             else:
                 open_[i] = (nxt, repairs, tokens)
