@@ -91,7 +91,8 @@ def rebalance(sft: pl.DataFrame, key: str, alpha: float, within: str | None = No
 def steps_stated(sft: pl.DataFrame) -> pl.DataFrame:
     """The rows the step check (`filters.quality.check_steps`) keeps: a procedural column task's
     trace states the task's worked steps. What a run without the check would have trained on
-    without its leaps."""
+    without its leaps. (The worked steps as they are now: on a run made before a
+    multiplication's carry had a step of its own, its fused multiplication traces go too.)"""
     from thinkwheel.filters.steps import unstated_step
 
     def text(row: dict[str, Any], role: str) -> str:

@@ -6,9 +6,10 @@ A repaired trace (`sampling.repair`) states no false step and reaches the verifi
 its steps need not lead there: if the checker supplied the conclusion (`10-3=7, 5-0=5. So 90 - 3
 = 87.`) the steps are true and the answer is not theirs. For every round of a `bench/flywheel.py`
 run, this prints the kept addition, subtraction and multiplication traces, the model's own and
-the repaired ones, and the share whose steps are exactly the column algorithm in the bundled
-model's format (`procedural.column_steps`: the task's digits, units first, each carry or borrow
-where it falls).
+the repaired ones, and the share whose steps are exactly the column algorithm in the
+generator's format (`procedural.column_steps`: the task's digits, units first, each carry or
+borrow where it falls). A run made before a multiplication's carry had a step of its own
+(filters.steps.STEPS_VERSION 3) shows its multiplication traces at 0%: they fuse it.
 """
 
 from __future__ import annotations

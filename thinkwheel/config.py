@@ -254,7 +254,8 @@ class SamplingConfig(_Section):
     # with repair: a procedural task with worked steps (the column families, linear_equation)
     # is also repaired at its first step that is not the worked one (a true step off the
     # algorithm: `8-0=8` where a borrow makes it `7-0=7`), the steps the step check
-    # (filters.quality.check_steps) asks for
+    # (filters.quality.check_steps) asks for, and a column task's at a conclusion that is not
+    # the worked one (`So 177 * 6 = 1062` for 17 * 6, after right steps)
     repair_steps: bool = Field(False, json_schema_extra=ADDITIVE)
     grpo_pass_band: tuple[float, float] = (0.2, 0.8)  # open-r1's band for GRPO prompts
 
@@ -341,7 +342,9 @@ class QualityConfig(_Section):
     check_arithmetic: bool = True
     # drop a procedural task's trace that does not state its worked steps (filters/steps.py):
     # true steps that do not lead to the answer; for the column-arithmetic families and
-    # linear_equation (procedural.worked_steps)
+    # linear_equation (procedural.worked_steps). The bundled model fuses a multiplication's
+    # carry into one step (`4*4+1=17`, the worked steps: `4*4=16, 16+1=17`): without
+    # sampling.repair_steps to rewrite them, its multiplication traces with a carry are dropped
     check_steps: bool = Field(False, json_schema_extra=ADDITIVE)
 
 

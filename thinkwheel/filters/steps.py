@@ -43,8 +43,9 @@ def missing_step(text: str, steps: Sequence[str]) -> str | None:
 # are not judged by two versions (2: linear_equation has worked steps; 3: multiplication adds
 # its carry in a step of its own, and repair puts a column task's conclusion right)
 STEPS_VERSION = 3
-# a sentence that starts with "So" is the conclusion (`. So 81 - 2 = 89`), no step
-_SO = re.compile(r"(?:^|[.!?>\n])\s*so\s*$", re.IGNORECASE)
+# a sentence that starts with "So" is the conclusion (`. So 81 - 2 = 89`, `. So, 81 - 2 = 89`),
+# no step
+_SO = re.compile(r"(?:^|[.!?>\n])\s*so\s*,?\s*$", re.IGNORECASE)
 # a written step: numbers joined by signs, `=`, a number (`7+8+1=16`, `5-7=-2`, `1*3+1=4`,
 # `-26 + 12 = -14`, `18/-2 = -9`)
 _STEP = re.compile(r"(?<![\d.])-?\d+(?:\s*[-+*/]\s*-?\d+)+\s*=\s*-?\d+(?:\.\d+)?(?!\d)")
@@ -64,34 +65,40 @@ def worked_step_head(text: str, steps: Sequence[str]) -> str | None:
     return None if cut is None else text[: cut[0]] + cut[1]
 
 
+def _lhs(step: str) -> str:
+    """`7 + 8 = 15` -> `7+8`."""
+    return _tight(step).split("=", 1)[0]
+
+
 def worked_step_cut(text: str, steps: Sequence[str]) -> tuple[int, str] | None:
     """`worked_step_head` as (where `text` is cut, what is written after the cut)."""
-    def lhs(s: str) -> str:
-        return _tight(s).split("=", 1)[0]
-
     # the conclusion (`So 81 - 2 = 89`) is no step to put one in place of
     written = [m for m in _STEP.finditer(text) if not _SO.search(text, 0, m.start())]
     for j, step in enumerate(steps):
         if j < len(written) and _tight(written[j].group()) == _tight(step):
             continue
         if j < len(written):
-            if lhs(written[j].group()) in {lhs(s) for s in steps[j + 1:]}:
+            if _lhs(written[j].group()) in {_lhs(s) for s in steps[j + 1:]}:
                 return None  # skipped: repair by value, if anything
             return written[j].start(), step
         return (written[j - 1].end(), ", " + step) if j else None
     return None
 
 
-def conclusion_cut(text: str, conclusion: str) -> tuple[int, str] | None:
+def conclusion_cut(text: str, conclusion: str, steps: Sequence[str] = ()
+                   ) -> tuple[int, str] | None:
     """Where `text`'s conclusion (`So 177 * 6 = 1062`) starts, and the worked one to write in
-    its place (`17 * 6 = 102`), when it is not that; None when it is, or there is none.
+    its place (`17 * 6 = 102`), when it is not that; None when it is, or there is none. A
+    sentence starting "So" that states one of the worked `steps` (`. So 1*6=6, 6+4=10.`) is
+    a step, not the conclusion.
 
     Why: the bundled model reads the operand's length off the number of steps, so once its
     one-digit multiplications write the carry in a step of its own (three steps for 17 * 6), it
     concludes `So 177 * 6 = 1062` after steps that are all right: 449 of the 636 repaired
     multiplication traces of a round 0. Every claim in it holds, so neither repair saw it."""
+    stated = {_lhs(s) for s in steps}
     for m in _STEP.finditer(text):
-        if _SO.search(text, 0, m.start()):  # the first conclusion
+        if _SO.search(text, 0, m.start()) and _lhs(m.group()) not in stated:  # the first
             return None if _tight(m.group()) == _tight(conclusion) else (m.start(), conclusion)
     return None
 

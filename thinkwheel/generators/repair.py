@@ -16,7 +16,8 @@ A procedural task of the column families or linear_equation knows its worked ste
 (`sampling.repair_steps`): there a step that is true but off the algorithm is wrong too, and
 the checker writes the worked step in its place. A model that never borrows writes `11-2=9,
 8-0=8` for 81 - 2, nothing false in it, so the value alone only corrected the conclusion, a
-leap the step check drops.
+leap the step check drops. A column task's conclusion is put right there too: with every step
+right, the bundled model can still restate the task wrongly (`So 177 * 6 = 1062` for 17 * 6).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _wrong(text: str, steps: Steps, conclusion: Conclusion = None) -> bool:
     """The trace states a false step, leaves out one of the task's worked steps, or concludes
     other than the worked conclusion."""
     return (bool(false_claims(text)) or bool(steps and missing_step(text, steps))
-            or bool(conclusion and conclusion_cut(text, conclusion)))
+            or bool(conclusion and conclusion_cut(text, conclusion, steps or ())))
 
 
 def _head(text: str, steps: Steps, conclusion: Conclusion = None) -> str | None:
@@ -49,7 +50,7 @@ def _head(text: str, steps: Steps, conclusion: Conclusion = None) -> str | None:
     never come out clean."""
     cut = worked_step_cut(text, steps) if steps else None
     if cut is None and steps and conclusion and not missing_step(text, steps):
-        cut = conclusion_cut(text, conclusion)
+        cut = conclusion_cut(text, conclusion, steps)
     if cut is None or false_claims(text[: cut[0]]):
         return repair_head(text)
     return text[: cut[0]] + cut[1]
