@@ -97,17 +97,17 @@ def test_worked_step_head_of_a_multiplication(text: str, head: str | None) -> No
     ("text", "cut"),
     [
         # the steps are right; the task restated is not (the operand read off three steps)
-        ("<think>7*6=42, 1*6=6, 6+4=10. So 177 * 6 = 1062.</think> 1062", (33, "17 * 6 = 102")),
-        ("<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 112.</think> 112", (33, "17 * 6 = 102")),
+        ("<think>7*6=42, 1*6=6, 6+4=10. So 177 * 6 = 1062.</think> 1062", (33, "17 * 6 = 102.")),
+        ("<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 112.</think> 112", (33, "17 * 6 = 102.")),
         ("<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 102.</think> 102", None),
         ("<think>7*6=42, 1*6=6, 6+4=10. so 17*6 = 102. So 177 * 6 = 1062.</think>", None),
         ("<think>7*6=42, 1*6=6, 6+4=10.</think> 102", None),  # no conclusion to put right
         ("<think>7*6=42, 1*6=6, 6+4=10, 17*6=102.</think> 102", None),  # no "So": a step
-        ("<think>7*6=42, 1*6=6, 6+4=10. So, 177 * 6 = 1062.</think> 1062", (34, "17 * 6 = 102")),
+        ("<think>7*6=42, 1*6=6, 6+4=10. So, 177 * 6 = 1062.</think> 1062", (34, "17 * 6 = 102.")),
         # a worked step in a sentence that starts with "So" is a step, not the conclusion
         ("<think>7*6=42. So 1*6=6, 6+4=10. So 17 * 6 = 102.</think> 102", None),
         ("<think>So 7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 102.</think> 102", None),
-        ("<think>7*6=42. So 1*6=6, 6+4=10. So 177 * 6 = 1062.</think> 1062", (36, "17 * 6 = 102")),
+        ("<think>7*6=42. So 1*6=6, 6+4=10. So 177 * 6 = 1062.</think> 1062", (36, "17 * 6 = 102.")),
     ],
 )
 def test_conclusion_cut(text: str, cut: tuple[int, str] | None) -> None:

@@ -78,20 +78,21 @@ def test_with_worked_steps_a_true_step_off_the_algorithm_is_repaired_too() -> No
 
 def test_with_its_worked_conclusion_a_task_restated_wrongly_is_repaired_too() -> None:
     """17 * 6 in three steps, all right, then `So 177 * 6 = 1062`: every claim holds, so only
-    the worked conclusion can see it; it is written in, and the model writes the answer."""
+    the worked conclusion can see it; it is written in, its sentence ended (continued from `=
+    102`, the bundled model wrote on into `1028`), and the model writes the answer."""
     steps, end = [["7*6=42", "1*6=6", "6+4=10"]], ["17 * 6 = 102"]
-    head = "<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 102"
-    engine = Scripted({head: ".</think>\n102",
+    head = "<think>7*6=42, 1*6=6, 6+4=10. So 17 * 6 = 102."
+    engine = Scripted({head: "</think>\n102",
                        "<think>7*6=42, 1*6=6": ", 6+4=10. So 177 * 6 = 1062.</think>\n1062"})
     reqs = [[{"role": "user", "content": "What is 17 * 6?"}]]
     outs = [[Completion("<think>7*6=42, 1*6=6, 6+4=10. So 177 * 6 = 1062.</think>\n1062")]]
     assert repaired(engine, reqs, outs, SamplingParams(n=1), 4, steps) == {}  # nothing false
     got = repaired(engine, reqs, outs, SamplingParams(n=1), 4, steps, end)
-    assert got == {0: (Completion(f"{head}.</think>\n102", n_tokens=3), 1)}
+    assert got == {0: (Completion(f"{head}</think>\n102", n_tokens=3), 1)}
     # the fused step first (the step before the conclusion), then the conclusion: two repairs
     outs = [[Completion("<think>7*6=42, 1*6+4=10. So 17 * 6 = 102.</think>\n102")]]
     got = repaired(engine, reqs, outs, SamplingParams(n=1), 4, steps, end)
-    assert got == {0: (Completion(f"{head}.</think>\n102", n_tokens=6), 2)}
+    assert got == {0: (Completion(f"{head}</think>\n102", n_tokens=6), 2)}
     assert [r[0][-1]["content"] for r in engine.calls[-2:]] == ["<think>7*6=42, 1*6=6", head]
 
 

@@ -88,9 +88,10 @@ def worked_step_cut(text: str, steps: Sequence[str]) -> tuple[int, str] | None:
 def conclusion_cut(text: str, conclusion: str, steps: Sequence[str] = ()
                    ) -> tuple[int, str] | None:
     """Where `text`'s conclusion (`So 177 * 6 = 1062`) starts, and the worked one to write in
-    its place (`17 * 6 = 102`), when it is not that; None when it is, or there is none. A
-    sentence starting "So" that states one of the worked `steps` (`. So 1*6=6, 6+4=10.`) is
-    a step, not the conclusion.
+    its place, its sentence ended (`17 * 6 = 102.`: a model continued from `= 102` writes on
+    into `1028`), when it is not that; None when it is, or there is none. A sentence starting
+    "So" that states one of the worked `steps` (`. So 1*6=6, 6+4=10.`) is a step, not the
+    conclusion.
 
     Why: the bundled model reads the operand's length off the number of steps, so once its
     one-digit multiplications write the carry in a step of its own (three steps for 17 * 6), it
@@ -99,7 +100,7 @@ def conclusion_cut(text: str, conclusion: str, steps: Sequence[str] = ()
     stated = {_lhs(s) for s in steps}
     for m in _STEP.finditer(text):
         if _SO.search(text, 0, m.start()) and _lhs(m.group()) not in stated:  # the first
-            return None if _tight(m.group()) == _tight(conclusion) else (m.start(), conclusion)
+            return None if _tight(m.group()) == _tight(conclusion) else (m.start(), f"{conclusion}.")
     return None
 
 
