@@ -81,7 +81,7 @@ def _column_mul(a: int, b: int) -> str:
     Why: a fused step is a fact of a 9x9x9 table, each seen in a handful of tasks, and the
     bundled model, pretrained on it, got it wrong (`1*3+1=5`); split, it is a table fact and a
     small sum, each seen in dozens. Retrained on the same kept traces rewritten so, round 1's
-    model solved 42.5% of the held-out multiplication tasks instead of 20%."""
+    model solved 17 and 11 of the 40 held-out multiplication tasks (SFT seeds 0 and 1), not 8."""
     parts, carry = [], 0
     for d in str(a)[::-1]:
         p = int(d) * b
