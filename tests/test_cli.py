@@ -297,7 +297,7 @@ def test_run_with_a_model_it_cannot_load_fails_before_starting(tmp_path, monkeyp
 
 def test_run_without_config_runs_the_packaged_cpu_recipe(tmp_path, monkeypatch):
     """`thinkwheel run` alone is the measured CPU recipe, not the library defaults (which a
-    config file starts from): 2 samples over many math tasks, STaR from the base model."""
+    config file starts from): 2 samples over many math tasks, each round retrained from the base model."""
     import thinkwheel.flows.flywheel as fw
 
     seen = {}

@@ -449,7 +449,8 @@ class TrainConfig(_Section):
     # where round k's training starts: the previous round's model, or the base model (STaR)
     strategy: Literal["continue", "from_base"] = "continue"
     # train on every round's curated data so far (replay), or on this round's only;
-    # None = accumulate for from_base (STaR-style), not for continue (the measured default)
+    # None = accumulate for from_base, not for continue (the measured defaults); STaR and ReST-EM
+    # train the base model on the latest round's samples only, which is from_base with False
     accumulate: bool | None = None
     # SFT, DPO and GRPO save a checkpoint this often (only the latest is kept), and a re-run
     # of a crashed run resumes from it; None: never
