@@ -254,6 +254,25 @@ def test_write_dataset_all_formats_round_trip(frames, tmp_path, capfd):
     assert [p.name for p in tmp_path.iterdir()] == ["curated"]  # no temp dirs left behind
 
 
+def test_an_export_with_no_rows_says_so(frames, tmp_path):
+    """A round that kept nothing, exported as JSONL, is 0-byte files: reading it back said
+    "no sft/grpo/dpo parquet, jsonl ... in" the folder that holds them."""
+    from typer.testing import CliRunner
+
+    from thinkwheel.cli import app
+
+    tasks, cands = frames
+    sft = export.sft_frame(tasks, cands, [], SYSTEM)
+    grpo = export.grpo_frame(tasks, {}, system_prompt=SYSTEM, band=(0.2, 0.8))
+    out = tmp_path / "empty"
+    export.write_dataset(sft, grpo, out, formats=("jsonl",))
+    assert (out / "sft.jsonl").stat().st_size == 0
+    with pytest.raises(ValueError, match="the export has no rows .*sft.jsonl"):
+        export.read_dataset(out)
+    r = CliRunner().invoke(app, ["inspect", str(out)])
+    assert r.exit_code != 0 and "has no rows" in r.output and "Traceback" not in r.output
+
+
 def test_write_dataset_is_atomic(frames, tmp_path, monkeypatch):
     tasks, cands = frames
     sft = export.sft_frame(tasks, cands, cands["candidate_id"], SYSTEM)
@@ -404,6 +423,32 @@ def test_dpo_pairs_a_kept_sample_with_a_failed_one_of_the_same_task(frames):
     none = export.dpo_frame(tasks, cands, verdicts2, filtered2.with_columns(
         drop_reason=pl.lit("not_verified")), SYSTEM)
     assert none.height == 0 and "chosen" in none.columns  # an empty set keeps its schema
+
+
+@pytest.mark.parametrize("system", [SYSTEM, "", None])
+def test_every_split_prompts_exactly_as_the_sampler_does(frames, system):
+    """An empty system prompt adds no turn, in the three splits as in sampling and eval: a
+    model must not train on a context it is never asked in, and Gemma-style templates reject
+    a system role outright."""
+    from thinkwheel.engines.base import request_for
+
+    tasks, cands = frames
+    prompts = dict(zip(tasks["task_id"], tasks["prompt"], strict=True))
+    sft = export.sft_frame(tasks, cands, cands["candidate_id"], system)
+    for r in sft.iter_rows(named=True):
+        assert r["messages"][:-1] == request_for(prompts[r["task_id"]], system)
+        assert r["messages"][-1]["role"] == "assistant"
+    grpo = export.grpo_frame(tasks, {}, system_prompt=system)
+    want_grpo = [request_for(prompts[t], system if system is not None else
+                             export.ExportConfig().system_prompt) for t in grpo["task_id"]]
+    assert grpo["prompt"].to_list() == want_grpo
+    verdicts, filtered = _outcomes(cands, {0: (True, None), 1: (False, "not_verified"),
+                                           2: (None, None), 3: (True, None), 4: (None, None)})
+    dpo = export.dpo_frame(tasks, cands, verdicts, filtered, system)
+    assert dpo.height == 1
+    assert dpo["prompt"][0].to_list() == request_for("What is 345 + 78?", system)
+    roles = [m["role"] for m in sft["messages"][0]]
+    assert roles == (["system", "user", "assistant"] if system else ["user", "assistant"])
 
 
 def test_dpo_pairs_per_task_cycles_the_chosen(frames):

@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel.config import ExportConfig
+from thinkwheel.engines.base import request_for
 from thinkwheel.generators.repair import repairs_made
 from thinkwheel.generators.selection import candidate_outcomes  # noqa: F401 (re-exported)
 from thinkwheel.generators.selection import pass_rates as task_pass_rates  # noqa: F401
@@ -83,13 +84,21 @@ def _message(role: str, content: pl.Expr) -> pl.Expr:
     return pl.struct(pl.lit(role).alias("role"), content.alias("content"))
 
 
+def _prompt_messages(system_prompt: str | None, user: pl.Expr) -> list[pl.Expr]:
+    """[system?, user], the rule of `engines.base.request_for`: an empty system prompt adds no
+    turn. Training on an empty system turn the model is never sampled with (ChatML), or
+    failing on it (Gemma-style templates reject the system role), would both be wrong."""
+    system = [_message("system", pl.lit(system_prompt))] if system_prompt else []
+    return [*system, _message("user", user)]
+
+
 def sft_frame(
     tasks: pl.DataFrame,
     candidates: pl.DataFrame,
     selected_ids: Iterable[str] | pl.Series,
     system_prompt: str,
 ) -> pl.DataFrame:
-    """One TRL-ready row per selected candidate: `messages` [system, user, assistant] + lineage.
+    """One TRL-ready row per selected candidate: `messages` [system?, user, assistant] + lineage.
 
     Rows are sorted by (task_id, sample_idx) so the output does not depend on input order.
     Raises ValueError when a selected id has no candidate or its task is missing: an export
@@ -110,8 +119,7 @@ def sft_frame(
             f"candidates whose task is missing: {orphans['task_id'].head(3).to_list()}"
         )
     messages = pl.concat_list(
-        _message("system", pl.lit(system_prompt)),
-        _message("user", pl.col("prompt")),
+        *_prompt_messages(system_prompt, pl.col("prompt")),
         _message("assistant", _assistant_expr()),
     ).alias("messages")
     return joined.sort("task_id", "sample_idx").select(
@@ -136,7 +144,7 @@ def dpo_frame(
     system_prompt: str,
     pairs_per_task: int = 1,
 ) -> pl.DataFrame:
-    """TRL-ready preference pairs from one round: conversational `prompt` [system, user],
+    """TRL-ready preference pairs from one round: conversational `prompt` [system?, user],
     `chosen` and `rejected` [assistant], from the same task.
 
     Chosen are the kept samples (the SFT set); rejected are samples whose answer the verifier
@@ -181,8 +189,7 @@ def dpo_frame(
         for i in range(min(pairs_per_task, len(r["rejected"]))):
             c = i % len(r["chosen"])
             rows.append({
-                "prompt": [{"role": "system", "content": system_prompt},
-                           {"role": "user", "content": r["prompt"]}],
+                "prompt": request_for(r["prompt"], system_prompt),
                 "chosen": [{"role": "assistant", "content": r["chosen"][c]}],
                 "rejected": [{"role": "assistant", "content": r["rejected"][i]}],
                 "task_id": r["task_id"], "chosen_id": r["chosen_id"][c],
@@ -215,7 +222,7 @@ def grpo_frame(
     system_prompt: str | None = None,
     band: tuple[float, float] | None = None,
 ) -> pl.DataFrame:
-    """GRPO prompt set: conversational `prompt` [system, user] + what the reward needs.
+    """GRPO prompt set: conversational `prompt` [system?, user] + what the reward needs.
 
     `pass_rates` is `task_pass_rates(...)` output or a {task_id: rate} mapping; tasks without
     a rate get null. With `band=(lo, hi)` only tasks with lo <= pass_rate <= hi are kept
@@ -228,9 +235,7 @@ def grpo_frame(
     if band is not None:
         lo, hi = band
         df = df.filter(pl.col("pass_rate").is_between(lo, hi))
-    prompt = pl.concat_list(
-        _message("system", pl.lit(system_prompt)), _message("user", pl.col("prompt"))
-    ).alias("prompt")
+    prompt = pl.concat_list(*_prompt_messages(system_prompt, pl.col("prompt"))).alias("prompt")
     return df.sort("task_id").select(prompt, *GRPO_COLUMNS[1:])
 
 
@@ -413,6 +418,9 @@ def read_dataset(path: str | Path) -> dict[str, pl.DataFrame]:
                  if (p / f"{n}{ext}").is_file() and (ext != ".jsonl" or jsonl_has_rows(p / f"{n}{ext}"))}
         if found:
             return {n: reader(f) for n, f in found.items()}
+    empty = sorted(f.name for f in p.glob("*.jsonl") if f.stem in SPLITS)
+    if empty:  # not "no dataset here": it is here, and it kept nothing
+        raise ValueError(f"{p}: the export has no rows ({', '.join(empty)} are empty)")
     hf = p / "hf" if (p / "hf").is_dir() else p
     if (hf / "dataset_dict.json").is_file() or (hf / "dataset_info.json").is_file():
         import datasets

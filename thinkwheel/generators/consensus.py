@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from thinkwheel import config, records
-from thinkwheel.engines.base import Engine, SamplingParams
+from thinkwheel.engines.base import Engine, SamplingParams, request_for
 from thinkwheel.verifiers import Candidate, Task, Verdict, Verifier, get_verifier
 from thinkwheel.verifiers.batch import verifier_options
 from thinkwheel.verifiers.code import extract_code
@@ -149,8 +149,7 @@ def majority_answers(
 
 
 def chat_requests(prompts: Sequence[str], system_prompt: str | None) -> list[list[dict[str, str]]]:
-    sys = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [[*sys, {"role": "user", "content": p}] for p in prompts]
+    return [request_for(p, system_prompt) for p in prompts]
 
 
 def _default_params(samples: int) -> SamplingParams:
