@@ -49,6 +49,40 @@ def test_a_copy_typeset_differently_is_flagged() -> None:
     assert decontam.find_contamination([typeset], index)["ref"].to_list() == ["gsm:0"]
 
 
+@pytest.mark.parametrize(
+    ("latex", "plain"),
+    [
+        (r"What is $6 \times 7 - 3 \cdot 2$?", "What is 6 × 7 − 3 * 2?"),
+        (r"Compute $\dfrac{84}{\left(3 + 4\right)} \div 2$.", "Compute 84/(3 + 4) / 2."),
+        (r"Find $\frac{\frac{1}{2}}{3}$ and $\tfrac{5}{8}$.", "Find (1/2)/3 and 5/8."),
+        (r"All $x \le 4$, $y \geq 2$ with $x \neq y$.", "All x ≤ 4, y ≥ 2 with x ≠ y."),
+    ],
+)
+def test_a_latex_copy_reads_as_its_plain_spelling(latex: str, plain: str) -> None:
+    """Benchmarks (MATH, AIME) are typeset in LaTeX, generated tasks mostly are not: without
+    this, "6 \\times 7" normalised to "6 times 7" and a plain copy escaped decontamination."""
+    from thinkwheel.filters.shingles import normalise
+
+    assert normalise([latex]).to_list() == normalise([plain]).to_list()
+
+
+def test_latex_macros_that_only_start_like_an_operator_are_left_alone() -> None:
+    from thinkwheel.filters.shingles import normalise
+
+    assert normalise([r"$a \leftarrow b$, $\lesssim$, $\neg p$"]).to_list() == [
+        "a leftarrow b lesssim neg p"
+    ]
+
+
+def test_a_plain_copy_of_a_latex_benchmark_item_is_flagged() -> None:
+    item = (r"A rectangle has sides $12$ and $\frac{35}{7}$. What is $12 \times 5$ plus the "
+            r"perimeter, divided by $\left(2 \cdot 3\right)$?")
+    copy = "A rectangle has sides 12 and 35/7. What is 12 × 5 plus the perimeter, divided by (2·3)?"
+    index = decontam.build_index({"math": [item]}, fuzzy_threshold=None)
+    hits = decontam.find_contamination([copy], index)
+    assert hits["ref"].to_list() == ["math:0"] and hits["overlap"][0] == pytest.approx(1.0)
+
+
 def test_near_misses_are_not_flagged() -> None:
     docs = [
         BOILER + " What is 345 + 78?",  # shares a whole boilerplate sentence only

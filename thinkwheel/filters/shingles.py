@@ -27,6 +27,15 @@ _NON_WORD = f"[^\\p{{L}}\\p{{N}} {_OPERATORS}]+"
 _WORD_HYPHEN = r"(\p{L})-(\p{L})"  # "non-negative" is two words, as before, not an operator
 _NUMBER = r"\d+(?:[.,]\d+)*"
 _NAME = r"\b\p{Lu}\p{Ll}+\b"
+# LaTeX spellings of the same operators: benchmarks (MATH, AIME) are typeset, generated tasks
+# mostly not, and "6 \times 7" must read as "6 * 7", not "6 times 7". Sizing and spacing
+# macros carry no content. Rust regex has no lookahead, so `\b` keeps \le off \left.
+_LATEX_NOISE = r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)\b|\\[,;:! ]"
+_LATEX_FRAC = r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"
+_LATEX_OPERATORS = [
+    (r"\\(?:times|cdot|ast)\b", "*"), (r"\\div\b", "/"), (r"\\leq?\b", "≤"),
+    (r"\\geq?\b", "≥"), (r"\\neq?\b", "≠"),
+]  # fmt: skip
 
 
 def _odd_multipliers(n: int, seed: int) -> np.ndarray:
@@ -61,6 +70,12 @@ def normalise(
     # one spelling per character: full-width digits, ligatures and typeset operators (83 − 8,
     # 6 × 7) read as their plain forms, so a copy typeset differently still collides
     s = as_series(texts).str.normalize("NFKC").str.replace_many(_TYPESET, _PLAIN)
+    if s.str.contains("\\", literal=True).any():  # one scan spares plain text five passes
+        s = s.str.replace_all(_LATEX_NOISE, " ")
+        for _ in range(2):  # \frac{\frac{1}{2}}{3}: the inner one first
+            s = s.str.replace_all(_LATEX_FRAC, " ${1} / ${2} ")
+        for pattern, plain in _LATEX_OPERATORS:
+            s = s.str.replace_all(pattern, f" {plain} ")
     if mask_names:
         s = s.str.replace_all(_NAME, " name ")
     if mask_numbers:
