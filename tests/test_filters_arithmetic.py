@@ -75,6 +75,10 @@ def test_every_procedural_gold_trace_is_clean() -> None:
         # ...but a question followed by anything else is still a question
         ("Is 2 + 2 = 5? Correct answer: 4. 1 + 1 = 3? Right?", []),
         ("17 / 5 is 3, remainder 2", []),  # integer division in prose
+        ("45 / 8 = 5, remainder 5", []),  # ...and with "=": the quotient
+        ("45 ÷ 8 = 5; r 5. 100/7 = 14 (remainder 2)", []),
+        ("45 / 8 = 6, remainder 5", ["45 / 8=6"]),  # the quotient is still checked
+        ("45 / 8 = 5, so 5 * 8 = 40", ["45 / 8=5"]),  # no remainder follows: 45/8 is 5.625
         ("\\begin{aligned} 7 + 6 &= 15 \\\\ 2 + 2 &= 5 \\end{aligned}", ["7 + 6=15", "2 + 2=5"]),
         # a row that starts with the relation goes on from the row above
         ("\\begin{aligned} x &= 7 + 9 \\\\ &= 17 \\\\ &= 16 + 1 \\end{aligned}", ["7 + 9=17"]),

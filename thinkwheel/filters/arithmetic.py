@@ -56,6 +56,9 @@ _REFUTED = re.compile(
     r"|\s*\?(?!\s*(?:yes|yep|yeah|correct|right|true|indeed|exactly)\s*(?:[.!,;]|$))",
     re.IGNORECASE,
 )
+# `45 / 8 = 5, remainder 5`: the clause after the comma makes the `=` an integer division
+_REMAINDER = re.compile(r"[,;:]?\s*\(?\s*(?:with\s+(?:a\s+)?)?(?:remainder|rem\b|r\s*\d)", re.I)
+_DIVISION = re.compile(r"/|÷|\\div")
 # `7 + 6 is 15` claims 7 + 6 = 15 ("is" otherwise ends a clause: "the answer is 13"): an
 # " is " before a number, whose last 80 characters before it end in arithmetic
 _IS = re.compile(r"\s+is\s+(?=-?\d[\d,]*(?:\.\d+)?(?![\d.]*\s*[?%]))", re.IGNORECASE)
@@ -172,6 +175,9 @@ def false_claims(text: str | None) -> list[str]:
             continue
         sides, rels = pieces[::2], pieces[1::2]
         values = [evaluate(p) for p in sides]
+        if rels[-1] == "=" and values[-2] is not None and _DIVISION.search(sides[-2]) \
+                and _REMAINDER.match(text, end):
+            values[-2] = Fraction(math.floor(values[-2]))  # the quotient, its remainder after
         for i, rel in enumerate(rels):
             if i == 0 and was_listed and _LONE_NUMBER.match(sides[0]):
                 continue  # "the sum of 12 and 8 = 20": the left side began in the clause before
