@@ -6,6 +6,7 @@ import polars as pl
 
 from thinkwheel import config, records
 from thinkwheel.filters import quality, stage
+from thinkwheel.verifiers.think_format import check_format
 
 REASONING = (
     "First add the ones digits five plus eight which gives thirteen so write three and carry "
@@ -34,6 +35,11 @@ def test_quality_reasons_each_check() -> None:
         {"completion": "<think>" + "carry the one " * 30 + "</think>\n423"},
         {"completion": "<think>" + "\ufffd\x01" * 40 + REASONING + "</think>\n423"},
         {"completion": "<think>Let 𝑥 ≤ 3 and π ≈ 3.14, so the total is €5 × 2.</think>\n10"},
+        {"completion": f"<think>{REASONING}</think> wait </think>\n423"},
+        {"completion": f"<think>{REASONING} <think>again</think>\n423"},
+        {"completion": f"<think>{REASONING}</think>\n423 <think>"},
+        {"completion": f"Sure! <think>{REASONING}</think>\n423"},
+        {"completion": f"  \n<think>{REASONING}</think>\n423"},  # leading blanks: fine
     ]
     got = quality.quality_reasons(_cands(rows), max_completion_chars=600).to_list()
     assert got == [
@@ -46,9 +52,19 @@ def test_quality_reasons_each_check() -> None:
         "repetitive",
         "garbage",
         None,  # unicode maths and currency are text, not garbage
+        "malformed_think",
+        "malformed_think",
+        "malformed_think",
+        "malformed_think",
+        None,
     ]
     relaxed = quality.quality_reasons(_cands(rows[3:4]), require_think=False).to_list()
     assert relaxed == [None]
+    # the filter and the think_format verifier (the GRPO format reward) agree on the tags
+    for row, reason in zip(rows, got, strict=True):
+        if reason == "malformed_think":
+            assert not check_format(row["completion"])[0]
+    assert check_format(rows[-1]["completion"])[0]
 
 
 def test_repeated_ngram_ratio_orders_texts() -> None:
@@ -230,3 +246,53 @@ def test_a_sample_cut_at_the_token_budget_is_no_training_example() -> None:
     out = stage.filter_candidates(tasks, cands, verdicts, config.FilterConfig())
     got = dict(zip(out["candidate_id"], out["drop_reason"], strict=True))
     assert got == {"c0": "truncated", "c1": None, "c2": "truncated"}
+
+
+def test_samples_that_did_not_think_dedup_on_their_answer() -> None:
+    """Empty texts never pair in MinHash, so ten copies of one bare answer all survived the
+    reasoning dedup: a sample with an empty <think> is judged by its answer instead."""
+    completions = [
+        "<think></think>\n423",
+        "<think> </think>\n\n423",
+        "<think></think>\nThe answer is 423, found by adding the columns.",
+        f"<think>{REASONING}</think>\n423",
+        "<think></think>\n423",
+    ]
+    cands = _cands([
+        {"candidate_id": f"c{i}", "task_id": "t1", "sample_idx": i, "completion": text}
+        for i, text in enumerate(completions)
+    ])  # fmt: skip
+    verdicts = records.frame(
+        [{"candidate_id": f"c{i}", "passed": True} for i in range(len(completions))],
+        records.VERDICTS,
+    )
+    out = stage.filter_candidates(_tasks(), cands, verdicts, config.FilterConfig(), None)
+    got = dict(zip(out["candidate_id"], zip(out["drop_reason"], out["drop_ref"], strict=True),
+                   strict=True))
+    assert got == {
+        "c0": (None, None),
+        "c1": ("near_duplicate", "c0"),
+        "c2": (None, None),  # a different answer
+        "c3": (None, None),  # it reasoned: judged on its reasoning, as before
+        "c4": ("near_duplicate", "c0"),
+    }
+
+
+def test_a_task_listed_twice_is_filtered_once() -> None:
+    """Tasks of two calls concatenated list a task twice: decontamination joined on it and
+    raised (or, on a join that allowed it, doubled the task's candidates)."""
+    bench = {"toy": [_tasks()["prompt"][2]]}
+    cands = _cands([
+        {"candidate_id": f"c{i}", "task_id": t, "sample_idx": i,
+         "completion": f"<think>{REASONING} {i}</think>\n{a}"}
+        for i, (t, a) in enumerate([("t1", "423"), ("t3", "def f(): pass"), ("t1", "423")])
+    ])  # fmt: skip
+    verdicts = records.frame(
+        [{"candidate_id": f"c{i}", "passed": True} for i in range(3)], records.VERDICTS
+    )
+    once = stage.filter_candidates(_tasks(), cands, verdicts, config.FilterConfig(), bench)
+    twice = stage.filter_candidates(
+        pl.concat([_tasks(), _tasks()]), cands, verdicts, config.FilterConfig(), bench
+    )
+    assert twice.equals(once)
+    assert once["drop_reason"].to_list() == [None, "contaminated", "near_duplicate"]

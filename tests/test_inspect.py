@@ -233,6 +233,13 @@ def test_dataset_inspect(tmp_path):
     console = Console(width=100, record=True)
     console.print(ins.render_dataset_summary(s))
     assert "think_format_ok" in console.export_text()
+    # a dataset from elsewhere with a nested tag in one row: that row is not the format
+    nested = sft.with_columns(pl.col("messages").list.eval(pl.struct(
+        pl.element().struct.field("role"),
+        pl.element().struct.field("content").str.replace("</think>", " </think> x </think>"),
+    )))
+    assert ins.dataset_summary({"sft": pl.concat([sft, nested.head(1)])})["sft"][
+        "think_format_ok"] == 2
 
 
 def test_tasks_dropped_before_sampling_are_shown():

@@ -651,9 +651,12 @@ def dataset_summary(frames: Mapping[str, pl.DataFrame]) -> dict[str, Any]:
             last = df.select(pl.col("messages").list.last().struct.field("content").alias("c"))
             s = last["c"].str.len_chars()
             info["assistant_chars"] = {"mean": s.mean(), "p50": s.median(), "max": s.max()}
-            info["think_format_ok"] = int(
-                last["c"].str.contains(r"^<think>[\s\S]*</think>\n").sum()
-            )
+            c = last["c"]  # exactly one of each tag: a nested or stray one is not the format
+            info["think_format_ok"] = int((
+                c.str.contains(r"^<think>[\s\S]*</think>\n")
+                & (c.str.count_matches("<think>", literal=True) == 1)
+                & (c.str.count_matches("</think>", literal=True) == 1)
+            ).sum())
         if "pass_rate" in df.columns and df.height:
             s = df["pass_rate"]
             info["pass_rate"] = {"mean": s.mean(), "min": s.min(), "max": s.max(),

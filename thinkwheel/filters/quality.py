@@ -15,6 +15,9 @@ from thinkwheel.filters.shingles import ngram_hashes, normalise, token_hashes
 
 MISSING_THINK = "missing_think"
 UNCLOSED_THINK = "unclosed_think"
+# two <think> or </think> tags, or text before the <think>: the export keeps the text between
+# the first <think> and the last </think>, so it would train on stray or nested tags
+MALFORMED_THINK = "malformed_think"
 EMPTY_ANSWER = "empty_answer"
 # stopped before it finished: at the token budget (finish_reason "length"), over the context,
 # or by a hosted API's content filter
@@ -30,6 +33,7 @@ MISSING_STEP = "missing_step"  # drop_ref = the first worked step not stated, e.
 QUALITY_REASONS = (
     MISSING_THINK,
     UNCLOSED_THINK,
+    MALFORMED_THINK,
     TRUNCATED,
     EMPTY_ANSWER,
     TOO_LONG,
@@ -113,8 +117,12 @@ def quality_reasons(
     its verifier passed it (a program cut after its last needed line, an unclosed code fence).
     """
     comp = candidates["completion"].cast(pl.Utf8).fill_null("")
-    has_open = comp.str.contains("<think>", literal=True).to_numpy()
-    has_close = comp.str.contains("</think>", literal=True).to_numpy()
+    opens = comp.str.count_matches("<think>", literal=True).to_numpy()
+    closes = comp.str.count_matches("</think>", literal=True).to_numpy()
+    has_open, has_close = opens > 0, closes > 0
+    # the rule of the think_format verifier: one of each, the <think> first (or pre-filled)
+    starts_open = comp.str.contains(r"^\s*<think>").to_numpy()
+    malformed = (opens > 1) | (closes > 1) | ((opens == 1) & has_close & ~starts_open)
     if "answer" in candidates.columns:
         answer = candidates["answer"].cast(pl.Utf8).fill_null("")
     else:
@@ -135,6 +143,7 @@ def quality_reasons(
     checks = [
         (require_think & has_open & ~has_close, UNCLOSED_THINK),
         (require_think & ~has_close, MISSING_THINK),
+        (malformed, MALFORMED_THINK),
         (cut, TRUNCATED),
         (answer_len < min_answer_chars, EMPTY_ANSWER),
         (comp_len > max_completion_chars, TOO_LONG),

@@ -246,7 +246,10 @@ def _decontam_drops(
     benchmarks: Mapping[str, Sequence[str]],
     cfg: config.DecontamConfig,
 ) -> pl.DataFrame:
-    flagged = decontaminate_tasks(tasks.select("task_id", "prompt"), benchmarks, cfg)
+    # one row per task: a task listed twice (tasks of two calls concatenated) would otherwise
+    # be flagged twice and the left join would repeat its candidates
+    tasks = tasks.select("task_id", "prompt").unique("task_id", keep="first")
+    flagged = decontaminate_tasks(tasks, benchmarks, cfg)
     flagged = flagged.filter(pl.col("drop_reason") == CONTAMINATED).select("task_id", "drop_ref")
     refs = c.select("task_id").join(flagged, on="task_id", how="left", maintain_order="left")
     hit = refs["drop_ref"].is_not_null().to_numpy()
@@ -254,9 +257,14 @@ def _decontam_drops(
 
 
 def _dedup_drops(c: pl.DataFrame, d: config.DedupConfig) -> pl.DataFrame:
-    text = c["reasoning"].cast(pl.Utf8).fill_null("")
+    reasoning = c["reasoning"].cast(pl.Utf8).fill_null("")
+    answer = c["answer"].cast(pl.Utf8).fill_null("")
     if d.field == "both":
-        text = text + "\n" + c["answer"].cast(pl.Utf8).fill_null("")
+        text = reasoning + "\n" + answer
+    else:  # a sample that did not think is its answer: empty texts never pair, so ten copies
+        # of one bare answer all survived the dedup they are the clearest case for
+        text = pl.select(pl.when(reasoning.str.strip_chars() == "").then(answer)
+                         .otherwise(reasoning)).to_series()
     unverified = (~c["passed"].fill_null(False)).cast(pl.Int64).to_numpy()
     lengths = text.str.len_chars().to_numpy()
     order = np.lexsort((c["sample_idx"].to_numpy(), lengths, unverified))
