@@ -11,10 +11,15 @@ check is a fresh fork of the same clean server, so nothing a candidate does surv
 
 Trust model: the pass line `<nonce> <passed> <total> <violations>` is written only after
 every test ran, with references captured in `run_check()`'s locals before any candidate code
-runs, so `sys.exit`/`os._exit`, a replaced `print`/`AssertionError`/`BaseException`, or a
-patched `json` cannot forge it. An `assert a == b` (or `!=`, `in`, `not in`) in a test compares
-plain values only: a candidate's object with a rigged `__eq__` ("always equal") never equals a
-plain expected value, and subclasses of builtins are compared as their builtin base. An audit
+runs, so `sys.exit`/`os._exit`, a replaced `print`/`type`/`len`/`AssertionError`, a patched
+`json` or harness global, or an exception class named "ok" cannot forge it; no frame can be
+had (`sys._getframe` always refuses), so neither the nonce nor the tests can be read. An
+`assert a == b` (or `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`) in a test compares plain values
+only: a candidate's object with a rigged `__eq__` or `__lt__` never agrees with a plain
+expected value, and subclasses of builtins are compared as their builtin base. Each test runs
+in its own namespace with the builtins as they were before the candidate ran and without the
+candidate's names that shadow them, after the stdlib modules loaded before it are put back
+as they were (`math.isclose = lambda *a: True` does not outlive the line that did it). An audit
 hook (irremovable once added) refuses process creation, signals to other processes, sockets,
 ctypes, frame/gc introspection and writes outside the temp dir; any refusal is recorded and
 makes the verdict "unsafe".
@@ -23,6 +28,7 @@ makes the verdict "unsafe".
 import ast
 import io
 import json
+import operator
 import os
 import resource
 import select
@@ -34,9 +40,11 @@ import time
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _DENY_PREFIXES = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn",
                   "os.fork", "os.kill", "os.killpg", "signal.pthread_kill", "pty.", "mmap.")
+# not sys._getframemodulename (3.12+): it gives a module's name, no frame, and namedtuple
+# calls it catching only AttributeError
 _DENY = {"os.system", "os.forkpty", "os.startfile", "sys._current_frames",
          "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
-         "sys.setprofile", "sys._getframemodulename", "resource.setrlimit",
+         "sys.setprofile", "resource.setrlimit",
          "resource.prlimit", "os.setuid", "os.setgid", "os.chroot", "socket.__new__"}
 _PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
                 "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree",
@@ -48,7 +56,7 @@ class SandboxViolation(PermissionError):
     pass
 
 
-def _make_guard(root, read_ok, violations, real_abspath, starts, own_files):
+def _make_guard(root, read_ok, violations, real_abspath, starts):
     def inside(path, allowed):
         try:
             p = real_abspath(path if not isinstance(path, bytes) else path.decode())
@@ -67,12 +75,12 @@ def _make_guard(root, read_ok, violations, real_abspath, starts, own_files):
             bad = not all(inside(p, (root,)) for p in paths)
         elif event == "object.__getattr__" and len(args) > 1 and args[1] in _FRAME_ATTRS:
             bad = True
-        elif event == "sys._getframe" and args:
-            # A frame of candidate, test or harness code leads (via the unaudited f_back) to
-            # the nonce. Refuse with the ValueError stdlib callers (namedtuple, enum, typing)
-            # already handle, and without marking the candidate unsafe.
-            if getattr(getattr(args[0], "f_code", None), "co_filename", "") in own_files:
-                raise ValueError("call stack is not deep enough")
+        elif event == "sys._getframe":
+            # Every frame leads (via the unaudited f_back) to run_check's locals: the nonce and
+            # the tests. A frame of code compiled under another name (eval) got through a
+            # filter on the frame's own file. Refuse with the ValueError stdlib callers
+            # (namedtuple, enum, typing, logging) handle, without marking the candidate unsafe.
+            raise ValueError("call stack is not deep enough")
         if bad:
             violations.append(event)
             raise SandboxViolation(f"sandbox: {event} is not allowed")
@@ -97,12 +105,14 @@ def _same_output(got, want):
     return norm(got) == norm(want)
 
 
-_STRICT_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in"}
+_STRICT_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
+               ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _TEST_WRAPPER = "def __tw_test__(__tw_cmp__):\n    pass\n"
 
 
 class _StrictCompares(ast.NodeTransformer):
-    """`x == y` -> `__tw_cmp__('==', x, y)` (also `!=`, `in`, `not in`), at any depth."""
+    """`x == y` -> `__tw_cmp__('==', x, y)` (also `!=`, `in`, `not in` and the orderings), at any
+    depth."""
 
     def visit_Compare(self, node):
         self.generic_visit(node)
@@ -142,6 +152,8 @@ def _strict_comparator():
     seqs = ((list, list, list.__iter__), (tuple, tuple, tuple.__iter__),
             (frozenset, frozenset, frozenset.__iter__), (set, set, set.__iter__))
     dict_items, dict_, list_ = dict.items, dict, list
+    order = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+             ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 
     def plain(x, depth):
         """x as exact builtin values (subclasses read through their base), or `opaque`."""
@@ -174,6 +186,10 @@ def _strict_comparator():
 
     def cmp(op, a, b):
         pa, pb = plain(a, 0), plain(b, 0)
+        if op in order:  # `abs(f(x) - y) < 1e-6` with a rigged `__sub__`/`__lt__` is not true
+            if pa is opaque and pb is opaque:
+                return order[op](a, b)
+            return pa is not opaque and pb is not opaque and order[op](pa, pb)
         if op in ("==", "!="):
             if pa is opaque and pb is opaque:
                 same = a == b  # objects on both sides: their own equality is the test's intent
@@ -189,16 +205,47 @@ def _strict_comparator():
     return cmp
 
 
-def run_check(payload):
-    """Child side: run one candidate and its tests in this process, then `os._exit`."""
+def _module_restorer(modules, skip):
+    """Put back the attributes of the modules loaded now that code run later rebinds (and the
+    modules themselves in `sys.modules`). Attributes added later stay: a lazy submodule import
+    (`collections.abc`) adds one legitimately. The check is an identity scan in C per module
+    (~5k attributes in all): a Python loop over them cost a quarter of a check's time."""
+    saved = [(name, mod, mod.__dict__, dict(mod.__dict__), tuple(mod.__dict__.values()))
+             for name, mod in list(modules.items())
+             if name not in skip and isinstance(getattr(mod, "__dict__", None), dict)]
+    items, values, get, len_, any_, map_ = dict.items, dict.values, dict.get, len, any, map
+    is_not, missing = operator.is_not, object()
+
+    def restore():
+        for name, mod, now, before, order in saved:
+            if get(modules, name) is not mod:
+                modules[name] = mod
+            if len_(now) == len_(order) and not any_(map_(is_not, values(now), order)):
+                continue  # untouched (a rebinding keeps the order, so it shows here)
+            for key, value in items(before):
+                if get(now, key, missing) is not value:
+                    now[key] = value
+
+    return restore
+
+
+def run_check(payload, restore_modules):
+    """Child side: run one candidate and its tests in this process, then `os._exit`.
+    `restore_modules` comes from the server, which took the modules' snapshot once, in a local
+    no candidate can reach (a module global it could rewrite)."""
     nonce = payload["nonce"]
     code, tests = payload["code"], payload["tests"]
     per_test = float(payload.get("test_timeout_s", 5.0))
-    write, fmt_int, str_join = os.write, int.__format__, str.join
+    # everything used after candidate code runs is bound here first: it can rebind builtins,
+    # module attributes and this module's globals, not these locals
+    write, fmt_int, str_join, exit_now = os.write, int.__format__, str.join, os._exit
     base_exc, sys_exit_exc, timeout_exc = BaseException, SystemExit, TimeoutError
-    run, comp, isinst = exec, compile, isinstance
-    text_io, bytes_io = io.TextIOWrapper, io.BytesIO
+    run, comp, isinst, type_, str_, len_, zip_ = exec, compile, isinstance, type, str, len, zip
+    pop, items, decode = dict.pop, dict.items, bytes.decode
+    text_io, bytes_io, getvalue = io.TextIOWrapper, io.BytesIO, io.BytesIO.getvalue
     os_open, lseek, dup2, close = os.open, os.lseek, os.dup2, os.close
+    rw_create, seek_set, real_timer = os.O_RDWR | os.O_CREAT | os.O_TRUNC, os.SEEK_SET, signal.ITIMER_REAL
+    same_output, sys_ = _same_output, sys
     stdin_fd = os.dup(0)  # /dev/null, put back after each stdin test
     out_fd = 1
     _limits(payload)
@@ -213,10 +260,11 @@ def run_check(payload):
                      "/usr/share", "/dev/null", "/dev/urandom", "/etc/localtime"})
     violations = []
     starts = lambda p, a: p == a or p.startswith(a.rstrip("/") + "/")  # noqa: E731
-    own = frozenset({"<candidate>", "<test>", __file__, run_check.__code__.co_filename})
-    sys.addaudithook(_make_guard(root, read_ok, violations, os.path.realpath, starts, own))
+    sys.addaudithook(_make_guard(root, read_ok, violations, os.path.realpath, starts))
 
-    results = []
+    results = []  # (passed, why): a flag set here, never a name the candidate can choose
+    builtins_ = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
+    clean_builtins = dict(builtins_)
     ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
     kinds, compiled = [], []
     strict = _strict_comparator()
@@ -236,75 +284,80 @@ def run_check(payload):
     try:
         program = comp(code, "<candidate>", "exec")
     except base_exc as err:
-        program, results = None, ["syntax: " + type(err).__name__] * len(tests)
+        program, results = None, [(False, "syntax: " + type_(err).__name__)] * len_(tests)
 
     if program is not None and any(k is None for k in kinds):
         try:
-            arm(signal.ITIMER_REAL, per_test)
+            arm(real_timer, per_test)
             run(program, ns)
-            arm(signal.ITIMER_REAL, 0)
+            arm(real_timer, 0)
         except base_exc as err:
-            arm(signal.ITIMER_REAL, 0)
+            arm(real_timer, 0)
             program = None
-            results = ["load: " + type(err).__name__] * len(tests)
+            results = [(False, "load: " + type_(err).__name__)] * len_(tests)
 
     if program is not None:
-        for test_code, spec in zip(compiled, kinds, strict=True):
-            saved = sys.stdin, sys.stdout
+        for test_code, spec in zip_(compiled, kinds, strict=True):
+            saved = sys_.stdin, sys_.stdout
             try:
+                restore_modules()
                 if spec is None:
                     if isinst(test_code, base_exc):
                         raise test_code
-                    run(test_code, ns)
-                    test_fn = ns.pop("__tw_test__")
-                    arm(signal.ITIMER_REAL, per_test)
+                    # the candidate's names, less those that shadow a builtin the test uses
+                    # (`abs = lambda v: 0` passed `assert abs(f(x) - y) < 1e-6`)
+                    test_ns = {k: v for k, v in items(ns) if k not in clean_builtins}
+                    test_ns["__builtins__"] = clean_builtins
+                    run(test_code, test_ns)
+                    test_fn = pop(test_ns, "__tw_test__")
+                    arm(real_timer, per_test)
                     test_fn(strict)
-                    arm(signal.ITIMER_REAL, 0)
-                    results.append("ok")
+                    arm(real_timer, 0)
+                    results.append((True, "ok"))
                 else:
                     # real streams, as a judge gives them: `sys.stdin.buffer.read()`,
                     # `open(0).read()` and `sys.stdout.buffer.write` read and write what
                     # `input()` and `print` do (StringIO has no buffer and fd 0 was /dev/null)
-                    data = str(spec.get("stdin", "")).encode()
-                    fd = os_open("stdin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                    data = str_(spec.get("stdin", "")).encode()
+                    fd = os_open("stdin", rw_create, 0o600)
                     write(fd, data)
-                    lseek(fd, 0, os.SEEK_SET)
+                    lseek(fd, 0, seek_set)
                     dup2(fd, 0)
                     close(fd)
                     captured = bytes_io()
-                    sys.stdin = text_io(bytes_io(data), encoding="utf-8")
-                    sys.stdout = text_io(captured, encoding="utf-8", write_through=True)
-                    arm(signal.ITIMER_REAL, per_test)
+                    sys_.stdin = text_io(bytes_io(data), encoding="utf-8")
+                    sys_.stdout = text_io(captured, encoding="utf-8", write_through=True)
+                    arm(real_timer, per_test)
                     try:
-                        run(program, {"__name__": "__main__", "__builtins__": __builtins__})
+                        run(program, {"__name__": "__main__", "__builtins__": clean_builtins})
                     except sys_exit_exc:
                         pass
-                    arm(signal.ITIMER_REAL, 0)
-                    sys.stdout.flush()
-                    got = captured.getvalue().decode("utf-8", "replace")
-                    ok = _same_output(got, str(spec["stdout"]))
-                    results.append("ok" if ok else "wrong output")
+                    arm(real_timer, 0)
+                    sys_.stdout.flush()
+                    got = decode(getvalue(captured), "utf-8", "replace")
+                    ok = same_output(got, str_(spec["stdout"])) is True
+                    results.append((ok, "ok" if ok else "wrong output"))
             except base_exc as err:
-                arm(signal.ITIMER_REAL, 0)
-                results.append(type(err).__name__)
+                arm(real_timer, 0)
+                results.append((False, type_(err).__name__))
             finally:
-                sys.stdin, sys.stdout = saved
+                sys_.stdin, sys_.stdout = saved
                 dup2(stdin_fd, 0)
 
     passed, bits = 0, []
-    for r in results:
-        bits.append("1" if r == "ok" else "0")
-        if r == "ok":
+    for ok, _ in results:
+        bits.append("1" if ok is True else "0")
+        if ok is True:
             passed += 1
-    line = str_join(" ", [nonce, fmt_int(passed, "d"), fmt_int(len(tests), "d"),
-                          fmt_int(len(violations), "d"), str_join("", bits) or "-"])
-    detail = str_join("|", [str(r)[:40] for r in results])[:2000]
+    line = str_join(" ", [nonce, fmt_int(passed, "d"), fmt_int(len_(tests), "d"),
+                          fmt_int(len_(violations), "d"), str_join("", bits) or "-"])
+    detail = str_join("|", [str_(why)[:40] for _, why in results])[:2000]
     if violations:
         detail = "unsafe: " + str_join(",", sorted(set(violations)))[:300] + " | " + detail
     try:
         write(out_fd, ("\n" + line + " " + detail + "\n").encode())
     finally:
-        os._exit(0)
+        exit_now(0)
 
 
 # Stdlib modules candidates commonly import, loaded once in the server so a check does not
@@ -335,7 +388,7 @@ def _send(fd, obj):
     os.write(fd, struct.pack(">I", len(data)) + data)
 
 
-def _child(request, proto_fds):
+def _child(request, proto_fds, restore_modules):
     """In the forked child: cut the server's pipes, redirect output, enter the temp dir."""
     try:
         for fd in proto_fds:
@@ -347,7 +400,7 @@ def _child(request, proto_fds):
         os.dup2(out, 2)
         os.close(out)
         os.chdir(os.path.join(root, "work"))
-        run_check(request["payload"])
+        run_check(request["payload"], restore_modules)
     finally:
         os._exit(70)
 
@@ -417,6 +470,7 @@ def serve():
             __import__(name)
         except Exception:
             pass
+    restore_modules = _module_restorer(sys.modules, {"sys", "builtins"})
     _send(wfd, {"ready": True})
     while True:
         request = _recv(rfd)
@@ -425,7 +479,7 @@ def serve():
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            _child(request, (rfd, wfd))
+            _child(request, (rfd, wfd), restore_modules)
         timeout_s = float(request.get("timeout_s", 10.0))
         del request  # the next check's fork should not carry this one's code and tests
         status, code = _wait(pid, timeout_s)
