@@ -57,6 +57,12 @@ def verifier() -> CodeVerifier:
 
 def test_extract_code() -> None:
     assert extract_code(GOOD) == "def f(x):\n    return 3 * x + 2\n"
+    # sample output or a usage example after the solution is not the program
+    assert extract_code(GOOD + "\nOutput:\n```\n14\n```") == "def f(x):\n    return 3 * x + 2\n"
+    assert extract_code(GOOD + "\nUsage:\n```python\nprint(f(4))\n```").startswith("def f")
+    stdin = "</think>\n```python\nn = int(input())\nprint(n)\n```\n```\n3\n```"
+    assert extract_code(stdin) == "n = int(input())\nprint(n)\n"
+    assert extract_code(GOOD.replace("\n", "\r\n")) == "def f(x):\r\n    return 3 * x + 2\r\n"
     assert extract_code("</think>\ndef g(): pass") == "def g(): pass"
     assert extract_code("<think>never closed") is None
 
@@ -138,6 +144,84 @@ def test_always_equal_fails_compound_asserts_too(verifier: CodeVerifier) -> None
 def test_strict_equality_keeps_honest_tests_passing(verifier: CodeVerifier, code: str, test: str) -> None:
     v = verifier.verify(f"</think>\n```python\n{code}\n```", {"tests": [test]})
     assert v.passed is True, v.detail
+
+
+IO = ['{"stdin": "2\\n", "stdout": "4"}', '{"stdin": "3\\n", "stdout": "9"}']
+FORGERIES = {  # each passed every test before the harness closed it
+    "frame walk from eval": (
+        "import os\nF = eval('__import__(\"sys\")._getframe(0)')\n"
+        "while 'nonce' not in F.f_locals:\n    F = F.f_back\nV = F.f_locals\nn = len(V['tests'])\n"
+        "os.write(1, ('\\n%s %d %d 0 %s x\\n' % (V['nonce'], n, n, '1' * n)).encode())\n"
+        "os._exit(0)", TASK["tests"]),
+    "patched judge": ("import sys\nsys.modules['__main__']._same_output = lambda a, b: True\n"
+                      "print(0)", IO),
+    "exception named ok": ("def f(x):\n    raise type('ok', (Exception,), {})()", TASK["tests"]),
+    "patched type": ("import builtins\nclass N:\n    __name__ = 'ok'\n_t = builtins.type\n"
+                     "builtins.type = lambda *a: N if len(a) == 1 else _t(*a)\n"
+                     "def f(x):\n    return 0", TASK["tests"]),
+    "shadowed abs": ("abs = lambda v: 0\ndef f(x):\n    return 0",
+                     ["assert abs(f(0) - 2) < 1e-9", "assert abs(f(4) - 14) < 1e-9"]),
+    "builtins.abs patched": ("import builtins\nbuiltins.abs = lambda v: 0\ndef f(x):\n    return 0",
+                             ["assert abs(f(4) - 14) < 1e-9"]),
+    "math patched": ("import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 0",
+                     ["import math\nassert math.isclose(f(4), 14)"]),
+    "math replaced in sys.modules": (
+        "import sys, types\nm = types.ModuleType('math')\nm.isclose = lambda *a, **k: True\n"
+        "sys.modules['math'] = m\ndef f(x):\n    return 0", ["import math\nassert math.isclose(f(4), 14)"]),
+    "rigged __lt__": ("class R:\n    def __sub__(s, o): return s\n    def __rsub__(s, o): return s\n"
+                      "    def __abs__(s): return s\n    def __lt__(s, o): return True\n"
+                      "def f(x):\n    return R()", ["assert abs(f(4) - 14) < 1e-9", "assert f(0) <= 2"]),
+}
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_a_candidate_cannot_forge_a_pass(verifier: CodeVerifier, name: str) -> None:
+    code, tests = FORGERIES[name]
+    v = verifier.verify(f"</think>\n```python\n{code}\n```", {"tests": tests})
+    assert v.passed is False and v.score == 0.0, v.detail
+
+
+@pytest.mark.parametrize(
+    ("code", "test"),
+    [  # what the closed holes must still let through
+        ("import logging\ndef f(x):\n    logging.getLogger('t').warning('x')\n    return 2 * x",
+         "assert f(2) == 4"),  # logging looks up its caller's frame, and copes when refused
+        ("from typing import NamedTuple, TypeVar\nT = TypeVar('T')\nclass Q(NamedTuple):\n"
+         "    a: int\ndef f(x): return Q(x).a * 2", "assert f(2) == 4"),
+        ("from enum import Enum\nC = Enum('C', 'A B')\ndef f(x): return C.B.value * x", "assert f(2) == 4"),
+        ("def max(xs):\n    return -1\ndef f(x):\n    return max([x]) + 5", "assert f(2) == 4"),
+        ("def f(x): return x / 3", "assert abs(f(1) - 0.3333) < 1e-3 and f(3) >= 1 and f(0) < 1"),
+        ("class B(float): pass\ndef f(x): return B(x)", "assert f(1) <= 1.0 and 0 < f(1)"),
+        ("import math\ndef f(x): return math.sqrt(x)", "import math\nassert math.isclose(f(4), 2)"),
+    ],
+)
+def test_honest_code_still_passes(verifier: CodeVerifier, code: str, test: str) -> None:
+    v = verifier.verify(f"</think>\n```python\n{code}\n```", {"tests": [test]})
+    assert v.passed is True, v.detail
+
+
+@pytest.mark.parametrize(
+    "tests",
+    [
+        [{"stdin": "2\n", "stdout": "4\n"}],  # an object, as a dataset row holds it
+        [{"input": "2\n", "output": "4\n"}],
+        '["assert f(2) == 4", "assert f(3) == 9"]',  # a JSON array in one string
+        {"inputs": ["2\n", "3\n"], "outputs": ["4\n", "9\n"]},  # APPS
+    ],
+)
+def test_tests_in_any_stored_shape_are_run(verifier: CodeVerifier, tests) -> None:
+    """Raw, a stdin/stdout dict ran as a dict literal and a JSON array as a list literal:
+    each asserted nothing and `print(0)` passed."""
+    wrong = "</think>\n```python\nprint(0)\ndef f(x):\n    return 0\n```"
+    right = ("</think>\n```python\nimport sys\ndef f(x):\n    return x * x\n"
+             "if __name__ == '__main__':\n    print(f(int(sys.stdin.read())))\n```")
+    assert verifier.verify(wrong, {"tests": tests}).passed is False
+    assert verifier.verify(right, {"tests": tests}).passed is True
+
+
+def test_a_test_that_asserts_nothing_is_a_bad_reference(verifier: CodeVerifier) -> None:
+    v = verifier.verify(GOOD, {"tests": ["f(0) == 2"]})
+    assert (v.passed, v.reason) == (None, "bad_reference") and "asserts nothing" in v.detail
 
 
 def test_no_state_leaks_between_checks(verifier: CodeVerifier) -> None:

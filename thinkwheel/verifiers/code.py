@@ -7,6 +7,7 @@ concurrently on a thread pool, each thread driving one sandboxed interpreter
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 from collections.abc import Sequence
@@ -14,19 +15,39 @@ from concurrent.futures import ThreadPoolExecutor
 
 from thinkwheel.verifiers.base import Candidate, Task, Verdict, completion_text, register
 from thinkwheel.verifiers.code_sandbox import Limits, run_tests
+from thinkwheel.verifiers.code_tests import parse_tests
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.S | re.I)
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\r?\n(.*?)```", re.S | re.I)
+_READS_INPUT = {"input", "open", "stdin"}
+
+
+def _is_program(block: str) -> bool:
+    """It defines something (a function, a class, a lambda by name) or reads stdin: a
+    solution, not the sample output or usage example a model often puts after one."""
+    try:
+        tree = ast.parse(block)
+    except (SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return True
+        if isinstance(node, ast.Name) and node.id in _READS_INPUT:
+            return True
+        if isinstance(node, ast.Attribute) and node.attr in _READS_INPUT:
+            return True
+    return False
 
 
 def extract_code(completion: str) -> str | None:
-    """The last ```python block after </think> (or the bare answer text), else None."""
+    """The last ```python block after </think> that is a program (or else the last block, or
+    the bare answer text), else None."""
     close = completion.rfind("</think>")
     if close == -1 and "<think>" in completion:
         return None  # never finished thinking
     answer = completion[close + len("</think>") :] if close != -1 else completion
     blocks = [b for b in _FENCE.findall(answer) if b.strip()]
     if blocks:
-        return blocks[-1]
+        return next((b for b in reversed(blocks) if _is_program(b)), blocks[-1])
     stripped = answer.strip()
     if stripped.startswith("```"):  # unterminated fence (truncated generation)
         stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
@@ -34,12 +55,10 @@ def extract_code(completion: str) -> str | None:
 
 
 def _tests(task: Task) -> list[str]:
-    tests = task.get("tests")
-    if tests is None:
-        return []
-    if isinstance(tests, str):
-        return [tests]
-    return [str(t) for t in tests]
+    """The task's tests in the sandbox's shape. Raw, a stdin/stdout dict ran as a dict literal
+    and a JSON array in a string as a list literal: each asserted nothing, and any program
+    passed (tasks from a file were parsed, tasks handed to `get_verifier` or `as_reward` not)."""
+    return parse_tests(task.get("tests"), "the task's tests") or []
 
 
 @register("code")
@@ -56,7 +75,10 @@ class CodeVerifier:
                              site_packages=site_packages)
 
     def verify(self, candidate: Candidate, task: Task) -> Verdict:
-        tests = _tests(task)
+        try:
+            tests = _tests(task)
+        except ValueError as err:
+            return Verdict(None, 0.0, "bad_reference", str(err))
         if not tests:
             return Verdict(None, 0.0, "bad_reference", "task has no tests")
         code = extract_code(completion_text(candidate))

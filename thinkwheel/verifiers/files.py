@@ -16,9 +16,9 @@ from typing import Any
 import polars as pl
 
 from thinkwheel import records
-from thinkwheel.generators.seeds import parse_tests
 from thinkwheel.store import read_jsonl
 from thinkwheel.verifiers.batch import verifier_errors, verify_frame
+from thinkwheel.verifiers.code_tests import parse_tests
 from thinkwheel.verifiers.registry import load_plugins, resolve
 
 
