@@ -40,6 +40,22 @@ HOSTILE: dict[str, str] = {
     "gc hunt for nonce": "import gc\nprint([o for o in gc.get_objects() if isinstance(o, dict)][:1])\n"
                          "def f(x):\n    return 3 * x + 2",
     "ctypes escape": "import ctypes\nctypes.CDLL(None).exit(0)",
+    "frame walk from eval": "import os\nF = eval('__import__(\"sys\")._getframe(0)')\n"
+                            "while 'nonce' not in F.f_locals:\n    F = F.f_back\nV = F.f_locals\n"
+                            "os.write(1, ('\\n%s 2 2 0 11 x\\n' % V['nonce']).encode())\nos._exit(0)",
+    "exception class named ok": "def f(x):\n    raise type('ok', (Exception,), {})()",
+}
+# reward hacks that need tests of another shape than TESTS
+IO = ['{"stdin": "0\\n", "stdout": "2"}', '{"stdin": "4\\n", "stdout": "14"}']
+CLOSE = ["assert abs(f(0) - 2) < 1e-9", "import math\nassert math.isclose(f(4), 14)"]
+HOSTILE_WITH_TESTS: dict[str, tuple[str, list[str]]] = {
+    "patched output judge": ("import sys\nsys.modules['__main__']._same_output = lambda a, b: True\n"
+                             "print(0)", IO),
+    "shadowed builtin abs": ("abs = lambda v: 0\ndef f(x):\n    return 0", CLOSE[:1]),
+    "patched math.isclose": ("import math\nmath.isclose = lambda *a, **k: True\n"
+                             "def f(x):\n    return 0", CLOSE[1:]),
+    "rigged __sub__/__lt__": ("class R:\n    def __sub__(s, o): return s\n    def __abs__(s): return s\n"
+                              "    def __lt__(s, o): return True\ndef f(x):\n    return R()", CLOSE[:1]),
 }
 
 
@@ -47,12 +63,12 @@ def run_suite(verifier: CodeVerifier) -> list[tuple[str, object, str, float]]:
     """(case, passed, reason, seconds) per hostile program, then a good program as a probe."""
     os.environ["TW_SECRET"] = "hunter2"
     rows = []
-    task = {"tests": TESTS}
-    for name, code in HOSTILE.items():
+    cases = {name: (code, TESTS) for name, code in HOSTILE.items()} | HOSTILE_WITH_TESTS
+    for name, (code, tests) in cases.items():
         start = time.perf_counter()
-        v = verifier.verify(f"<think>x</think>\n```python\n{code}\n```", task)
+        v = verifier.verify(f"<think>x</think>\n```python\n{code}\n```", {"tests": tests})
         rows.append((name, v.passed, v.reason, time.perf_counter() - start))
-    good = verifier.verify(f"<think>x</think>\n{GOOD}", task)
+    good = verifier.verify(f"<think>x</think>\n{GOOD}", {"tests": TESTS})
     rows.append(("good program afterwards", good.passed, good.reason, good.seconds))
     return rows
 
