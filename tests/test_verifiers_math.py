@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,9 @@ def test_extract_answer(completion: str, expected: str | None) -> None:
         ("\\boxed{x=4}, so \\boxed{4}", "4", (True, "ok")),
         ("\\boxed{4}, so \\boxed{5}", "5", (False, "no_answer")),
         ("\\boxed{35}, i.e. \\boxed{3,5}", "3.5", (False, "no_answer")),
-        ("\\boxed{\\infty}, i.e. \\boxed{infinity}", "\\infty", (False, "no_answer")),
+        # plain `infinity` is now read as \\infty (it was text), so this box restates the first
+        ("\\boxed{\\infty}, i.e. \\boxed{infinity}", "\\infty", (True, "ok")),
+        ("\\boxed{\\infty}, i.e. \\boxed{-\\infty}", "\\infty", (False, "no_answer")),
     ],
 )
 def test_answers_as_written(answer: str, reference: str, verdict: tuple[bool, str]) -> None:
@@ -261,3 +264,125 @@ def test_parse_results_are_cached_including_errors() -> None:
 def test_a_worked_solution_reference_is_read_by_its_marked_answer(reference, right, wrong) -> None:
     assert check_math(reference, f"<think>x</think>\n{right}")[:2] == (True, "ok")
     assert check_math(reference, f"<think>x</think>\n{wrong}")[:2] == (False, "wrong_answer")
+
+
+# --- review findings 4-7 and the smaller issues (/tmp/review-verifiers/report.md) ---
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference", "verdict"),
+    [
+        # the same answer boxed twice in other notation (R1's inline box, then "Final Answer")
+        ("Thus $p=\\boxed{\\frac12}$.\n\nAnswer: $\\boxed{\\dfrac{1}{2}}$", "\\frac{1}{2}", (True, "ok")),
+        ("Each box has $\\boxed{5}$ apples.\n\n**Final Answer**\n\\[\\boxed{5 \\text{ apples}}\\]",
+         "5", (True, "ok")),
+        ("She makes $\\boxed{\\$18}$ a day.\n\nFinal answer: \\boxed{18}", "18", (True, "ok")),
+        ("\\boxed{0.5}, that is \\boxed{50\\%}", "50\\%", (True, "ok")),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}, or \\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}", (True, "ok")),
+        ("\\boxed{x = 4}, so \\boxed{4 \\text{ cm}}", "4", (True, "ok")),
+        # two different answers are still a hedge, whatever the notation
+        ("Thus $p=\\boxed{\\frac12}$.\n\nAnswer: $\\boxed{\\dfrac{1}{3}}$", "\\frac{1}{3}", (False, "no_answer")),
+        ("$\\boxed{5}$ apples.\n\n**Final Answer** \\boxed{6 \\text{ apples}}", "6", (False, "no_answer")),
+        ("$\\boxed{\\$18}$ a day.\n\nFinal answer: \\boxed{19}", "19", (False, "no_answer")),
+        ("\\boxed{5 \\text{ cm}} or \\boxed{5 \\text{ m}}", "5 \\text{ m}", (False, "no_answer")),
+        ("\\boxed{50} or \\boxed{50\\%}", "50\\%", (False, "no_answer")),
+        ("\\boxed{\\frac{\\sqrt{3}}{2}}, or \\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}", (False, "no_answer")),
+        ("\\boxed{1} \\boxed{1.0} \\boxed{1.00} \\boxed{\\frac22} \\boxed{\\frac33} \\boxed{2}", "2",
+         (False, "no_answer")),
+    ],
+)
+def test_equivalent_boxes_are_one_answer(completion: str, reference: str, verdict: tuple) -> None:
+    assert check_math(reference, f"<think>x</think>{completion}")[:2] == verdict
+
+
+def test_box_comparison_never_calls_the_unbounded_parser() -> None:
+    """Extraction runs in-process (vote, consensus) with no time limit: only the bounded plain
+    parser reads boxes, so a tower that hangs latex2sympy is an unreadable box, and the pair a
+    hedge, at once."""
+    assert extract_answer("</think>\\boxed{9^{9^{9^{9}}}} or \\boxed{2}") is None
+    assert extract_answer("</think>\\boxed{inf} or \\boxed{1e99999999}") is None
+    start = time.perf_counter()  # nor simplify: this pair took 20 s
+    assert extract_answer("</think>\\boxed{(x+1)^{1000}} \\boxed{(x^2+2x+1)^{500}}") is None
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference", "verdict"),
+    [
+        ("#### Step 1\nMultiply 6 by 7, which gives forty-two apples in all of the baskets.\n"
+         "#### Conclusion\nThe answer is 42.", "42", (True, "ok")),
+        ("#### Final Answer\nThe total is $42$.", "42", (True, "ok")),
+        ("#### Step 1\nMultiply 6 by 7, which gives forty-one apples in all of the baskets.\n"
+         "#### Conclusion\nThe answer is 41.", "42", (False, "wrong_answer")),
+        # GSM8K's own marker still reads
+        ("6 * 7 = 42\n#### 42", "42", (True, "ok")),
+        ("#### Work\n6 * 7 = 42\n#### -41", "42", (False, "wrong_answer")),
+        ("#### Work\nin dollars\n#### $1,000", "1000", (True, "ok")),
+    ],
+)
+def test_a_markdown_heading_is_no_gsm8k_marker(completion: str, reference: str, verdict: tuple) -> None:
+    assert check_math(reference, f"<think>x</think>{completion}")[:2] == verdict
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "passed"),
+    [
+        # a decimal finer than a rounded decimal reference passes when it rounds to it...
+        ("1.67", "1.6667", True), ("3.14", "3.1416", True), ("-1.67", "-1.6667", True),
+        ("1.67", "1.665", True),
+        # ...and not when it rounds elsewhere, is coarser, or the reference is too short to be
+        # a rounding (0.5 may be exact)
+        ("1.67", "1.68", False), ("1.67", "1.6", False), ("1.67", "1.675", False),
+        ("3.14", "3.1459", False), ("0.5", "0.54", False),
+    ],
+)
+def test_a_finer_decimal_matches_a_rounded_reference(reference: str, answer: str, passed: bool) -> None:
+    assert check_math(reference, f"</think>\\boxed{{{answer}}}")[0] is passed
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "passed"),
+    [
+        # scale words multiply; math words are no unit to ignore
+        ("6", "6 \\text{ million}", False), ("6000000", "6 \\text{ million}", True),
+        ("1500000", "\\$1.5 million", True), ("6000000", "6 million people", True),
+        ("2", "2 dozen", False), ("24", "2 dozen", True),
+        ("2", "2 pi", False), ("2\\pi", "2 pi", True), ("10", "10 factorial", False),
+        ("3", "3 squared", False), ("2", "2 thirds", False),
+        # one unit spelled two ways is one unit; two units are still two
+        ("3\\text{ feet}", "3\\text{ ft}", True), ("5\\text{ m}", "5\\text{ meters}", True),
+        ("5\\text{ h}", "5 hours", True), ("5\\text{ ft}^2", "5 square feet", True),
+        ("5\\text{ ft}^2", "5 \\text{ sq ft}", True), ("5 \\text{ cm}", "5 \\text{ (cm)}", True),
+        ("5\\text{ m}", "5\\text{ cm}", False), ("3\\text{ feet}", "3\\text{ yards}", False),
+        ("5\\text{ ft}^2", "5 \\text{ feet}", False), ("5\\text{ min}", "5 hours", False),
+        ("5", "5 \\text{ apples}", True),
+    ],
+)
+def test_units_scales_and_math_words(reference: str, answer: str, passed: bool) -> None:
+    assert check_math(reference, f"</think>\\boxed{{{answer}}}")[0] is passed
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "passed"),
+    [
+        ("\\pi", "pi", True), ("\\pi", "Pi", True), ("2\\pi", "2π", True), ("\\pi", "3", False),
+        ("\\infty", "infinity", True), ("\\infty", "∞", True), ("-\\infty", "-∞", True),
+        ("-\\infty", "infinity", False), ("-\\infty", "∞", False),
+        ("\\sqrt{2}", "√2", True), ("\\sqrt{23}", "√23", True), ("2\\sqrt{3}", "2√3", True),
+        ("\\sqrt{x+1}", "√(x+1)", True), ("\\sqrt{3}", "√2", False),
+        ("\\frac{1}{2}", "½", True), ("\\frac{3}{2}", "1½", True), ("\\frac{1}{3}", "½", False),
+        ("-5", "–5", True), ("5", "–5", False), ("x-5", "x – 5", True),
+        ("-2", "3–5", False),  # an en dash between numbers is a range, not a minus
+    ],
+)
+def test_plain_text_and_unicode_math(reference: str, answer: str, passed: bool) -> None:
+    assert check_math(reference, f"</think>\\boxed{{{answer}}}")[0] is passed
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "passed"),
+    [("(1,2)", "1 < x < 2", True), ("[-1,3)", "-1 \\le x < 3", True), ("1<x<2", "(1,2)", True),
+     ("(1,2)", "1 \\le x < 2", False), ("(1,3)", "1 < x < 2", False)],
+)
+def test_a_chained_inequality_is_an_interval(reference: str, answer: str, passed: bool) -> None:
+    assert check_math(reference, f"</think>\\boxed{{{answer}}}")[0] is passed

@@ -4,7 +4,8 @@ Rules (each one chosen so a wrong answer can never pass by rounding):
 - integers and fractions compare exactly (`1/2004!` is not `1/2006!`);
 - a side written with decimals is compared with a relative tolerance (`rel_tol`, 1e-9), and
   a lone decimal with >= 3 significant digits also matches an exact value it correctly
-  rounds (`0.333` ~ `1/3`, `3.1416` ~ `pi`; `0.33` is not `1/3`; `1e-7` is not `2e-7`); an
+  rounds (`0.333` ~ `1/3`, `3.1416` ~ `pi`; `0.33` is not `1/3`; `1e-7` is not `2e-7`), and
+  so does a finer decimal (`1.6667` ~ reference `1.67`; `1.68` and `1.6` are not); an
   integer reference only takes a decimal within 1/2 of it (`1.23e4` is not `12345`);
 - symbolic values: `simplify(a - b) == 0` under an operation-count bound, with random
   numeric probes to reject quickly and to confirm identities simplify cannot close;
@@ -13,14 +14,14 @@ Rules (each one chosen so a wrong answer can never pass by rounding):
 - intervals compare endpoints and open/closed ends; sets are order-free, tuples ordered;
 - percentages follow `percent_policy`: "fraction" (default: 50% is 0.5, not 50), "number"
   (50% is 50), or "either"; two percentages compare as written;
-- units: when both sides name a unit and they differ the answer is wrong (5 cm is not 5 m);
-  a unit on one side only is ignored.
+- units: when both sides name a unit and they differ the answer is wrong (5 cm is not 5 m;
+  common spellings are one unit: ft/feet, m/meters); a unit on one side only is ignored.
 """
 
 from __future__ import annotations
 
 import random
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import sympy
@@ -54,6 +55,21 @@ def _rounds_to(exact: Any, dec: Decimal) -> bool:
         return False
     half_ulp = Decimal(1).scaleb(dec.as_tuple().exponent) / 2
     return abs(Decimal(str(v)) - dec) <= half_ulp
+
+
+def _rounds_off_to(finer: Decimal, ref: Decimal) -> bool:
+    """True when the decimal `finer`, with at least the places of `ref` (>= 3 significant
+    digits, like `_rounds_to`), rounds half-up to `ref`: `1.6667` is `1.67`, as `5/3` is,
+    while `1.68` and `1.6` are not (a coarser decimal says less than the reference)."""
+    exp = ref.as_tuple().exponent
+    if len(ref.as_tuple().digits) < 3 or not isinstance(exp, int):
+        return False
+    if finer.as_tuple().exponent > exp:  # type: ignore[operator]
+        return False
+    try:
+        return finer.quantize(Decimal(1).scaleb(exp), rounding=ROUND_HALF_UP) == ref
+    except InvalidOperation:
+        return False
 
 
 def _rel_gap(x: Any, y: Any, digits: int = 40) -> float | None:
@@ -120,6 +136,8 @@ def _same_number(a: Answer, b: Answer, va: Any, vb: Any, rel_tol: float) -> bool
         for lone, other, other_ans in ((a.decimal, vb, b), (b.decimal, va, a)):
             if lone is not None and not other_ans.inexact and _rounds_to(other, lone):
                 return True
+        if a.decimal is not None and b.decimal is not None and _rounds_off_to(b.decimal, a.decimal):
+            return True
         return _close(va, vb, rel_tol)
     return _zero(va, vb)
 

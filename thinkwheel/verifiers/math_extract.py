@@ -2,8 +2,9 @@
 
 Order: the text after `</think>` (a missing opening `<think>` is fine; an unclosed one means
 the model never finished thinking, so there is no answer), then inside it the last
-`\\boxed{}` (nested braces), "final answer is", "answer:"/"answer is", "####", a short
-one-line answer as a whole, and finally the last `$...$` span or number.
+`\\boxed{}` (nested braces), "final answer is", "####" followed by a value, "answer:"/
+"answer is", a short one-line answer as a whole, and finally the last `$...$` span or number.
+Two boxes are a hedge (no answer) unless they give the same answer in different notation.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 _CUES = [
     re.compile(r"final answer\s*(?:is|:)\s*:?\s*(.+)", re.I),
-    re.compile(r"####\s*(.+)"),
+    # GSM8K's `#### 72`; a markdown heading (`#### Step 1`) is no answer marker
+    re.compile(r"####[ \t]*(?=[*_]*[ \t]*[-+\u2212\u2013$\\\d.(\[{])(.+)"),
     re.compile(r"\banswer\s*(?:is|:)\s*:?\s*(.+)", re.I),
 ]
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$]+?)\$", re.S)
@@ -138,8 +141,7 @@ def extract_answer(completion: str) -> str | None:
     else:
         answer = completion[close + len("</think>") :]
     answer = answer.strip()
-    boxes = all_boxed(answer)
-    if not answer or (len(boxes) > 1 and len({_box_key(b) for b in boxes}) > 1):
+    if not answer or _hedges(all_boxed(answer)):
         return None  # `\\boxed{5} or \\boxed{6}` hedges (a GRPO reward hack); it answers nothing
     marked, value = _marked(answer)
     if marked:
@@ -174,6 +176,51 @@ def _chain_result(value: str | None) -> str | None:
     if None in values or len(set(values)) != 1:
         return value
     return last
+
+
+_MAX_SPELLINGS = 4  # more distinct boxes than this is a hedge, not one answer restated
+
+
+def _hedges(boxes: list[str]) -> bool:
+    """Whether the boxes give more than one answer. Boxes restating the last one in other
+    notation (`\\frac12` / `\\dfrac{1}{2}`, `\\$18` / `18`, `5` / `5 \\text{ apples}`) are one
+    answer; it is the last box that is graded, so only its equivalents are let through."""
+    keys = {_box_key(b): b for b in boxes}
+    if len(keys) <= 1:
+        return False
+    if len(keys) > _MAX_SPELLINGS:
+        return True
+    last_key = _box_key(boxes[-1])
+    last = _box_value(boxes[-1])
+    return last is None or any(
+        key != last_key and not _same_box(last, _box_value(box)) for key, box in keys.items()
+    )
+
+
+def _same_box(a: Any, b: Any) -> bool:
+    """Two parsed boxes say the same. Extraction also runs in-process (the vote and consensus
+    stages) with no time limit, so only what compares at once is compared by value: rational
+    numbers and words through `equivalent`, anything else by sympy's canonical form
+    (`\\frac{1}{\\sqrt{2}}` is `\\frac{\\sqrt{2}}{2}`), never by simplify (`(x+1)^{1000}`
+    against `(x^2+2x+1)^{500}` took 20 s)."""
+    if b is None:
+        return False
+    from thinkwheel.verifiers.math_equiv import equivalent
+
+    if all(x.kind == "text" or (x.kind == "number" and x.value.is_Rational) for x in (a, b)):
+        return equivalent(a, b) or equivalent(b, a)
+    return a.value == b.value and (a.unit, a.percent) == (b.unit, b.percent)
+
+
+def _box_value(box: str) -> Any:
+    """A box parsed as the verifier parses answers, or None (then only its text counts). Only
+    the small exact parser: latex2sympy has no time bound (`9^{9^{9^{9}}}` hangs it)."""
+    from thinkwheel.verifiers.math_parse import ParseError, parse_answer
+
+    try:
+        return parse_answer(_chain_result(clean(box)) or "", plain_only=True)
+    except ParseError:
+        return None
 
 
 def _box_key(box: str) -> object:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -39,6 +40,7 @@ _CURRENCY = re.compile(r"^(?:\\\$|\$|USD|€|£|\\euro)\s*|\s*(?:\\\$|dollars?|U
 _SPACING = re.compile(r"\\[,;:! ]|\\q?quad|~|\\displaystyle|\\left|\\right|\\big|\\Big")
 _PLAIN_FUNCS = re.compile(r"\b(sqrt|sin|cos|tan|log|ln|exp)\b")
 _WORDY = re.compile(r"^[A-Za-z][A-Za-z .'-]*$")
+_PLAIN_CONSTANTS = frozenset({"pi", "infinity", "inf", "oo"})
 # `x - y`, `a-b`: letters of at most two joined by a minus are algebra, not words (read as
 # text they would lose the sign and equal `xy`)
 _LETTER_ALGEBRA = re.compile(r"^[A-Za-z]{1,2}(?:\s*-\s*[A-Za-z]{1,2})+$")
@@ -92,27 +94,84 @@ def unevaluated(text: str) -> bool:
     return bool(_ARITH_ONLY.match(s)) and bool(_BINARY_OP.search(s))
 
 
+# spellings of one unit, so `3 ft` is `3 feet` (equivalent() fails two units that differ);
+# only common, unambiguous ones: an unlisted unit compares as written (singular)
+_UNIT_SPELLINGS = {
+    "m": "meter metre", "cm": "centimeter centimetre", "mm": "millimeter millimetre",
+    "km": "kilometer kilometre", "ft": "foot feet", "in": "inch inches", "yd": "yard",
+    "mi": "mile", "s": "sec second", "min": "minute", "h": "hr hrs hour", "yr": "year yrs",
+    "kg": "kilogram kilo", "g": "gram", "lb": "lbs pound", "oz": "ounce", "l": "liter litre",
+    "ml": "milliliter millilitre", "mph": "mi/h", "km/h": "kph",
+}
+_UNIT_ALIAS = {alias: unit for unit, spelled in _UNIT_SPELLINGS.items() for alias in spelled.split()}
+# words that multiply the number before them: `6 million` is 6000000, not 6 of a unit
+_SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9,
+           "trillion": 10**12, "dozen": 12}
+# words that change the value, so they are never a unit to ignore (`2 pi`, `10 factorial`,
+# `3 squared`, `2 thirds`)
+_MATH_WORDS = frozenset(
+    "pi squared cubed factorial times plus minus over inverse root roots sqrt power powers "
+    "infinity inf log ln sin cos tan exp mod half halves third fourth fifth sixth seventh "
+    "eighth ninth tenth hundredth thousandth millionth".split()
+)
+_PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+def _unit_parts(raw: str, power: str | None) -> tuple[str, str]:
+    """(base unit, power digits): `cm^2`, `\\text{ cm}^2`, `square cm`, `cm squared` all
+    give ("cm", "2")."""
+    u = re.sub(r"^\((.*)\)$", r"\1", raw.strip().lower().rstrip(".")).strip()
+    m = re.fullmatch(r"(.*?)\s*\^\s*\{?(\d+)\}?", u)
+    u, digits = (m.group(1), m.group(2)) if m else (u, re.sub(r"\D", "", power or ""))
+    words = u.split()
+    for first, last, n in (("square", "squared", "2"), ("sq", "squared", "2"),
+                           ("cubic", "cubed", "3")):
+        if len(words) > 1 and words[0] == first:
+            words, digits = words[1:], digits or n
+        elif len(words) > 1 and words[-1] == last:
+            words, digits = words[:-1], digits or n
+    return " ".join(words), digits
+
+
 def _unit_name(raw: str, power: str | None) -> str:
-    u = raw.strip().lower().rstrip(".")
-    if len(u) > 3 and u.endswith("s"):
-        u = u[:-1]
-    if power:
-        u += "^" + re.sub(r"\D", "", power)
-    return u
+    base, digits = _unit_parts(raw, power)
+    base = _UNIT_ALIAS.get(base) or _UNIT_ALIAS.get(_singular(base)) or (
+        base if base in _UNIT_SPELLINGS else _singular(base))
+    return base + ("^" + digits if digits else "")
+
+
+def _scale(words: str) -> tuple[int, str] | None:
+    """`million people` -> (10**6, "people"); None when `words` starts with no scale word."""
+    first, _, rest = words.strip().partition(" ")
+    scale = _SCALES.get(_singular(first.lower()))
+    return None if scale is None else (scale, rest.strip())
 
 
 def _strip_units(s: str) -> tuple[str, str | None]:
     if _DEGREE.search(s):
         return _DEGREE.sub("", s).strip(), "degree"
-    cur = _CURRENCY.sub("", s)
-    if cur != s:
-        return cur.strip(), "$"
-    m = _TRAILING_TEXT.match(s)
-    if m and re.search(r"[A-Za-z]", m.group(2)) and _is_unit(m.group(2)):
-        return m.group(1).strip(), _unit_name(m.group(2), m.group(3))
-    m = _TRAILING_WORD.match(s)
-    if m and _is_unit(m.group(2)):
-        return m.group(1), _unit_name(m.group(2), m.group(3))
+    cur = _CURRENCY.sub("", s).strip()
+    if cur != s.strip():
+        scaled, unit = _strip_units(cur)  # `\\$6 million`: the scale still applies
+        return (scaled if unit is None else cur), "$"
+    for m in (_TRAILING_TEXT.match(s), _TRAILING_WORD.match(s)):
+        if not (m and re.search(r"[A-Za-z]", m.group(2)) and _is_unit(m.group(2), scales=True)):
+            continue
+        number, words, power = m.group(1).strip(), m.group(2), m.group(3)
+        scale = _scale(words)
+        if scale is not None:
+            if not _PLAIN_NUMBER.match(number) or power:
+                return s, None  # `x million`: no number to scale, left as written to fail
+            number, words = str(Decimal(number.replace(",", "")) * scale[0]), scale[1]
+            if not words:
+                return number, None
+        if _is_unit(words):
+            return number, _unit_name(words, power)
+        return s, None
     return s, None
 
 
@@ -122,10 +181,19 @@ _NOT_A_UNIT = re.compile(r"[\d()\[\],;]|\b(?:or|and|not?|but|maybe|either|nor|al
                          r"except|perhaps|possibly)\b", re.I)
 
 
-def _is_unit(text: str) -> bool:
+def _is_unit(text: str, scales: bool = False) -> bool:
+    """Whether `text` reads as a unit (with `scales`, it may also start with a scale word)."""
     bare = re.sub(r"\^\s*\{?\d+\}?", "", text).strip()  # `m^2` is a unit
     bare = re.sub(r"^\(([A-Za-z ./]+)\)$", r"\1", bare)  # and so is `(cm)`
-    return not _NOT_A_UNIT.search(bare)
+    if _NOT_A_UNIT.search(bare):
+        return False
+    base = _unit_parts(text, None)[0]
+    if scales and (scale := _scale(base)) is not None:
+        base = scale[1]
+        if not base:
+            return True
+    return bool(base) and not any(_singular(w) in _MATH_WORDS or w in _MATH_WORDS
+                                  or _singular(w) in _SCALES for w in base.split())
 
 
 def _plain_to_latex(s: str) -> str:
@@ -144,8 +212,31 @@ _TEXT_NUMBER = re.compile(
     r"(\s+[A-Za-z][A-Za-z ]*)?\s*\}")
 
 
+# Unicode math typed in plain text, spelled as the LaTeX the parsers read
+_SQRT_SIGN = re.compile(r"√\s*(?:(\d+(?:\.\d+)?|[A-Za-z])|\(([^()]*)\)|\{([^{}]*)\})")
+# an en dash is a minus sign, except between two numbers, where it is a range (`3–5`)
+_EN_DASH = re.compile(r"(\d?)(\s*)–(\s*)(\d?)")
+
+
+def _vulgar_fraction(ch: str) -> str:
+    """`½` -> `\\frac{1}{2}`, from its Unicode decomposition (`<fraction> 1 ⁄ 2`)."""
+    parts = unicodedata.decomposition(ch).split()
+    if not parts or parts[0] != "<fraction>":
+        return ch
+    num, _, den = "".join(chr(int(h, 16)) for h in parts[1:]).partition("\u2044")
+    return f"\\frac{{{num}}}{{{den}}}" if num.isdigit() and den.isdigit() else ch
+
+
+def _unicode_math(s: str) -> str:
+    s = _SQRT_SIGN.sub(lambda m: "\\sqrt{" + next(g for g in m.groups() if g is not None) + "}", s)
+    s = s.replace("∞", "\\infty").replace("π", "\\pi ")
+    s = re.sub(r"[\u00bc-\u00be\u2150-\u215e]", lambda m: _vulgar_fraction(m.group()), s)
+    return _EN_DASH.sub(lambda m: m.group() if m.group(1) and m.group(4)
+                        else f"{m.group(1)}{m.group(2)}-{m.group(3)}{m.group(4)}", s)
+
+
 def normalize(text: str) -> str:
-    s = text.strip()
+    s = _unicode_math(text.strip())
     s = _TEXT_NUMBER.sub(lambda m: m.group(1) + (m.group(2) or ""), s)
     s = s.replace("\\varnothing", "\\emptyset")
     s = _SPACING.sub(" ", s)
@@ -248,6 +339,18 @@ def _unwrap_assignment(value: Any) -> Any:
     return value
 
 
+def _chain_as_set(value: Any) -> Any:
+    """`1 < x < 2` (parsed as And(1 < x, x < 2)) -> the interval (1, 2), which is what it
+    says: as an And it equalled no interval answer. One variable only."""
+    if not (isinstance(value, sympy.And) and len(value.free_symbols) == 1
+            and all(isinstance(a, sympy.core.relational.Relational) for a in value.args)):
+        return value
+    try:
+        return value.as_set()
+    except Exception:  # sympy cannot solve it: leave it as written
+        return value
+
+
 def latex_to_sympy(s: str) -> Any:
     """latex2sympy2_extended with our normalisation settings (the slow, general path)."""
     from latex2sympy2_extended import latex2sympy
@@ -258,25 +361,26 @@ def latex_to_sympy(s: str) -> Any:
     return latex2sympy(s, normalization_config=cfg)
 
 
-def parse_answer(text: str, hint: str | None = None) -> Answer:
-    """Parse one answer. Raises ParseError when nothing sensible comes out."""
-    result = _parse_cached(text, hint)
+def parse_answer(text: str, hint: str | None = None, plain_only: bool = False) -> Answer:
+    """Parse one answer. Raises ParseError when nothing sensible comes out. `plain_only`
+    refuses what needs latex2sympy (which has no time bound), for callers outside the pool."""
+    result = _parse_cached(text, hint, plain_only)
     if isinstance(result, str):
         raise ParseError(result)
     return result
 
 
 @functools.lru_cache(maxsize=16384)
-def _parse_cached(text: str, hint: str | None) -> Answer | str:
+def _parse_cached(text: str, hint: str | None, plain_only: bool = False) -> Answer | str:
     """Answers repeat across samples of one task; Answer is immutable, so cache it (or the
     error message: a cached exception would grow its traceback on every re-raise)."""
     try:
-        return _parse(text, hint)
+        return _parse(text, hint, plain_only)
     except ParseError as err:
         return str(err)
 
 
-def _parse(text: str, hint: str | None) -> Answer:
+def _parse(text: str, hint: str | None, plain_only: bool = False) -> Answer:
     s = normalize(text)
     if not s:
         raise ParseError("empty answer")
@@ -289,7 +393,9 @@ def _parse(text: str, hint: str | None) -> Answer:
     if fast is not None:
         return Answer(fast.value, "number", fast.inexact, fast.decimal, percent, unit)
     inner = _TEXT_CMD.sub(lambda m: m.group(1), s).strip()
-    if _WORDY.match(inner) and (len(inner.replace(" ", "")) > 1 or "\\text" in s) and not (
+    if "\\" not in s and inner.lower() in _PLAIN_CONSTANTS:
+        s = inner.lower()  # `pi`, `Infinity`: math, read below as \pi, \infty
+    elif _WORDY.match(inner) and (len(inner.replace(" ", "")) > 1 or "\\text" in s) and not (
         _LETTER_ALGEBRA.match(inner) and "\\text" not in s  # `\text{x-y}` is still a word
     ):
         word = re.sub(r"[^a-z0-9]", "", inner.lower())
@@ -299,6 +405,8 @@ def _parse(text: str, hint: str | None) -> Answer:
     plain = parse_plain(s)
     if plain is not None:
         value, literal_inexact = plain
+    elif plain_only:
+        raise ParseError("not a plain form")
     else:
         literal_inexact = False
         try:
@@ -310,6 +418,7 @@ def _parse(text: str, hint: str | None) -> Answer:
     if isinstance(value, list):
         value = sympy.Tuple(*value)
     value = _unwrap_assignment(value)
+    value = _chain_as_set(value)
     value, inexact = _exact(value)
     inexact = inexact or literal_inexact
     kind = kind_of(value)
