@@ -464,3 +464,32 @@ def test_a_trailing_assistant_message_is_continued(field) -> None:
     with LocalServer(Open(), reasoning_field=field) as srv:
         cut = OpenAIEngine(srv.base_url, "m").generate([prefix], params)[0][0]
     assert (cut.text, cut.finish_reason) == ("so 3+4 is", "length")
+
+
+@pytest.mark.parametrize("status, retried", [
+    (520, True), (522, True), (524, True), (529, True),  # Cloudflare's, an overloaded API's
+    (503, True), (408, True), (425, True),
+    (501, False), (505, False), (404, False),  # no retry changes these answers
+])
+def test_every_transient_status_is_retried(status, retried) -> None:
+    """README and the module say 5xx is retried, but only 500/502/503/504 were: a hosted
+    API's 520/524/529 stopped the run on its first call."""
+    class FailsOnce(LocalServer):
+        calls = 0
+
+        def complete(self, body: dict, fault: str):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                return status, b'{"message": "upstream error"}'
+            return super().complete(body, fault)
+
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=8, seed=1)
+    with FailsOnce(_Scripted()) as srv:
+        eng = OpenAIEngine(srv.base_url, "m", backoff_s=0.0, max_retries=2)
+        if retried:
+            assert eng.generate(["What is 3 + 4?"], params)[0][0].text == _Scripted.script[0][0]
+            assert eng.stats[f"retry:{status}"] == 1
+        else:
+            with pytest.raises(EngineError, match=f"HTTP {status}"):
+                eng.generate(["What is 3 + 4?"], params)
+            assert FailsOnce.calls == 1

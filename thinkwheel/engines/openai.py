@@ -43,7 +43,14 @@ from thinkwheel.engines.base import (
 from thinkwheel.engines.cache import RequestCache, request_key
 
 Progress = Callable[[int], None]  # called with the number of samples just finished
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# retried: timeout, conflict, too early, rate limit, and every 5xx (a proxy's 520-524, an
+# overloaded API's 529) except those no retry changes: not implemented, HTTP version
+RETRY_STATUS = {408, 409, 425, 429}
+FINAL_5XX = {501, 505}
+
+
+def retryable(status: int) -> bool:
+    return status in RETRY_STATUS or (500 <= status < 600 and status not in FINAL_5XX)
 
 
 class EngineError(RuntimeError):
@@ -399,7 +406,7 @@ def _loop_running() -> bool:
 
 
 def _parse(resp: httpx.Response, stop: tuple[str, ...], continued: bool = False) -> list[Completion]:
-    if resp.status_code in RETRY_STATUS:
+    if retryable(resp.status_code):
         after = resp.headers.get("retry-after")
         raise _Retryable(str(resp.status_code), float(after) if _is_number(after) else None,
                          resp.text)
