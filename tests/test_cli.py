@@ -903,3 +903,71 @@ def test_train_grpo_reads_a_math_only_jsonl_and_names_an_unknown_verifier_before
                             "--plugin", "tw_grpo_checks"])
     assert r.exit_code == 0, r.output
     assert seen == [[1.0, 1.0]]
+
+
+def test_eval_model_flag_passes_the_configs_rules(tmp_path, monkeypatch):
+    """`eval --model bundled -c own.yaml` skipped the config's validators (model_copy) and
+    scored the bundled model on a split it was pretrained on, with no warning."""
+    import thinkwheel.flows.steps as steps
+
+    monkeypatch.setattr(steps, "score_model", lambda *a, **k: pytest.fail("must not score"))
+    own = tmp_path / "own.yaml"
+    own.write_text(f"engine: {{model: {tmp_path / 'my-model'}}}\neval: {{per_family: 200, seed: 7}}\n")
+    r = runner.invoke(app, ["eval", "-c", str(own), "--model", "bundled"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--model bundled: with the bundled model, eval.per_family is at " \
+        "most 40" in out, out
+
+
+def test_eval_of_a_model_that_fails_to_load_is_one_line(tmp_path):
+    """A model folder whose config.json transformers cannot read passed the preflight, then
+    `eval` ended in a ValueError traceback (`run` said it in one line)."""
+    folder = _model_copy(tmp_path, "mine")  # config.json "{}": no model_type
+    r = runner.invoke(app, ["eval", "--model", str(folder)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "error: Unrecognized model in" in out, (r.exception, out)
+
+
+def test_a_lora_adapter_for_vllm_is_checked_before_the_model_loads(tmp_path, monkeypatch):
+    """A wrong engine.lora_path failed inside vLLM once the model had loaded; with training on,
+    the trainers trained engine.model without it; an adapter folder naming no base (or one
+    not here) passed the preflight and failed in vLLM."""
+    import huggingface_hub.constants
+
+    import thinkwheel.cli as cli
+    import thinkwheel.engines.factory as factory
+    import thinkwheel.flows.flywheel as fw
+
+    def reached(*args, **kwargs):
+        raise ValueError("the engine was reached")
+
+    monkeypatch.setattr(cli, "missing_extras", lambda cfg: [])  # no vLLM on this machine
+    monkeypatch.setattr(factory, "make_engine", reached)
+    monkeypatch.setattr(fw, "run", lambda cfg, out: pytest.fail("the flow must not start"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = _model_copy(tmp_path, "base")
+
+    def adapter(name, **config):
+        folder = _model_copy(tmp_path, name, files=())
+        (folder / "adapter_config.json").write_text(json.dumps({"r": 8, **config}))
+        return str(folder)
+
+    lora, other = adapter("lora", base_model_name_or_path=str(model)), adapter("other")
+    (tmp_path / "empty").mkdir()
+    for command, engine, said in [
+        ("eval", {"model": str(model), "lora_path": str(tmp_path / "empty")},
+         f"engine.lora_path: {tmp_path / 'empty'} is not a LoRA adapter folder"),
+        ("run", {"model": str(model), "lora_path": lora},
+         "engine.lora_path: a run that trains would train engine.model without the adapter"),
+        ("eval", {"model": other}, "names no base_model_name_or_path"),
+        ("eval", {"model": adapter("far", base_model_name_or_path="org/Not-Here")},
+         "which vLLM loads: org/Not-Here is neither a local folder nor in the Hugging Face"),
+        ("eval", {"model": lora, "lora_path": lora}, "is a LoRA adapter too"),
+        ("eval", {"model": str(model), "lora_path": lora}, "the engine was reached"),
+        ("eval", {"model": lora}, "the engine was reached"),
+    ]:
+        c = tmp_path / "c.yaml"
+        c.write_text(json.dumps({"engine": {"kind": "vllm", **engine}}))
+        r = runner.invoke(app, [command, "-c", str(c), "--out", str(tmp_path / command)])
+        out = " ".join(r.output.split())
+        assert r.exit_code == 2 and said in out, (engine, r.exception, out)

@@ -1,5 +1,7 @@
 """Config loading: defaults, overrides, and one-line errors that name the key."""
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,81 @@ def test_step_repair_is_refused_for_a_served_model() -> None:
     with pytest.raises(ConfigError, match="sampling.repair needs engine.kind hf or vllm"):
         parse_config({**served, "sampling": {"repair": 2}})
     assert parse_config({"engine": {"kind": "vllm"}, "sampling": {"repair": 2}}).sampling.repair == 2
+
+
+@pytest.mark.parametrize("text, needle", [
+    # a block appended to a starter config replaced the recipe's whole `train` section
+    ("train:\n  strategy: from_base\nrounds: 1\ntrain:\n  sft: {lora: true}\n",
+     "duplicate key 'train' at line 4"),
+    ("sampling:\n  n: 4\n  max_tokens: 512\n  n: 8\n", "duplicate key 'n' at line 4"),
+    ("eval: {k: 2, k: 3}\n", "duplicate key 'k' at line 1"),
+])
+def test_a_repeated_key_is_an_error_not_a_silent_override(tmp_path, text, needle):
+    p = tmp_path / "dup.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert e.value.__cause__ is None
+
+
+def test_a_yaml_merge_key_may_still_override_what_it_merges(tmp_path):
+    p = tmp_path / "merge.yaml"
+    p.write_text("sampling: &s {n: 4, max_tokens: 512}\neval:\n  <<: {k: 2, max_tokens: 64}\n"
+                 "  max_tokens: 96\n")
+    cfg = load_config(p)
+    assert (cfg.eval.k, cfg.eval.max_tokens, cfg.sampling.n) == (2, 96, 4)
+
+
+def test_a_config_in_utf16_a_folder_or_unreadable_is_one_line(tmp_path, monkeypatch):
+    """A UTF-16 file (PowerShell's `>`) crashed with a UnicodeDecodeError traceback, an
+    unreadable one with a PermissionError, and a folder was "not found"."""
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes("rounds: 3\nname: ü\n".encode("utf-16"))  # with its BOM
+    assert (load_config(utf16).rounds, load_config(utf16).name) == (3, "ü")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("rounds: 1\n")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads it anyway: refuse it as the OS would
+        read = Path.read_bytes
+
+        def refuse(self):
+            if self == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return read(self)
+        monkeypatch.setattr(Path, "read_bytes", refuse)
+    for path, needle in [(locked, "cannot read: Permission denied"), (latin1, "not UTF-8 or UTF-16"),
+                         (tmp_path, "is a folder, not a config file")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(path)
+        msg = str(e.value)
+        assert needle in msg and str(path) in msg and "\n" not in msg, msg
+        assert e.value.__cause__ is None
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"eval": {"difficulty": -1}}, "eval.difficulty"),  # randrange crashed in the held-out split
+    ({"eval": {"difficulty": 6}}, "eval.difficulty"),
+    ({"eval": {"max_tokens": 0}}, "eval.max_tokens"),  # a server's HTTP 400, 1 token on hf
+    ({"generate": {"max_tokens": -3}}, "generate.max_tokens"),
+    ({"engine": {"max_model_len": 0}}, "engine.max_model_len"),  # failed inside vLLM
+    ({"generate": {"consensus": {"min_tests": 0}}}, "generate.consensus.min_tests"),
+    # every code task without tests was dropped
+    ({"generate": {"consensus": {"min_tests": 5, "max_tests": 3}}}, "min_tests (5)"),
+])
+def test_values_that_would_crash_later_are_refused_at_load(data, key):
+    own = {"engine": {"model": "/models/mine"}}  # the bundled model fixes eval.difficulty
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_config({**own, **data})
+    assert parse_config({**own, "eval": {"difficulty": 5}}).eval.difficulty == 5
+
+
+@pytest.mark.parametrize("kind", ["hf", "openai"])
+def test_lora_path_is_refused_where_no_engine_applies_it(kind):
+    """With kind hf the key was accepted and silently ignored."""
+    with pytest.raises(ConfigError, match="'engine.lora_path': only engine.kind vllm applies"):
+        parse_config({"engine": {"kind": kind, "lora_path": "/adapters/a"},
+                      "train": {"sft": {"enabled": False}}})
+    assert parse_config({"engine": {"kind": "vllm", "lora_path": "/a"}}).engine.lora_path == "/a"

@@ -198,6 +198,47 @@ def test_config_maps_to_llm_arguments(fake_vllm: Path, tmp_path: Path) -> None:
     assert calls(fake_vllm, "init")[-1]["kwargs"]["max_lora_rank"] == 128
 
 
+def _adapter(folder: Path, **config) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8, **config}))
+    return folder
+
+
+def test_an_adapter_folder_as_engine_model_runs_on_the_base_it_names(fake_vllm: Path,
+                                                                      tmp_path: Path) -> None:
+    """README: `eval`, and a run with every trainer off, sample from an adapter folder. vLLM
+    was asked to load the adapter folder itself as the model (it has no config.json)."""
+    from thinkwheel.engines.factory import make_engine, resolve_model
+
+    adapter = _adapter(tmp_path / "my-adapter", base_model_name_or_path="org/Base-7B")
+    cfg = EngineConfig(kind="vllm", model=str(adapter))
+    for model_path in (None, resolve_model(cfg)):  # `eval`; the flow's round 0
+        make_engine(cfg, model_path).generate(REQUESTS[:1], SamplingParams(max_tokens=4))
+        init = calls(fake_vllm, "init")[-1]
+        assert init["model"] == "org/Base-7B" and init["kwargs"]["enable_lora"] is True
+        assert calls(fake_vllm, "chat")[-1]["lora"] == str(adapter)
+    nameless = EngineConfig(kind="vllm", model=str(_adapter(tmp_path / "nameless")))
+    with pytest.raises(ValueError, match="names no base_model_name_or_path"):
+        make_engine(nameless)
+
+
+def test_lora_path_applies_to_the_configured_model_not_a_retrained_one(fake_vllm: Path,
+                                                                       tmp_path: Path) -> None:
+    """engine.lora_path was applied on top of every round's retrained model too."""
+    from thinkwheel.engines.factory import make_engine, resolve_model
+
+    lora = _adapter(tmp_path / "lora")
+    cfg = EngineConfig(kind="vllm", model="org/Base-7B", lora_path=str(lora))
+    for model_path in (None, resolve_model(cfg)):  # `eval`; the flow's round 0
+        make_engine(cfg, model_path).generate(REQUESTS[:1], SamplingParams(max_tokens=4))
+        assert calls(fake_vllm, "chat")[-1]["lora"] == str(lora)
+    make_engine(cfg, tmp_path / "round-0" / "model").generate(REQUESTS[:1],
+                                                             SamplingParams(max_tokens=4))
+    init = calls(fake_vllm, "init")[-1]
+    assert init["model"] == str(tmp_path / "round-0" / "model") and "enable_lora" not in init["kwargs"]
+    assert calls(fake_vllm, "chat")[-1]["lora"] is None
+
+
 def test_generate_orders_seeds_and_truncates(fake_vllm: Path) -> None:
     from thinkwheel.engines.vllm import VLLMEngine
 

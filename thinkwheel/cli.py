@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, load_config
+from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, load_config, parse_config
 
 app = typer.Typer(
     add_completion=False,
@@ -84,11 +84,13 @@ def unreachable_model(cfg: RunConfig, *, training: bool = True) -> str | None:
                 # with an IndexError
                 return (f"engine.model: {model} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}"
                         "): copy the tokenizer files of the model it came from into it")
-            if not (folder / "config.json").is_file() and training:
+            if (folder / "config.json").is_file():
+                return None
+            if training:
                 return (f"engine.model: {model} is a LoRA adapter, not a model: merge it into its "
                         "base (peft's merge_and_unload) and train that, or train the base with "
                         "`lora: true`")
-            return None
+            return _adapter_base_problem(cfg, folder) if cfg.engine.kind == "vllm" else None
         inner = next((p for p in (folder / "model", *sorted(folder.glob("round-*/model"))[::-1])
                       if (p / "config.json").is_file()), None)
         return (f"engine.model: {model} is a folder but not a model (no config.json)"
@@ -108,6 +110,40 @@ def unreachable_model(cfg: RunConfig, *, training: bool = True) -> str | None:
             f"engine.model: {model} is neither a local folder nor in the Hugging Face cache, and "
             f"HF_HUB_OFFLINE is set: download it first (`hf download {model}`) or give a local path"
         )
+    return None
+
+
+def _adapter_base_problem(cfg: RunConfig, adapter: Path) -> str | None:
+    """vLLM loads the base an adapter given as engine.model names, and applies it to that."""
+    from thinkwheel.engines.factory import adapter_base
+
+    try:
+        base = adapter_base(adapter)
+    except ValueError as err:
+        return f"engine.model: {err}"
+    on_base = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": base})})
+    if why := unreachable_model(on_base, training=False):
+        return (f"engine.model: {cfg.engine.model} is a LoRA adapter of {base} (its "
+                f"base_model_name_or_path), which vLLM loads: {why.removeprefix('engine.model: ')}")
+    return None
+
+
+def unusable_lora(cfg: RunConfig, *, training: bool = True) -> str | None:
+    """Why engine.lora_path cannot be used, or None. A wrong path failed inside vLLM once the
+    model had loaded; and the trainers train engine.model without the adapter, so a run that
+    trains would sample its later rounds from a model that never had it."""
+    lora = cfg.engine.lora_path
+    if not lora or cfg.engine.kind != "vllm":  # other kinds refuse it at load
+        return None
+    if training:
+        return ("engine.lora_path: a run that trains would train engine.model without the "
+                "adapter: merge it into the model (peft's merge_and_unload) and give that as "
+                "engine.model, or set every train.*.enabled: false")
+    if not (Path(lora) / "adapter_config.json").is_file():
+        return f"engine.lora_path: {lora} is not a LoRA adapter folder (no adapter_config.json)"
+    if (Path(cfg.engine.model).expanduser() / "adapter_config.json").is_file():
+        return (f"engine.lora_path: engine.model {cfg.engine.model} is a LoRA adapter too, and "
+                "vLLM applies one: give the base model as engine.model")
     return None
 
 
@@ -171,7 +207,8 @@ def preflight(cfg: RunConfig, *, model_flag: bool = False, training: bool = True
         fail("; ".join(missing))
     problem, warning = server_check(cfg, strict_name=strict_name)
     if problem := (problem or unknown_names(cfg) or missing_device(cfg)
-                   or unreachable_model(cfg, training=training) or unreadable_tasks(cfg)):
+                   or unreachable_model(cfg, training=training)
+                   or unusable_lora(cfg, training=training) or unreadable_tasks(cfg)):
         fail(problem.replace("engine.model", "--model") if model_flag else problem)
     if warning:
         console.print(warning)
@@ -878,8 +915,12 @@ def eval_cmd(
     from thinkwheel.flows.steps import score_model
 
     cfg = _config(config)
-    if model is not None:
-        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
+    if model is not None:  # through the validators: model_copy let `--model bundled` score the
+        try:  # bundled model on a held-out split it was pretrained on
+            cfg = parse_config({**cfg.model_dump(),
+                                "engine": {**cfg.engine.model_dump(), "model": model}})
+        except ConfigError as e:
+            fail(f"--model {model}: {e}")
     if out is not None and out.is_dir():  # found after the whole eval, it lost the scores
         fail(f"--out {out} is a folder; give the eval.json file, e.g. {out / 'eval.json'}")
     folder = model is not None and cfg.engine.kind == "openai" and Path(model).expanduser().is_dir()
@@ -894,7 +935,7 @@ def eval_cmd(
         with RichReporter() as rep, use_reporter(rep):
             result, answers = score_model(cfg, make_engine(cfg.engine),
                                           label=f"scoring {cfg.engine.model}")
-    except EngineError as e:
+    except (EngineError, FileNotFoundError, ValueError) as e:  # as `run` says them
         fail(str(e))
     result["model"] = cfg.engine.model
     if out is not None:

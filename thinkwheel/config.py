@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -72,7 +80,9 @@ class EngineConfig(_Section):
     data_parallel_size: int = Field(1, ge=1, json_schema_extra=SERVING)
     enable_prefix_caching: bool = Field(True, json_schema_extra=SERVING)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, json_schema_extra=SERVING)
-    max_model_len: int | None = None
+    max_model_len: int | None = Field(None, ge=1)  # None: the model's own; 0 failed inside vLLM
+    # an adapter folder vLLM applies to engine.model (not to a round's retrained model); hf
+    # and a server never read it, so another kind refuses it rather than ignore it
     lora_path: str | None = None
     # openai: one server, or several serving the same model (calls spread over them; one that
     # fails is retried on the others). The key is read from api_key_env, never from the file.
@@ -90,6 +100,18 @@ class EngineConfig(_Section):
         if not self.base_urls():
             raise ValueError("base_url: give one server URL or a list of them")
         return self
+
+    @field_validator("lora_path")
+    @classmethod
+    def _lora_on_vllm(cls, lora_path: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if lora_path and kind != "vllm":
+            raise ValueError(
+                f"only engine.kind vllm applies an adapter, not {kind}: merge it into its base "
+                "(peft's merge_and_unload) and give that as engine.model"
+                + (", or serve it (vllm serve --lora-modules NAME=PATH) and give NAME"
+                   if kind == "openai" else ""))
+        return lora_path
 
     def base_urls(self) -> list[str]:
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
@@ -194,6 +216,13 @@ class ConsensusConfig(_Section):
     min_tests: int = Field(2, ge=1)
     tests_template: str | None = None
 
+    @model_validator(mode="after")
+    def _min_tests_can_be_kept(self) -> ConsensusConfig:
+        if self.min_tests > self.max_tests:  # no task could keep enough: all were dropped
+            raise ValueError(f"min_tests ({self.min_tests}) is more than max_tests "
+                             f"({self.max_tests}), the tests a task keeps")
+        return self
+
 
 TASK_FIELDS = ("prompt", "reference", "tests", "domain", "family", "difficulty", "verifier", "meta")
 
@@ -234,7 +263,7 @@ class GenerateConfig(_Section):
     evol_instruct: EvolInstructConfig = Field(default_factory=EvolInstructConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     temperature: float = Field(1.0, ge=0, le=2)
-    max_tokens: int = 96
+    max_tokens: int = Field(96, ge=1)
 
 
 class SamplingConfig(_Section):
@@ -480,10 +509,10 @@ class EvalConfig(_Section):
     # the procedural held-out split's families; [] for none (then `tasks` is the eval set)
     families: list[str] = Field(default_factory=lambda: ["all"])
     per_family: int = Field(40, ge=1)  # at most BUNDLED_HELD_OUT with the bundled model
-    difficulty: int = 1
+    difficulty: Level = 1
     seed: int = 999_999  # the held-out split's seed; training seeds never use it
     k: int = Field(1, ge=1)
-    max_tokens: int = 160
+    max_tokens: int = Field(160, ge=1)
     temperature: float = Field(0.8, ge=0, le=2)  # sampling for pass@k / maj@k when k > 1
     # your own held-out tasks, scored next to the procedural split (per family: a row's
     # `family`, else the file's name); each needs a reference (math) or tests (code), and no
@@ -599,15 +628,49 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
 DEFAULT_RUN = Path(__file__).parent / "configs" / "default.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of a repeated key: a `train:` block appended to a starter config
+    replaced the recipe's whole section with the defaults. A repeated key is an error here."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:  # before merging: a key may override what `<<` brings
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if first is not key_node:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                  f"(first at line {first.start_mark.line + 1}): merge the two")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(p: Path) -> Any:
+    if p.is_dir():
+        raise ConfigError(f"{p} is a folder, not a config file")
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:  # bytes: PyYAML reads UTF-8, and UTF-16 by its BOM (PowerShell's `>` writes that)
+        return yaml.load(p.read_bytes(), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read: {err.strerror or err}") from None
+    except ConfigError as err:  # a duplicate key
+        raise ConfigError(f"{p}: {err}") from None
+    except yaml.reader.ReaderError as err:  # its own str is two lines
+        raise ConfigError(f"{p}: not UTF-8 or UTF-16 text ({err.reason} at position "
+                          f"{err.position}): save it as UTF-8") from None
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     """Load YAML (or the defaults when path is None) and apply top-level overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = _read_yaml(p) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

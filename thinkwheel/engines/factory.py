@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,6 +24,25 @@ def resolve_model(cfg: EngineConfig, model_path: str | os.PathLike[str] | None =
     return str(bundled_model_path())
 
 
+def is_adapter(model: str | os.PathLike[str]) -> bool:
+    """A LoRA adapter folder (PEFT's adapter_config.json), not a whole model."""
+    return (Path(model) / "adapter_config.json").is_file()
+
+
+def adapter_base(adapter: str | os.PathLike[str]) -> str:
+    """The model a LoRA adapter was trained on (adapter_config.json's base_model_name_or_path):
+    vLLM loads that and applies the adapter per request."""
+    try:
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+        base = config["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        base = None
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{adapter} is a LoRA adapter whose adapter_config.json names no "
+                         "base_model_name_or_path: set it to the model the adapter was trained on")
+    return base
+
+
 def make_engine(
     cfg: EngineConfig,
     model_path: str | os.PathLike[str] | None = None,
@@ -31,8 +51,10 @@ def make_engine(
 ) -> Engine:
     """Build the configured engine. `cache_dir` is the openai engine's request cache (None = off).
 
-    For vllm, `model_path` may be a LoRA adapter folder (it has adapter_config.json): then the
-    base model comes from the config and the adapter is applied per request.
+    For vllm, a LoRA adapter folder (it has adapter_config.json) is applied per request to a
+    base: the config's model for a round's adapter, the base the adapter names when engine.model
+    is the adapter. engine.lora_path applies to the config's model only, not to a round's
+    retrained one.
     """
     if cfg.kind == "hf":
         from thinkwheel.engines.hf import HFEngine
@@ -46,11 +68,13 @@ def make_engine(
     if cfg.kind == "vllm":
         from thinkwheel.engines.vllm import VLLMEngine
 
-        lora_path = cfg.lora_path
-        if model_path is not None and (Path(model_path) / "adapter_config.json").is_file():
-            lora_path, model_path = str(model_path), None
+        model = resolve_model(cfg, model_path)
+        configured = resolve_model(cfg) if model_path is not None else model
+        lora_path = cfg.lora_path if model == configured else None
+        if is_adapter(model):
+            lora_path, model = model, adapter_base(model) if model == configured else configured
         return VLLMEngine(
-            resolve_model(cfg, model_path),
+            model,
             tensor_parallel_size=cfg.tensor_parallel_size,
             data_parallel_size=cfg.data_parallel_size,
             enable_prefix_caching=cfg.enable_prefix_caching,
