@@ -21,6 +21,8 @@ SECTION_NOTES = {
         " merged into each request, e.g. {top_k: 20}; base_url may list several servers of the"
         " same model: calls spread over them, and one that fails is retried on the others)."
         " model: 'bundled' = the small model shipped in the package, or a local path / model id."
+        " lora_path (vllm only): an adapter folder applied to engine.model when sampling; a run"
+        " that trains refuses it (merge it into its base first)."
     ),
     "generate": (
         "Task generation: your own tasks (tasks.paths: JSONL / JSON / parquet files or datasets"
