@@ -235,6 +235,75 @@ def test_grpo_runs_without_sft_from_the_rounds_start_model(flow_run, tmp_path):
     assert stages["train.grpo"]["published"] and (run / "round-0" / "logs" / "grpo.jsonl").is_file()
 
 
+def test_a_round_without_sft_samples_still_runs_grpo_and_never_falls_back_to_the_base(
+        flow_run, tmp_path):
+    """A round can keep no SFT sample (every passing one stated a false step) and still have
+    GRPO prompts in the pass-rate band: the train stage returned before any trainer, so GRPO
+    never ran, and under from_base it handed the base model to the next round, whose sampling
+    then threw away every earlier round's training."""
+    import shutil
+
+    from thinkwheel.assets import MODEL_DIR
+    from thinkwheel.curated.export import grpo_frame, task_pass_rates
+    from thinkwheel.flows import steps
+
+    out, _ = flow_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    store = RunStore(run)
+    curated = run / "round-0" / "curated"
+    tasks, verdicts = store.read_table(0, "tasks"), store.read_table(0, "verdicts")
+    sft = curated / "sft.parquet"
+    pl.read_parquet(sft).head(0).write_parquet(sft)
+    grpo = {"enabled": True, "max_steps": 2, "num_generations": 2, "batch_size": 2,
+            "max_completion_length": 16}
+    cfg = parse_config({**SMALL, "train": {"strategy": "from_base", "grpo": grpo}})
+    assert [n for n, _ in cfg.train.trainers()] == ["sft", "grpo"]
+
+    # no SFT sample and no GRPO prompt: the round keeps the model it sampled with
+    grpo_frame(tasks.head(0), task_pass_rates(verdicts)).write_parquet(curated / "grpo.parquet")
+    assert steps.train(store, cfg, 0, str(MODEL_DIR), carry_model="the-round-0-sampler") == (
+        "the-round-0-sampler")
+    assert not (run / "round-0" / "model").exists()
+
+    grpo_frame(tasks.head(4), task_pass_rates(verdicts)).write_parquet(curated / "grpo.parquet")
+    model = steps.train(store, cfg, 0, str(MODEL_DIR), carry_model="the-round-0-sampler")
+    stages = store.manifest()["rounds"]["0"]["stages"]
+    assert model == str(run / "round-0" / "model") and Path(model, "config.json").is_file()
+    assert stages["train.sft"]["metrics"] == {"skipped": "no curated samples"}
+    assert stages["train.grpo"]["metrics"]["global_step"] == 2 and stages["train.grpo"]["published"]
+    logs = sorted(p.name for p in (run / "round-0" / "logs").glob("*.jsonl"))
+    assert logs == ["grpo.jsonl"]  # no SFT curve from the flow's own run: it is not this model's
+
+
+def test_a_trainer_that_no_longer_runs_leaves_no_curve_or_record(flow_run, tmp_path):
+    """Re-run with GRPO off (or skipped for want of prompts), a round kept the GRPO curves and
+    `train.grpo` record of its earlier run, and the report drew them for a model trained
+    without GRPO."""
+    import shutil
+
+    from thinkwheel.flows import steps
+
+    out = tmp_path / "copy"
+    shutil.copytree(flow_run[0], out)
+    store = RunStore(out)
+    logs = out / "round-0" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in ("grpo", "dpo"):
+        (logs / f"{name}.jsonl").write_text('{"loss": 1.0}\n')
+        store.mark_stage(0, f"train.{name}", input_hash="a", config_hash="b", outputs=[])
+    steps._forget_trainers(store, 0, {"sft", "dpo"})  # a config without GRPO
+    assert not (logs / "grpo.jsonl").exists() and store.stage_entry(0, "train.grpo") is None
+    assert (logs / "dpo.jsonl").exists() and store.stage_entry(0, "train.dpo") is not None
+
+    plan = parse_config({**SMALL, "train": {"dpo": {"enabled": True}}}).train.trainers()
+    once = steps._Trainers(store, 0, "start", out / "round-0" / "model", plan,
+                           {name: "data" for name, _ in plan})
+    assert once("dpo", lambda: {"skipped": "no pairs"}) == {"skipped": "no pairs"}
+    assert not (logs / "dpo.jsonl").exists()  # skipped: the old curve is not this model's
+    assert store.stage_entry(0, "train.dpo")["published"] is False
+
+
 def test_train_stage_runs_sft_dpo_grpo_and_keeps_every_curve(flow_run, tmp_path, monkeypatch):
     """DPO and GRPO on in the flow's train stage: SFT, then TRL's DPOTrainer on the round's dpo
     split, then GRPOTrainer on its GRPO prompts with the verifier rewards. Each stage

@@ -125,7 +125,7 @@ def _flywheel(cfg: RunConfig, store: RunStore) -> dict[str, Any]:
         start = base_model if cfg.train.strategy == "from_base" else model
         if cfg.train.trainers():
             engines.release()
-            model = train_task(store, cfg, k, start)
+            model = train_task(store, cfg, k, start, model)
         eval_task(store, cfg, k, model, engines)
         engines.settle()
         rows.append(steps.funnel_row(store, k))

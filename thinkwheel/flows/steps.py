@@ -767,10 +767,24 @@ def _forget_training(store: RunStore, k: int) -> None:
     store.forget_stages(k, "train")
 
 
-def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
+def _forget_trainers(store: RunStore, k: int, keep: set[str]) -> None:
+    """The curves and records of trainers an earlier config ran and this one does not: the
+    report drew GRPO's curves for a model trained without GRPO."""
+    for name in ("sft", "dpo", "grpo"):
+        if name not in keep:
+            (store.round_dir(k) / "logs" / f"{name}.jsonl").unlink(missing_ok=True)
+            if store.stage_entry(k, f"train.{name}") is not None:
+                store.forget_stages(k, f"train.{name}")
+
+
+def train(store: RunStore, cfg: RunConfig, k: int, start_model: str,
+          carry_model: str | None = None) -> str:
     """Cold-start SFT on this round's curated set, then DPO and GRPO when enabled; returns the
-    model dir. With SFT off, the first enabled trainer starts from `start_model` (GRPO on an
-    instruct model).
+    model dir. With SFT off, or no sample kept for it, the first trainer with data starts from
+    `start_model` (GRPO on an instruct model, or on the tasks whose passing samples all stated
+    a false step). When no trainer has data, the round's model is `carry_model` (the one it
+    sampled with; `start_model` when not given): under from_base, returning the base model
+    threw away every earlier round's training.
 
     "continue" fine-tunes the previous round's model, "from_base" the base model (STaR /
     ReST-EM); with `accumulate` the data is every round's curated set so far. Each trainer is
@@ -800,13 +814,14 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         return str(model_dir)
     t0 = time.time()
     sft = data["sft"]
-    if sft is not None and sft.height == 0:  # nothing verified: carry the model forward, say so
-        reporter().message(f"round {k}: no curated samples; the model is carried forward")
-        _forget_training(store, k)
-        return start_model
     minutes = t.checkpoint_minutes
+    _forget_trainers(store, k, {name for name, _ in plan})
 
     def run_sft(src: str, out_dir: str) -> dict[str, Any]:
+        # skipped, not the stage: GRPO's prompts do not come from the SFT set
+        if sft is None or sft.height == 0:
+            reporter().message(f"round {k}: no curated samples; SFT skipped")
+            return {"skipped": "no curated samples"}
         rep = reporter()
         rep.start(f"round {k}: SFT on {sft.height} samples", None)
         out = train_sft(src, sft, out_dir, t.sft,
@@ -824,8 +839,9 @@ def train(store: RunStore, cfg: RunConfig, k: int, start_model: str) -> str:
         src = str(model_dir) if once.published else start_model
         metrics[name] = once(name, functools.partial(runs[name], src, str(model_dir)))
     if not once.published:  # every trainer skipped for want of data
+        reporter().message(f"round {k}: nothing to train on; the model is carried forward")
         _forget_training(store, k)
-        return start_model
+        return carry_model or start_model
     _release_gpu_memory()
     first = metrics[plan[0][0]]  # SFT's loss and steps when it ran
     store.mark_stage(
@@ -881,8 +897,11 @@ class _Trainers:
         metrics = json.loads(json.dumps(out, default=str))  # as the manifest will hold them
         wrote = "skipped" not in out
         self.published = self.published or wrote
+        log = self.store.round_dir(self.k) / "logs" / f"{name}.jsonl"
         if wrote:
-            _keep_log(self.model_dir, self.store.round_dir(self.k) / "logs" / f"{name}.jsonl")
+            _keep_log(self.model_dir, log)
+        else:  # an earlier run's curves are not this model's
+            log.unlink(missing_ok=True)
         self.store.mark_stage(
             self.k, stage, input_hash=in_hash, config_hash=cfg_hash, seconds=time.time() - t0,
             outputs=[self.model_dir], metrics=metrics, model=model_hash(self.model_dir),
