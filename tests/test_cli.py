@@ -905,6 +905,36 @@ def test_train_grpo_reads_a_math_only_jsonl_and_names_an_unknown_verifier_before
     assert seen == [[1.0, 1.0]]
 
 
+def test_train_grpo_reads_tests_in_a_json_string_and_says_a_polars_error_in_one_line(
+        tmp_path, monkeypatch):
+    """`tests` as a JSON array in a string (many code sets) raised polars'
+    InvalidOperationError, which is no ValueError: a raw traceback, not one line."""
+    import thinkwheel.train.grpo as grpo_mod
+
+    seen = []
+    monkeypatch.setattr(grpo_mod, "train_grpo", lambda path, g, out, cfg, rewards, weights, **kw:
+                        seen.append(g["tests"].to_list()) or {})
+    jsonl = tmp_path / "grpo.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "Write f(x) = x + 1.", "domain": "code",
+                                 "tests": json.dumps(["assert f(1) == 2"])}) + "\n")
+    r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, (r.exception, r.output)
+    assert seen == [[["assert f(1) == 2"]]]
+
+    jsonl.write_text(json.dumps({"prompt": "What is 2 + 2?", "reference": [4]}) + "\n")
+    r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.exception, r.output)
+    assert "error: " in said and "InvalidOperationError: cannot cast List type" in said, said
+    assert "This error occurred" not in said  # polars' query plan is not the user's problem
+
+    jsonl.write_text('{"prompt": "What is 2 + 2?"}\n{"prompt": \n')  # a line cut short
+    r = runner.invoke(app, ["train", "grpo", str(jsonl), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.exception, r.output)
+    said = " ".join(r.output.split())
+    assert "error: " in said and "grpo.jsonl" in said and len(seen) == 1, said
+
+
 def test_eval_model_flag_passes_the_configs_rules(tmp_path, monkeypatch):
     """`eval --model bundled -c own.yaml` skipped the config's validators (model_copy) and
     scored the bundled model on a split it was pretrained on, with no warning."""

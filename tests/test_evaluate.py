@@ -172,6 +172,20 @@ def test_each_answer_is_kept_with_its_task_and_why_it_failed():
     assert not unparsed["greedy_passed"]
 
 
+def test_an_empty_task_set_scores_to_empty_answers_and_an_n0_summary():
+    """An eval file set that filters to nothing crashed on the empty candidates' missing
+    `eval_kind` column, though `summarize` has an n = 0 block for it."""
+    full = ev.score_tasks(ScriptedEngine(SCRIPT), TASKS, fake_verify, k=2, max_tokens=8, seed=0)
+    engine = ScriptedEngine(SCRIPT)
+    empty = ev.score_tasks(engine, TASKS.head(0), fake_verify, k=2, max_tokens=8, seed=0)
+    assert empty.height == 0 and empty.schema == full.schema  # reads back like any answers
+    res = ev.evaluate(engine, TASKS.head(0), fake_verify, k=2, max_tokens=8, seed=0)
+    assert res["n"] == 0 and res["accuracy"] == 0.0 and res["per_family"] == {}
+    cands = ev.eval_candidates(engine, TASKS.head(0), n=2, max_tokens=8, seed=0,
+                               temperature=0.8, system_prompt=None)
+    assert cands.height == 0 and "eval_kind" in cands.columns
+
+
 def test_why_comes_from_the_tasks_own_verifier_without_a_task_id_column():
     def no_task_id(tasks, cands):  # a plugin's verdict frame need not repeat the task id
         return fake_verify(tasks, cands).drop("task_id")

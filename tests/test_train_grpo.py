@@ -262,6 +262,26 @@ def test_sampling_stops_end_grpo_completions(plain_model, tmp_path):
     assert not stop_ids & set([saved] if isinstance(saved, int) else saved)
 
 
+def test_tests_stored_as_a_json_string_are_read_as_the_verifier_reads_them():
+    """Many code sets store `tests` as a JSON array in a string: `verifiable_prompts` took the
+    column for a list and raised polars' InvalidOperationError (not a ValueError)."""
+    g = grpo_mod.verifiable_prompts(pl.DataFrame({
+        "prompt": ["Write f.", "Write g.", "What is 2 + 2?"],
+        "tests": ['["assert f(1) == 2", "assert f(2) == 3"]', "assert g() == 1", None],
+        "reference": [None, None, "4"]}))
+    assert g.schema["tests"] == pl.List(pl.Utf8)
+    assert g["tests"].to_list() == [["assert f(1) == 2", "assert f(2) == 3"],
+                                    ["assert g() == 1"], None]
+    assert g["verifier"].to_list() == ["code", "code", "math"]
+    verl = pl.DataFrame({"prompt": ["Write f."], "ability": ["code"],
+                         "extra_info": [{"tests": '["assert f(1) == 2"]'}]})
+    assert grpo_mod.verifiable_prompts(verl)["tests"].to_list() == [["assert f(1) == 2"]]
+    with pytest.raises(ValueError, match="row 2's tests: the test 'f.1. == 3' is a comparison"):
+        grpo_mod.verifiable_prompts(pl.DataFrame({
+            "prompt": ["Write f.", "Write f."],
+            "tests": [["assert f(1) == 2"], ["f(1) == 3"]]}))
+
+
 def test_losses_get_the_settings_trl_leaves_to_the_user():
     """VESPO on vLLM raised in GRPOTrainer unless the importance-sampling correction works per
     token; LUSPO ran at token level, which TRL only warns is not the paper's objective."""

@@ -207,6 +207,58 @@ def test_grpo_cut_short_resumes(tiny, tmp_path):
     assert "resumed_from_step" not in res and res["global_step"] == 3
 
 
+def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch):
+    """The fingerprint held the reward names alone: a re-run with other verify settings, format
+    strictness or an edited plugin resumed the old checkpoint, one model trained under two
+    reward definitions. Checked through `train_grpo`'s own fingerprint, stopped in `staging`
+    (no model is loaded) with a complete checkpoint put in its folder."""
+    import polars as pl
+
+    from thinkwheel.config import VerifyConfig
+    from thinkwheel.train.rewards import grpo_rewards
+
+    class Staged(Exception):
+        pass
+
+    real_staging, resumed = checkpoints.staging, []
+
+    def staging(out_dir: str, fp: dict) -> tuple:
+        tmp, resume = real_staging(out_dir, fp)
+        resumed.append(resume is not None)
+        Path(tmp, "checkpoint-1").mkdir(exist_ok=True)  # as if this run was cut at step 1
+        Path(tmp, "checkpoint-1", "trainer_state.json").write_text("{}")
+        raise Staged
+
+    monkeypatch.setattr(checkpoints, "staging", staging)
+    (tmp_path / "tw_fp_plugin.py").write_text(
+        "from thinkwheel.verifiers import register\n"
+        "@register('tw_fp_check')\n"
+        "def check(completion, task):\n    return 'yes' in completion\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    frame = grpo_frame().with_columns(pl.Series("verifier", ["math", "tw_fp_check"]))
+    cfg = GRPOTrainConfig(max_steps=1)
+
+    def resumes(verify: VerifyConfig, strict: bool = True) -> bool:
+        with pytest.raises(Staged):
+            grpo_mod.train_grpo("no-such/model", frame, str(tmp_path / "g"), cfg,
+                                *grpo_rewards(cfg, verify, strict_format=strict))
+        return resumed[-1]
+
+    base = VerifyConfig(plugins=["tw_fp_plugin"])
+    assert not resumes(base) and resumes(base)  # the same run resumes
+    assert resumes(base.model_copy(update={"workers": base.workers + 3}))  # only how many judge
+    assert not resumes(base.model_copy(update={"percent_policy": "number"}))
+    assert not resumes(base.model_copy(update={"math_timeout_s": 1.0}))
+    assert resumes(base.model_copy(update={"math_timeout_s": 1.0}))
+    assert not resumes(base, strict=False)
+    assert not resumes(base)
+    (tmp_path / "tw_fp_plugin.py").write_text(
+        "from thinkwheel.verifiers import register\n"
+        "@register('tw_fp_check')\n"
+        "def check(completion, task):\n    return 'no' in completion\n")
+    assert not resumes(base)  # the plugin the rows name was fixed: another reward
+
+
 def test_checkpoints_are_asked_for_only_when_due():
     from transformers import TrainerControl, TrainerState
 

@@ -37,6 +37,13 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _polars_message(err: Exception) -> str:
+    """A polars error in one line: its first line names the problem; the rest is the query plan
+    it happened in, which tells a user of a data file nothing."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def _config(path: Path | None, **overrides) -> RunConfig:
     try:
         return load_config(path, **overrides)
@@ -759,6 +766,8 @@ def _train_inputs(data: Path, split: str, model: str | None, config: Path | None
     from thinkwheel.environment import quiet_libraries
 
     quiet_libraries()  # before datasets / transformers load: our bar shows the steps
+    import polars as pl
+
     from thinkwheel.curated.export import chat_messages, read_dataset
     from thinkwheel.engines.factory import resolve_model
     from thinkwheel.train.checkpoints import check_model_dir
@@ -773,6 +782,8 @@ def _train_inputs(data: Path, split: str, model: str | None, config: Path | None
             frames[split] = chat_messages(frames[split])
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
+    except pl.exceptions.PolarsError as err:  # a malformed JSONL line: not a ValueError
+        fail(f"{data}: {_polars_message(err)}")
     if split not in frames:
         fail(f"{data} holds no {split} set")
     if frames[split].height == 0:
@@ -863,6 +874,8 @@ def train_grpo_cmd(
     plugin: PluginOpt = None,
 ) -> None:
     """GRPO with the verifiers as rewards (plus the format reward)."""
+    import polars as pl
+
     from thinkwheel.train.grpo import train_grpo, verifiable_prompts
     from thinkwheel.train.rewards import grpo_rewards, unjudged_warning
     from thinkwheel.verifiers import UnknownVerifierError, get_verifier, load_plugins
@@ -886,6 +899,8 @@ def train_grpo_cmd(
         fail(f"{err}{hint}")
     except (ValueError, TypeError) as err:
         fail(str(err))
+    except pl.exceptions.PolarsError as err:  # a column of a type the set cannot have: not a
+        fail(f"{data}: {_polars_message(err)}")  # ValueError, and it ended in a raw traceback
     rewards, weights = grpo_rewards(cfg.train.grpo, cfg.verify, strict_format=True)
     try:
         with _training(f"GRPO on {grpo.height} prompts") as callbacks:

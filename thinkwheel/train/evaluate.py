@@ -113,6 +113,8 @@ def score_tasks(
 ) -> pl.DataFrame:
     """One row per task: greedy verdict, samples drawn, samples correct, pass@k, maj@k."""
     tasks = records.conform(tasks, records.TASKS)
+    if tasks.height == 0:  # nothing to ask or judge; `summarize` turns this into its n = 0 block
+        return pl.DataFrame(schema=ANSWER_SCHEMA)
     task_rows = tasks.to_dicts()
     cands = eval_candidates(
         engine,
@@ -176,10 +178,18 @@ def score_tasks(
 
 # what a greedy answer's verdict says beside pass/fail (the own verifier's row when it answered)
 _WHY = ("verifiers", "score", "verdict_reason", "verdict_detail")
-ANSWER_SCHEMA = {"passed": pl.Boolean, "score": pl.Float64, "verdict_reason": pl.Utf8,
-                 "verdict_detail": pl.Utf8, "verifiers": pl.Utf8, "reasoning": pl.Utf8,
-                 "answer": pl.Utf8, "candidate_id": pl.Utf8, "greedy_completion": pl.Utf8,
-                 "reference": pl.Utf8, "source": pl.Utf8, "difficulty": pl.Int32}
+# every answers column, in `score_tasks`' order: an empty task set still writes a table that
+# reads back like any other (its columns typed, not an empty frame with none)
+ANSWER_SCHEMA = {
+    "task_id": pl.Utf8, "domain": pl.Utf8, "family": pl.Utf8, "source": pl.Utf8,
+    "difficulty": pl.Int32, "prompt": pl.Utf8, "reference": pl.Utf8,
+    "greedy_passed": pl.Boolean, "greedy_clean": pl.Boolean, "greedy_verified": pl.Boolean,
+    "greedy_truncated": pl.Boolean, "greedy_over_context": pl.Boolean,
+    "n_samples": pl.Int64, "n_correct": pl.Int64, "pass_at_k": pl.Float64, "maj_at_k": pl.Boolean,
+    "greedy_completion": pl.Utf8, "candidate_id": pl.Utf8, "reasoning": pl.Utf8,
+    "answer": pl.Utf8, "passed": pl.Boolean, "verifiers": pl.Utf8, "score": pl.Float64,
+    "verdict_reason": pl.Utf8, "verdict_detail": pl.Utf8,
+}
 
 
 def verdict_reasons(
@@ -243,7 +253,8 @@ def eval_candidates(
         for task, comps in zip(task_rows, outs, strict=True)
         for i, comp in enumerate(comps)
     ]
-    return records.frame(rows, records.CANDIDATES)
+    # eval_kind in the schema: with no rows, `records.frame` keeps only the schema's columns
+    return records.frame(rows, {**records.CANDIDATES, "eval_kind": pl.Utf8})
 
 
 def summarize(per_task: pl.DataFrame, k: int) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from thinkwheel.train.sft import (
     runtime_args,
     train_and_publish,
 )
+from thinkwheel.verifiers.code_tests import parse_tests
 
 RewardFn = Callable[..., list[float | None]]
 
@@ -73,8 +74,9 @@ def train_grpo(
     dataset = grpo_dataset(grpo)
     if len(dataset) == 0:
         raise ValueError("the GRPO set is empty: no prompts to train on")
-    rewards = {"rewards": [checkpoints.callable_name(f) for f in reward_funcs],
-               "weights": list(reward_weights), **({"stop": list(stop)} if stop else {})}
+    verifiers = grpo["verifier"].drop_nulls().unique().to_list() if "verifier" in grpo.columns else []
+    rewards = {**reward_fingerprint(reward_funcs, reward_weights, verifiers),
+               **({"stop": list(stop)} if stop else {})}
     fp = checkpoints.fingerprint("grpo", model_path, dataset, cfg, **rewards)
     if (done := checkpoints.finished(out_dir, fp)) is not None:
         return done
@@ -125,6 +127,42 @@ def train_grpo(
         n_prompts=len(dataset), prefill=prefill, lora=cfg.lora,
         **({"stop_in_rewards_only": in_rewards} if in_rewards and not cfg.use_vllm else {}),
     )
+
+
+# what a verifier reward of `train.rewards` scores with (its attributes)
+_REWARD_STATE = ("weight", "check_arithmetic", "opts", "settings")
+
+
+def reward_fingerprint(
+    reward_funcs: Sequence[RewardFn], reward_weights: Sequence[float],
+    verifiers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """What GRPO's rewards are, for the resume fingerprint: each function's name and weight and,
+    for the verifier rewards of `train.rewards`, what they judge with (the run's verify options
+    such as percent_policy and timeouts, the format check's strictness, check_arithmetic), plus
+    the source of the plugin verifiers they run (`verify.plugins`, and the rows' `verifiers`
+    when a reward judges each row by its own). With the names alone, a re-run under other verify
+    settings resumed the old checkpoint: one model trained under two reward definitions.
+    Plain reward functions add nothing beyond their names and weights."""
+    from thinkwheel.verifiers.registry import code_fingerprint, load_plugins
+
+    out: dict[str, Any] = {"rewards": [checkpoints.callable_name(f) for f in reward_funcs],
+                           "weights": list(reward_weights)}
+    states, plugins, by_row = [], [], False
+    for f in reward_funcs:
+        state = {a: getattr(f, a) for a in _REWARD_STATE if getattr(f, a, None) is not None}
+        for a in ("opts", "settings"):
+            if isinstance(state.get(a), dict):
+                # `workers` sets how many judge at once, not what they reward
+                state[a] = {k: v for k, v in state[a].items() if k != "workers"}
+                plugins += list(state[a].get("plugins") or [])
+        by_row = by_row or (hasattr(f, "fixed") and f.fixed is None)  # the row's verifier judges
+        states.append(state)
+    if any(states):
+        out["reward_settings"] = states
+    if code := code_fingerprint([*load_plugins(plugins), *(verifiers if by_row else ())]):
+        out["plugin_code"] = code  # an edited plugin is another reward
+    return out
 
 
 def loss_settings(loss_type: str, use_vllm: bool) -> dict[str, Any]:
@@ -215,7 +253,7 @@ def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
                         ("domain", pl.Utf8)):
         if name not in g.columns or g.schema[name] == pl.Null:  # JSONL types an all-null column Null
             g = g.with_columns(pl.lit(None, dtype).alias(name))
-    g = g.with_columns(pl.col("reference").cast(pl.Utf8).replace("", None))
+    g = g.with_columns(pl.col("reference").cast(pl.Utf8).replace("", None), _parsed_tests(g))
     g = g.with_columns(pl.struct("verifier", "domain", "tests").map_elements(
         lambda r: r["verifier"] or implied_verifier(r["domain"], r["tests"]), return_dtype=pl.Utf8,
     ).alias("verifier"))
@@ -228,6 +266,14 @@ def verifiable_prompts(grpo: pl.DataFrame) -> pl.DataFrame:
             "`tests` (code), or verl's `reward_model.ground_truth`"
         )
     return g
+
+
+def _parsed_tests(g: pl.DataFrame) -> pl.Series:
+    """`tests` as a list of strings, each row through `parse_tests` (the code verifier's parser):
+    many code sets store a JSON array in a string, which polars' list operations refuse, and a
+    test that asserts nothing is a ValueError here, not a None reward in every GRPO step."""
+    parsed = [parse_tests(t, f"row {i + 1}'s tests") for i, t in enumerate(g["tests"].to_list())]
+    return pl.Series("tests", parsed, dtype=pl.List(pl.Utf8))
 
 
 def implied_verifier(domain: str | None, tests: Sequence[str] | None) -> str:
