@@ -56,6 +56,11 @@ HOSTILE_WITH_TESTS: dict[str, tuple[str, list[str]]] = {
                              "def f(x):\n    return 0", CLOSE[1:]),
     "rigged __sub__/__lt__": ("class R:\n    def __sub__(s, o): return s\n    def __abs__(s): return s\n"
                               "    def __lt__(s, o): return True\ndef f(x):\n    return R()", CLOSE[:1]),
+    "rigged __bool__": ("class T:\n    def __bool__(s): return True\ndef f(x):\n    return T()",
+                        ["assert f(0)", "assert f(4)"]),
+    "rigged chained comparison": ("class R:\n    def __lt__(s, o): return True\n"
+                                  "    def __gt__(s, o): return True\ndef f(x):\n    return R()",
+                                  ["assert 1 < f(0) < 3", "assert 13 < f(4) < 15"]),
 }
 
 

@@ -171,6 +171,11 @@ FORGERIES = {  # each passed every test before the harness closed it
     "rigged __lt__": ("class R:\n    def __sub__(s, o): return s\n    def __rsub__(s, o): return s\n"
                       "    def __abs__(s): return s\n    def __lt__(s, o): return True\n"
                       "def f(x):\n    return R()", ["assert abs(f(4) - 14) < 1e-9", "assert f(0) <= 2"]),
+    "rigged __bool__": ("class T:\n    def __init__(s, x): s.x = x\n"
+                        "    def __bool__(s): return s.x % 2 == 1\n    def __eq__(s, o): return True\n"
+                        "def f(x):\n    return T(x)", ["assert f(7)", "assert not f(8)"]),
+    "rigged chain": ("class R:\n    def __lt__(s, o): return True\n    def __gt__(s, o): return True\n"
+                     "def f(x):\n    return R()", ["assert 0 < f(4) < 20"]),
 }
 
 
@@ -193,6 +198,11 @@ def test_a_candidate_cannot_forge_a_pass(verifier: CodeVerifier, name: str) -> N
         ("def f(x): return x / 3", "assert abs(f(1) - 0.3333) < 1e-3 and f(3) >= 1 and f(0) < 1"),
         ("class B(float): pass\ndef f(x): return B(x)", "assert f(1) <= 1.0 and 0 < f(1)"),
         ("import math\ndef f(x): return math.sqrt(x)", "import math\nassert math.isclose(f(4), 2)"),
+        ("def f(x): return x % 2 == 1", "assert f(7) and not f(8)\nassert f(1) or f(2), 'odd'"),
+        ("def f(x): return [x] if x else ''", "assert f(3)\nassert not f(0)"),
+        ("def f(x): return range(x)", "assert f(2) and not f(0)"),  # a C type's own truth
+        ("n = [0]\ndef f(x):\n    n[0] += 1\n    return n[0]", "assert 0 < f(1) < 2"),  # called once
+        ("def f(x): return x / 2", "assert all(0 <= f(i) < 3 for i in range(5))"),
     ],
 )
 def test_honest_code_still_passes(verifier: CodeVerifier, code: str, test: str) -> None:

@@ -14,9 +14,11 @@ every test ran, with references captured in `run_check()`'s locals before any ca
 runs, so `sys.exit`/`os._exit`, a replaced `print`/`type`/`len`/`AssertionError`, a patched
 `json` or harness global, or an exception class named "ok" cannot forge it; no frame can be
 had (`sys._getframe` always refuses), so neither the nonce nor the tests can be read. An
-`assert a == b` (or `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`) in a test compares plain values
-only: a candidate's object with a rigged `__eq__` or `__lt__` never agrees with a plain
-expected value, and subclasses of builtins are compared as their builtin base. Each test runs
+`assert a == b` (or `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, chained too) in a test compares
+plain values only: a candidate's object with a rigged `__eq__` or `__lt__` never agrees with a
+plain expected value, and subclasses of builtins are compared as their builtin base; `assert
+f(x)` and `assert not f(x)` read a plain value's truth (or a C type's), never a `__bool__`
+defined in Python. Each test runs
 in its own namespace with the builtins as they were before the candidate ran and without the
 candidate's names that shadow them, after the stdlib modules loaded before it are put back
 as they were (`math.isclose = lambda *a: True` does not outlive the line that did it). An audit
@@ -110,20 +112,52 @@ _STRICT_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
 _TEST_WRAPPER = "def __tw_test__(__tw_cmp__):\n    pass\n"
 
 
+def _cmp_call(op, left, right):
+    return ast.Call(func=ast.Name(id="__tw_cmp__", ctx=ast.Load()),
+                    args=[ast.Constant(op), left, right], keywords=[])
+
+
 class _StrictCompares(ast.NodeTransformer):
     """`x == y` -> `__tw_cmp__('==', x, y)` (also `!=`, `in`, `not in` and the orderings), at any
-    depth."""
+    depth; a chain `0 < f(x) < 1` is its links, each middle operand evaluated once."""
+
+    def __init__(self):
+        self.held = 0
 
     def visit_Compare(self, node):
         self.generic_visit(node)
-        if len(node.ops) != 1 or type(node.ops[0]) not in _STRICT_OPS:
+        if any(type(op) not in _STRICT_OPS for op in node.ops):
             return node
-        call = ast.Call(
-            func=ast.Name(id="__tw_cmp__", ctx=ast.Load()),
-            args=[ast.Constant(_STRICT_OPS[type(node.ops[0])]), node.left, node.comparators[0]],
-            keywords=[],
-        )
-        return ast.copy_location(call, node)
+        links, left = [], node.left
+        for i, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
+            if i < len(node.ops) - 1:  # the next link's left side: held, not called twice
+                name = f"__tw_held{self.held}__"
+                self.held += 1
+                right = ast.NamedExpr(target=ast.Name(id=name, ctx=ast.Store()), value=right)
+                links.append(_cmp_call(_STRICT_OPS[type(op)], left, right))
+                left = ast.Name(id=name, ctx=ast.Load())
+            else:
+                links.append(_cmp_call(_STRICT_OPS[type(op)], left, right))
+        out = links[0] if len(links) == 1 else ast.BoolOp(op=ast.And(), values=links)
+        return ast.copy_location(out, node)
+
+
+def _strict_truth(node):
+    """An assert's condition read as plain truth: `assert f(x)` and `assert not f(x)` ask the
+    value's truth through `__tw_cmp__`, so an object whose `__bool__` says what the test wants
+    is no pass. `and`/`or` go on into their operands; comparisons are strict calls already."""
+    if isinstance(node, ast.BoolOp):
+        node.values = [_strict_truth(v) for v in node.values]
+        return node
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        inner = node.operand  # asked as it is: wrapped first, a rigged value read as False
+        if isinstance(inner, ast.BoolOp) or (isinstance(inner, ast.UnaryOp)
+                                             and isinstance(inner.op, ast.Not)):
+            inner = _strict_truth(inner)
+        return ast.copy_location(_cmp_call("falsy", inner, ast.Constant(None)), node)
+    if isinstance(node, ast.Constant):
+        return node
+    return ast.copy_location(_cmp_call("truthy", node, ast.Constant(None)), node)
 
 
 class _StrictAsserts(ast.NodeTransformer):
@@ -131,7 +165,7 @@ class _StrictAsserts(ast.NodeTransformer):
     strict; the rest of a test is untouched."""
 
     def visit_Assert(self, node):
-        node.test = _StrictCompares().visit(node.test)
+        node.test = _strict_truth(_StrictCompares().visit(node.test))
         return node
 
 
@@ -151,7 +185,8 @@ def _strict_comparator():
     scalars = ((int, int.__int__), (float, float.__float__), (str, str.__str__))
     seqs = ((list, list, list.__iter__), (tuple, tuple, tuple.__iter__),
             (frozenset, frozenset, frozenset.__iter__), (set, set, set.__iter__))
-    dict_items, dict_, list_ = dict.items, dict, list
+    dict_items, dict_, list_, tuple_, set_, frozenset_ = dict.items, dict, list, tuple, set, frozenset
+    bool_, heap_type = bool, 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
     order = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
              ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 
@@ -184,7 +219,18 @@ def _strict_comparator():
                 return make(items)
         return opaque
 
+    def truth(a, want):
+        """Whether a's truth is `want`: a plain value's, or a C type's own (range, a dict
+        view, Decimal); a class defined in Python (a candidate's) answers neither way, since
+        its `__bool__` is its to rig."""
+        pa = plain(a, 0)
+        if pa is opaque and type_(a).__flags__ & heap_type:
+            return False
+        return bool_(a if pa is opaque else pa) is want
+
     def cmp(op, a, b):
+        if op in ("truthy", "falsy"):
+            return truth(a, op == "truthy")
         pa, pb = plain(a, 0), plain(b, 0)
         if op in order:  # `abs(f(x) - y) < 1e-6` with a rigged `__sub__`/`__lt__` is not true
             if pa is opaque and pb is opaque:
@@ -199,7 +245,7 @@ def _strict_comparator():
         if pb is opaque:
             found = a in b
         else:
-            found = pa is not opaque and isinst(pb, (str, bytes, dict_, list_, tuple, set, frozenset)) and pa in pb
+            found = pa is not opaque and isinst(pb, (str, bytes, dict_, list_, tuple_, set_, frozenset_)) and pa in pb
         return found if op == "in" else not found
 
     return cmp
