@@ -84,7 +84,7 @@ def test_evol_prompts_follow_templates():
 def test_lineage_and_elimination_in_stage():
     engine = ScriptedEngine(
         [
-            "<think>bigger numbers</think>\nWhat is 681 + 983?",
+            "<think>bigger numbers</think>\nTask: What is 681 + 983?",  # the template's label
             "<think>n</think>\nWhat is 68 + 98?",
             "<think>n</think>\nSorry, I can't.",
             "<think>n</think>\n```python\ndef f(x):\n    return x + 1\n```",

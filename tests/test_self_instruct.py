@@ -63,6 +63,11 @@ def test_parse_new_task():
     assert si.parse_new_task("<think>n</think>\nTask 9: Add 2 and 5.\nTask 10: x") == "Add 2 and 5."
     assert si.parse_new_task("no think tag here") == "no think tag here"
     assert si.parse_new_task("<think>only a note</think>") == ""
+    # every way a model labels its task is a label, not part of it (they were kept as the prompt)
+    for label in ("Task:", "New Task 7:", "new task:", "**Task 2:**", "Task 4.", "Task 5 -"):
+        got = si.parse_new_task(f"<think>n</think>\n{label} What is 731 - 46?\n{label} x")
+        assert got == "What is 731 - 46?", label
+    assert si.parse_new_task("</think>Task-based: schedule 3 jobs.") == "Task-based: schedule 3 jobs."
 
 
 def test_label_domain():

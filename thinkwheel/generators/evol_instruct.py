@@ -38,6 +38,7 @@ from thinkwheel.generators.self_instruct import (
     load_template,
     normalise,
     normalised_set,
+    parse_new_task,
     render,
     start_reason,
 )
@@ -188,7 +189,8 @@ def _reject_reason(
 
 
 def _child_row(completion: str, parent: Mapping[str, Any], op: str, round: int) -> dict:
-    note, text = records.split_think(completion)
+    note, _ = records.split_think(completion)
+    text = parse_new_task(completion)  # without the `Task:` label the template shows it
     domain = label_domain(text, fallback=parent["domain"]) if text else parent["domain"]
     verifier = parent["verifier"] if domain == parent["domain"] else VERIFIER_OF_DOMAIN.get(domain)
     difficulty = parent["difficulty"]

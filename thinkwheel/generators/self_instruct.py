@@ -33,8 +33,11 @@ from thinkwheel.filters.novelty import novel_mask
 DROPPED_EXTRA = {"drop_reason": pl.Utf8, "completion": pl.Utf8}
 VERIFIER_OF_DOMAIN = {"math": "math", "code": "code"}
 
-_TASK_LABEL = re.compile(r"^\s*(?:new\s+task|task\s*\d+)\s*:\s*", re.I)
-_NEXT_TASK = re.compile(r"\n\s*(?:new\s+task|task\s*\d+)\s*:", re.I)
+# a model's label on its task: `Task 3:`, `New task:`, `Task:` (Evol's template's), `New Task 7:`,
+# `**Task 2.**`, `Task 4 - `; not the word opening a task ("Task-based scheduling: ...")
+_LABEL = r"(?:\*\*)?\s*(?:new\s+)?task\s*\d*\s*(?:[:.)]|-(?=\s))\s*(?:\*\*)?"
+_TASK_LABEL = re.compile(r"^\s*" + _LABEL + r"\s*", re.I)
+_NEXT_TASK = re.compile(r"\n\s*" + _LABEL, re.I)
 _SELF_INSTRUCT_MARKERS = ("write a new task like these", "new task:", "{examples}")
 _CODE_CUE = re.compile(
     r"\bpython\b|\bdef\s+\w+\(|`\w+\(|\bimplement\b"
