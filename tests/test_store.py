@@ -205,6 +205,10 @@ def test_rounds_beyond_the_configured_count_are_an_earlier_runs(tmp_path):
     assert store.rounds() == [0, 1, 2]
     RunStore.create(tmp_path / "run", RunConfig(rounds=1))
     assert store.rounds() == [0]
+    # a user's copy of a round is no round: int() of its name raised in inspect and the report
+    for name in ("round-0-backup", "round-1.bak", "round-x"):
+        (tmp_path / "run" / name).mkdir()
+    assert store.rounds() == [0]
 
 
 def test_written_files_are_as_readable_as_the_umask_allows(tmp_path):

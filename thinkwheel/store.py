@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -412,7 +413,9 @@ class RunStore:
     def rounds(self) -> list[int]:
         """The rounds on disk that the run's config has: after a re-run with fewer `rounds`, the
         later rounds' folders are an earlier run's, and inspect and the report leave them out."""
-        ks = sorted(int(p.name.split("-", 1)[1]) for p in self.root.glob("round-*") if p.is_dir())
+        # a copy such as `round-0-backup` is no round (int() of its name raised in inspect)
+        ks = sorted(int(m.group(1)) for p in self.root.glob("round-*")
+                    if p.is_dir() and (m := re.fullmatch(r"round-(\d+)", p.name)))
         cfg_path = self.root / "config.yaml"
         n = (yaml.safe_load(cfg_path.read_text()) or {}).get("rounds") if cfg_path.is_file() else None
         return [k for k in ks if not isinstance(n, int) or k < n]
