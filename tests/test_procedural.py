@@ -163,3 +163,126 @@ def test_traces_are_what_they_were(family: str, digest: str) -> None:
         for _ in range(200):
             h.update(procedural.MATH[family](rng, level).trace.encode())
     assert h.hexdigest()[:16] == digest
+
+
+@pytest.mark.parametrize(("family", "digest"), [
+    ("addition", "65b56c05302764da"), ("subtraction", "6daa7f24049a9ff6"),
+    ("multiplication", "56c4a6b69f338ebc"), ("fraction_addition", "030c10129567cc20"),
+    ("linear_equation", "1b657132f17b452d"), ("linear_function", "8d7437f88db773e3"),
+    ("string_transform", "ee3fe0c5347d8ddc"), ("list_filter_sum", "7be2089f6f2e5b3e"),
+    ("count_char", "b4d8dc5275e9d1d5"),
+])
+def test_tasks_drawn_are_what_they_were(family: str, digest: str) -> None:
+    """The same tasks are drawn, with the same prompts, references, task_ids, traces and
+    first tests, as at commit 1e46bca (before the code families got boundary tests, which are
+    appended after these and draw nothing from the task's rng): the held-out split and
+    measured results depend on them. Levels 0-6, seeds 0, 1234 and 999999."""
+    import hashlib
+
+    old_tests = {"linear_function": 5, "string_transform": 4, "list_filter_sum": 5, "count_char": 5}
+    n = old_tests.get(family, 0)
+    h = hashlib.sha256()
+    for seed in (0, 1234, 999999):
+        for level in range(0, 7):
+            df = procedural.generate_tasks([family], per_family=25, difficulty=level, seed=seed)
+            for r in df.iter_rows(named=True):
+                h.update(repr((r["task_id"], r["prompt"], r["reference"])).encode())
+                if n:
+                    h.update(repr(r["tests"][:n]).encode())
+            for i in range(60):
+                p = procedural.make_problem(family, level, seed, i)
+                h.update(repr((p.prompt, p.reference, p.answer, p.trace, p.tests[:n])).encode())
+    assert h.hexdigest()[:16] == digest
+
+
+def _program(src: str, name: str):
+    ns: dict = {}
+    exec(src, ns)  # our own mutant programs
+    return ns[name]
+
+
+def _passes(src: str, tests) -> bool:
+    ns: dict = {}
+    exec(src, ns)
+    try:
+        for t in tests:
+            exec(t, dict(ns))
+    except Exception:
+        return False
+    return True
+
+
+def _mutants(family: str, body: str) -> list[str]:
+    """Near-miss bodies for a reference `return <body>`: off-by-ones, constants, neighbours."""
+    import re
+
+    k = int(re.findall(r"\d+", body)[-1]) if re.search(r"\d", body) else 3
+    if family == "list_filter_sum":
+        cond = body.split(" if ", 1)[1].removesuffix(")")
+        conds = {cond.replace(">", ">=").replace("<", "<="), cond.replace("x % 2 == 0 and ", ""),
+                 re.sub(r"\d+$", str(k + 1), cond), re.sub(r"\d+$", str(k - 1), cond),
+                 cond.replace("== 0", "== 1"), f"x % 2 == 0 and x >= {k}", f"x % 2 == 0 and x < {k}",
+                 f"x % 2 == 1 and x > {k}", f"x >= {k}", f"x <= {k}", f"x > {k}", f"x < {k}",
+                 f"x != {k}", "x > 0", "x % 2 == 0"}
+        return [f"sum(x for x in xs if {c})" for c in conds] + [
+            f"sum(1 for x in xs if {cond})", "0", "sum(xs)", "len(xs)", "max(xs, default=0)", str(k)]
+    out = ["s", "''", "s[::-1]", "s.upper()", "s.lower()", "s.title()", "''.join(sorted(s))",
+           "s + s[::-1]", "s[::-1] + s", "s + s", "s[:1].upper() + s[1:]"]
+    for j in (k - 1, k, k + 1):
+        out += [f"s[:{j}]", f"s[{j}:]", f"s * {j}"] + ([f"s[:-{j}]", f"s[-{j}:]"] if j else [])
+    return out
+
+
+@pytest.mark.parametrize("family", ["list_filter_sum", "string_transform"])
+def test_near_miss_programs_fail_a_test(family: str) -> None:
+    """No program that differs from the reference passes all of a task's tests: `x >= k` for
+    `x > k` passed every test of 40-75% of list_filter_sum tasks, `return 0` / `return sum(xs)`
+    some at levels 4-5 (k above every random value), and `return s` "only its first 5
+    characters" (test words had 5-6 letters). A mutant that gives the reference's value on
+    every probe (`x >= 0` for `x > 0`: the same sum) is not wrong and is not counted."""
+    import re
+
+    if family == "list_filter_sum":
+        probes = [([x],) for x in range(-30, 45)] + [(list(range(-10, 30)),)]
+    else:  # lower case: where s.capitalize() and the prompt's reading agree
+        probes = [(w,) for w in ("", "a", "ab", "abc", "hello", "banana", "racecar",
+                                 "abcdefghijklmnopqrstuvwxyz", "mississippi")]
+    passed = []
+    for level in range(0, 7):
+        for i in range(60):
+            p = procedural.make_problem(family, level, 1234, i)
+            name = re.search(r"`(\w+)\(", p.prompt)[1]
+            assert _passes(p.reference, p.tests), p.prompt
+            ref, body = _program(p.reference, name), p.reference.split("return ", 1)[1]
+            arg = "xs" if family == "list_filter_sum" else "s"
+            for mut in _mutants(family, body):
+                src = f"def {name}({arg}):\n    return {mut}"
+                f = _program(src, name)
+                if all(f(*a) == ref(*a) for a in probes):
+                    continue
+                if _passes(src, p.tests):
+                    passed.append((level, p.prompt, mut))
+    assert not passed, (len(passed), passed[:5])
+
+
+def test_first_letter_tasks_accept_the_prompts_reading() -> None:
+    """The reference `s.capitalize()` also lower-cases the rest of s, which the prompt ("with
+    the first letter in upper case") does not ask; kept, since a new reference would change
+    these tasks' task_ids. Every test input is lower case, where the two readings agree: a
+    program that upper-cases only the first letter passes, and `return s` does not."""
+    import re
+
+    seen = 0
+    for level in range(0, 7):
+        for i in range(200):
+            p = procedural.make_problem("string_transform", level, 7, i)
+            if "first letter in upper case" not in p.prompt:
+                continue
+            seen += 1
+            name = re.search(r"`(\w+)\(", p.prompt)[1]
+            assert _passes(f"def {name}(s):\n    return s[:1].upper() + s[1:]", p.tests)
+            assert not _passes(f"def {name}(s):\n    return s", p.tests)
+            for t in p.tests:
+                word = re.search(r"\((.*)\) ==", t)[1]
+                assert word == word.lower(), t
+    assert seen > 20

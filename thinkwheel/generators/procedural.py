@@ -249,6 +249,9 @@ def string_transform(rng: random.Random, difficulty: int) -> Problem:
         f"with only its first {k} characters": (f"s[:{k}]", f"slice up to index {k}"),
         "with its characters sorted": ("''.join(sorted(s))", "sort the characters, join them"),
         "followed by its reverse": ("s + s[::-1]", "concatenate s and s[::-1]"),
+        # s.capitalize() also lower-cases the rest, which the prompt does not ask for; every
+        # test input is lower case, where it and s[:1].upper() + s[1:] agree, so the tests
+        # accept either reading. (Kept: a new reference would change these tasks' task_ids.)
         "with the first letter in upper case": ("s.capitalize()", "use str.capitalize"),
         f"with its last {k} characters removed": (f"s[:-{k}]", f"slice up to index -{k}"),
     }
@@ -258,7 +261,17 @@ def string_transform(rng: random.Random, difficulty: int) -> Problem:
     src = f"def {name}(s):\n    return {expr}"
     prompt = f"Write a Python function `{name}(s)` that returns the string s {what}."
     words = rng.sample(_WORDS, 3)
-    return _code(prompt, src, trace, name, [(w,) for w in words] + [("",)])
+    return _code(prompt, src, trace, name, [(w,) for w in words] + [("",), (_long_word(words, k),)])
+
+
+def _long_word(words: list[str], k: int) -> str:
+    """A lower-case test word longer than k + 1, made of the task's own words (no draw from
+    its rng, so the task drawn is unchanged): `_WORDS` are 5-6 letters, shorter than k at
+    higher levels, where `return s` passes "its first 5 characters" on them all."""
+    long = "".join(words)
+    while len(long) < k + 2:
+        long += long
+    return long
 
 
 @_family(CODE)
@@ -278,7 +291,16 @@ def list_filter_sum(rng: random.Random, difficulty: int) -> Problem:
     )
     trace = f"keep x when {cond}, then sum"
     cases = [([rng.randint(-5, 15) for _ in range(rng.randint(3, 6))],) for _ in range(4)] + [([],)]
-    return _code(prompt, src, trace, name, cases)
+    return _code(prompt, src, trace, name, cases + _boundary_cases(k))
+
+
+def _boundary_cases(k: int) -> list[tuple[list[int]]]:
+    """Lists around the threshold k, from k alone (no draw from the task's rng, so the task
+    drawn is unchanged): the random lists above seldom hold k itself, so `x >= k` for `x > k`
+    passed them, and at higher levels (k up to 3 + 3d, lists in -5..15) not even a value
+    above k, so `return 0` did. k and k + 1 are one even and one odd, k + 1 and k + 2 too,
+    and so are the two negatives (`x % 2 == 0` for "even and greater than 0" differs there)."""
+    return [([k],), ([k - 1],), ([k + 1],), ([k + 2],), ([k + 2, k + 1, k, k - 1, -k - 3, -k - 4],)]
 
 
 @_family(CODE)
