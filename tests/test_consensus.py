@@ -349,3 +349,77 @@ def test_pass_matrix_runs_each_program_once_and_isolates_a_run_that_crashed():
     assert matrix == [frozenset({0, 1}), frozenset({0}), frozenset({2})]
     # three whole runs, then the crashed program's three tests alone
     assert runs == [3, 3, 3, 1, 1, 1]
+
+
+def test_consensus_votes_are_counted_against_the_reference_not_along_a_chain():
+    """The real math verifier: `1.67` matches `5/3` and `1.674` (a finer decimal rounds to it),
+    but `5/3` and `1.674` differ, so their votes must not be summed through `1.67`."""
+    engine = ScriptedEngine(
+        {
+            # 1.674 has 3/8 votes (5/3 and 1.67 another 3): no answer reaches min_agreement.
+            "chain": _ans(*"1.67 5/3 5/3 1.674 1.674 1.674 2 3".split()),
+            # 5/3 with 1.67 is 5/8; the one 1.674 does not verify against 5/3.
+            "third": _ans(*"5/3 1.67 5/3 1.674 1.67 5/3 2 3".split()),
+        }
+    )
+    tasks = _math_tasks(["chain", "third"])
+    assert cs.majority_answers(tasks.to_dicts(), [engine.by_prompt["chain"]],
+                               cs.registry_verify_fn()) == [
+        [("1.674", 3), ("5/3", 3), ("2", 1), ("3", 1)]
+    ]
+    cfg = config.ConsensusConfig(samples=8, min_agreement=0.5)
+    kept, dropped = cs.consensus_references(engine, tasks, cfg)  # the registry's math verifier
+    assert dict(zip(dropped["prompt"], dropped["drop_reason"], strict=True)) == {
+        "chain": "low_agreement"
+    }
+    assert kept["prompt"].to_list() == ["third"] and kept["reference"].to_list() == ["5/3"]
+    assert json.loads(kept["meta"][0])["agreement"] == 0.625  # the true share, not 6/8
+
+
+def test_generated_tests_that_constant_stubs_pass_are_dropped():
+    """The real sandbox: type and None checks pass any int-returning program, so five wrong
+    samples (x + 2) outscored three right ones (2 * x) on them alone. A check some int fails
+    (`double(0) == 0`, a sign) says something of the value and is kept."""
+    template = load_template("code_tests")
+    p = "Write a Python function double(x) that returns twice x."
+    fence = "<think>t</think>\n```python\n{}\n```"
+    right, wrong = "def double(x):\n    return 2 * x", "def double(x):\n    return x + 2"
+    tests = ["assert isinstance(double(3), int)", "assert double(0) is not None",
+             "assert double(1) > 0", "assert double(2) >= 0", "assert double(5) == 10",
+             "assert double(0) == 0"]
+    engine = ScriptedEngine(
+        {
+            render(template, task=p): ["<think>t</think>\n" + "\n".join(tests)],
+            p: [fence.format(right)] * 3 + [fence.format(wrong)] * 5,
+        }
+    )
+    tasks = records.frame([_code(p, None, None)], records.TASKS)
+    cfg = config.ConsensusConfig(samples=8, test_samples=1, min_agreement=0.3, min_tests=2)
+    kept, dropped = cs.consensus_references(engine, tasks, cfg)  # the registry's code verifier
+    assert dropped.height == 0
+    assert kept["reference"].to_list() == [right]
+    # `double(2) >= 0` goes too: True and False both pass it
+    assert kept["tests"].to_list() == [["assert double(1) > 0", "assert double(5) == 10",
+                                        "assert double(0) == 0"]]
+    assert json.loads(kept["meta"][0])["agreeing_programs"] == 3
+
+
+def test_a_predicates_truth_tests_are_real_checks():
+    """`assert is_even(4)` and `assert not is_even(3)` are what tests of a predicate look like:
+    True and False each fail one, so they stay; a type check every bool passes goes."""
+    template = load_template("code_tests")
+    p = "Write a Python function is_even(x) that says whether x is even."
+    fence = "<think>t</think>\n```python\n{}\n```"
+    right, wrong = "def is_even(x):\n    return x % 2 == 0", "def is_even(x):\n    return x % 2 == 1"
+    tests = ["assert is_even(4)", "assert not is_even(3)", "assert isinstance(is_even(2), bool)"]
+    engine = ScriptedEngine(
+        {
+            render(template, task=p): ["<think>t</think>\n" + "\n".join(tests)],
+            p: [fence.format(right)] * 3 + [fence.format(wrong)] * 2,
+        }
+    )
+    tasks = records.frame([_code(p, None, None)], records.TASKS)
+    cfg = config.ConsensusConfig(samples=5, test_samples=1, min_agreement=0.3, min_tests=2)
+    kept, dropped = cs.consensus_references(engine, tasks, cfg)
+    assert dropped.height == 0 and kept["reference"].to_list() == [right]
+    assert kept["tests"].to_list() == [["assert is_even(4)", "assert not is_even(3)"]]

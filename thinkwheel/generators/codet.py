@@ -10,9 +10,16 @@ form a group, scored (solutions in the group) x (tests in the set), as in CodeT:
 independently sampled programs agreeing with independently sampled tests is evidence for both.
 The best group's tests become the task's tests and its most common program the reference.
 
-A test that an empty program passes (`assert len("ab") == 2`) checks nothing and is removed
-first. A task is dropped, with the reason, when no test parses, no solution passes a test,
-the best group holds fewer than `min_agreement` of the samples, two groups tie, or fewer than
+A test that checks nothing is removed first: one an empty program passes
+(`assert len("ab") == 2`), and one that every constant of a kind passes (`assert
+isinstance(f(3), int)`, `assert f(0) is not None`: all of 0, 1, 2, -1, -2). Every sampled
+program that returns the right type passes such a test, so it would add to the score of every
+group and let a large wrong group outscore a right one. A test some constant of each kind
+fails is a real check and is kept: `assert f(0) == 0`, `assert f(5) > 0`, and a predicate's
+`assert is_prime(7)` and `assert not is_prime(4)` (False, or True, fails them).
+
+A task is dropped, with the reason, when no test parses, no solution passes a test, the best
+group holds fewer than `min_agreement` of the samples, two groups tie, or fewer than
 `min_tests` tests are agreed on. A task that already has a reference solution keeps it and
 gets the generated tests that reference passes (no solutions are sampled).
 """
@@ -20,6 +27,7 @@ gets the generated tests that reference passes (no solutions are sampled).
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,6 +41,11 @@ from thinkwheel.verifiers.base import Verdict
 from thinkwheel.verifiers.code import extract_code
 
 EMPTY_PROGRAM = "pass"
+# Stub results by kind: each kind's values differ in value, sign, emptiness and truth, so a
+# test every value of one kind passes (a type or not-None check) says nothing of the value.
+STUB_KINDS: tuple[tuple[Any, ...], ...] = ((0, 1, 2, -1, -2), ("", "a"), ([], [0]), (True, False))
+STUB_RESULTS: tuple[Any, ...] = tuple(v for kind in STUB_KINDS for v in kind)
+_BUILTINS = frozenset(dir(builtins))
 _FENCE_LINE = re.compile(r"^\s*```")
 
 
@@ -61,6 +74,33 @@ def parse_tests(text: str) -> list[str]:
         ):
             seen.setdefault(line, None)
     return list(seen)
+
+
+def stub_programs(tests: Sequence[str]) -> list[str]:
+    """Per value in `STUB_RESULTS`, a program whose functions all return that value: one
+    `def` for each non-builtin name the tests use (the called function, and any other name,
+    which does no harm); none when the tests use no such name."""
+    names = sorted(
+        {n.id for t in tests for n in ast.walk(ast.parse(t))
+         if isinstance(n, ast.Name) and n.id not in _BUILTINS}
+    )
+    return [
+        "\n".join(f"def {name}(*args, **kwargs):\n    return {value!r}" for name in names)
+        for value in STUB_RESULTS
+    ] if names else []
+
+
+def vacuous_tests(empty: frozenset[int], stubs: Sequence[frozenset[int]]) -> set[int]:
+    """Tests the empty program passes, or that every stub of one kind passes (`stubs` in
+    `STUB_RESULTS` order)."""
+    out = set(empty)
+    at = 0
+    for kind in STUB_KINDS:
+        passed = stubs[at : at + len(kind)]
+        at += len(kind)
+        if len(passed) == len(kind):
+            out |= frozenset.intersection(*passed)
+    return out
 
 
 def pool_tests(completions: Sequence[str], limit: int) -> list[str]:
@@ -159,9 +199,12 @@ def generated_tests(
     }
 
     generated = {i: len(pools[i]) for i in idx}
-    # A test an empty program passes checks nothing.
-    empty = _pass_matrix(verify_fn, [(rows[i], [EMPTY_PROGRAM], pools[i]) for i in idx])
-    for i, (vacuous,) in zip(idx, empty, strict=True):
+    # Tests the empty program or two different constant stubs pass check nothing.
+    probes = _pass_matrix(
+        verify_fn, [(rows[i], [EMPTY_PROGRAM, *stub_programs(pools[i])], pools[i]) for i in idx]
+    )
+    for i, (empty, *stubs) in zip(idx, probes, strict=True):
+        vacuous = vacuous_tests(empty, stubs)
         pools[i] = [t for k, t in enumerate(pools[i]) if k not in vacuous]
     todo = []
     for i in idx:

@@ -2,8 +2,8 @@
 
 Math: a task without a reference gets the majority answer over N samples (self-consistency,
 Wang et al. 2022), answers grouped by the math verifier's equivalence (so `1/2`, `0.5` and
-`\\frac{1}{2}` vote together), kept only when the largest group holds at least
-`min_agreement` of the N samples and is not tied.
+`\\frac{1}{2}` vote together), kept only when the samples that verify against it hold at
+least `min_agreement` of the N and no other answer has as many (`majority_answers`).
 
 Code: tests are checked against a reference solution through the code verifier; a task whose
 tests fail its own reference is dropped with the verifier's reason. A code task with tests
@@ -91,29 +91,22 @@ def as_candidate(code: str) -> str:
     return f"<think>reference solution</think>\n```python\n{code}\n```"
 
 
-def _union(parent: list[int], a: int, b: int) -> None:
-    ra, rb = _root(parent, a), _root(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
-def _root(parent: list[int], a: int) -> int:
-    while parent[a] != a:
-        parent[a] = parent[parent[a]]
-        a = parent[a]
-    return a
-
-
 def majority_answers(
     tasks: Sequence[Mapping[str, Any]],
     completions: Sequence[Sequence[str]],
     verify_fn: VerifyFn | None,
 ) -> list[list[tuple[str, int]]]:
-    """Per task, answer groups as (representative answer, votes), largest first.
+    """Per task, answer groups as (representative answer, votes), most votes first.
 
-    Answers equal after `answer_key` share a group for free; distinct groups are then
-    merged when the verifier says one's completion matches the other's answer (one
-    batched call over all tasks). `verify_fn` None is the string-only fallback.
+    Answers equal after `answer_key` share a group for free. With a verifier, each group's
+    completion is checked against every other group's answer (one batched call over all
+    tasks). Going from the most common answer down, an answer becomes a representative unless
+    it is equivalent both ways to one already chosen. A representative's votes are the samples
+    whose answer verifies against it, which is the share the verify stage will pass against
+    it as the reference. Votes are never summed along a chain: equivalence is not transitive
+    (`1.67` matches `5/3` and `1.674`, which differ). A sample can count for two
+    representatives that disagree, so they tie instead of one of them getting its votes.
+    `verify_fn` None is the string-only fallback.
     """
     groups: list[list[tuple[str, str, int]]] = []  # (answer, a completion with it, votes)
     for comps in completions:
@@ -127,22 +120,24 @@ def majority_answers(
         groups.append(
             [(Counter(v).most_common(1)[0][0], first[k], len(v)) for k, v in by_key.items()]
         )
-    pairs = [(t, i, j) for t, g in enumerate(groups) for i in range(len(g)) for j in range(i)]
-    merged = [list(range(len(g))) for g in groups]
+    # (task, i, j): group i's completion verifies against group j's answer; both directions
+    # are checked, as a decimal reference takes finer decimals but not the other way round
+    pairs = [(t, i, j) for t, g in enumerate(groups) for i in range(len(g))
+             for j in range(len(g)) if i != j]
+    ok: set[tuple[int, int, int]] = set()
     if verify_fn is not None and pairs:
         cands = [groups[t][i][1] for t, i, _ in pairs]
         checks = [{**tasks[t], "reference": groups[t][j][0]} for t, _, j in pairs]
-        for (t, i, j), v in zip(pairs, verify_fn(cands, checks), strict=True):
-            if v.passed is True:
-                _union(merged[t], i, j)
+        ok = {p for p, v in zip(pairs, verify_fn(cands, checks), strict=True) if v.passed is True}
     out = []
     for t, g in enumerate(groups):
-        votes: dict[int, list[tuple[str, int]]] = {}
-        for i, (answer, _, n) in enumerate(g):
-            votes.setdefault(_root(merged[t], i), []).append((answer, n))
+        reps: list[int] = []
+        for i in sorted(range(len(g)), key=lambda i: -g[i][2]):  # stable: first seen wins ties
+            if not any((t, i, r) in ok and (t, r, i) in ok for r in reps):
+                reps.append(i)
         ranked = [
-            (max(members, key=lambda m: m[1])[0], sum(n for _, n in members))
-            for members in votes.values()
+            (g[r][0], sum(n for j, (_, _, n) in enumerate(g) if j == r or (t, j, r) in ok))
+            for r in reps
         ]
         out.append(sorted(ranked, key=lambda r: -r[1]))
     return out
