@@ -146,9 +146,11 @@ def unusable_lora(cfg: RunConfig, *, training: bool = True) -> str | None:
         return ("engine.lora_path: a run that trains would train engine.model without the "
                 "adapter: merge it into the model (peft's merge_and_unload) and give that as "
                 "engine.model, or set every train.*.enabled: false")
-    if not (Path(lora) / "adapter_config.json").is_file():
+    from thinkwheel.engines.factory import is_adapter
+
+    if not is_adapter(lora):
         return f"engine.lora_path: {lora} is not a LoRA adapter folder (no adapter_config.json)"
-    if (Path(cfg.engine.model).expanduser() / "adapter_config.json").is_file():
+    if is_adapter(Path(cfg.engine.model).expanduser()):
         return (f"engine.lora_path: engine.model {cfg.engine.model} is a LoRA adapter too, and "
                 "vLLM applies one: give the base model as engine.model")
     return None
