@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, load_config, parse_config
+from thinkwheel.config import DEFAULT_RUN, ConfigError, RunConfig, hashed, load_config, parse_config
 from thinkwheel.starter import starter_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +176,36 @@ def test_procedural_mix_replaces_the_single_budget():
     # `per_family: 0` (your tasks only) under a mix would be ignored: it is an error instead
     with pytest.raises(ConfigError, match=r"generate.procedural.*mix replaces per_family"):
         parse_config({"generate": {"procedural": {"per_family": 0, "mix": [{"per_family": 3}]}}})
+
+
+def test_a_curriculum_slice_joins_at_its_round_and_leaves_earlier_rounds_hashes_alone():
+    base = {"families": ["addition"], "per_family": 8, "difficulty": 1}
+    later = {"families": ["addition"], "per_family": 4, "difficulty": 2, "from_round": 1}
+    cfg = parse_config({"generate": {"procedural": {"mix": [base, later]}}})
+    p = cfg.generate.procedural
+    assert p.plan(0) == [(["addition"], 8, 1)]
+    assert p.plan(1) == p.plan(5) == p.plan() == [(["addition"], 8, 1), (["addition"], 4, 2)]
+    alone = parse_config({"generate": {"procedural": {"mix": [base]}}})
+    both = parse_config({"generate": {"procedural": {"mix": [base, {**later, "from_round": 0}]}}})
+
+    def at(c, k):
+        return c.model_copy(update={"generate": c.generate.for_round(k)}).section_hash("generate")
+    # round 0 hashes as the mix without the later slice (its tasks are reused), round 1 as
+    # both slices written out from the start
+    assert at(cfg, 0) == at(alone, 0) != at(cfg, 1) == at(both, 1)
+    assert alone.generate.for_round(3) is alone.generate
+    # nothing started yet: no task at all, not the single budget an empty mix stands for
+    late = parse_config({"generate": {"procedural": {"mix": [later]}}}).generate.procedural
+    assert all(per == 0 for _, per, _ in late.for_round(0).plan())
+    assert late.for_round(1).plan() == [(["addition"], 4, 2)]
+    single = parse_config({"generate": {"procedural": {"from_round": 2}}}).generate.procedural
+    assert all(per == 0 for _, per, _ in single.for_round(1).plan())
+    assert single.for_round(2).plan() == RunConfig().generate.procedural.plan()
+    assert hashed(single.for_round(2)) == hashed(RunConfig().generate.procedural)
+    with pytest.raises(ConfigError, match=r"mix replaces from_round"):
+        parse_config({"generate": {"procedural": {"from_round": 1, "mix": [base]}}})
+    with pytest.raises(ConfigError, match=r"from_round"):
+        parse_config({"generate": {"procedural": {"mix": [{**later, "from_round": -1}]}}})
 
 
 def test_accumulate_defaults_follow_the_strategy():

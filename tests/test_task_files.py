@@ -458,6 +458,26 @@ def test_the_tasks_stage_says_why_it_made_fewer_tasks_than_asked(tmp_path):
     assert lost + twice == asked - made  # every missing task is accounted for
 
 
+def test_a_curriculum_slice_is_drawn_from_its_round_on(tmp_path):
+    from thinkwheel.flows.steps import make_tasks
+
+    mix = [{"families": ["addition"], "per_family": 6, "difficulty": 1},
+           {"families": ["addition"], "per_family": 5, "difficulty": 2, "from_round": 1}]
+    cfg = parse_config({"generate": {"procedural": {"mix": mix}},
+                        "eval": {"families": ["addition"], "per_family": 4}})
+    store = RunStore.create(tmp_path / "run", cfg)
+    nothing = lambda m: pytest.fail("no engine needed")  # noqa: E731
+    r0, r1 = make_tasks(store, cfg, 0, "m", nothing), make_tasks(store, cfg, 1, "m", nothing)
+    assert r0["difficulty"].to_list() == [1] * 6
+    assert sorted(r1["difficulty"].to_list()) == [1] * 6 + [2] * 5
+    # round 0 made without the later slice is the same stage: reused, not redone
+    alone = parse_config({"generate": {"procedural": {"mix": mix[:1]}},
+                          "eval": {"families": ["addition"], "per_family": 4}})
+    entry = store.stage_entry(0, "tasks")
+    assert make_tasks(store, alone, 0, "m", nothing).equals(r0)
+    assert store.stage_entry(0, "tasks") == entry
+
+
 def test_consensus_draws_are_not_the_sampling_stages_draws(tmp_path):
     """Consensus used the sampling stage's seed, and the engines seed each sample from the
     seed, the prompt and its index: the sample stage drew the labelling votes again, so a

@@ -304,7 +304,7 @@ def unknown_names(cfg: RunConfig) -> str | None:
                                             if o not in OPERATORS]):
         return f"generate.evol_instruct.operators: unknown {bad}; known: {', '.join(OPERATORS)}"
     # found after the base model's eval, minutes in; Evol-Instruct without seeds made nothing
-    seeded = g.tasks.paths or any(per > 0 and families for families, per, _ in p.plan())
+    seeded = g.tasks.paths or any(per > 0 and families for families, per, _ in p.plan(0))
     for key, gen in (("self_instruct", g.self_instruct), ("evol_instruct", g.evol_instruct)):
         if gen.enabled and gen.num_tasks > 0 and not seeded:
             return (f"generate.{key} needs seed tasks to start from: give generate.procedural "

@@ -129,6 +129,9 @@ class ProceduralMix(_Section):
     families: list[str] = Field(default_factory=lambda: ["all"])
     per_family: int = Field(32, ge=0)
     difficulty: Level | list[Level] = 1
+    # the first round that draws this slice (a curriculum: harder levels join once the easy
+    # ones are learned, so a later round trains on tasks no earlier round had); 0 = every round
+    from_round: int = Field(0, ge=0, json_schema_extra=ADDITIVE)
 
 
 class ProceduralConfig(ProceduralMix):
@@ -146,7 +149,7 @@ class ProceduralConfig(ProceduralMix):
         """A key that mix overrides must not be silently ignored (`per_family: 0` for your
         tasks only, under a mix, would still generate the mix)."""
         default = ProceduralConfig.model_construct()
-        moved = [k for k in ("families", "per_family", "difficulty")
+        moved = [k for k in ("families", "per_family", "difficulty", "from_round")
                  if getattr(self, k) != getattr(default, k)]
         if self.mix and moved:
             raise ValueError(
@@ -154,14 +157,28 @@ class ProceduralConfig(ProceduralMix):
                 "or drop mix")
         return self
 
-    def plan(self) -> list[tuple[list[str], int, int]]:
-        """(families, per_family, level) triples, in generation order."""
+    def plan(self, k: int | None = None) -> list[tuple[list[str], int, int]]:
+        """(families, per_family, level) triples, in generation order: round k's, or every
+        round's (k None)."""
         slices = self.mix or [self]
         return [
             (m.families, m.per_family, level)
             for m in slices
+            if k is None or m.from_round <= k
             for level in (m.difficulty if isinstance(m.difficulty, list) else [m.difficulty])
         ]
+
+    def for_round(self, k: int) -> ProceduralConfig:
+        """The budget as round k draws it, hashed as those slices written out would be: a
+        slice joining at round 2 does not redo rounds 0 and 1's tasks."""
+        if self.from_round == 0 and all(m.from_round == 0 for m in self.mix):
+            return self
+        on = {"from_round": 0}
+        slices = self.mix or [self]
+        mix = [m.model_copy(update=on) for m in slices if m.from_round <= k]
+        if not mix:  # nothing has started: an empty mix would fall back to the single budget
+            return self.model_copy(update={"mix": [], "per_family": 0, **on})
+        return self.model_copy(update={"mix": mix} if self.mix else on)
 
 
 class SelfInstructConfig(_Section):
@@ -264,6 +281,11 @@ class GenerateConfig(_Section):
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     temperature: float = Field(1.0, ge=0, le=2)
     max_tokens: int = Field(96, ge=1)
+
+    def for_round(self, k: int) -> GenerateConfig:
+        """These settings as round k applies them (`procedural.mix[].from_round`)."""
+        p = self.procedural.for_round(k)
+        return self if p is self.procedural else self.model_copy(update={"procedural": p})
 
 
 class SamplingConfig(_Section):

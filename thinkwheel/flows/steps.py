@@ -187,6 +187,7 @@ def make_tasks(
     from thinkwheel.generators.procedural import canonical
     from thinkwheel.generators.task_files import unverifiable
 
+    cfg = cfg.model_copy(update={"generate": cfg.generate.for_round(k)})  # its curriculum
     g = cfg.generate
     held, yours = heldout(cfg), user_tasks(cfg, k)
     unlabeled = yours.filter(unverifiable())
