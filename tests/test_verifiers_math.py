@@ -356,6 +356,9 @@ def test_a_finer_decimal_matches_a_rounded_reference(reference: str, answer: str
         ("5\\text{ m}", "5\\text{ cm}", False), ("3\\text{ feet}", "3\\text{ yards}", False),
         ("5\\text{ ft}^2", "5 \\text{ feet}", False), ("5\\text{ min}", "5 hours", False),
         ("5", "5 \\text{ apples}", True),
+        # a bare one-letter unit against a number reference; against `5m` it is the symbol
+        ("5", "5 m", True), ("25", "25 m^2", True), ("5", "6 m", False), ("5m", "5 m", True),
+        ("5", "5 x", False), ("5\\text{ m}", "5 s", False),
     ],
 )
 def test_units_scales_and_math_words(reference: str, answer: str, passed: bool) -> None:

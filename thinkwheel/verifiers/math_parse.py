@@ -35,6 +35,8 @@ _PERCENT = re.compile(r"(?:\\%|%|\s*\\text\{\s*percent\s*\}|\s+percent)\s*$", re
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|textrm|operatorname)\s*\{([^{}]*)\}")
 _TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|textrm|mathrm)\s*\{\s*([^{}]*?)\s*\}\s*(\^\s*\{?\d\}?)?$")
 _TRAILING_WORD = re.compile(r"^([-+]?[\d.,]*\d)\s+([a-zA-Z]{2,}(?:\s[a-zA-Z]+)?)\s*(\^\s*\{?\d\}?)?$")
+# `5 m`: one letter is a unit only against a number reference; against `5m` it is the symbol
+_TRAILING_LETTER = re.compile(r"^([-+]?[\d.,]*\d)\s+([a-zA-Z])\s*(\^\s*\{?\d\}?)?$")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
 _CURRENCY = re.compile(r"^(?:\\\$|\$|USD|€|£|\\euro)\s*|\s*(?:\\\$|dollars?|USD|euros?)$", re.I)
 _SPACING = re.compile(r"\\[,;:! ]|\\q?quad|~|\\displaystyle|\\left|\\right|\\big|\\Big")
@@ -151,7 +153,9 @@ def _scale(words: str) -> tuple[int, str] | None:
     return None if scale is None else (scale, rest.strip())
 
 
-def _strip_units(s: str) -> tuple[str, str | None]:
+def _strip_units(s: str, hint: str | None = None) -> tuple[str, str | None]:
+    if hint == "number" and (m := _TRAILING_LETTER.match(s)) and m.group(2) in _UNIT_SPELLINGS:
+        return m.group(1).strip(), _unit_name(m.group(2), m.group(3))
     if _DEGREE.search(s):
         return _DEGREE.sub("", s).strip(), "degree"
     cur = _CURRENCY.sub("", s).strip()
@@ -387,7 +391,7 @@ def _parse(text: str, hint: str | None, plain_only: bool = False) -> Answer:
     percent = bool(_PERCENT.search(s))
     if percent:
         s = _PERCENT.sub("", s).strip()
-    s, unit = _strip_units(s)
+    s, unit = _strip_units(s, hint)
     written_out = unevaluated(s)
     fast = _fast_number(s, hint)
     if fast is not None:
