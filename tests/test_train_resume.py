@@ -259,6 +259,45 @@ def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch)
     assert not resumes(base)  # the plugin the rows name was fixed: another reward
 
 
+def test_grpo_resumes_only_under_the_same_reward_code(tmp_path, monkeypatch):
+    """Your own reward function, and a verifier given to `as_reward` as "module:callable",
+    were fingerprinted by name: edited, they resumed the checkpoint trained on the old code."""
+    import importlib
+
+    from thinkwheel.train.rewards import as_reward
+
+    class Staged(Exception):
+        pass
+
+    real_staging, resumed = checkpoints.staging, []
+
+    def staging(out_dir: str, fp: dict) -> tuple:
+        tmp, resume = real_staging(out_dir, fp)
+        resumed.append(resume is not None)
+        Path(tmp, "checkpoint-1").mkdir(exist_ok=True)
+        Path(tmp, "checkpoint-1", "trainer_state.json").write_text("{}")
+        raise Staged
+
+    monkeypatch.setattr(checkpoints, "staging", staging)
+    mod = tmp_path / "tw_fp_rewards.py"
+    mod.write_text("def mine(completions, **kw):\n    return [1.0] * len(completions)\n\n"
+                   "def check(completion, task):\n    return 'yes' in completion\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mine = importlib.import_module("tw_fp_rewards").mine
+    cfg = GRPOTrainConfig(max_steps=1)
+
+    def resumes(funcs: list) -> bool:
+        with pytest.raises(Staged):
+            grpo_mod.train_grpo("no-such/model", grpo_frame(), str(tmp_path / "g"), cfg,
+                                funcs, [1.0] * len(funcs))
+        return resumed[-1]
+
+    for funcs in ([mine], [as_reward("tw_fp_rewards:check")]):
+        assert not resumes(funcs) and resumes(funcs)
+        mod.write_text(mod.read_text() + "# edited\n")
+        assert not resumes(funcs)
+
+
 def test_checkpoints_are_asked_for_only_when_due():
     from transformers import TrainerControl, TrainerState
 

@@ -143,8 +143,8 @@ def reward_fingerprint(
     the source of the plugin verifiers they run (`verify.plugins`, and the rows' `verifiers`
     when a reward judges each row by its own). With the names alone, a re-run under other verify
     settings resumed the old checkpoint: one model trained under two reward definitions.
-    Plain reward functions add nothing beyond their names and weights."""
-    from thinkwheel.verifiers.registry import code_fingerprint, load_plugins
+    Your own reward functions and verifiers add the source they are defined in."""
+    from thinkwheel.verifiers.registry import code_fingerprint, load_plugins, user_code_fingerprint
 
     out: dict[str, Any] = {"rewards": [checkpoints.callable_name(f) for f in reward_funcs],
                            "weights": list(reward_weights)}
@@ -160,8 +160,15 @@ def reward_fingerprint(
         states.append(state)
     if any(states):
         out["reward_settings"] = states
-    if code := code_fingerprint([*load_plugins(plugins), *(verifiers if by_row else ())]):
+    named = [f.spec for f in reward_funcs if isinstance(getattr(f, "spec", None), str)]
+    if code := code_fingerprint([*load_plugins(plugins), *(verifiers if by_row else ()), *named]):
         out["plugin_code"] = code  # an edited plugin is another reward
+    # your own reward functions and verifier objects by their source: an edited reward
+    # function under the same name resumed the checkpoint trained on the old one
+    own = [user_code_fingerprint(getattr(f, "fixed", None) or f) for f in reward_funcs
+           if not isinstance(getattr(f, "spec", None), str)]
+    if any(own):
+        out["reward_code"] = own
     return out
 
 

@@ -75,6 +75,7 @@ class _Reward:
     def __init__(self, verifier: Verifier | str | None, weight: float, opts: dict[str, Any],
                  check_arithmetic: bool = False, settings: dict[str, Any] | None = None) -> None:
         self.fixed = get_verifier(verifier, **opts) if isinstance(verifier, str) else verifier
+        self.spec = verifier if isinstance(verifier, str) else None  # its code is fingerprinted
         self.weight, self.opts, self.check_arithmetic = weight, opts, check_arithmetic
         self.settings = settings
         self.cache: dict[str, Verifier] = {}

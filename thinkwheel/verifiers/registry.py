@@ -304,16 +304,39 @@ def code_fingerprint(names: Iterable[str | None]) -> dict[str, str]:
             if origin == "builtin":
                 continue
             target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
-        files = _source_files(target)
-        if files:
-            h = hashlib.sha256()
-            for path in files:
-                with open(path, "rb") as f:
-                    h.update(f.read())
-            out[name] = h.hexdigest()[:16]
-        else:
-            out[name] = origin
+        out[name] = _hash_files(_source_files(target)) or origin
     return out
+
+
+def user_code_fingerprint(obj: Any) -> str | None:
+    """Hash of the user's source a callable (or a verifier object's class) is defined in, with
+    its helpers as `code_fingerprint` reads them; None for thinkwheel's own or installed code,
+    which the version covers."""
+    target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
+    target = getattr(target, "func", target)  # functools.partial
+    first = _file_of(target)
+    if not first or first.startswith(_library_folders()):
+        return None
+    return _hash_files(_source_files(target))
+
+
+def _hash_files(files: list[str]) -> str | None:
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _library_folders() -> tuple[str, ...]:
+    """Where code that is not the user's lives: the interpreter's prefixes and thinkwheel (as
+    folders, not name prefixes: /work/venv is not /work/venv2, thinkwheel/ not thinkwheel_x)."""
+    installed = [os.path.join(os.path.realpath(p), "")
+                 for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    own = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
+    return (*installed, own)
 
 
 def _file_of(obj: Any) -> str:
@@ -332,16 +355,13 @@ def _source_files(target: Any) -> list[str]:
     if not first:
         return []
     module = target if inspect.ismodule(target) else sys.modules.get(getattr(target, "__module__", ""))
-    # folders, not prefixes of names: /work/venv is not /work/venv2, thinkwheel/ not thinkwheel_x
-    installed = tuple(os.path.join(os.path.realpath(p), "")
-                      for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
-    own = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
+    library = _library_folders()
     helpers = set()
     for value in vars(module).values() if module is not None else ():
         mod_name = getattr(value, "__module__", None)
         used = value if inspect.ismodule(value) else (
             sys.modules.get(mod_name) if isinstance(mod_name, str) else None)
         path = _file_of(used) if used is not None else ""
-        if path and path != first and not path.startswith((*installed, own)):
+        if path and path != first and not path.startswith(library):
             helpers.add(path)
     return [first, *sorted(helpers)]
