@@ -389,3 +389,19 @@ def test_plain_text_and_unicode_math(reference: str, answer: str, passed: bool) 
 )
 def test_a_chained_inequality_is_an_interval(reference: str, answer: str, passed: bool) -> None:
     assert check_math(reference, f"</think>\\boxed{{{answer}}}")[0] is passed
+
+
+_U = "(-\\infty,2)\\cup(3,\\infty)"
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "passed"),
+    [(_U, "x<2 or x>3", True), (_U, "x<2 \\text{ or } x>3", True), (_U, "x < 2 \\lor x > 3", True),
+     (_U, "x<2 \\vee x>3", True), ("x<2 \\text{ or } x>3", "x>3 \\text{ or } x<2", True),
+     ("(-\\infty,-1]\\cup[4,\\infty)", "x\\le -1 \\text{ or } x \\ge 4", True),
+     (_U, "x\\le 2 \\text{ or } x>3", False), (_U, "x<2 or x>4", False), (_U, "x<2 or y>3", False),
+     ("x<2", "x<2 or x>3", False), ("2", "2 or 3", False), ("x<2", "x<2, x>3", False)],
+)
+def test_inequalities_joined_by_or_are_their_union(reference: str, answer: str, passed: bool) -> None:
+    """The parser read `or` as a comma: a set of two relations, equal to no interval answer."""
+    assert check_math(reference, f"</think>\\boxed{{{answer}}}")[0] is passed

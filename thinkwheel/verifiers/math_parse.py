@@ -355,6 +355,33 @@ def _chain_as_set(value: Any) -> Any:
         return value
 
 
+# `x < 2 or x > 3`: what a solution set of inequalities is written as
+_OR = re.compile(r"\s*(?:\\text\{\s*or\s*\}|\\lor\b|\\vee\b|\bor\b)\s*")
+
+
+def _disjunction(s: str, hint: str | None, plain_only: bool) -> Answer | None:
+    """`x<2 or x>3` (`\\lor`, `\\vee`) as the union of its parts' solution sets, when every
+    part is an inequality in one and the same variable; None otherwise. The parser read `or`
+    as a comma, a set of two relations that equalled no interval answer."""
+    parts = _OR.split(s)
+    if len(parts) < 2:
+        return None
+    try:
+        answers = [parse_answer(p, hint, plain_only) for p in parts]
+    except ParseError:
+        return None
+    rels = [a.value for a in answers]
+    if not all(a.kind == "relation" and not isinstance(a.value, sympy.Eq) for a in answers) or \
+            len(set().union(*(r.free_symbols for r in rels))) != 1 or \
+            any(len(r.free_symbols) != 1 for r in rels):
+        return None
+    try:
+        union = sympy.Union(*(r.as_set() for r in rels))
+    except Exception:  # sympy cannot solve one: leave it to the parser
+        return None
+    return Answer(union, kind_of(union), any(a.inexact for a in answers))
+
+
 def latex_to_sympy(s: str) -> Any:
     """latex2sympy2_extended with our normalisation settings (the slow, general path)."""
     from latex2sympy2_extended import latex2sympy
@@ -396,6 +423,8 @@ def _parse(text: str, hint: str | None, plain_only: bool = False) -> Answer:
     fast = _fast_number(s, hint)
     if fast is not None:
         return Answer(fast.value, "number", fast.inexact, fast.decimal, percent, unit)
+    if (union := _disjunction(s, hint, plain_only)) is not None:
+        return union
     inner = _TEXT_CMD.sub(lambda m: m.group(1), s).strip()
     if "\\" not in s and inner.lower() in _PLAIN_CONSTANTS:
         s = inner.lower()  # `pi`, `Infinity`: math, read below as \pi, \infty
