@@ -6,7 +6,7 @@ Takes a finished `bench/flywheel.py` run and re-runs the training step of round 
 2's model for the default 1): SFT from the base model on the curated SFT sets of rounds 0..R,
 with the run's own SFT settings, then the held-out eval. Each variant changes one thing: the
 start model (the previous round's, as `strategy: continue` would), the step count, the
-learning rate, the mix of the SFT set (tasks the model solved only once repeated; families or
+learning rate, the data (the same tasks with their generator's gold traces: the ceiling of the step), the mix of the SFT set (tasks the model solved only once repeated; families or
 trace shapes rebalanced; only the traces the step check keeps), or a second stage after SFT
 (DPO with an NLL term on verified-vs-failed pairs from the same task, as in Iterative RPO;
 GRPO with the verifier rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
@@ -113,6 +113,34 @@ def with_shapes(sft: pl.DataFrame) -> pl.DataFrame:
     return sft.with_columns(
         shape=pl.col("messages").map_elements(trace_shape, return_dtype=pl.Utf8)
     )
+
+
+def gold_traces(run: str, rounds: list[int], system_prompt: str, like: pl.DataFrame) -> pl.DataFrame:
+    """The rounds' procedural tasks with their generator's own worked traces, as SFT rows: the
+    ceiling of this training step on these tasks, were every sample a perfect one (repair makes
+    round 0's traces near-gold, so a flat curve after round 1 may be this ceiling). Each task's
+    problem is found again by drawing its (family, level, seed) until its prompt comes up."""
+    import json as _json
+
+    from thinkwheel.generators.procedural import make_problem
+
+    tasks = pl.concat([RunStore(run).read_table(r, "tasks") for r in rounds], how="diagonal_relaxed")
+    tasks = tasks.filter(pl.col("drop_reason").is_null() & pl.col("source").str.starts_with("procedural:"))
+    rows = []
+    keys = tasks.with_columns(seed=pl.col("meta").map_elements(
+        lambda m: _json.loads(m)["seed"], return_dtype=pl.Int64)).group_by("family", "difficulty", "seed")
+    for (family, level, seed), group in keys:
+        wanted, index = set(group["prompt"]), 0
+        while wanted and index < 50 * len(group) + 100_000:
+            p = make_problem(family, level, seed, index)
+            index += 1
+            if p.prompt in wanted:
+                wanted.discard(p.prompt)
+                turns = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+                    {"role": "user", "content": p.prompt},
+                    {"role": "assistant", "content": f"<think>{p.trace}</think>\n{p.answer}"}]
+                rows.append({"messages": turns, "family": family})
+    return pl.DataFrame(rows).select(like.select("messages", "family").columns)
 
 
 def dpo_pairs(run: str, rounds: list[int], system_prompt: str) -> pl.DataFrame:
@@ -235,6 +263,10 @@ def main() -> None:
         f"{2 * sft_cfg.max_steps} SFT steps": sft_variant(
             "steps-x2", lambda: sft, max_steps=2 * sft_cfg.max_steps
         ),
+        "gold traces of the same tasks": sft_variant(
+            "gold", lambda: gold_traces(args.run, rounds, sp, sft)),
+        f"gold traces of the same tasks, {2 * sft_cfg.max_steps} SFT steps": sft_variant(
+            "gold-x2", lambda: gold_traces(args.run, rounds, sp, sft), max_steps=2 * sft_cfg.max_steps),
         "learning rate x3": sft_variant("lr-x3", lambda: sft, learning_rate=3 * sft_cfg.learning_rate),
         "worked steps stated (step check)": sft_variant("steps-stated", lambda: steps_stated(sft)),
         "tasks solved once, twice": sft_variant(
@@ -280,6 +312,16 @@ def main() -> None:
         variants["continue from the previous round's model"] = sft_variant(
             "continue", lambda: sft, start=previous
         )
+
+        def own(r: int) -> pl.DataFrame:
+            return pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet")
+        # on a `strategy: continue` run: this round's own samples (what the flow trained on),
+        # against the previous round's again, which the model was already trained on: is a
+        # continued round's gain its new samples, or only more steps?
+        variants["continue on this round's samples"] = sft_variant(
+            "continue-own", lambda: own(args.round), start=previous)
+        variants["continue on the previous round's samples again"] = sft_variant(
+            "continue-again", lambda: own(args.round - 1), start=previous)
     wanted = [v.strip() for v in args.only if v.strip()]
     unknown = [w for w in wanted if w not in variants]
     if unknown:
