@@ -262,6 +262,7 @@ def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch)
 def test_grpo_resumes_only_under_the_same_reward_code(tmp_path, monkeypatch):
     """Your own reward function, and a verifier given to `as_reward` as "module:callable",
     were fingerprinted by name: edited, they resumed the checkpoint trained on the old code."""
+    import functools
     import importlib
 
     from thinkwheel.train.rewards import as_reward
@@ -292,7 +293,7 @@ def test_grpo_resumes_only_under_the_same_reward_code(tmp_path, monkeypatch):
                                 funcs, [1.0] * len(funcs))
         return resumed[-1]
 
-    for funcs in ([mine], [as_reward("tw_fp_rewards:check")]):
+    for funcs in ([mine], [as_reward("tw_fp_rewards:check")], [functools.partial(mine, k=1)]):
         assert not resumes(funcs) and resumes(funcs)
         mod.write_text(mod.read_text() + "# edited\n")
         assert not resumes(funcs)

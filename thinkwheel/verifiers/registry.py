@@ -9,6 +9,7 @@ A plugin may be a Verifier class/factory, a Verifier instance, or a plain functi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -312,8 +313,9 @@ def user_code_fingerprint(obj: Any) -> str | None:
     """Hash of the user's source a callable (or a verifier object's class) is defined in, with
     its helpers as `code_fingerprint` reads them; None for thinkwheel's own or installed code,
     which the version covers."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
     target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
-    target = getattr(target, "func", target)  # functools.partial
     first = _file_of(target)
     if not first or first.startswith(_library_folders()):
         return None
