@@ -481,6 +481,7 @@ def test_trainer_choice(fake_unsloth, monkeypatch):
         sft_mod.pick_trainer("unsloth")
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # PEFT's read of a renamed attribute
 def test_unsloth_path_loads_through_fast_language_model(fake_unsloth, plain_model, tmp_path):
     out = tmp_path / "unsloth"
     cfg = SFTConfig(trainer="unsloth", max_steps=2, batch_size=4, lora=True, lora_r=4, seed=7)

@@ -200,16 +200,17 @@ def load_unsloth(model_path: str, cfg: SFTConfig) -> tuple[Any, Any]:
         use_exact_model_name=True,
     )
     if cfg.lora:
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=0.0,  # Unsloth's fast path
-            bias="none",
-            target_modules=LORA_TARGETS,
-            use_gradient_checkpointing="unsloth",
-            random_state=cfg.seed,
-        )
+        with quiet_deprecations():  # PEFT reads `is_gradient_checkpointing`, renamed in 5.2x
+            model = FastLanguageModel.get_peft_model(
+                model,
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=0.0,  # Unsloth's fast path
+                bias="none",
+                target_modules=LORA_TARGETS,
+                use_gradient_checkpointing="unsloth",
+                random_state=cfg.seed,
+            )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
