@@ -115,20 +115,18 @@ def with_shapes(sft: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def gold_traces(run: str, rounds: list[int], system_prompt: str, like: pl.DataFrame) -> pl.DataFrame:
+def gold_traces(run: str, rounds: list[int], system_prompt: str) -> pl.DataFrame:
     """The rounds' procedural tasks with their generator's own worked traces, as SFT rows: the
     ceiling of this training step on these tasks, were every sample a perfect one (repair makes
     round 0's traces near-gold, so a flat curve after round 1 may be this ceiling). Each task's
     problem is found again by drawing its (family, level, seed) until its prompt comes up."""
-    import json as _json
-
     from thinkwheel.generators.procedural import make_problem
 
     tasks = pl.concat([RunStore(run).read_table(r, "tasks") for r in rounds], how="diagonal_relaxed")
     tasks = tasks.filter(pl.col("drop_reason").is_null() & pl.col("source").str.starts_with("procedural:"))
     rows = []
     keys = tasks.with_columns(seed=pl.col("meta").map_elements(
-        lambda m: _json.loads(m)["seed"], return_dtype=pl.Int64)).group_by("family", "difficulty", "seed")
+        lambda m: json.loads(m)["seed"], return_dtype=pl.Int64)).group_by("family", "difficulty", "seed")
     for (family, level, seed), group in keys:
         wanted, index = set(group["prompt"]), 0
         while wanted and index < 50 * len(group) + 100_000:
@@ -140,7 +138,7 @@ def gold_traces(run: str, rounds: list[int], system_prompt: str, like: pl.DataFr
                     {"role": "user", "content": p.prompt},
                     {"role": "assistant", "content": f"<think>{p.trace}</think>\n{p.answer}"}]
                 rows.append({"messages": turns, "family": family})
-    return pl.DataFrame(rows).select(like.select("messages", "family").columns)
+    return pl.DataFrame(rows)
 
 
 def dpo_pairs(run: str, rounds: list[int], system_prompt: str) -> pl.DataFrame:
@@ -264,9 +262,9 @@ def main() -> None:
             "steps-x2", lambda: sft, max_steps=2 * sft_cfg.max_steps
         ),
         "gold traces of the same tasks": sft_variant(
-            "gold", lambda: gold_traces(args.run, rounds, sp, sft)),
+            "gold", lambda: gold_traces(args.run, rounds, sp)),
         f"gold traces of the same tasks, {2 * sft_cfg.max_steps} SFT steps": sft_variant(
-            "gold-x2", lambda: gold_traces(args.run, rounds, sp, sft), max_steps=2 * sft_cfg.max_steps),
+            "gold-x2", lambda: gold_traces(args.run, rounds, sp), max_steps=2 * sft_cfg.max_steps),
         "learning rate x3": sft_variant("lr-x3", lambda: sft, learning_rate=3 * sft_cfg.learning_rate),
         "worked steps stated (step check)": sft_variant("steps-stated", lambda: steps_stated(sft)),
         "tasks solved once, twice": sft_variant(

@@ -207,7 +207,28 @@ def test_grpo_cut_short_resumes(tiny, tmp_path):
     assert "resumed_from_step" not in res and res["global_step"] == 3
 
 
-def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch):
+class Staged(Exception):
+    """Raised in `staging`: the fingerprint was compared, no model was loaded."""
+
+
+@pytest.fixture
+def resumed(monkeypatch) -> list[bool]:
+    """Whether each `train_grpo` call found a checkpoint to resume. Its `staging` puts a complete
+    checkpoint in the folder (as if the run was cut at step 1), then stops it with Staged."""
+    real_staging, found = checkpoints.staging, []
+
+    def staging(out_dir: str, fp: dict) -> tuple:
+        tmp, resume = real_staging(out_dir, fp)
+        found.append(resume is not None)
+        Path(tmp, "checkpoint-1").mkdir(exist_ok=True)
+        Path(tmp, "checkpoint-1", "trainer_state.json").write_text("{}")
+        raise Staged
+
+    monkeypatch.setattr(checkpoints, "staging", staging)
+    return found
+
+
+def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch, resumed):
     """The fingerprint held the reward names alone: a re-run with other verify settings, format
     strictness or an edited plugin resumed the old checkpoint, one model trained under two
     reward definitions. Checked through `train_grpo`'s own fingerprint, stopped in `staging`
@@ -217,19 +238,6 @@ def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch)
     from thinkwheel.config import VerifyConfig
     from thinkwheel.train.rewards import grpo_rewards
 
-    class Staged(Exception):
-        pass
-
-    real_staging, resumed = checkpoints.staging, []
-
-    def staging(out_dir: str, fp: dict) -> tuple:
-        tmp, resume = real_staging(out_dir, fp)
-        resumed.append(resume is not None)
-        Path(tmp, "checkpoint-1").mkdir(exist_ok=True)  # as if this run was cut at step 1
-        Path(tmp, "checkpoint-1", "trainer_state.json").write_text("{}")
-        raise Staged
-
-    monkeypatch.setattr(checkpoints, "staging", staging)
     (tmp_path / "tw_fp_plugin.py").write_text(
         "from thinkwheel.verifiers import register\n"
         "@register('tw_fp_check')\n"
@@ -259,7 +267,7 @@ def test_grpo_resumes_only_under_the_same_reward_settings(tmp_path, monkeypatch)
     assert not resumes(base)  # the plugin the rows name was fixed: another reward
 
 
-def test_grpo_resumes_only_under_the_same_reward_code(tmp_path, monkeypatch):
+def test_grpo_resumes_only_under_the_same_reward_code(tmp_path, monkeypatch, resumed):
     """Your own reward function, and a verifier given to `as_reward` as "module:callable",
     were fingerprinted by name: edited, they resumed the checkpoint trained on the old code."""
     import functools
@@ -267,19 +275,6 @@ def test_grpo_resumes_only_under_the_same_reward_code(tmp_path, monkeypatch):
 
     from thinkwheel.train.rewards import as_reward
 
-    class Staged(Exception):
-        pass
-
-    real_staging, resumed = checkpoints.staging, []
-
-    def staging(out_dir: str, fp: dict) -> tuple:
-        tmp, resume = real_staging(out_dir, fp)
-        resumed.append(resume is not None)
-        Path(tmp, "checkpoint-1").mkdir(exist_ok=True)
-        Path(tmp, "checkpoint-1", "trainer_state.json").write_text("{}")
-        raise Staged
-
-    monkeypatch.setattr(checkpoints, "staging", staging)
     mod = tmp_path / "tw_fp_rewards.py"
     mod.write_text("def mine(completions, **kw):\n    return [1.0] * len(completions)\n\n"
                    "def check(completion, task):\n    return 'yes' in completion\n")
