@@ -61,6 +61,12 @@ HOSTILE_WITH_TESTS: dict[str, tuple[str, list[str]]] = {
     "rigged chained comparison": ("class R:\n    def __lt__(s, o): return True\n"
                                   "    def __gt__(s, o): return True\ndef f(x):\n    return R()",
                                   ["assert 1 < f(0) < 3", "assert 13 < f(4) < 15"]),
+    "patched stdlib class": ("from fractions import Fraction\nFraction.__eq__ = lambda s, o: True\n"
+                             "def f(x):\n    return Fraction(0)",
+                             ["from fractions import Fraction\nassert f(4) == Fraction(14)"]),
+    "module first imported and patched": ("import fractions\nfractions.Fraction = lambda *a: 0\n"
+                                          "def f(x):\n    return 0",
+                                          ["from fractions import Fraction\nassert f(4) == Fraction(14)"]),
 }
 
 

@@ -168,6 +168,18 @@ FORGERIES = {  # each passed every test before the harness closed it
     "math replaced in sys.modules": (
         "import sys, types\nm = types.ModuleType('math')\nm.isclose = lambda *a, **k: True\n"
         "sys.modules['math'] = m\ndef f(x):\n    return 0", ["import math\nassert math.isclose(f(4), 14)"]),
+    "a module the candidate imported, patched": (
+        "import fractions\nfractions.Fraction = lambda *a: 0\ndef f(x):\n    return 0",
+        ["from fractions import Fraction\nassert f(1) == Fraction(1, 2)"]),
+    "a stdlib class patched": (
+        "from collections import UserList\nUserList.__eq__ = lambda s, o: True\n"
+        "def f(x):\n    return UserList()", ["from collections import UserList\nassert f(2) == UserList([2])"]),
+    "a stdlib class the candidate imported, patched": (
+        "from fractions import Fraction\nFraction.__eq__ = lambda s, o: True\n"
+        "def f(x):\n    return Fraction(0)", ["from fractions import Fraction\nassert f(1) == Fraction(1, 2)"]),
+    "a method added to a stdlib class": (
+        "import string\nstring.Template.__eq__ = lambda s, o: True\ndef f(x):\n    return string.Template('')",
+        ["import string\nassert f(1) == string.Template('1')"]),
     "rigged __lt__": ("class R:\n    def __sub__(s, o): return s\n    def __rsub__(s, o): return s\n"
                       "    def __abs__(s): return s\n    def __lt__(s, o): return True\n"
                       "def f(x):\n    return R()", ["assert abs(f(4) - 14) < 1e-9", "assert f(0) <= 2"]),
@@ -203,6 +215,10 @@ def test_a_candidate_cannot_forge_a_pass(verifier: CodeVerifier, name: str) -> N
         ("def f(x): return range(x)", "assert f(2) and not f(0)"),  # a C type's own truth
         ("n = [0]\ndef f(x):\n    n[0] += 1\n    return n[0]", "assert 0 < f(1) < 2"),  # called once
         ("def f(x): return x / 2", "assert all(0 <= f(i) < 3 for i in range(5))"),
+        ("from fractions import Fraction\ndef f(x): return Fraction(x, 2)",
+         "from fractions import Fraction\nassert f(1) == Fraction(1, 2)"),
+        ("import heapq\nfrom collections import UserList\nclass L(UserList):\n    pass\n"
+         "def f(x): return L(heapq.nsmallest(1, [x, 9]))", "assert list(f(2)) == [2]"),
     ],
 )
 def test_honest_code_still_passes(verifier: CodeVerifier, code: str, test: str) -> None:

@@ -20,8 +20,10 @@ plain expected value, and subclasses of builtins are compared as their builtin b
 f(x)` and `assert not f(x)` read a plain value's truth (or a C type's), never a `__bool__`
 defined in Python. Each test runs
 in its own namespace with the builtins as they were before the candidate ran and without the
-candidate's names that shadow them, after the stdlib modules loaded before it are put back
-as they were (`math.isclose = lambda *a: True` does not outlive the line that did it). An audit
+candidate's names that shadow them, after the stdlib modules loaded before it (those its
+top-level imports name included) and their Python classes are put back as they were
+(`math.isclose = lambda *a: True` or `Fraction.__eq__ = ...` does not outlive the line that
+did it; a module first imported inside a function or by `importlib` is not covered). An audit
 hook (irremovable once added) refuses process creation, signals to other processes, sockets,
 ctypes, frame/gc introspection and writes outside the temp dir; any refusal is recorded and
 makes the verdict "unsafe".
@@ -251,15 +253,28 @@ def _strict_comparator():
     return cmp
 
 
+_HEAP_TYPE, _IMMUTABLE_TYPE = 1 << 9, 1 << 8  # Py_TPFLAGS_*: a class whose attributes can be set
+
+
 def _module_restorer(modules, skip):
     """Put back the attributes of the modules loaded now that code run later rebinds (and the
-    modules themselves in `sys.modules`). Attributes added later stay: a lazy submodule import
-    (`collections.abc`) adds one legitimately. The check is an identity scan in C per module
-    (~5k attributes in all): a Python loop over them cost a quarter of a check's time."""
+    modules themselves in `sys.modules`), and the attributes of their classes defined in Python
+    (`UserList.__eq__ = ...`; C types refuse). A module's attributes added later stay: a lazy
+    submodule import (`collections.abc`) adds one legitimately; a class's go (`Template.__eq__`
+    added shadows object's). The check is an identity scan in C per module and class (~5k module
+    and ~2k class attributes): a Python loop over them cost a quarter of a check's time."""
     saved = [(name, mod, mod.__dict__, dict(mod.__dict__), tuple(mod.__dict__.values()))
              for name, mod in list(modules.items())
              if name not in skip and isinstance(getattr(mod, "__dict__", None), dict)]
+    classes = {id(v): v for *_, before, _ in saved for v in before.values()
+               if isinstance(v, type) and v.__flags__ & _HEAP_TYPE
+               and not v.__flags__ & _IMMUTABLE_TYPE}
+    kept = [(cls, cls.__dict__, dict(cls.__dict__), tuple(cls.__dict__.values()))
+            for cls in classes.values()]
     items, values, get, len_, any_, map_ = dict.items, dict.values, dict.get, len, any, map
+    proxy = type(type.__dict__)
+    proxy_values, proxy_get, list_ = proxy.values, proxy.get, list
+    set_attr, del_attr = type.__setattr__, type.__delattr__
     is_not, missing = operator.is_not, object()
 
     def restore():
@@ -271,8 +286,57 @@ def _module_restorer(modules, skip):
             for key, value in items(before):
                 if get(now, key, missing) is not value:
                     now[key] = value
+        for cls, now, before, order in kept:
+            if len_(now) == len_(order) and not any_(map_(is_not, proxy_values(now), order)):
+                continue
+            for key in list_(now):
+                if get(before, key, missing) is missing:
+                    del_attr(cls, key)
+            for key, value in items(before):
+                if proxy_get(now, key, missing) is not value:
+                    set_attr(cls, key, value)
 
     return restore
+
+
+def _load_imports_first(code, tests, kinds, compiled, comp):
+    """Import what `_imported_first` names, and return the restorer of the modules that added
+    (a no-op when none): a module first loaded by the candidate was never snapshotted, so
+    `fractions.Fraction = ...` outlived its line."""
+    trees = []
+    for source in ([code] if compiled else []) + [t for t, k in zip(tests, kinds, strict=True) if k is None]:
+        try:
+            trees.append(comp(source, "<imports>", "exec", ast.PyCF_ONLY_AST))
+        except BaseException:
+            pass
+    before = set(sys.modules)
+    for name in _imported_first(trees, sys.stdlib_module_names):
+        try:
+            __import__(name)
+        except BaseException:
+            pass  # the candidate's own import raises it again, where it did
+    if len(sys.modules) == len(before):
+        return lambda: None
+    return _module_restorer(sys.modules, before)
+
+
+# what importing runs besides defining names: not loaded ahead of the candidate's own import
+_NO_PRELOAD = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "turtle",
+                         "turtledemo", "tkinter", "ctypes", "socket", "subprocess", "pty", "mmap"})
+
+
+def _imported_first(trees, stdlib):
+    """The stdlib modules the candidate's and tests' top-level statements import: loaded before
+    the candidate runs, so their state can be put back before each test like the server's."""
+    names = []
+    for tree in trees:
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.append(node.module)
+    return [n for n in dict.fromkeys(names)
+            if n.partition(".")[0] in stdlib and n.partition(".")[0] not in _NO_PRELOAD]
 
 
 def run_check(payload, restore_modules):
@@ -331,6 +395,7 @@ def run_check(payload, restore_modules):
         program = comp(code, "<candidate>", "exec")
     except base_exc as err:
         program, results = None, [(False, "syntax: " + type_(err).__name__)] * len_(tests)
+    restore_new = _load_imports_first(code, tests, kinds, program is not None, comp)
 
     if program is not None and any(k is None for k in kinds):
         try:
@@ -347,6 +412,7 @@ def run_check(payload, restore_modules):
             saved = sys_.stdin, sys_.stdout
             try:
                 restore_modules()
+                restore_new()
                 if spec is None:
                     if isinst(test_code, base_exc):
                         raise test_code
