@@ -3,6 +3,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 import polars as pl
+import pytest
 
 from thinkwheel import config, records
 from thinkwheel.engines.base import Completion, as_messages
@@ -402,6 +403,41 @@ def test_generated_tests_that_constant_stubs_pass_are_dropped():
     assert kept["tests"].to_list() == [["assert double(1) > 0", "assert double(5) == 10",
                                         "assert double(0) == 0"]]
     assert json.loads(kept["meta"][0])["agreeing_programs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("p", "right", "wrong", "tests"),
+    [
+        ("Write half(x), x divided by 2.", "def half(x):\n    return x / 2",
+         "def half(x):\n    return x / 3",
+         ["assert isinstance(half(3), float)", "assert half(3) == 1.5", "assert half(0) == 0"]),
+        ("Write pair(x), the tuple (x, x).", "def pair(x):\n    return (x, x)",
+         "def pair(x):\n    return (x, 0)",
+         ["assert type(pair(1)) is tuple", "assert pair(2) == (2, 2)", "assert pair(0) == (0, 0)"]),
+        ("Write counts(s), each character's count.",
+         "def counts(s):\n    return {c: s.count(c) for c in s}",
+         "def counts(s):\n    return {c: 1 for c in s}",
+         ["assert isinstance(counts('ab'), dict)", "assert counts('aab') == {'a': 2, 'b': 1}",
+          "assert counts('') == {}"]),
+    ],
+    ids=["float", "tuple", "dict"],
+)
+def test_type_checks_of_floats_tuples_and_dicts_are_dropped(p, right, wrong, tests):
+    """A float, tuple or dict type check passes every program that returns one: with only the
+    int, str, list and bool stubs it was kept and counted for the wrong group too."""
+    template = load_template("code_tests")
+    fence = "<think>t</think>\n```python\n{}\n```"
+    engine = ScriptedEngine(
+        {
+            render(template, task=p): ["<think>t</think>\n" + "\n".join(tests)],
+            p: [fence.format(right)] * 3 + [fence.format(wrong)] * 2,
+        }
+    )
+    tasks = records.frame([_code(p, None, None)], records.TASKS)
+    cfg = config.ConsensusConfig(samples=5, test_samples=1, min_agreement=0.3, min_tests=2)
+    kept, dropped = cs.consensus_references(engine, tasks, cfg)
+    assert dropped.height == 0 and kept["reference"].to_list() == [right]
+    assert kept["tests"].to_list() == [tests[1:]]
 
 
 def test_a_predicates_truth_tests_are_real_checks():
