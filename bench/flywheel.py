@@ -98,24 +98,29 @@ def main() -> None:
     compare: dict[str, dict] = {"base": evals["base (round 0)"]}
     if not args.no_ablation:
         t1 = time.time()
-        arms = {
-            "SFT on all candidates": {"verified_only": False, "check": False},
-            "verified answers": {"verified_only": True, "check": False},
-        }
+        q = cfg.filters.quality
+        off = {"verified_only": True, "check_arithmetic": False, "check_steps": False}
+        arms = {"SFT on all candidates": {**off, "verified_only": False}, "verified answers": off}
+        main_label = "verified answers, no false step"
+        if q.check_steps:  # the recipe checks worked steps too: one arm with the false-step check only
+            arms[main_label] = {**off, "check_arithmetic": True}
+            main_label = "verified, no false or missing step"
         sizes = {}
         for label, arm in arms.items():
+            slug = "-".join(w.strip(",") for w in label.split())
             ab = cfg.model_copy(deep=True)
-            ab.name, ab.rounds = f"bench-flywheel-{label.split()[-1]}", 1
+            ab.name, ab.rounds = f"bench-flywheel-{slug}", 1
             ab.export.verified_only = arm["verified_only"]
-            ab.filters.quality.check_arithmetic = arm["check"]
+            ab.filters.quality.check_arithmetic = arm["check_arithmetic"]
+            ab.filters.quality.check_steps = arm["check_steps"]
             ab.train.sft.max_steps = min(ab.train.sft.max_steps, args.ablation_steps)
-            dst = out / label.replace(" ", "-")
+            dst = out / slug
             _fork(out / "verified", dst)
             run(ab, dst)
             compare[label] = RunStore(dst).read_json("round-0/eval.json")
             sizes[label] = RunStore(dst).stage_entry(0, "export")["sft"]
-        compare["verified answers, no false step"] = evals["round 1"]
-        sizes["verified answers, no false step"] = store.stage_entry(0, "export")["sft"]
+        compare[main_label] = evals["round 1"]
+        sizes[main_label] = store.stage_entry(0, "export")["sft"]
         md += "\n" + _table(
             compare, f"One round on the same tasks and samples ({(time.time() - t1) / 60:.1f} min)"
         )
