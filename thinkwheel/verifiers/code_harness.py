@@ -171,10 +171,11 @@ class _StrictAsserts(ast.NodeTransformer):
         return node
 
 
-def _compile_test(source, comp):
-    """The test as the body of `__tw_test__(__tw_cmp__)`: the comparator is a local of the test's
-    own frame, which candidate code (no frame access) cannot reach or replace."""
-    body = _StrictAsserts().visit(comp(source, "<test>", "exec", ast.PyCF_ONLY_AST)).body
+def _compile_test(tree, comp):
+    """The test (its parsed source) as the body of `__tw_test__(__tw_cmp__)`: the comparator is
+    a local of the test's own frame, which candidate code (no frame access) cannot reach or
+    replace."""
+    body = _StrictAsserts().visit(tree).body
     wrapper = comp(_TEST_WRAPPER, "<test>", "exec", ast.PyCF_ONLY_AST)
     wrapper.body[0].body = body or [ast.Pass()]
     return comp(ast.fix_missing_locations(wrapper), "<test>", "exec")
@@ -299,16 +300,10 @@ def _module_restorer(modules, skip):
     return restore
 
 
-def _load_imports_first(code, tests, kinds, compiled, comp):
+def _load_imports_first(trees):
     """Import what `_imported_first` names, and return the restorer of the modules that added
     (a no-op when none): a module first loaded by the candidate was never snapshotted, so
     `fractions.Fraction = ...` outlived its line."""
-    trees = []
-    for source in ([code] if compiled else []) + [t for t, k in zip(tests, kinds, strict=True) if k is None]:
-        try:
-            trees.append(comp(source, "<imports>", "exec", ast.PyCF_ONLY_AST))
-        except BaseException:
-            pass
     before = set(sys.modules)
     for name in _imported_first(trees, sys.stdlib_module_names):
         try:
@@ -376,7 +371,7 @@ def run_check(payload, restore_modules):
     builtins_ = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
     clean_builtins = dict(builtins_)
     ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
-    kinds, compiled = [], []
+    kinds, compiled, trees = [], [], []  # trees: the tests' and candidate's, for their imports
     strict = _strict_comparator()
     for t in tests:  # all before any candidate code runs, so it cannot patch the compiler
         spec = None
@@ -387,15 +382,19 @@ def run_check(payload, restore_modules):
                 spec = None
         kinds.append(spec if isinstance(spec, dict) and "stdout" in spec else None)
         try:
-            compiled.append(_compile_test(t, comp) if kinds[-1] is None else None)
+            tree = comp(t, "<test>", "exec", ast.PyCF_ONLY_AST) if kinds[-1] is None else None
+            trees += [tree] if tree else []
+            compiled.append(_compile_test(tree, comp) if tree else None)
         except base_exc as err:
             compiled.append(err)
 
     try:
-        program = comp(code, "<candidate>", "exec")
+        tree = comp(code, "<candidate>", "exec", ast.PyCF_ONLY_AST)
+        program = comp(tree, "<candidate>", "exec")
+        trees.append(tree)
     except base_exc as err:
         program, results = None, [(False, "syntax: " + type_(err).__name__)] * len_(tests)
-    restore_new = _load_imports_first(code, tests, kinds, program is not None, comp)
+    restore_new = _load_imports_first(trees)
 
     if program is not None and any(k is None for k in kinds):
         try:
