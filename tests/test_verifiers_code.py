@@ -186,6 +186,9 @@ FORGERIES = {  # each passed every test before the harness closed it
     "rigged __bool__": ("class T:\n    def __init__(s, x): s.x = x\n"
                         "    def __bool__(s): return s.x % 2 == 1\n    def __eq__(s, o): return True\n"
                         "def f(x):\n    return T(x)", ["assert f(7)", "assert not f(8)"]),
+    "rigged chain in a comprehension's iterable": (
+        "class R:\n    def __lt__(s, o): return True\n    def __gt__(s, o): return True\n"
+        "def f(x):\n    return R()", ["assert len([0 for _ in range(1 if 0 < f(4) < 20 else 0)]) == 1"]),
     "rigged chain": ("class R:\n    def __lt__(s, o): return True\n    def __gt__(s, o): return True\n"
                      "def f(x):\n    return R()", ["assert 0 < f(4) < 20"]),
 }
@@ -215,6 +218,9 @@ def test_a_candidate_cannot_forge_a_pass(verifier: CodeVerifier, name: str) -> N
         ("def f(x): return range(x)", "assert f(2) and not f(0)"),  # a C type's own truth
         ("n = [0]\ndef f(x):\n    n[0] += 1\n    return n[0]", "assert 0 < f(1) < 2"),  # called once
         ("def f(x): return x / 2", "assert all(0 <= f(i) < 3 for i in range(5))"),
+        # a chain where `:=` is a syntax error, each operand once and in order
+        ("n = [0]\ndef f(x):\n    n[0] += 1\n    return n[0]",
+         "assert [0 for _ in range(1 if 0 < f(1) < 2 <= f(1) else 0)] == [0]"),
         ("from fractions import Fraction\ndef f(x): return Fraction(x, 2)",
          "from fractions import Fraction\nassert f(1) == Fraction(1, 2)"),
         ("import heapq\nfrom collections import UserList\nclass L(UserList):\n    pass\n"

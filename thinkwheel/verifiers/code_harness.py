@@ -119,29 +119,73 @@ def _cmp_call(op, left, right):
                     args=[ast.Constant(op), left, right], keywords=[])
 
 
+def _lambda(name, body):
+    params = ast.arguments(posonlyargs=[], args=[ast.arg(arg=name)], kwonlyargs=[],
+                           kw_defaults=[], defaults=[])
+    return ast.Lambda(args=params, body=body)
+
+
 class _StrictCompares(ast.NodeTransformer):
     """`x == y` -> `__tw_cmp__('==', x, y)` (also `!=`, `in`, `not in` and the orderings), at any
-    depth; a chain `0 < f(x) < 1` is its links, each middle operand evaluated once."""
+    depth; a chain `0 < f(x) < 1` is its links, each operand evaluated once, in order, and the
+    rest skipped once a link fails. A chain's middle operand is held by `:=`, or where that is a
+    syntax error (a comprehension's iterable: `range(3 if 0 < f(1) < 2 else 0)`) by a lambda's
+    parameter."""
 
     def __init__(self):
-        self.held = 0
+        self.held, self.in_iter = 0, 0
+
+    def _name(self):
+        self.held += 1
+        return f"__tw_held{self.held - 1}__"
+
+    def _comprehension(self, node):
+        for gen in node.generators:
+            self.in_iter += 1
+            gen.iter = self.visit(gen.iter)
+            self.in_iter -= 1
+            gen.ifs = [self.visit(cond) for cond in gen.ifs]
+        for field in ("elt", "key", "value"):
+            if hasattr(node, field):
+                setattr(node, field, self.visit(getattr(node, field)))
+        return node
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
 
     def visit_Compare(self, node):
         self.generic_visit(node)
         if any(type(op) not in _STRICT_OPS for op in node.ops):
             return node
+        ops = [_STRICT_OPS[type(op)] for op in node.ops]
+        if len(ops) > 1 and self.in_iter:
+            return ast.copy_location(self._lambda_chain(ops, [node.left, *node.comparators]), node)
         links, left = [], node.left
-        for i, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
-            if i < len(node.ops) - 1:  # the next link's left side: held, not called twice
-                name = f"__tw_held{self.held}__"
-                self.held += 1
+        for i, (op, right) in enumerate(zip(ops, node.comparators, strict=True)):
+            if i < len(ops) - 1:  # the next link's left side: held, not called twice
+                name = self._name()
                 right = ast.NamedExpr(target=ast.Name(id=name, ctx=ast.Store()), value=right)
-                links.append(_cmp_call(_STRICT_OPS[type(op)], left, right))
+                links.append(_cmp_call(op, left, right))
                 left = ast.Name(id=name, ctx=ast.Load())
             else:
-                links.append(_cmp_call(_STRICT_OPS[type(op)], left, right))
+                links.append(_cmp_call(op, left, right))
         out = links[0] if len(links) == 1 else ast.BoolOp(op=ast.And(), values=links)
         return ast.copy_location(out, node)
+
+    def _lambda_chain(self, ops, operands):
+        """`(lambda a: (lambda b: cmp(<, a, b) and cmp(<, b, C))(B))(A)` for `A < B < C`."""
+
+        def link(i, left):
+            right = operands[i + 1]
+            if i == len(ops) - 1:
+                return _cmp_call(ops[i], left, right)
+            name = self._name()
+            held = ast.Name(id=name, ctx=ast.Load())
+            rest = ast.BoolOp(op=ast.And(), values=[_cmp_call(ops[i], left, held), link(i + 1, held)])
+            return ast.Call(func=_lambda(name, rest), args=[right], keywords=[])
+
+        first = self._name()
+        return ast.Call(func=_lambda(first, link(0, ast.Name(id=first, ctx=ast.Load()))),
+                        args=[operands[0]], keywords=[])
 
 
 def _strict_truth(node):
