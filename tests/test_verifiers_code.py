@@ -171,6 +171,15 @@ FORGERIES = {  # each passed every test before the harness closed it
     "a module the candidate imported, patched": (
         "import fractions\nfractions.Fraction = lambda *a: 0\ndef f(x):\n    return 0",
         ["from fractions import Fraction\nassert f(1) == Fraction(1, 2)"]),
+    # the tests' own imports are loaded first anyway: these take Fraction from the candidate
+    "a class of a module imported in a function, patched": (
+        "def _p():\n    import fractions\n    fractions.Fraction.__eq__ = lambda s, o: True\n"
+        "    return fractions.Fraction\nFraction = _p()\ndef f(x):\n    return Fraction(0)",
+        ["assert f(1) == Fraction(1, 2)"]),
+    "a class of a module imported by importlib, patched": (
+        "import importlib\nFraction = importlib.import_module('fractions').Fraction\n"
+        "Fraction.__eq__ = lambda s, o: True\ndef f(x):\n    return Fraction(0)",
+        ["assert f(1) == Fraction(1, 2)"]),
     "a stdlib class patched": (
         "from collections import UserList\nUserList.__eq__ = lambda s, o: True\n"
         "def f(x):\n    return UserList()", ["from collections import UserList\nassert f(2) == UserList([2])"]),
@@ -218,6 +227,7 @@ def test_a_candidate_cannot_forge_a_pass(verifier: CodeVerifier, name: str) -> N
         ("def f(x): return range(x)", "assert f(2) and not f(0)"),  # a C type's own truth
         ("n = [0]\ndef f(x):\n    n[0] += 1\n    return n[0]", "assert 0 < f(1) < 2"),  # called once
         ("def f(x): return x / 2", "assert all(0 <= f(i) < 3 for i in range(5))"),
+        ("def g():\n    import ctypes, uuid\ndef f(x): return 2 * x", "assert f(2) == 4"),  # never called
         # a chain where `:=` is a syntax error, each operand once and in order
         ("n = [0]\ndef f(x):\n    n[0] += 1\n    return n[0]",
          "assert [0 for _ in range(1 if 0 < f(1) < 2 <= f(1) else 0)] == [0]"),

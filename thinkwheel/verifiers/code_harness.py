@@ -20,10 +20,10 @@ plain expected value, and subclasses of builtins are compared as their builtin b
 f(x)` and `assert not f(x)` read a plain value's truth (or a C type's), never a `__bool__`
 defined in Python. Each test runs
 in its own namespace with the builtins as they were before the candidate ran and without the
-candidate's names that shadow them, after the stdlib modules loaded before it (those its
-top-level imports name included) and their Python classes are put back as they were
+candidate's names that shadow them, after the stdlib modules loaded before it (and those its
+code and the tests import, loaded first) and their Python classes are put back as they were
 (`math.isclose = lambda *a: True` or `Fraction.__eq__ = ...` does not outlive the line that
-did it; a module first imported inside a function or by `importlib` is not covered). An audit
+did it; a module imported by a computed name is not covered). An audit
 hook (irremovable once added) refuses process creation, signals to other processes, sockets,
 ctypes, frame/gc introspection and writes outside the temp dir; any refusal is recorded and
 makes the verdict "unsafe".
@@ -344,16 +344,20 @@ def _module_restorer(modules, skip):
     return restore
 
 
-def _load_imports_first(trees):
+def _load_imports_first(trees, violations):
     """Import what `_imported_first` names, and return the restorer of the modules that added
     (a no-op when none): a module first loaded by the candidate was never snapshotted, so
-    `fractions.Fraction = ...` outlived its line."""
+    `fractions.Fraction = ...` outlived its line. An import the sandbox refuses part of is not
+    held against the candidate here (the part did not run, and the candidate may never import
+    it); its own import meets the refusal again."""
     before = set(sys.modules)
     for name in _imported_first(trees, sys.stdlib_module_names):
+        seen = len(violations)
         try:
             __import__(name)
         except BaseException:
-            pass  # the candidate's own import raises it again, where it did
+            pass
+        del violations[seen:]
     if len(sys.modules) == len(before):
         return lambda: None
     return _module_restorer(sys.modules, before)
@@ -362,18 +366,24 @@ def _load_imports_first(trees):
 # what importing runs besides defining names: not loaded ahead of the candidate's own import
 _NO_PRELOAD = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "turtle",
                          "turtledemo", "tkinter", "ctypes", "socket", "subprocess", "pty", "mmap"})
+_IMPORT_CALLS = frozenset({"__import__", "import_module"})
 
 
 def _imported_first(trees, stdlib):
-    """The stdlib modules the candidate's and tests' top-level statements import: loaded before
-    the candidate runs, so their state can be put back before each test like the server's."""
+    """The stdlib modules the candidate and tests import anywhere (in a function too, or by
+    `importlib.import_module("name")`): loaded before the candidate runs, so their state can be
+    put back before each test like the server's. A module whose name is computed is missed."""
     names = []
     for tree in trees:
-        for node in tree.body:
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names += [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.append(node.module)
+            elif (isinstance(node, ast.Call) and node.args
+                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                  and getattr(node.func, "id", getattr(node.func, "attr", None)) in _IMPORT_CALLS):
+                names.append(node.args[0].value)
     return [n for n in dict.fromkeys(names)
             if n.partition(".")[0] in stdlib and n.partition(".")[0] not in _NO_PRELOAD]
 
@@ -438,7 +448,7 @@ def run_check(payload, restore_modules):
         trees.append(tree)
     except base_exc as err:
         program, results = None, [(False, "syntax: " + type_(err).__name__)] * len_(tests)
-    restore_new = _load_imports_first(trees)
+    restore_new = _load_imports_first(trees, violations)
 
     if program is not None and any(k is None for k in kinds):
         try:
