@@ -377,26 +377,31 @@ def test_consensus_votes_are_counted_against_the_reference_not_along_a_chain():
     assert json.loads(kept["meta"][0])["agreement"] == 0.625  # the true share, not 6/8
 
 
+def _codet(p: str, right: str, wrong: str, tests: list[str], n_wrong: int = 2):
+    """CodeT on one generated code task: the model writes `tests` once, then 3 right and
+    `n_wrong` wrong solutions, run in the real sandbox (the registry's code verifier)."""
+    fence = "<think>t</think>\n```python\n{}\n```"
+    engine = ScriptedEngine(
+        {
+            render(load_template("code_tests"), task=p): ["<think>t</think>\n" + "\n".join(tests)],
+            p: [fence.format(right)] * 3 + [fence.format(wrong)] * n_wrong,
+        }
+    )
+    tasks = records.frame([_code(p, None, None)], records.TASKS)
+    cfg = config.ConsensusConfig(samples=3 + n_wrong, test_samples=1, min_agreement=0.3, min_tests=2)
+    return cs.consensus_references(engine, tasks, cfg)
+
+
 def test_generated_tests_that_constant_stubs_pass_are_dropped():
     """The real sandbox: type and None checks pass any int-returning program, so five wrong
     samples (x + 2) outscored three right ones (2 * x) on them alone. A check some int fails
     (`double(0) == 0`, a sign) says something of the value and is kept."""
-    template = load_template("code_tests")
     p = "Write a Python function double(x) that returns twice x."
-    fence = "<think>t</think>\n```python\n{}\n```"
     right, wrong = "def double(x):\n    return 2 * x", "def double(x):\n    return x + 2"
     tests = ["assert isinstance(double(3), int)", "assert double(0) is not None",
              "assert double(1) > 0", "assert double(2) >= 0", "assert double(5) == 10",
              "assert double(0) == 0"]
-    engine = ScriptedEngine(
-        {
-            render(template, task=p): ["<think>t</think>\n" + "\n".join(tests)],
-            p: [fence.format(right)] * 3 + [fence.format(wrong)] * 5,
-        }
-    )
-    tasks = records.frame([_code(p, None, None)], records.TASKS)
-    cfg = config.ConsensusConfig(samples=8, test_samples=1, min_agreement=0.3, min_tests=2)
-    kept, dropped = cs.consensus_references(engine, tasks, cfg)  # the registry's code verifier
+    kept, dropped = _codet(p, right, wrong, tests, n_wrong=5)
     assert dropped.height == 0
     assert kept["reference"].to_list() == [right]
     # `double(2) >= 0` goes too: True and False both pass it
@@ -425,17 +430,7 @@ def test_generated_tests_that_constant_stubs_pass_are_dropped():
 def test_type_checks_of_floats_tuples_and_dicts_are_dropped(p, right, wrong, tests):
     """A float, tuple or dict type check passes every program that returns one: with only the
     int, str, list and bool stubs it was kept and counted for the wrong group too."""
-    template = load_template("code_tests")
-    fence = "<think>t</think>\n```python\n{}\n```"
-    engine = ScriptedEngine(
-        {
-            render(template, task=p): ["<think>t</think>\n" + "\n".join(tests)],
-            p: [fence.format(right)] * 3 + [fence.format(wrong)] * 2,
-        }
-    )
-    tasks = records.frame([_code(p, None, None)], records.TASKS)
-    cfg = config.ConsensusConfig(samples=5, test_samples=1, min_agreement=0.3, min_tests=2)
-    kept, dropped = cs.consensus_references(engine, tasks, cfg)
+    kept, dropped = _codet(p, right, wrong, tests)
     assert dropped.height == 0 and kept["reference"].to_list() == [right]
     assert kept["tests"].to_list() == [tests[1:]]
 
@@ -443,19 +438,9 @@ def test_type_checks_of_floats_tuples_and_dicts_are_dropped(p, right, wrong, tes
 def test_a_predicates_truth_tests_are_real_checks():
     """`assert is_even(4)` and `assert not is_even(3)` are what tests of a predicate look like:
     True and False each fail one, so they stay; a type check every bool passes goes."""
-    template = load_template("code_tests")
     p = "Write a Python function is_even(x) that says whether x is even."
-    fence = "<think>t</think>\n```python\n{}\n```"
     right, wrong = "def is_even(x):\n    return x % 2 == 0", "def is_even(x):\n    return x % 2 == 1"
     tests = ["assert is_even(4)", "assert not is_even(3)", "assert isinstance(is_even(2), bool)"]
-    engine = ScriptedEngine(
-        {
-            render(template, task=p): ["<think>t</think>\n" + "\n".join(tests)],
-            p: [fence.format(right)] * 3 + [fence.format(wrong)] * 2,
-        }
-    )
-    tasks = records.frame([_code(p, None, None)], records.TASKS)
-    cfg = config.ConsensusConfig(samples=5, test_samples=1, min_agreement=0.3, min_tests=2)
-    kept, dropped = cs.consensus_references(engine, tasks, cfg)
+    kept, dropped = _codet(p, right, wrong, tests)
     assert dropped.height == 0 and kept["reference"].to_list() == [right]
     assert kept["tests"].to_list() == [["assert is_even(4)", "assert not is_even(3)"]]
