@@ -30,10 +30,12 @@ makes the verdict "unsafe".
 """
 
 import ast
+import gc
 import io
 import json
 import operator
 import os
+import re
 import resource
 import select
 import signal
@@ -215,11 +217,10 @@ class _StrictAsserts(ast.NodeTransformer):
         return node
 
 
-def _compile_test(tree, comp):
-    """The test (its parsed source) as the body of `__tw_test__(__tw_cmp__)`: the comparator is
-    a local of the test's own frame, which candidate code (no frame access) cannot reach or
-    replace."""
-    body = _StrictAsserts().visit(tree).body
+def _compile_test(source, comp):
+    """The test as the body of `__tw_test__(__tw_cmp__)`: the comparator is a local of the test's
+    own frame, which candidate code (no frame access) cannot reach or replace."""
+    body = _StrictAsserts().visit(comp(source, "<test>", "exec", ast.PyCF_ONLY_AST)).body
     wrapper = comp(_TEST_WRAPPER, "<test>", "exec", ast.PyCF_ONLY_AST)
     wrapper.body[0].body = body or [ast.Pass()]
     return comp(ast.fix_missing_locations(wrapper), "<test>", "exec")
@@ -344,14 +345,14 @@ def _module_restorer(modules, skip):
     return restore
 
 
-def _load_imports_first(trees, violations):
+def _load_imports_first(sources, violations):
     """Import what `_imported_first` names, and return the restorer of the modules that added
     (a no-op when none): a module first loaded by the candidate was never snapshotted, so
     `fractions.Fraction = ...` outlived its line. An import the sandbox refuses part of is not
     held against the candidate here (the part did not run, and the candidate may never import
     it); its own import meets the refusal again."""
     before = set(sys.modules)
-    for name in _imported_first(trees, sys.stdlib_module_names):
+    for name in _imported_first(sources, sys.stdlib_module_names):
         seen = len(violations)
         try:
             __import__(name)
@@ -366,25 +367,22 @@ def _load_imports_first(trees, violations):
 # what importing runs besides defining names: not loaded ahead of the candidate's own import
 _NO_PRELOAD = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "turtle",
                          "turtledemo", "tkinter", "ctypes", "socket", "subprocess", "pty", "mmap"})
-_IMPORT_CALLS = frozenset({"__import__", "import_module"})
+_IMPORTS = re.compile(r"\bfrom\s+([\w.]+)\s+import\b"
+                      r"|\bimport\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)"
+                      r"|\b(?:__import__|import_module)\(\s*['\"]([\w.]+)['\"]")
 
 
-def _imported_first(trees, stdlib):
+def _imported_first(sources, stdlib):
     """The stdlib modules the candidate and tests import anywhere (in a function too, or by
     `importlib.import_module("name")`): loaded before the candidate runs, so their state can be
-    put back before each test like the server's. A module whose name is computed is missed."""
+    put back before each test like the server's. Read off the text, not the syntax tree (the
+    candidate then compiles from source, and no Python-level walk runs per check): a name in a
+    string or comment loads one module more, and a module whose name is computed is missed."""
     names = []
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.append(node.module)
-            elif (isinstance(node, ast.Call) and node.args
-                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-                  and getattr(node.func, "id", getattr(node.func, "attr", None)) in _IMPORT_CALLS):
-                names.append(node.args[0].value)
-    return [n for n in dict.fromkeys(names)
+    for source in sources:
+        for frm, imp, call in _IMPORTS.findall(source):
+            names += [frm, call] + [part.split()[0] for part in imp.split(",") if part.strip()]
+    return [n for n in dict.fromkeys(names) if n
             if n.partition(".")[0] in stdlib and n.partition(".")[0] not in _NO_PRELOAD]
 
 
@@ -425,7 +423,7 @@ def run_check(payload, restore_modules):
     builtins_ = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
     clean_builtins = dict(builtins_)
     ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
-    kinds, compiled, trees = [], [], []  # trees: the tests' and candidate's, for their imports
+    kinds, compiled = [], []
     strict = _strict_comparator()
     for t in tests:  # all before any candidate code runs, so it cannot patch the compiler
         spec = None
@@ -436,19 +434,15 @@ def run_check(payload, restore_modules):
                 spec = None
         kinds.append(spec if isinstance(spec, dict) and "stdout" in spec else None)
         try:
-            tree = comp(t, "<test>", "exec", ast.PyCF_ONLY_AST) if kinds[-1] is None else None
-            trees += [tree] if tree else []
-            compiled.append(_compile_test(tree, comp) if tree else None)
+            compiled.append(_compile_test(t, comp) if kinds[-1] is None else None)
         except base_exc as err:
             compiled.append(err)
 
     try:
-        tree = comp(code, "<candidate>", "exec", ast.PyCF_ONLY_AST)
-        program = comp(tree, "<candidate>", "exec")
-        trees.append(tree)
+        program = comp(code, "<candidate>", "exec")
     except base_exc as err:
         program, results = None, [(False, "syntax: " + type_(err).__name__)] * len_(tests)
-    restore_new = _load_imports_first(trees, violations)
+    restore_new = _load_imports_first([code, *tests], violations)
 
     if program is not None and any(k is None for k in kinds):
         try:
@@ -636,6 +630,7 @@ def serve():
         except Exception:
             pass
     restore_modules = _module_restorer(sys.modules, {"sys", "builtins"})
+    gc.freeze()  # a collection in a check's child would write to every object: all copied
     _send(wfd, {"ready": True})
     while True:
         request = _recv(rfd)
