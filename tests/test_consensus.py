@@ -424,11 +424,14 @@ def test_generated_tests_that_constant_stubs_pass_are_dropped():
          "def counts(s):\n    return {c: 1 for c in s}",
          ["assert isinstance(counts('ab'), dict)", "assert counts('aab') == {'a': 2, 'b': 1}",
           "assert counts('') == {}"]),
+        ("Write uniq(xs), the set of xs.", "def uniq(xs):\n    return set(xs)",
+         "def uniq(xs):\n    return set(xs[:1])",
+         ["assert type(uniq([1])) is set", "assert uniq([1, 2, 1]) == {1, 2}", "assert uniq([]) == set()"]),
     ],
-    ids=["float", "tuple", "dict"],
+    ids=["float", "tuple", "dict", "set"],
 )
-def test_type_checks_of_floats_tuples_and_dicts_are_dropped(p, right, wrong, tests):
-    """A float, tuple or dict type check passes every program that returns one: with only the
+def test_type_checks_of_floats_tuples_dicts_and_sets_are_dropped(p, right, wrong, tests):
+    """A float, tuple, dict or set type check passes every program that returns one: with only the
     int, str, list and bool stubs it was kept and counted for the wrong group too."""
     kept, dropped = _codet(p, right, wrong, tests)
     assert dropped.height == 0 and kept["reference"].to_list() == [right]

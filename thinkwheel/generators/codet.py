@@ -13,7 +13,8 @@ The best group's tests become the task's tests and its most common program the r
 A test that checks nothing is removed first: one an empty program passes
 (`assert len("ab") == 2`), and one that every constant of a kind passes (`assert
 isinstance(f(3), int)`, `assert f(0) is not None`: all of 0, 1, 2, -1, -2; floats, strings,
-lists, tuples, dicts and bools likewise). Every sampled program that returns the right type
+lists, tuples, dicts, sets and bools likewise; not None, which a `-> None` function's test
+`assert f(x) is None` rightly expects). Every sampled program that returns the right type
 passes such a test, so it would add to the score of every group and let a large wrong group
 outscore a right one. A test some constant of each kind
 fails is a real check and is kept: `assert f(0) == 0`, `assert f(5) > 0`, and a predicate's
@@ -46,7 +47,7 @@ EMPTY_PROGRAM = "pass"
 # test every value of one kind passes (a type or not-None check) says nothing of the value.
 STUB_KINDS: tuple[tuple[Any, ...], ...] = (
     (0, 1, 2, -1, -2), (0.0, 0.5, -1.5, 2.5), ("", "a"), ([], [0]), ((), (0,)), ({}, {"a": 1}),
-    (True, False),
+    (set(), {0}), (True, False),
 )
 STUB_RESULTS: tuple[Any, ...] = tuple(v for kind in STUB_KINDS for v in kind)
 _BUILTINS = frozenset(dir(builtins))
