@@ -2,12 +2,13 @@
 
     python -P bench/flywheel.py [--config bench/flywheel-math-heavy.yaml] [--rounds 3] [--out runs/bench-flywheel]
 
-Runs the real flow on the bundled model (CPU) from a recipe, then three one-round ablations on
-the same round-0 tasks and samples (forked from the main run, so nothing is re-sampled):
-SFT on every sampled candidate (no verification; OpenThoughts3 found verification did not always
-help SFT, so we measure it), on answer-verified candidates without the false-arithmetic check,
-and the main run's own round 1 (verified answers and no false step). Prints markdown tables and
-writes them to <out>/flywheel.md. Re-running resumes finished stages.
+Runs the real flow on the bundled model (CPU) from a recipe, then one-round ablations on the
+same round-0 tasks and samples (forked from the main run, so nothing is re-sampled): SFT on
+every sampled candidate (no verification; OpenThoughts3 found verification did not always help
+SFT, so we measure it), on answer-verified candidates without the false-arithmetic check, with
+it but without the worked-step check (when the recipe has that check), and the main run's own
+round 1 (every check). Prints markdown tables and writes them to <out>/flywheel.md. Re-running
+resumes finished stages.
 """
 
 from __future__ import annotations
