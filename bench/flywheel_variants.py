@@ -225,6 +225,11 @@ def main() -> None:
         return str(model_dir)
 
     def control() -> str:
+        """The model a second stage (DPO, GRPO) starts from: the round's SFT as run. A
+        `strategy: continue` round trained from the last round's model on its own samples,
+        which this script's retrain from the base model is not: the flow's own model is."""
+        if cfg.train.strategy == "continue":
+            return str(store.round_dir(args.round) / "model")
         return train("as-run", sft)
 
     def sft_variant(
@@ -244,9 +249,11 @@ def main() -> None:
         return go
 
     grpo_prompts = pl.read_parquet(store.round_dir(args.round) / "curated" / "grpo.parquet")
-    # every round's GRPO prompts so far, as the flow's from_base strategy accumulates them
+    # every round's GRPO prompts so far when the run accumulates its data (from_base does), as
+    # the flow trains on them; the round's own otherwise
     grpo_all = pl.concat(
-        [pl.read_parquet(store.round_dir(r) / "curated" / "grpo.parquet") for r in rounds],
+        [pl.read_parquet(store.round_dir(r) / "curated" / "grpo.parquet")
+         for r in (rounds if cfg.train.accumulates() else [args.round])],
         how="diagonal_relaxed",
     )
     # RL needs little capacity: LoRA at ~10x full fine-tuning's rate (Schulman et al. 2025)
