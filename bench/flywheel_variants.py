@@ -367,7 +367,8 @@ def main() -> None:
         f"**{c['accuracy']:.1%}**" for c in cols
     ) + " |\n"
     extra = {k: {i: v[i] for i in ("sft_rows", "pairs", "pair_accuracy", "prompts",
-                                    "reward_first_last", "seconds") if i in v}
+                                    "reward_first_last", "task_reward_first_last", "seconds")
+                 if i in v}
              for k, v in results.items()}
     md += "\n" + "\n".join(f"- {k}: {json.dumps(v)}" for k, v in extra.items()) + "\n"
     out.mkdir(parents=True, exist_ok=True)
