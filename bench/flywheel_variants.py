@@ -308,6 +308,9 @@ def main() -> None:
             "grpo-lora-s1",
             lambda src, dst: grpo(src, grpo_all, dst, cfg, 1e-3, steps=150, seed=1, **lora),
         ),
+        "+ GRPO LoRA r=32, 150 steps, lr 2e-4": second_stage(
+            "grpo-lora-lr-low", lambda src, dst: grpo(src, grpo_all, dst, cfg, 2e-4, steps=150, **lora)
+        ),
         "+ GRPO LoRA r=32, 150 steps, lr 2e-3": second_stage(
             "grpo-lora-lr", lambda src, dst: grpo(src, grpo_all, dst, cfg, 2e-3, steps=150, **lora)
         ),
