@@ -6,7 +6,8 @@ Takes a finished `bench/flywheel.py` run and re-runs the training step of round 
 2's model for the default 1): SFT from the base model on the curated SFT sets of rounds 0..R,
 with the run's own SFT settings, then the held-out eval. Each variant changes one thing: the
 start model (the previous round's, as `strategy: continue` would), the step count, the
-learning rate, the data (the same tasks with their generator's gold traces: the ceiling of the step), the mix of the SFT set (tasks the model solved only once repeated; families or
+learning rate, the data (the same tasks with their generator's gold traces: the ceiling of
+the step), the mix of the SFT set (tasks the model solved only once repeated; families or
 trace shapes rebalanced; only the traces the step check keeps), or a second stage after SFT
 (DPO with an NLL term on verified-vs-failed pairs from the same task, as in Iterative RPO;
 GRPO with the verifier rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
@@ -210,10 +211,10 @@ def main() -> None:
     store, out = RunStore(args.run), Path(args.out)
     cfg = load_config(Path(args.run) / "config.yaml")
     rounds = list(range(args.round + 1))
-    sft = pl.concat(
-        [pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet") for r in rounds],
-        how="diagonal_relaxed",
-    )
+    def curated(r: int, split: str) -> pl.DataFrame:
+        return pl.read_parquet(store.round_dir(r) / "curated" / f"{split}.parquet")
+
+    sft = pl.concat([curated(r, "sft") for r in rounds], how="diagonal_relaxed")
     # the settings the round trained with (train.sft.max_steps_growth grows its step cap)
     base, sft_cfg, sp = model_path(), cfg.train.for_round(args.round).sft, cfg.export.system_prompt
     held = heldout_tasks(cfg.eval)
@@ -248,12 +249,11 @@ def main() -> None:
             return {"model": model_dir, **info}
         return go
 
-    grpo_prompts = pl.read_parquet(store.round_dir(args.round) / "curated" / "grpo.parquet")
+    grpo_prompts = curated(args.round, "grpo")
     # every round's GRPO prompts so far when the run accumulates its data (from_base does), as
     # the flow trains on them; the round's own otherwise
     grpo_all = pl.concat(
-        [pl.read_parquet(store.round_dir(r) / "curated" / "grpo.parquet")
-         for r in (rounds if cfg.train.accumulates() else [args.round])],
+        [curated(r, "grpo") for r in (rounds if cfg.train.accumulates() else [args.round])],
         how="diagonal_relaxed",
     )
     # RL needs little capacity: LoRA at ~10x full fine-tuning's rate (Schulman et al. 2025)
@@ -321,15 +321,13 @@ def main() -> None:
             "continue", lambda: sft, start=previous
         )
 
-        def own(r: int) -> pl.DataFrame:
-            return pl.read_parquet(store.round_dir(r) / "curated" / "sft.parquet")
         # on a `strategy: continue` run: this round's own samples (what the flow trained on),
         # against the previous round's again, which the model was already trained on: is a
         # continued round's gain its new samples, or only more steps?
         variants["continue on this round's samples"] = sft_variant(
-            "continue-own", lambda: own(args.round), start=previous)
+            "continue-own", lambda: curated(args.round, "sft"), start=previous)
         variants["continue on the previous round's samples again"] = sft_variant(
-            "continue-again", lambda: own(args.round - 1), start=previous)
+            "continue-again", lambda: curated(args.round - 1, "sft"), start=previous)
     wanted = [v.strip() for v in args.only if v.strip()]
     unknown = [w for w in wanted if w not in variants]
     if unknown:

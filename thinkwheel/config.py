@@ -160,13 +160,15 @@ class ProceduralConfig(ProceduralMix):
     def plan(self, k: int | None = None) -> list[tuple[list[str], int, int]]:
         """(families, per_family, level) triples, in generation order: round k's, or every
         round's (k None)."""
-        slices = self.mix or [self]
         return [
             (m.families, m.per_family, level)
-            for m in slices
-            if k is None or m.from_round <= k
+            for m in self._started(k)
             for level in (m.difficulty if isinstance(m.difficulty, list) else [m.difficulty])
         ]
+
+    def _started(self, k: int | None) -> list[ProceduralMix]:
+        """The slices round k draws (every slice when k is None)."""
+        return [m for m in self.mix or [self] if k is None or m.from_round <= k]
 
     def for_round(self, k: int) -> ProceduralConfig:
         """The budget as round k draws it, hashed as those slices written out would be: a
@@ -174,8 +176,7 @@ class ProceduralConfig(ProceduralMix):
         if self.from_round == 0 and all(m.from_round == 0 for m in self.mix):
             return self
         on = {"from_round": 0}
-        slices = self.mix or [self]
-        mix = [m.model_copy(update=on) for m in slices if m.from_round <= k]
+        mix = [m.model_copy(update=on) for m in self._started(k)]
         if not mix:  # nothing has started: an empty mix would fall back to the single budget
             return self.model_copy(update={"mix": [], "per_family": 0, **on})
         return self.model_copy(update={"mix": mix} if self.mix else on)
