@@ -35,6 +35,13 @@ def _table(evals: dict[str, dict], title: str) -> str:
         + " |"
         for f in fams
     ]
+    domains = sorted({d for e in evals.values() for d in e.get("per_domain", {})})
+    rows += [  # on the bundled model: math never in its pretraining, code in it (README)
+        f"| {d} families | "
+        + " | ".join(f"{e.get('per_domain', {}).get(d, {}).get('accuracy', 0):.1%}" for e in evals.values())
+        + " |"
+        for d in domains
+    ]
     overall = "| **all** | " + " | ".join(f"**{e['accuracy']:.1%}**" for e in evals.values()) + " |"
     clean = "| all, no false step | " + " | ".join(  # evals from before the metric have none
         f"{e['clean_accuracy']:.1%}" if "clean_accuracy" in e else "" for e in evals.values()

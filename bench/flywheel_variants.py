@@ -363,6 +363,9 @@ def main() -> None:
     rows = [
         f"| {f} | " + " | ".join(f"{c['per_family'][f]['accuracy']:.0%}" for c in cols) + " |"
         for f in fams
+    ] + [  # the held-out split's halves (README, "What the held-out split measures")
+        f"| {d} families | " + " | ".join(f"{c['per_domain'][d]['accuracy']:.1%}" for c in cols) + " |"
+        for d in sorted(flow.get("per_domain", {}))
     ]
     md = head + "\n".join(rows) + "\n| **all** | " + " | ".join(
         f"**{c['accuracy']:.1%}**" for c in cols

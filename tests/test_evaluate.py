@@ -323,6 +323,22 @@ def test_heldout_split_is_fixed_by_its_seed():
     assert set(a["domain"]) == {"math", "code"}
 
 
+def test_the_bundled_models_corpus_solves_no_held_out_math_task():
+    """The split's math half is what the flywheel's gains are measured on: no pretraining
+    conversation solves one of its tasks. (Its code half is in the corpus under other
+    function names, every form of it: README, "What the held-out split measures".)"""
+    from thinkwheel import pretrain
+    from thinkwheel.config import BUNDLED_HELD_OUT
+    from thinkwheel.generators.procedural import canonical
+
+    held = ev.heldout_tasks(EvalConfig(per_family=BUNDLED_HELD_OUT))
+    math_forms = {canonical(p) for p, d in zip(held["prompt"], held["domain"], strict=True) if d == "math"}
+    convs = pretrain.build_corpus(3000, 0, set(held["prompt"]))
+    solved = [c for c in convs if c[-1]["content"].startswith("<think>")
+              and canonical(next(m["content"] for m in c if m["role"] == "user")) in math_forms]
+    assert len(math_forms) == 200 and solved == []
+
+
 def test_real_verifiers_when_present():
     verifiers = pytest.importorskip("thinkwheel.verifiers")
     verify_frame = getattr(verifiers, "verify_frame", None)

@@ -522,9 +522,11 @@ class TrainConfig(_Section):
         return self if sft is self.sft else self.model_copy(update={"sft": sft})
 
 
-# The bundled model's pretraining left out these many held-out tasks per family, drawn with
-# EvalConfig's default seed and difficulty; a larger or different split would test it on
-# tasks it was trained on.
+# The bundled model's pretraining left out the prompts of these many held-out tasks per family,
+# drawn with EvalConfig's default seed and difficulty; a larger or different split would test it
+# on tasks it was trained on. Prompts, not tasks: every held-out code task is solved in its
+# corpus under other function names, so on it the code families measure what training makes
+# it forget, the math families what it learns (README, "What the held-out split measures").
 BUNDLED_HELD_OUT = 40
 
 
