@@ -13,7 +13,9 @@ trace shapes rebalanced; only the traces the step check keeps), or a second stag
 GRPO with the verifier rewards). "as run" is the unchanged step retrained here (it reproduces the flow's number);
 the same step with two other SFT seeds (data order) is the noise floor the others are read
 against. Nothing is re-sampled. Results are cached per variant in `--out`, so
-a re-run only trains what is missing; the table goes to <out>/variants.md.
+a re-run only trains what is missing; the table goes to <out>/variants.md. `--own-prompts N`
+also scores the round's model and each variant greedy on N of the round's GRPO prompts, the
+tasks GRPO trains on.
 """
 
 from __future__ import annotations
@@ -199,6 +201,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-variants")
     ap.add_argument("--only", action="append", default=[],
                     help="a variant name, repeat for more (names hold commas; default: all)")
+    ap.add_argument("--own-prompts", type=int, default=0, metavar="N",
+                    help="also score the round's model and each variant greedy on N of the GRPO "
+                         "prompts GRPO trains on: does a rising reward mean it got better at them?")
     args = ap.parse_args()
 
     from thinkwheel.assets import model_path
@@ -252,10 +257,14 @@ def main() -> None:
     grpo_prompts = curated(args.round, "grpo")
     # every round's GRPO prompts so far when the run accumulates its data (from_base does), as
     # the flow trains on them; the round's own otherwise
-    grpo_all = pl.concat(
-        [curated(r, "grpo") for r in (rounds if cfg.train.accumulates() else [args.round])],
-        how="diagonal_relaxed",
-    )
+    grpo_rounds = rounds if cfg.train.accumulates() else [args.round]
+    grpo_all = pl.concat([curated(r, "grpo") for r in grpo_rounds], how="diagonal_relaxed")
+    own = None
+    if args.own_prompts:  # the task rows behind a fixed sample of the GRPO prompts
+        tasks = pl.concat([pl.read_parquet(store.round_dir(r) / "tasks.parquet") for r in grpo_rounds],
+                          how="diagonal_relaxed")
+        own = tasks.filter(pl.col("task_id").is_in(grpo_all["task_id"].implode())).sample(
+            n=min(args.own_prompts, grpo_all.height), seed=0)
     # RL needs little capacity: LoRA at ~10x full fine-tuning's rate (Schulman et al. 2025)
     lora = {"lora": True, "lora_r": 32, "lora_alpha": 64}
     variants: dict[str, Variant] = {
@@ -311,6 +320,11 @@ def main() -> None:
         "+ GRPO LoRA r=32, 150 steps, lr 2e-4": second_stage(
             "grpo-lora-lr-low", lambda src, dst: grpo(src, grpo_all, dst, cfg, 2e-4, steps=150, **lora)
         ),
+        # sampled at 0.6, not TRL's 1.0: nearer the greedy answers the held-out split scores
+        "+ GRPO LoRA r=32, 150 steps, lr 1e-3, temperature 0.6": second_stage(
+            "grpo-lora-t06",
+            lambda src, dst: grpo(src, grpo_all, dst, cfg, 1e-3, steps=150, temperature=0.6, **lora),
+        ),
         "+ GRPO LoRA r=32, 150 steps, lr 2e-3": second_stage(
             "grpo-lora-lr", lambda src, dst: grpo(src, grpo_all, dst, cfg, 2e-3, steps=150, **lora)
         ),
@@ -336,6 +350,24 @@ def main() -> None:
     def verify_fn(tasks: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
         return verify_frame(tasks, cands, workers=cfg.verify.workers)
 
+    def greedy(model: str, tasks: pl.DataFrame) -> dict[str, Any]:
+        return evaluate(HFEngine(model), tasks, verify_fn, k=1, max_tokens=cfg.eval.max_tokens,
+                        seed=cfg.eval.seed, system_prompt=sp)
+
+    def on_own_prompts(model: str, cache: Path, res: dict[str, Any]) -> None:
+        if own is None or "own_prompts" in res:
+            return
+        res["own_prompts"] = {k: greedy(model, own)[k] for k in ("accuracy", "n", "per_family")}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(res, indent=1, default=str))
+        print(f"{model}: {res['own_prompts']['accuracy']:.1%} greedy on {own.height} of the "
+              "round's GRPO prompts", flush=True)
+
+    control_cache = out / "own-prompts-control.json"
+    if own is not None:  # the round's model as the flow left it, before any second stage
+        mine = json.loads(control_cache.read_text()) if control_cache.exists() else {}
+        on_own_prompts(str(store.round_dir(args.round) / "model"), control_cache, mine)
+
     results: dict[str, dict[str, Any]] = {}
     for name, go in variants.items():
         if wanted and name not in wanted:
@@ -343,17 +375,16 @@ def main() -> None:
         cache = out / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.json"
         if cache.exists():
             results[name] = json.loads(cache.read_text())
+            on_own_prompts(results[name]["model"], cache, results[name])
             continue
         t0 = time.time()
         info = go()
-        res = evaluate(
-            HFEngine(info["model"]), held, verify_fn, k=1, max_tokens=cfg.eval.max_tokens,
-            seed=cfg.eval.seed, system_prompt=sp,
-        )
+        res = greedy(info["model"], held)
         results[name] = {**res, **info, "seconds": round(time.time() - t0)}
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(results[name], indent=1, default=str))
         print(f"{name}: {res['accuracy']:.1%} in {results[name]['seconds']} s", flush=True)
+        on_own_prompts(info["model"], cache, results[name])
 
     flow = store.read_json(f"round-{args.round}/eval.json")
     fams = sorted(flow["per_family"])
@@ -373,7 +404,12 @@ def main() -> None:
     extra = {k: {i: v[i] for i in ("sft_rows", "pairs", "pair_accuracy", "prompts",
                                     "reward_first_last", "task_reward_first_last", "seconds")
                  if i in v}
+             | ({"greedy_on_own_prompts": round(v["own_prompts"]["accuracy"], 3)}
+                if "own_prompts" in v else {})
              for k, v in results.items()}
+    if own is not None:
+        before = json.loads(control_cache.read_text())["own_prompts"]["accuracy"]
+        md += f"\nThe round's model, greedy on {own.height} of its GRPO prompts: {before:.1%}.\n"
     md += "\n" + "\n".join(f"- {k}: {json.dumps(v)}" for k, v in extra.items()) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "variants.md").write_text(md)
